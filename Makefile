@@ -1,0 +1,34 @@
+# Set-up, main job and tests. `make run` and `make test` work on a fresh machine with only Python.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first (a CPU wheel); everything else is constrained to it so
+# no dependency can pull a different torch with several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	echo "torch==2.13.0" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/researcher run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/experts.py
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf $(VENV)
