@@ -1,0 +1,158 @@
+"""Splits: determinism, disjointness by canonical problem, the on-disk cache and its hashes."""
+
+import json
+import shutil
+
+import pytest
+from datasets import Dataset
+
+from rl_pipeline import data
+from rl_pipeline.data import SPLITS, build_splits, load_splits, split_hash, split_of
+from rl_pipeline.tasks import ArithTask, get_task
+
+SMALL = {"train": 600, "eval": 60, "heldout": 60}
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Count how often the splits are really generated."""
+    calls = []
+    real = data.build_splits
+
+    def counting(task, sizes, seed):
+        calls.append((task.name, dict(sizes), seed))
+        return real(task, sizes, seed)
+
+    monkeypatch.setattr(data, "build_splits", counting)
+    return calls
+
+
+def hashes(splits):
+    return {split: split_hash(splits[split]) for split in SPLITS}
+
+
+@pytest.mark.parametrize("name", ["arith", "countdown"])
+def test_same_seed_same_data_other_seed_other_data(name):
+    task = get_task(name)
+    first, again, other = (build_splits(task, SMALL, seed) for seed in (0, 0, 1))
+    assert hashes(first) == hashes(again)
+    assert first["eval"].to_list() == again["eval"].to_list()
+    assert all(hashes(first)[s] != hashes(other)[s] for s in SPLITS)
+
+
+def test_eval_does_not_depend_on_train_size():
+    task = get_task("arith")
+    small = build_splits(task, SMALL, 0)
+    large = build_splits(task, {**SMALL, "train": 1200}, 0)
+    assert split_hash(small["eval"]) == split_hash(large["eval"])
+    assert split_hash(small["heldout"]) == split_hash(large["heldout"])
+
+
+def problem(row):
+    """The problem a row poses, worked out from its fields and not from meta["canonical"], so the
+    check does not trust the code under test: operand order of + and * and the order of the
+    countdown numbers are surface."""
+    meta = row["meta"]
+    if row["task"] == "arith":
+        operands = (meta["a"], meta["b"]) if meta["op"] == "-" else tuple(sorted((meta["a"], meta["b"])))
+        return meta["op"], operands
+    return tuple(sorted(meta["numbers"])), meta["target"]
+
+
+@pytest.mark.parametrize("name", ["arith", "countdown"])
+def test_splits_are_disjoint_by_problem(name):
+    # Two seeds: problems must not cross splits even between differently seeded datasets.
+    problems = {split: set() for split in SPLITS}
+    for seed in (0, 1):
+        splits = build_splits(get_task(name), SMALL, seed)
+        for split in SPLITS:
+            rows = splits[split].to_list()
+            assert len(rows) == SMALL[split]
+            keys = [problem(row) for row in rows]
+            assert len(set(keys)) == len(keys), f"{split} repeats a problem"
+            assert len({row["id"] for row in rows}) == len(rows)
+            assert all(split_of(name, row["meta"]["canonical"]) == split for row in rows)
+            problems[split].update(keys)
+    assert not problems["train"] & problems["eval"]
+    assert not problems["train"] & problems["heldout"]
+    assert not problems["eval"] & problems["heldout"]
+
+
+def test_cache_is_reused(tmp_path, builds):
+    first = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    again = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    assert len(builds) == 1
+    assert hashes(first) == hashes(again)
+    manifest = json.loads((tmp_path / "arith" / data.MANIFEST).read_text())
+    assert manifest["hashes"] == hashes(first)
+    assert manifest["key"]["version"] == ArithTask.version
+    assert {len(first[s]) for s in SPLITS} == set(SMALL.values())
+
+
+def test_cache_is_rebuilt_when_the_task_version_changes(tmp_path, builds, monkeypatch):
+    load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    monkeypatch.setattr(ArithTask, "version", "test-bump")
+    load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    assert len(builds) == 2
+    manifest = json.loads((tmp_path / "arith" / data.MANIFEST).read_text())
+    assert manifest["key"]["version"] == "test-bump"
+
+
+def test_cache_is_rebuilt_when_sizes_or_seed_change(tmp_path, builds):
+    load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    resized = load_splits("arith", data_dir=tmp_path, sizes={**SMALL, "eval": 30})
+    reseeded = load_splits("arith", data_dir=tmp_path, sizes={**SMALL, "eval": 30}, seed=5)
+    assert len(builds) == 3
+    assert len(resized["eval"]) == 30
+    assert split_hash(resized["eval"]) != split_hash(reseeded["eval"])
+    # No temporary or old folders are left behind by the swaps.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".arith.lock", "arith"]
+
+
+def test_corrupted_cache_is_rebuilt(tmp_path, builds):
+    original = hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL))
+    arrow = next((tmp_path / "arith" / "eval").glob("*.arrow"))
+    arrow.write_bytes(b"not an arrow file")
+    assert hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL)) == original
+    assert len(builds) == 2
+
+
+def test_partial_cache_is_rebuilt(tmp_path, builds):
+    original = hashes(load_splits("countdown", data_dir=tmp_path, sizes=SMALL))
+    (tmp_path / "countdown" / data.MANIFEST).unlink()  # as if killed before the manifest was written
+    assert hashes(load_splits("countdown", data_dir=tmp_path, sizes=SMALL)) == original
+    (tmp_path / "countdown" / data.MANIFEST).write_text("{not json")
+    assert hashes(load_splits("countdown", data_dir=tmp_path, sizes=SMALL)) == original
+    assert len(builds) == 3
+
+
+def test_tampered_split_is_rebuilt(tmp_path, builds):
+    splits = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    original = hashes(splits)
+    # Rewrite eval with one answer changed but keep the manifest: the hash check must catch it.
+    rows = splits["eval"].to_list()
+    rows[0]["answer"] = "0"
+    shutil.rmtree(tmp_path / "arith" / "eval")
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "arith" / "eval"))
+    assert hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL)) == original
+    assert len(builds) == 2
+
+
+def test_split_hash_sees_any_change():
+    splits = build_splits(get_task("arith"), SMALL, 0)
+    eval_split = splits["eval"]
+    rows = eval_split.to_list()
+    rows[5]["question"] += " "
+    assert split_hash(Dataset.from_list(rows)) != split_hash(eval_split)
+    assert split_hash(eval_split.select(range(59))) != split_hash(eval_split)
+    assert split_hash(eval_split.select(list(range(59, -1, -1)))) != split_hash(eval_split)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown task"):
+        load_splits("nope")
+    with pytest.raises(ValueError, match="unknown splits"):
+        load_splits("arith", sizes={"test": 5})
+    with pytest.raises(ValueError, match="positive integer"):
+        load_splits("arith", sizes={"eval": 0})
