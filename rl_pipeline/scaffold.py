@@ -1,0 +1,179 @@
+"""Load a scaffold folder and check it against its surface.
+
+A scaffold is `scaffold.yaml` (knobs), `surface.yaml` (what may change and every knob's range),
+`prompt.py` (`format_prompt(question) -> str`) and `reward.py` (`rewards(completions, examples,
+scores, weights) -> list[float]`). Loading checks every knob's type and range, imports the two
+Python files from their paths (never from `sys.path`), and hashes the whole content, so a result
+can name exactly what it measured.
+
+    scaffold = load_scaffold("scaffolds/arith", overrides={"sampling.temperature": 0.7})
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", "reward.py")
+SECTIONS = ("sampling", "grpo", "reward")
+
+
+class ScaffoldError(ValueError):
+    """A scaffold that cannot be run as it is: the message names the file or knob and the problem."""
+
+
+@dataclass
+class Scaffold:
+    path: Path
+    config: dict
+    surface: dict
+    content_hash: str
+    prompt: ModuleType | None = field(default=None, repr=False)
+    reward: ModuleType | None = field(default=None, repr=False)
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    def knob(self, name: str) -> Any:
+        section, key = name.split(".", 1)
+        return self.config[section][key]
+
+    def knobs(self) -> dict[str, Any]:
+        """Every knob as a flat `section.key -> value` mapping."""
+        return {f"{s}.{k}": v for s in SECTIONS for k, v in self.config.get(s, {}).items()}
+
+    def training_knobs(self) -> dict[str, Any]:
+        """The knobs that change training (GRPO and reward); sampling only changes evaluation."""
+        return {k: v for k, v in self.knobs().items() if not k.startswith("sampling.")}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ScaffoldError(f"{path.name}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ScaffoldError(f"{path.name}: expected a mapping at the top level")
+    return data
+
+
+def check_knob(name: str, value: Any, spec: dict) -> Any:
+    """`value` converted to the knob's type, or a ScaffoldError saying why it is not allowed."""
+    kind = spec.get("type")
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ScaffoldError(f"knob {name}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ScaffoldError(f"knob {name}: {value} is not finite")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) and not (
+                isinstance(value, float) and value.is_integer()):
+            raise ScaffoldError(f"knob {name}: expected an integer, got {value!r}")
+        value = int(value)
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise ScaffoldError(f"knob {name}: expected a string, got {value!r}")
+    else:
+        raise ScaffoldError(f"surface.yaml: knob {name} has unknown type {kind!r}")
+    if "choices" in spec and value not in spec["choices"]:
+        raise ScaffoldError(f"knob {name}: {value!r} is not one of {spec['choices']}")
+    if "min" in spec and value < spec["min"]:
+        raise ScaffoldError(f"knob {name}: {value!r} is below the minimum {spec['min']}")
+    if "max" in spec and value > spec["max"]:
+        raise ScaffoldError(f"knob {name}: {value!r} is above the maximum {spec['max']}")
+    return value
+
+
+def _check_config(config: dict, surface: dict) -> None:
+    knobs = surface.get("knobs") or {}
+    for section in SECTIONS:
+        if not isinstance(config.get(section), dict):
+            raise ScaffoldError(f"scaffold.yaml: missing section {section!r}")
+        for key, value in config[section].items():
+            name = f"{section}.{key}"
+            if name not in knobs:
+                raise ScaffoldError(f"scaffold.yaml: knob {name} is not declared in surface.yaml")
+            config[section][key] = check_knob(name, value, knobs[name])
+    missing = [name for name in knobs if name.split(".", 1)[1] not in config[name.split(".", 1)[0]]]
+    if missing:
+        raise ScaffoldError(f"scaffold.yaml: knobs declared in surface.yaml but missing: {', '.join(missing)}")
+    grpo = config["grpo"]
+    if grpo["per_device_train_batch_size"] % grpo["num_generations"]:
+        raise ScaffoldError(
+            f"knob grpo.per_device_train_batch_size={grpo['per_device_train_batch_size']} must be a multiple "
+            f"of grpo.num_generations={grpo['num_generations']}")
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over the scaffold's files (names and bytes), ignoring caches and git metadata."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if rel.parts[0] in (".git", "__pycache__") or file.suffix == ".pyc":
+            continue
+        digest.update(str(rel).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def import_file(path: Path, name: str) -> ModuleType:
+    """Import one Python file by path; a syntax error or an exception on import is a ScaffoldError."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ScaffoldError(f"{path.name}: syntax error on line {err.lineno}: {err.msg}") from err
+    except Exception as err:
+        raise ScaffoldError(f"{path.name}: raised {type(err).__name__} on import: {err}") from err
+    return module
+
+
+def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                  import_code: bool = True) -> Scaffold:
+    """Read, override and validate a scaffold; with `import_code`, import its prompt and reward."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise ScaffoldError(f"scaffold folder {str(path)!r} does not exist")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise ScaffoldError(f"scaffold {path.name}: missing file {name}")
+    config = _read_yaml(path / "scaffold.yaml")
+    surface = _read_yaml(path / "surface.yaml")
+    if "task" not in config:
+        raise ScaffoldError("scaffold.yaml: missing 'task'")
+    config = copy.deepcopy(config)
+    for name, value in (overrides or {}).items():
+        section, _, key = name.partition(".")
+        if section not in SECTIONS or not key or key not in config.get(section, {}):
+            raise ScaffoldError(f"unknown knob {name!r}; knobs are: {', '.join(sorted(surface.get('knobs', {})))}")
+        config[section][key] = value
+    _check_config(config, surface)
+    scaffold = Scaffold(path=path, config=config, surface=surface, content_hash=content_hash(path))
+    if import_code:
+        scaffold.prompt = import_file(path / "prompt.py", f"scaffold_prompt_{scaffold.content_hash[:8]}")
+        scaffold.reward = import_file(path / "reward.py", f"scaffold_reward_{scaffold.content_hash[:8]}")
+        for module, attr in ((scaffold.prompt, "format_prompt"), (scaffold.reward, "rewards")):
+            if not callable(getattr(module, attr, None)):
+                raise ScaffoldError(f"{Path(module.__file__).name}: no function {attr}()")
+    return scaffold
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["sampling.temperature=0.7", ...]` -> `{"sampling.temperature": 0.7}` (values parsed as YAML)."""
+    overrides = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise ScaffoldError(f"override {item!r} is not of the form knob=value")
+        overrides[name.strip()] = yaml.safe_load(raw)
+    return overrides

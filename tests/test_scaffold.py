@@ -1,0 +1,81 @@
+"""The scaffold loader: knob types and ranges, overrides, missing files, broken code, hashing."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rl_pipeline.scaffold import ScaffoldError, content_hash, load_scaffold, parse_overrides
+
+ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
+
+
+@pytest.fixture
+def scaffold_copy(tmp_path):
+    dst = tmp_path / "arith"
+    shutil.copytree(ARITH, dst)
+    return dst
+
+
+def test_default_scaffold_loads_with_library_defaults():
+    scaffold = load_scaffold(ARITH)
+    assert scaffold.task == "arith"
+    assert scaffold.knob("sampling.temperature") == 1.0 and scaffold.knob("sampling.top_p") == 1.0
+    assert scaffold.knob("grpo.learning_rate") == 1e-6 and scaffold.knob("grpo.loss_type") == "dapo"
+    assert scaffold.prompt.format_prompt("1 + 2") == "Q: 1 + 2\nA: "
+    assert set(scaffold.surface["knobs"]) == set(scaffold.knobs())
+    assert "sampling.temperature" not in scaffold.training_knobs()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"sampling.temperature": 5.0}, "above the maximum"),
+    ({"sampling.top_k": 1.5}, "expected an integer"),
+    ({"grpo.loss_type": "ppo"}, "is not one of"),
+    ({"grpo.learning_rate": "fast"}, "expected a number"),
+    ({"sampling.nonsense": 1}, "unknown knob"),
+    ({"grpo.num_generations": 4, "grpo.per_device_train_batch_size": 8}, None),
+])
+def test_overrides_are_checked(override, message):
+    if message is None:
+        assert load_scaffold(ARITH, override).knob("grpo.num_generations") == 4
+    else:
+        with pytest.raises(ScaffoldError, match=message):
+            load_scaffold(ARITH, override)
+
+
+def test_batch_must_hold_whole_groups(scaffold_copy):
+    surface = scaffold_copy / "surface.yaml"
+    surface.write_text(surface.read_text().replace("choices: [8, 16]", "choices: [8, 12, 16]"))
+    with pytest.raises(ScaffoldError, match="multiple of grpo.num_generations=8"):
+        load_scaffold(scaffold_copy, {"grpo.per_device_train_batch_size": 12})
+
+
+def test_missing_file_and_syntax_error(scaffold_copy):
+    (scaffold_copy / "reward.py").write_text("def rewards(:\n")
+    with pytest.raises(ScaffoldError, match=r"reward.py: syntax error on line 1"):
+        load_scaffold(scaffold_copy)
+    (scaffold_copy / "prompt.py").unlink()
+    with pytest.raises(ScaffoldError, match="missing file prompt.py"):
+        load_scaffold(scaffold_copy)
+
+
+def test_code_that_raises_on_import(scaffold_copy):
+    (scaffold_copy / "prompt.py").write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ScaffoldError, match="prompt.py: raised RuntimeError on import: boom"):
+        load_scaffold(scaffold_copy)
+
+
+def test_content_hash_tracks_every_file(scaffold_copy):
+    before = content_hash(scaffold_copy)
+    (scaffold_copy / "__pycache__").mkdir(exist_ok=True)
+    (scaffold_copy / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    assert content_hash(scaffold_copy) == before
+    (scaffold_copy / "prompt.py").write_text((scaffold_copy / "prompt.py").read_text() + "\n")
+    assert content_hash(scaffold_copy) != before
+
+
+def test_parse_overrides():
+    assert parse_overrides(["sampling.temperature=0.7", "grpo.loss_type=grpo"]) == {
+        "sampling.temperature": 0.7, "grpo.loss_type": "grpo"}
+    with pytest.raises(ScaffoldError, match="knob=value"):
+        parse_overrides(["temperature"])
