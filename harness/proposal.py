@@ -1,0 +1,318 @@
+"""Proposals: what a researcher asks to change in a scaffold, parsed and checked before any write.
+
+A proposal is JSON `{"hypothesis": str, "edits": [...]}`; an edit is a knob edit
+`{"knob": "sampling.temperature", "value": 0.7}` or a file edit
+`{"file": "reward.py", "search": "exact old text", "replace": "new text"}`.
+
+`parse_proposal` checks the shape; `validate` checks it against a scaffold's surface (knob ranges,
+editable files, safe paths, search text found exactly once, Python that still compiles, a scaffold
+that still loads) without writing to the scaffold; `render` does the same and returns the new file
+contents, which is what the workspace writes. Every rejection is a `ProposalError` whose message
+names the edit and the reason, because it is fed back to the researcher as evidence.
+
+    proposal = parse_proposal('{"hypothesis": "cooler sampling", "edits": [{"knob": "sampling.temperature", "value": 0.7}]}')
+    new_files = render(proposal, "runs/demo/scaffold")   # {"scaffold.yaml": "..."}
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import yaml
+
+from rl_pipeline.scaffold import ScaffoldError, check_knob, load_scaffold
+
+# The entry points the runner calls in a scaffold's code, checked statically (never imported here).
+REQUIRED_FUNCTIONS = {"prompt.py": "format_prompt", "reward.py": "rewards"}
+
+CONFIG_FILE = "scaffold.yaml"
+SURFACE_FILE = "surface.yaml"
+_PREFIX = 40  # characters of a search text quoted in an error
+
+
+class ProposalError(ValueError):
+    """A proposal that cannot be applied; `index` is the offending edit, None for the whole proposal."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message if index is None else f"edit {index}: {message}")
+        self.index = index
+
+
+@dataclass(frozen=True)
+class KnobEdit:
+    knob: str
+    value: float | int | str
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    file: str
+    search: str
+    replace: str
+
+
+Edit = KnobEdit | FileEdit
+
+
+@dataclass(frozen=True)
+class Proposal:
+    hypothesis: str
+    edits: tuple[Edit, ...]
+
+    @property
+    def kind(self) -> str:
+        """Either "knob" (knob edits only) or "code" (at least one file edit)."""
+        return "knob" if all(isinstance(e, KnobEdit) for e in self.edits) else "code"
+
+    def to_dict(self) -> dict:
+        return {"hypothesis": self.hypothesis, "edits": [asdict(e) for e in self.edits]}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing: the shape of the JSON, nothing about the scaffold
+
+_FIELDS = {KnobEdit: {"knob", "value"}, FileEdit: {"file", "search", "replace"}}
+
+
+def _keys(keys) -> str:
+    return ", ".join(repr(k) for k in sorted(keys))
+
+
+def _parse_edit(index: int, raw: Any) -> Edit:
+    if not isinstance(raw, dict):
+        raise ProposalError(f"expected an object, got {type(raw).__name__}", index)
+    keys = set(raw)
+    if ("knob" in keys) == ("file" in keys):  # neither marker, or both: no telling what was meant
+        raise ProposalError(f"unknown edit shape with keys [{_keys(keys)}]; expected "
+                            "{'knob', 'value'} or {'file', 'search', 'replace'}", index)
+    cls, marker = (KnobEdit, "knob") if "knob" in keys else (FileEdit, "file")
+    if keys - _FIELDS[cls]:
+        raise ProposalError(f"unexpected key(s) {_keys(keys - _FIELDS[cls])} in a {marker} edit", index)
+    if _FIELDS[cls] - keys:
+        raise ProposalError(f"{marker} edit is missing {_keys(_FIELDS[cls] - keys)}", index)
+    return _typed(index, cls, raw)
+
+
+def _typed(index: int, cls: type, raw: dict) -> Edit:
+    if cls is KnobEdit:
+        if not isinstance(raw["knob"], str) or not raw["knob"]:
+            raise ProposalError(f"'knob' must be a non-empty string, got {raw['knob']!r}", index)
+        if isinstance(raw["value"], bool) or not isinstance(raw["value"], (int, float, str)):
+            raise ProposalError(f"knob {raw['knob']}: 'value' must be a number or a string, "
+                                f"got {json.dumps(raw['value'])}", index)
+        return KnobEdit(raw["knob"], raw["value"])
+    for key in ("file", "search", "replace"):
+        if not isinstance(raw[key], str):
+            raise ProposalError(f"'{key}' must be a string, got {type(raw[key]).__name__}", index)
+    for key in ("file", "search"):
+        if not raw[key]:
+            raise ProposalError(f"'{key}' must not be empty", index)
+    return FileEdit(raw["file"], raw["search"], raw["replace"])
+
+
+def parse_proposal(obj_or_json_text: str | bytes | dict) -> Proposal:
+    """A `Proposal` from JSON text or an already-decoded object, or a ProposalError saying why not."""
+    obj = obj_or_json_text
+    if isinstance(obj, (str, bytes)):
+        try:
+            obj = json.loads(obj)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ProposalError(f"proposal is not valid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise ProposalError(f"proposal must be a JSON object, got {type(obj).__name__}")
+    extra = set(obj) - {"hypothesis", "edits"}
+    if extra:
+        raise ProposalError(f"unexpected key(s) {_keys(extra)}; a proposal has only 'hypothesis' and 'edits'")
+    if "hypothesis" not in obj:
+        raise ProposalError("proposal is missing 'hypothesis'")
+    if not isinstance(obj["hypothesis"], str) or not obj["hypothesis"].strip():
+        raise ProposalError(f"'hypothesis' must be a non-empty string, got {obj['hypothesis']!r}")
+    if "edits" not in obj:
+        raise ProposalError("proposal is missing 'edits'")
+    if not isinstance(obj["edits"], list):
+        raise ProposalError(f"'edits' must be a list, got {type(obj['edits']).__name__}")
+    if not obj["edits"]:
+        raise ProposalError("'edits' is empty: a proposal must change something")
+    return Proposal(obj["hypothesis"], tuple(_parse_edit(i, e) for i, e in enumerate(obj["edits"])))
+
+
+# ---------------------------------------------------------------------------------------------
+# paths: an edit may only reach a regular, listed file inside the scaffold folder
+
+def safe_relpath(root: Path, name: str, index: int | None = None) -> str:
+    """`name` normalised relative to `root`, or a ProposalError if it could reach anything else."""
+    pure = PurePosixPath(name)
+    if "\0" in name or "\\" in name:
+        raise ProposalError(f"path {name!r} contains a NUL or a backslash", index)
+    if pure.is_absolute() or PureWindowsPath(name).drive:
+        raise ProposalError(f"path {name!r} is absolute; paths are relative to the scaffold folder", index)
+    if "rl_pipeline" in pure.parts:
+        raise ProposalError(f"path {name!r} points into rl_pipeline/, which holds the evaluator and is "
+                            "never editable", index)
+    if ".." in pure.parts:
+        raise ProposalError(f"path {name!r} contains '..'; edits stay inside the scaffold folder", index)
+    current = root
+    for part in pure.parts:
+        current = current / part
+        # A symlink anywhere on the path could redirect the write, even to a target inside today.
+        if current.is_symlink():
+            raise ProposalError(f"path {name!r}: {current.relative_to(root)} is a symlink", index)
+    if not (root / pure).resolve().is_relative_to(root.resolve()):
+        raise ProposalError(f"path {name!r} resolves outside the scaffold folder", index)
+    return str(pure)
+
+
+# ---------------------------------------------------------------------------------------------
+# knob edits: one line of scaffold.yaml, comments and alignment kept
+
+def _yaml_scalar(value: float | int | str) -> str:
+    """`value` as a YAML scalar that PyYAML reads back with the same type."""
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        # PyYAML (YAML 1.1) reads 1e-06 as a string: its floats need a dot before the exponent.
+        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
+    if isinstance(value, int):
+        return str(value)
+    if re.fullmatch(r"[A-Za-z_][\w.\-]*", value) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def set_knob(text: str, name: str, value: float | int | str) -> str:
+    """scaffold.yaml `text` with knob `section.key` set to `value`; everything else byte for byte."""
+    section, key = name.split(".", 1)
+    lines = text.splitlines(keepends=True)
+    pattern = re.compile(rf"^(?P<head>[ \t]+{re.escape(key)}:[ \t]*)"
+                         r"(?P<value>\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s#](?:[^#\n]*[^\s#])?)"
+                         r"(?P<gap>[ \t]*)(?P<rest>#.*)?(?P<eol>\r?\n?)$")
+    in_section = False
+    for i, line in enumerate(lines):
+        if re.match(r"[^\s#]", line):  # a top-level key opens or closes the section
+            in_section = re.match(rf"{re.escape(section)}:[ \t]*(#.*)?\r?\n?$", line) is not None
+            continue
+        match = pattern.match(line) if in_section else None
+        if match:
+            new = _yaml_scalar(value)
+            gap = match["gap"]
+            if match["rest"]:  # keep the comment's column when the new value fits
+                gap = " " * max(1, len(match["value"]) + len(gap) - len(new))
+            lines[i] = f"{match['head']}{new}{gap}{match['rest'] or ''}{match['eol']}"
+            return "".join(lines)
+    raise ScaffoldError(f"{CONFIG_FILE}: no line '{key}: ...' under section '{section}:' to edit")
+
+
+def _check_knob_line(before: str, after: str, name: str, value: Any) -> None:
+    """The line edit changed exactly this knob to this value, and nothing else."""
+    expected = yaml.safe_load(before)
+    section, key = name.split(".", 1)
+    expected[section][key] = value
+    if yaml.safe_load(after) != expected:
+        raise ScaffoldError(f"{CONFIG_FILE}: could not set {name} in place (unusual formatting)")
+
+
+# ---------------------------------------------------------------------------------------------
+# render and validate
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= _PREFIX else text[:_PREFIX] + "...")
+
+
+def _blame(proposal: Proposal, message: str) -> int | None:
+    """The last edit whose target a load error names, so the researcher knows where to look."""
+    named = [i for i, e in enumerate(proposal.edits)
+             if (e.knob if isinstance(e, KnobEdit) else PurePosixPath(e.file).name) in message]
+    return named[-1] if named else None
+
+
+def _apply_edit(root: Path, surface: dict, texts: dict[str, str], index: int, edit: Edit) -> str:
+    """Apply one edit to the in-memory `texts`; return the file it changed."""
+    if isinstance(edit, KnobEdit):
+        knobs = surface.get("knobs") or {}
+        if edit.knob not in knobs:
+            raise ProposalError(f"unknown knob {edit.knob!r}; knobs are: {', '.join(sorted(knobs))}", index)
+        try:
+            value = check_knob(edit.knob, edit.value, knobs[edit.knob])
+            before = texts[CONFIG_FILE]
+            texts[CONFIG_FILE] = set_knob(before, edit.knob, value)
+            _check_knob_line(before, texts[CONFIG_FILE], edit.knob, value)
+        except ScaffoldError as err:
+            raise ProposalError(str(err), index) from err
+        return CONFIG_FILE
+    rel = safe_relpath(root, edit.file, index)
+    if rel == SURFACE_FILE:
+        raise ProposalError(f"{SURFACE_FILE} defines what may be edited and is never editable itself", index)
+    editable = [str(PurePosixPath(p)) for p in surface.get("editable_files") or []]
+    if rel not in editable:
+        raise ProposalError(f"file {edit.file!r} is not in the surface; editable files are: "
+                            f"{', '.join(editable) or 'none'}", index)
+    if rel not in texts:
+        if not (root / rel).is_file():
+            raise ProposalError(f"file {rel!r} does not exist in the scaffold", index)
+        try:
+            texts[rel] = (root / rel).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ProposalError(f"file {rel!r} is not UTF-8 text", index) from err
+    count = texts[rel].count(edit.search)
+    if count != 1:
+        where = "not found" if count == 0 else f"found {count} times; it must match exactly once"
+        raise ProposalError(f"{rel}: search text {_quote(edit.search)} {where}", index)
+    if edit.replace == edit.search:
+        raise ProposalError(f"{rel}: replace is identical to search", index)
+    texts[rel] = texts[rel].replace(edit.search, edit.replace)
+    return rel
+
+
+def render(proposal: Proposal, scaffold_dir: str | Path) -> dict[str, str]:
+    """Check `proposal` against the scaffold and return `{relative path: new text}` of the files it
+    changes. Nothing in `scaffold_dir` is written; a ProposalError says what is wrong."""
+    root = Path(scaffold_dir).resolve()
+    surface = load_scaffold(root, import_code=False).surface
+    texts = {CONFIG_FILE: (root / CONFIG_FILE).read_bytes().decode("utf-8")}
+    last_edit: dict[str, int] = {}
+    for index, edit in enumerate(proposal.edits):
+        last_edit[_apply_edit(root, surface, texts, index, edit)] = index
+    changed = {rel: text for rel, text in texts.items()
+               if text != (root / rel).read_bytes().decode("utf-8")}
+    if not changed:
+        raise ProposalError("the proposal changes nothing: every edit leaves its file as it was")
+    for rel, text in changed.items():
+        if rel.endswith(".py"):
+            try:
+                tree = compile(text, rel, "exec", flags=ast.PyCF_ONLY_AST)
+            except SyntaxError as err:
+                raise ProposalError(f"{rel} does not compile after the edit: line {err.lineno}: {err.msg}",
+                                    last_edit[rel]) from err
+            required = REQUIRED_FUNCTIONS.get(rel)
+            defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+            if required and required not in defined:
+                raise ProposalError(f"{rel} no longer defines the function {required}() at top level",
+                                    last_edit[rel])
+    # The whole scaffold must still load (knob types and ranges, cross-knob rules): check a throwaway
+    # copy. Its code is compiled above but never imported here: researcher code runs only inside
+    # the sandboxed runner, where an import error becomes a failed result.
+    with tempfile.TemporaryDirectory(prefix="proposal-") as tmp:
+        copy = Path(tmp) / root.name
+        shutil.copytree(root, copy, symlinks=True, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+        for rel, text in changed.items():
+            (copy / rel).write_bytes(text.encode("utf-8"))
+        try:
+            load_scaffold(copy, import_code=False)
+        except ScaffoldError as err:
+            raise ProposalError(f"the edited scaffold does not load: {err}", _blame(proposal, str(err))) from err
+    return changed
+
+
+def validate(proposal: Proposal, scaffold_dir: str | Path) -> None:
+    """Raise a ProposalError unless `proposal` applies cleanly to the scaffold; writes nothing."""
+    render(proposal, scaffold_dir)
