@@ -1,0 +1,239 @@
+"""Noise-aware comparison of a candidate's result with the incumbent's, and the keep/revert rule.
+
+Two results are compared pair by pair: the same examples under the same seeds, so the noise that
+both share (which problems are hard, which seed draws a bad sample) cancels out. Per example we
+take the difference of mean scores over the common seeds; the headline is the mean of those
+differences with a seeded paired-bootstrap 95% interval.
+
+    floor = noise_floor([result_seed_0_1, result_seed_2_3])        # once, at campaign start
+    verdict = decide(candidate, incumbent, margin=0.0, reeval_band=floor["halfwidth"], can_reeval=True)
+    if verdict.decision == "reeval":
+        candidate = merge_results(candidate, more_seeds_of_the_candidate)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+# Resamples are drawn in blocks of at most this many indices, so memory stays bounded on big splits.
+BLOCK_ELEMENTS = 2_000_000
+# The evaluator keeps this many example completions per failure category; a merge keeps the same.
+FAILURE_EXAMPLES = 3
+
+
+# ---------------------------------------------------------------- pairing and the bootstrap
+
+def bootstrap_mean_ci(values, *, samples: int = BOOTSTRAP_SAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (one value per example)."""
+    values = np.asarray(values, dtype=float)
+    n = values.size
+    if n == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    block = max(1, BLOCK_ELEMENTS // n)
+    for start in range(0, samples, block):
+        count = min(block, samples - start)
+        means[start:start + count] = values[rng.integers(0, n, size=(count, n))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+def _scores(result: dict, ids: list[str], seeds: list[int]) -> np.ndarray:
+    """The examples x seeds score matrix of `result`, restricted to `seeds` in that order."""
+    position = {seed: i for i, seed in enumerate(result["seeds"])}
+    columns = [position[s] for s in seeds]
+    return np.array([[result["per_example"][i][c] for c in columns] for i in ids], dtype=float)
+
+
+def paired_differences(candidate: dict, incumbent: dict) -> tuple[np.ndarray, list[str], list[int]]:
+    """Per-example differences of mean score (candidate - incumbent) over the common seeds.
+
+    Returns the differences, the example ids (sorted) and the common seeds (the incumbent's order).
+    Raises ValueError when the two results do not cover the same examples or share no seed.
+    """
+    cand_ids, inc_ids = set(candidate["per_example"]), set(incumbent["per_example"])
+    if cand_ids != inc_ids:
+        raise ValueError(f"results cover different examples: {len(cand_ids - inc_ids)} only in the candidate, "
+                         f"{len(inc_ids - cand_ids)} only in the incumbent; compare on the same split")
+    seeds = [s for s in incumbent["seeds"] if s in set(candidate["seeds"])]
+    if not seeds:
+        raise ValueError(f"results share no seed (candidate {candidate['seeds']}, incumbent "
+                         f"{incumbent['seeds']}); evaluate both with the same seeds")
+    ids = sorted(cand_ids)
+    diff = _scores(candidate, ids, seeds).mean(axis=1) - _scores(incumbent, ids, seeds).mean(axis=1)
+    return diff, ids, seeds
+
+
+def metric_deltas(candidate: dict, incumbent: dict) -> dict[str, float]:
+    """Candidate minus incumbent for every scalar metric both results report."""
+    cand, inc = candidate["metrics"], incumbent["metrics"]
+    return {name: float(cand[name] - inc[name]) for name in cand
+            if name in inc and isinstance(cand[name], (int, float)) and isinstance(inc[name], (int, float))}
+
+
+# ---------------------------------------------------------------- the noise floor
+
+def noise_floor(results: list[dict]) -> dict:
+    """How much one scaffold's score moves between seeds, from several evaluations of it.
+
+    All seed columns of all `results` (same examples) are pooled. `seed_std` and `seed_range` are
+    the spread of per-seed accuracy. The pooled seeds are then split in two halves (first half,
+    second half) and compared pair by pair as if they were two scaffolds: `split_delta` and
+    `split_ci95` are that comparison, and `halfwidth` (half its interval's width) is the paired
+    interval a null change gets, a natural `reeval_band`. Each half has half the seeds, so this is
+    a conservative estimate for comparisons run with all of them.
+    """
+    if not results:
+        raise ValueError("noise_floor needs at least one evaluation")
+    if any(r["status"] != "ok" for r in results):
+        raise ValueError("noise_floor needs successful evaluations; one of them failed")
+    ids = sorted(results[0]["per_example"])
+    if any(sorted(r["per_example"]) != ids for r in results):
+        raise ValueError("noise_floor needs evaluations of the same examples")
+    scores = np.concatenate([_scores(r, ids, list(r["seeds"])) for r in results], axis=1)
+    n_seeds = scores.shape[1]
+    if n_seeds < 2:
+        raise ValueError("noise_floor needs at least two seeds in all")
+    per_seed = scores.mean(axis=0)
+    half = n_seeds // 2
+    diff = scores[:, half:].mean(axis=1) - scores[:, :half].mean(axis=1)
+    low, high = bootstrap_mean_ci(diff)
+    return {
+        "n_evaluations": len(results),
+        "n_examples": len(ids),
+        "n_seeds": n_seeds,
+        "accuracy": float(scores.mean()),
+        "accuracy_by_seed": [float(a) for a in per_seed],
+        "seed_std": float(per_seed.std(ddof=1)),
+        "seed_range": float(per_seed.max() - per_seed.min()),
+        "split_delta": float(diff.mean()),
+        "split_ci95": (low, high),
+        "halfwidth": (high - low) / 2,
+    }
+
+
+# ---------------------------------------------------------------- the decision
+
+@dataclass
+class Verdict:
+    """The outcome of one comparison; `delta`/`ci95` are None when the candidate failed to run."""
+
+    decision: str  # "keep" | "revert" | "reeval"
+    delta: float | None
+    ci95: tuple[float, float] | None
+    margin: float
+    n_examples: int
+    n_seeds: int
+    reason: str
+    metric_deltas: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Verdict:
+        ci95 = tuple(data["ci95"]) if data.get("ci95") is not None else None
+        return cls(**(data | {"ci95": ci95}))
+
+
+def decide(candidate: dict, incumbent: dict, *, margin: float, reeval_band: float, can_reeval: bool) -> Verdict:
+    """Keep, revert or re-evaluate the candidate against the incumbent.
+
+    With `delta` the mean paired difference in accuracy and `[low, high]` its 95% interval:
+      - a failed candidate is reverted, with its failure reason;
+      - keep when `low > margin`: the improvement clears the margin beyond noise;
+      - reeval when `can_reeval`, `delta > margin` and `margin - reeval_band < low <= margin`:
+        the point estimate clears the margin but its interval reaches below it, by less than
+        `reeval_band`, so more seeds could settle it;
+      - revert otherwise.
+    Raises ValueError when the incumbent is not a successful result or the two do not pair up.
+    """
+    if incumbent.get("status") != "ok":
+        raise ValueError("the incumbent's result must be a successful evaluation")
+    if candidate.get("status") != "ok":
+        reason = candidate.get("reason") or "no reason given"
+        return Verdict("revert", None, None, margin, 0, 0, f"revert: the candidate failed to run ({reason}).")
+
+    diff, ids, seeds = paired_differences(candidate, incumbent)
+    delta = float(diff.mean())
+    low, high = bootstrap_mean_ci(diff)
+    numbers = (f"accuracy {delta:+.3f} (95% CI {low:+.3f} to {high:+.3f}) over {len(ids)} examples "
+               f"x {len(seeds)} seeds")
+    if low > margin:
+        decision, why = "keep", f"the lower bound is above the margin {margin:+.3f}"
+    elif can_reeval and delta > margin and low > margin - reeval_band:
+        decision, why = "reeval", (f"the estimate is above the margin {margin:+.3f} but the lower bound "
+                                   f"is not; more seeds may settle it")
+    elif delta > margin:
+        decision, why = "revert", f"the lower bound does not clear the margin {margin:+.3f}"
+    else:
+        decision, why = "revert", f"the estimate is not above the margin {margin:+.3f}"
+    return Verdict(decision, delta, (low, high), margin, len(ids), len(seeds), f"{decision}: {numbers}; {why}.",
+                   metric_deltas(candidate, incumbent))
+
+
+# ---------------------------------------------------------------- merging re-evaluations
+
+def _merge_split(a: dict, b: dict, a_seeds: int, b_seeds: int) -> dict:
+    """Merge the `metrics` and `per_example` of one split evaluated twice, on disjoint seeds."""
+    if set(a["per_example"]) != set(b["per_example"]):
+        raise ValueError("cannot merge evaluations of different examples")
+    per_example = {i: list(a["per_example"][i]) + list(b["per_example"][i]) for i in a["per_example"]}
+    example_means = [sum(v) / len(v) for v in per_example.values()]
+    # Every scalar metric is a mean over examples x seeds, so the merged one weighs by seed count.
+    metrics = {name: (a["metrics"][name] * a_seeds + b["metrics"][name] * b_seeds) / (a_seeds + b_seeds)
+               for name, value in a["metrics"].items()
+               if isinstance(value, (int, float)) and isinstance(b["metrics"].get(name), (int, float))}
+    metrics["accuracy"] = sum(example_means) / len(example_means)
+    metrics["accuracy_ci95"] = list(bootstrap_mean_ci(example_means))
+    if "accuracy_by_seed" in a["metrics"] and "accuracy_by_seed" in b["metrics"]:
+        metrics["accuracy_by_seed"] = a["metrics"]["accuracy_by_seed"] | b["metrics"]["accuracy_by_seed"]
+    return {"metrics": metrics, "per_example": per_example}
+
+
+def merge_results(a: dict, b: dict) -> dict:
+    """One result from two successful evaluations of the same scaffold on disjoint seeds.
+
+    Seeds and per-example scores are concatenated (a's first); accuracy and its interval are
+    recomputed from the merged scores, the other metrics are seed-weighted means, failure counts
+    add up. A held-out part is merged when both have one, or kept as it is when only one has it;
+    either way it carries its own `seeds`, so its per-example lists say what they cover.
+    """
+    if a.get("status") != "ok" or b.get("status") != "ok":
+        raise ValueError("only successful evaluations can be merged")
+    hash_a, hash_b = (r.get("scaffold", {}).get("content_hash") for r in (a, b))
+    if hash_a and hash_b and hash_a != hash_b:
+        raise ValueError(f"cannot merge evaluations of different scaffolds ({hash_a} vs {hash_b})")
+    shared = set(a["seeds"]) & set(b["seeds"])
+    if shared:
+        raise ValueError(f"cannot merge evaluations that share seeds {sorted(shared)}: scores would count twice")
+
+    merged = dict(a)
+    merged |= _merge_split(a, b, len(a["seeds"]), len(b["seeds"]))
+    merged["seeds"] = list(a["seeds"]) + list(b["seeds"])
+
+    failures: dict[str, dict] = {}
+    for source in (a, b):
+        for category, group in source.get("failures", {}).items():
+            into = failures.setdefault(category, {"count": 0, "examples": []})
+            into["count"] += group["count"]
+            into["examples"] = (into["examples"] + group["examples"])[:FAILURE_EXAMPLES]
+    merged["failures"] = dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"]))
+
+    timings_a, timings_b = a.get("timings", {}), b.get("timings", {})
+    merged["timings"] = {k: timings_a.get(k, 0) + timings_b.get(k, 0) for k in timings_a | timings_b}
+
+    # A held-out part may already cover fewer seeds than its result (an earlier one-sided merge).
+    held = [(r["heldout"], list(r["heldout"].get("seeds", r["seeds"]))) for r in (a, b) if "heldout" in r]
+    if len(held) == 2:
+        (held_a, seeds_a), (held_b, seeds_b) = held
+        merged["heldout"] = _merge_split(held_a, held_b, len(seeds_a), len(seeds_b)) | {"seeds": seeds_a + seeds_b}
+    elif held:
+        merged["heldout"] = held[0][0] | {"seeds": held[0][1]}
+    return merged

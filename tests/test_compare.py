@@ -1,0 +1,185 @@
+"""The paired comparison, the keep/revert/reeval rule, merging re-evaluations and the noise floor.
+
+Results are synthetic: a per-example score matrix turned into the `result.json` shape.
+"""
+
+import numpy as np
+import pytest
+
+from harness.compare import Verdict, bootstrap_mean_ci, decide, merge_results, noise_floor
+
+N = 200
+SEEDS = [0, 1, 2]
+
+
+def make_result(scores, seeds=SEEDS, **metrics) -> dict:
+    """An ok result from an examples x seeds 0/1 matrix; other metrics default to fixed values."""
+    scores = np.asarray(scores, dtype=int)
+    per_example = {f"ex{i:03d}": [int(s) for s in row] for i, row in enumerate(scores)}
+    return {
+        "status": "ok",
+        "seeds": list(seeds),
+        "scaffold": {"content_hash": "abc"},
+        "metrics": {"accuracy": float(scores.mean()), "accuracy_ci95": [0.0, 1.0],
+                    "accuracy_by_seed": {str(s): float(scores[:, j].mean()) for j, s in enumerate(seeds)},
+                    "format_valid_rate": 0.9, "mean_completion_tokens": 5.0, "truncation_rate": 0.0,
+                    "repetition_rate": 0.1} | metrics,
+        "per_example": per_example,
+        "failures": {"wrong_answer": {"count": int((scores == 0).sum()), "examples": [{"id": "ex000"}]}},
+        "timings": {"eval_s": 1.0},
+    }
+
+
+def base_scores(correct: int, n_seeds: int = len(SEEDS)) -> np.ndarray:
+    """The first `correct` examples right under every seed, the rest wrong."""
+    scores = np.zeros((N, n_seeds), dtype=int)
+    scores[:correct] = 1
+    return scores
+
+
+def test_identical_results_give_zero_delta_and_revert():
+    result = make_result(base_scores(100))
+    verdict = decide(result, result, margin=0.0, reeval_band=0.05, can_reeval=True)
+    assert verdict.decision == "revert"
+    assert verdict.delta == 0.0 and verdict.ci95 == (0.0, 0.0)
+    assert (verdict.n_examples, verdict.n_seeds) == (N, 3)
+    assert all(v == 0.0 for v in verdict.metric_deltas.values())
+
+
+def test_clearly_better_candidate_is_kept():
+    incumbent = make_result(base_scores(100))
+    candidate = make_result(base_scores(140), format_valid_rate=0.95)
+    verdict = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=True)
+    assert verdict.decision == "keep"
+    assert verdict.delta == pytest.approx(0.2)
+    assert verdict.ci95[0] > 0.1
+    assert verdict.metric_deltas["accuracy"] == pytest.approx(0.2)
+    assert verdict.metric_deltas["format_valid_rate"] == pytest.approx(0.05)
+    assert "+0.200" in verdict.reason and "200 examples x 3 seeds" in verdict.reason
+
+
+def test_small_noisy_improvement_is_reevaluated_only_when_allowed():
+    inc = base_scores(100)
+    cand = inc.copy()
+    cand[100:106] = 1  # six gains
+    cand[0:2] = 0      # two losses: +0.02 with an interval that reaches below zero
+    incumbent, candidate = make_result(inc), make_result(cand)
+    allowed = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=True)
+    assert allowed.decision == "reeval"
+    assert allowed.delta == pytest.approx(0.02)
+    assert -0.05 < allowed.ci95[0] <= 0.0
+    refused = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=False)
+    assert refused.decision == "revert"
+    too_far = decide(candidate, incumbent, margin=0.0, reeval_band=0.001, can_reeval=True)
+    assert too_far.decision == "revert"
+
+
+def test_worse_candidate_is_reverted():
+    verdict = decide(make_result(base_scores(80)), make_result(base_scores(100)),
+                     margin=0.0, reeval_band=0.05, can_reeval=True)
+    assert verdict.decision == "revert" and verdict.delta == pytest.approx(-0.1)
+
+
+def test_failed_candidate_is_reverted_with_its_reason():
+    failed = {"status": "failed", "reason": "training timed out after 300 s", "seeds": SEEDS}
+    verdict = decide(failed, make_result(base_scores(100)), margin=0.0, reeval_band=0.05, can_reeval=True)
+    assert verdict.decision == "revert"
+    assert verdict.delta is None and verdict.ci95 is None
+    assert "training timed out after 300 s" in verdict.reason
+
+
+def test_mismatched_examples_or_seeds_raise():
+    incumbent = make_result(base_scores(100))
+    fewer = make_result(base_scores(100)[:150])
+    with pytest.raises(ValueError, match="different examples"):
+        decide(fewer, incumbent, margin=0.0, reeval_band=0.05, can_reeval=True)
+    other_seeds = make_result(base_scores(100), seeds=[7, 8, 9])
+    with pytest.raises(ValueError, match="share no seed"):
+        decide(other_seeds, incumbent, margin=0.0, reeval_band=0.05, can_reeval=True)
+
+
+def test_only_common_seeds_are_compared():
+    incumbent = make_result(base_scores(100))
+    # Seeds 1 and 2 match the incumbent; seed 5 is all wrong and must not count.
+    scores = np.concatenate([base_scores(100, 2), np.zeros((N, 1), dtype=int)], axis=1)
+    candidate = make_result(scores, seeds=[1, 2, 5])
+    verdict = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=True)
+    assert verdict.delta == 0.0 and verdict.n_seeds == 2
+
+
+def test_merge_results_concatenates_seeds_and_recomputes_accuracy():
+    rng = np.random.default_rng(1)
+    a_scores, b_scores = rng.integers(0, 2, (N, 3)), rng.integers(0, 2, (N, 2))
+    a = make_result(a_scores, format_valid_rate=0.8)
+    b = make_result(b_scores, seeds=[3, 4], format_valid_rate=0.9)
+    merged = merge_results(a, b)
+    assert merged["seeds"] == [0, 1, 2, 3, 4]
+    assert merged["per_example"]["ex007"] == list(a_scores[7]) + list(b_scores[7])
+    both = np.concatenate([a_scores, b_scores], axis=1)
+    assert merged["metrics"]["accuracy"] == pytest.approx(both.mean())
+    low, high = merged["metrics"]["accuracy_ci95"]
+    assert low < both.mean() < high and high - low < 0.2
+    assert merged["metrics"]["format_valid_rate"] == pytest.approx((0.8 * 3 + 0.9 * 2) / 5)
+    assert set(merged["metrics"]["accuracy_by_seed"]) == {"0", "1", "2", "3", "4"}
+    assert merged["failures"]["wrong_answer"]["count"] == int((both == 0).sum())
+    assert merged["timings"]["eval_s"] == 2.0
+    assert a["seeds"] == [0, 1, 2]  # the inputs are left as they were
+
+
+def test_merge_results_refuses_shared_seeds_and_failed_runs():
+    a = make_result(base_scores(100))
+    with pytest.raises(ValueError, match="share seeds"):
+        merge_results(a, a)
+    with pytest.raises(ValueError, match="successful"):
+        merge_results(a, {"status": "failed", "reason": "x", "seeds": [9]})
+
+
+def test_reevaluation_with_more_seeds_can_settle_a_decision():
+    rng = np.random.default_rng(2)
+    p = rng.uniform(0.2, 0.8, N)
+
+    def draw(shift, seeds):
+        return make_result((rng.uniform(size=(N, len(seeds))) < (p + shift)[:, None]).astype(int), seeds=seeds)
+
+    incumbent = merge_results(draw(0.0, [0, 1]), draw(0.0, [2, 3, 4, 5, 6, 7]))
+    candidate = merge_results(draw(0.08, [0, 1]), draw(0.08, [2, 3, 4, 5, 6, 7]))
+    verdict = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=False)
+    assert verdict.n_seeds == 8 and verdict.decision == "keep"
+
+
+def test_noise_floor_on_repeated_evaluations():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.1, 0.9, N)
+    results = [make_result((rng.uniform(size=(N, 2)) < p[:, None]).astype(int), seeds=seeds)
+               for seeds in ([0, 1], [2, 3], [4, 5])]
+    floor = noise_floor(results)
+    assert floor["n_seeds"] == 6 and floor["n_evaluations"] == 3 and floor["n_examples"] == N
+    assert len(floor["accuracy_by_seed"]) == 6
+    assert 0.0 < floor["seed_std"] < 0.1
+    assert floor["seed_range"] >= floor["seed_std"]
+    low, high = floor["split_ci95"]
+    assert low < 0.0 < high  # the same scaffold against itself: no difference beyond noise
+    assert 0.0 < floor["halfwidth"] < 0.1
+    assert noise_floor(results) == floor
+
+    deterministic = noise_floor([make_result(base_scores(100)), make_result(base_scores(100), seeds=[3, 4, 5])])
+    assert deterministic["seed_std"] == 0.0 and deterministic["halfwidth"] == 0.0
+    with pytest.raises(ValueError, match="two seeds"):
+        noise_floor([make_result(base_scores(100, 1), seeds=[0])])
+
+
+def test_comparison_is_deterministic_and_roundtrips():
+    rng = np.random.default_rng(4)
+    incumbent, candidate = make_result(rng.integers(0, 2, (N, 3))), make_result(rng.integers(0, 2, (N, 3)))
+    first = decide(candidate, incumbent, margin=0.01, reeval_band=0.05, can_reeval=True)
+    second = decide(candidate, incumbent, margin=0.01, reeval_band=0.05, can_reeval=True)
+    assert first == second
+    assert Verdict.from_dict(first.to_dict()) == first
+
+
+def test_bootstrap_matches_the_normal_approximation():
+    values = np.random.default_rng(5).integers(0, 2, 2000).astype(float)
+    low, high = bootstrap_mean_ci(values)
+    half = 1.96 * values.std() / np.sqrt(values.size)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert bootstrap_mean_ci([]) == (0.0, 0.0)
