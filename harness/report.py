@@ -1,0 +1,126 @@
+"""A campaign's report: the progress plot (PNG) and a markdown summary, from its round history.
+
+A history row is one round:
+
+    {"round": 3, "decision": "keep" | "revert" | "failed" | "baseline", "accuracy": 0.41 | None,
+     "incumbent_accuracy": 0.41, "heldout_accuracy": 0.39 | None, "hypothesis": "...", "delta": 0.03 | None}
+
+Round 0 is the baseline (the initial scaffold). `accuracy` is the candidate's score (None when it
+failed to run), `incumbent_accuracy` the incumbent's after the round's decision, and
+`heldout_accuracy` the held-out score, measured for the baseline and for kept rounds.
+
+    progress_plot(history, "runs/arith-100/progress.png", title="arith-100")
+    Path("runs/arith-100/summary.md").write_text(summary_markdown("arith-100", history, floor))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+KEPT, REVERTED, FAILED = "keep", "revert", "failed"
+COLORS = {KEPT: "tab:green", REVERTED: "tab:grey", FAILED: "tab:red", "incumbent": "black",
+          "heldout": "tab:blue"}
+
+
+# ---------------------------------------------------------------- the progress plot
+
+def progress_plot(history: list[dict], path: str | Path, title: str = "Campaign progress") -> Path:
+    """Write the PNG: candidates by decision, the incumbent as a step line, held-out points."""
+    # A Figure with an Agg canvas, not pyplot: no global backend or figure state, safe from any thread.
+    fig = Figure(figsize=(10, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    rows = sorted(history, key=lambda r: r["round"])
+
+    rounds = [r["round"] for r in rows]
+    ax.step(rounds, [r["incumbent_accuracy"] for r in rows], where="post", color=COLORS["incumbent"],
+            linewidth=1.5, label="incumbent")
+
+    for decision, label, marker in ((KEPT, "kept", "o"), (REVERTED, "reverted", "o")):
+        points = [r for r in rows if r["decision"] == decision and r["accuracy"] is not None]
+        ax.scatter([r["round"] for r in points], [r["accuracy"] for r in points], marker=marker, s=28,
+                   color=COLORS[decision], alpha=0.8, zorder=3, label=f"{label} ({len(points)})")
+
+    # A failed run has no score: mark it along the bottom edge (x in data units, y in axes units).
+    failed = [r["round"] for r in rows if r["decision"] == FAILED]
+    ax.scatter(failed, [0.02] * len(failed), marker="x", s=28, color=COLORS[FAILED], zorder=3,
+               transform=ax.get_xaxis_transform(), label=f"failed ({len(failed)})")
+
+    heldout = [r for r in rows if r.get("heldout_accuracy") is not None and r["decision"] in (KEPT, "baseline")]
+    ax.scatter([r["round"] for r in heldout], [r["heldout_accuracy"] for r in heldout], marker="D", s=30,
+               facecolors="none", edgecolors=COLORS["heldout"], zorder=4, label="held-out")
+
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# ---------------------------------------------------------------- the markdown summary
+
+def _relative(initial: float | None, final: float | None) -> str:
+    if initial is None or final is None:
+        return "n/a"
+    if initial == 0:
+        return "n/a (initial is 0)"
+    return f"{(final - initial) / initial:+.1%}"
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _cell(text: str) -> str:
+    """Table-safe text: pipes and newlines would break the markdown row."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict | None = None) -> str:
+    """Rounds done, decisions, initial vs final accuracy (internal and held-out), and the kept changes."""
+    rows = sorted(history, key=lambda r: r["round"])
+    rounds = [r for r in rows if r["round"] > 0]
+    counts = {d: sum(r["decision"] == d for r in rounds) for d in (KEPT, REVERTED, FAILED)}
+    baseline = rows[0] if rows else {}
+
+    initial = baseline.get("incumbent_accuracy")
+    final = rows[-1]["incumbent_accuracy"] if rows else None
+    # The final incumbent is the last kept round (or the baseline), and its held-out score is the one measured then.
+    scored = [r for r in rows if r["decision"] in (KEPT, "baseline") and r.get("heldout_accuracy") is not None]
+    heldout_initial = baseline.get("heldout_accuracy")
+    heldout_final = scored[-1]["heldout_accuracy"] if scored else None
+
+    lines = [
+        f"# Campaign `{campaign_name}`",
+        "",
+        f"- rounds done: {len(rounds)}",
+        f"- kept: {counts[KEPT]}, reverted: {counts[REVERTED]}, failed: {counts[FAILED]}",
+        f"- incumbent accuracy: {_score(initial)} -> {_score(final)} ({_relative(initial, final)})",
+        f"- held-out accuracy: {_score(heldout_initial)} -> {_score(heldout_final)} "
+        f"({_relative(heldout_initial, heldout_final)})",
+    ]
+    if noise_floor:
+        parts = [f"{key} {noise_floor[key]:.4f}" for key in ("seed_std", "seed_range", "halfwidth")
+                 if key in noise_floor]
+        seeds = f" over {noise_floor['n_seeds']} seeds" if "n_seeds" in noise_floor else ""
+        lines.append(f"- noise floor{seeds}: {', '.join(parts)}")
+
+    lines += ["", "## Kept changes", ""]
+    kept = [r for r in rounds if r["decision"] == KEPT]
+    if kept:
+        lines += ["| round | hypothesis | delta | accuracy | held-out |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['round']} | {_cell(r.get('hypothesis', ''))} | "
+                  f"{'n/a' if r.get('delta') is None else format(r['delta'], '+.4f')} | "
+                  f"{_score(r.get('accuracy'))} | {_score(r.get('heldout_accuracy'))} |" for r in kept]
+    else:
+        lines.append("No change was kept.")
+    return "\n".join(lines) + "\n"

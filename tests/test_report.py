@@ -1,0 +1,56 @@
+"""The campaign report: the progress plot is a real PNG, the summary states the campaign's numbers."""
+
+import struct
+
+from harness.report import progress_plot, summary_markdown
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+HISTORY = [
+    {"round": 0, "decision": "baseline", "accuracy": 0.30, "incumbent_accuracy": 0.30, "heldout_accuracy": 0.28,
+     "hypothesis": "", "delta": None},
+    {"round": 1, "decision": "keep", "accuracy": 0.36, "incumbent_accuracy": 0.36, "heldout_accuracy": 0.33,
+     "hypothesis": "cooler sampling | fewer wild answers", "delta": 0.06},
+    {"round": 2, "decision": "revert", "accuracy": 0.34, "incumbent_accuracy": 0.36, "heldout_accuracy": None,
+     "hypothesis": "higher lr", "delta": -0.02},
+    {"round": 3, "decision": "failed", "accuracy": None, "incumbent_accuracy": 0.36, "heldout_accuracy": None,
+     "hypothesis": "broken reward", "delta": None},
+    {"round": 4, "decision": "keep", "accuracy": 0.42, "incumbent_accuracy": 0.42, "heldout_accuracy": 0.35,
+     "hypothesis": "a length penalty\nin the reward", "delta": 0.061},
+]
+
+
+def test_progress_plot_writes_a_png(tmp_path):
+    path = progress_plot(HISTORY, tmp_path / "report" / "progress.png", title="demo")
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert (width, height) == (1000, 500)
+    assert len(data) > 20_000  # axes, points, legend: far more than an empty canvas
+
+
+def test_progress_plot_handles_a_baseline_only_history(tmp_path):
+    assert progress_plot(HISTORY[:1], tmp_path / "p.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_summary_states_the_numbers():
+    text = summary_markdown("demo", HISTORY, {"n_seeds": 4, "seed_std": 0.012, "seed_range": 0.03,
+                                              "halfwidth": 0.021})
+    assert text.startswith("# Campaign `demo`")
+    assert "- rounds done: 4" in text
+    assert "- kept: 2, reverted: 1, failed: 1" in text
+    assert "- incumbent accuracy: 0.3000 -> 0.4200 (+40.0%)" in text
+    assert "- held-out accuracy: 0.2800 -> 0.3500 (+25.0%)" in text
+    assert "- noise floor over 4 seeds: seed_std 0.0120, seed_range 0.0300, halfwidth 0.0210" in text
+    assert "| 1 | cooler sampling \\| fewer wild answers | +0.0600 | 0.3600 | 0.3300 |" in text
+    assert "| 4 | a length penalty in the reward | +0.0610 | 0.4200 | 0.3500 |" in text
+    assert "higher lr" not in text and "broken reward" not in text
+
+
+def test_summary_without_kept_rounds():
+    history = [HISTORY[0], HISTORY[2] | {"incumbent_accuracy": 0.30}, HISTORY[3] | {"incumbent_accuracy": 0.30}]
+    text = summary_markdown("flat", history, None)
+    assert "- rounds done: 2" in text and "- kept: 0, reverted: 1, failed: 1" in text
+    assert "- incumbent accuracy: 0.3000 -> 0.3000 (+0.0%)" in text
+    assert "- held-out accuracy: 0.2800 -> 0.2800 (+0.0%)" in text
+    assert "No change was kept." in text and "noise floor" not in text

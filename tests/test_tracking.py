@@ -1,0 +1,213 @@
+"""MLflow tracking against a real sqlite store: parent and child runs, idempotent rounds, resume.
+
+Creating a sqlite store runs MLflow's migrations (seconds), so one blank store is made per session
+and each test works on its own copy of the file.
+"""
+
+import inspect
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+
+from harness.report import progress_plot
+from harness.tracking import (MAX_PARAM_VALUE, MlflowTracker, NullTracker, default_tracking_uri, make_tracker,
+                              sanitize_key)
+
+CONFIG = {"name": "demo", "rounds": 3, "researcher": {"name": "scripted", "file": "p.jsonl"},
+          "compare": {"margin": 0.0, "seeds": [0, 1, 2]}, "notes": "x" * 10_000, "odd:key(1)": True}
+
+
+@pytest.fixture(scope="session")
+def blank_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mlflow") / "blank.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables
+    return path
+
+
+@pytest.fixture
+def uri(blank_store, tmp_path) -> str:
+    shutil.copy(blank_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def result(accuracy, temperature, status="ok"):
+    if status != "ok":
+        return {"status": "failed", "reason": "training diverged", "seeds": [0, 1]}
+    return {"status": "ok", "knobs": {"sampling.temperature": temperature, "train.lr": 1e-5},
+            "metrics": {"accuracy": accuracy, "accuracy_ci95": [accuracy - 0.05, accuracy + 0.05],
+                        "format_valid_rate": 0.9, "mean_completion_tokens": 12.5, "truncation_rate": 0.0,
+                        "repetition_rate": 0.1, "accuracy_by_seed": {"0": accuracy - 0.01, "1": accuracy + 0.01}},
+            "heldout": {"metrics": {"accuracy": accuracy - 0.02}}, "timings": {"eval_s": 3.0}}
+
+
+ROUNDS = {  # round: (accuracy, temperature, status, decision)
+    1: (0.40, 0.7, "ok", "keep"),
+    2: (0.35, 0.5, "ok", "revert"),
+    3: (None, 0.9, "failed", "revert"),
+}
+
+
+def log_round(tracker, n, critique=None, temperature=None):
+    accuracy, temp, status, decision = ROUNDS[n]
+    temp = temperature if temperature is not None else temp
+    res = result(accuracy, temp, status)
+    verdict = {"decision": decision, "delta": None if accuracy is None else accuracy - 0.3,
+               "ci95": None if accuracy is None else [0.01, 0.09], "reason": f"{decision}: round {n}",
+               "metric_deltas": {} if accuracy is None else {"format_valid_rate": 0.02}}
+    return tracker.log_round(
+        n, proposal={"hypothesis": f"hypothesis {n}", "edits": [{"knob": "sampling.temperature", "value": temp}]},
+        result=res, verdict=verdict, critique=critique or f"critique of round {n}",
+        diff=f"--- a/knobs.yaml\n+++ b/knobs.yaml\n-temperature: 1.0\n+temperature: {temp}\n",
+        commits={"candidate": f"c{n}" * 20, "incumbent": "i" * 40}, memory_snapshot=f"# memory after round {n}",
+        approval={"who": "alice", "when": "2026-01-01T00:00:00", "note": "ok"} if n == 1 else None,
+        extra_metrics={"round_seconds": 60.0})
+
+
+def children(client, tracker):
+    exp = client.get_experiment_by_name(tracker.experiment).experiment_id
+    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{tracker.run_id}'")
+    return {int(r.data.tags["round"]): r for r in runs}
+
+
+def artifact(run_id, name, uri) -> str:
+    return Path(download_artifacts(run_id=run_id, artifact_path=name, tracking_uri=uri)).read_text()
+
+
+@pytest.fixture
+def campaign(uri):
+    tracker = MlflowTracker(uri, strict=True)
+    tracker.start_campaign("demo", CONFIG)
+    for n in ROUNDS:
+        log_round(tracker, n)
+    return tracker
+
+
+def test_a_campaign_is_one_parent_with_a_child_per_round(campaign, uri, tmp_path):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("agentic-researcher")
+    assert Path(exp.artifact_location.removeprefix("file://")) == tmp_path / "mlartifacts"
+    parents = client.search_runs([exp.experiment_id], "tags.role = 'campaign'")
+    assert [p.info.run_id for p in parents] == [campaign.run_id]
+
+    params = parents[0].data.params
+    assert params["researcher.name"] == "scripted" and params["compare.seeds"] == "[0, 1, 2]"
+    assert params["notes"] == "x" * MAX_PARAM_VALUE and params[sanitize_key("odd:key(1)")] == "true"
+    assert json.loads(artifact(campaign.run_id, "config.json", uri)) == CONFIG
+
+    runs = children(client, campaign)
+    assert sorted(runs) == [1, 2, 3]
+    kept, failed = runs[1].data, runs[3].data
+    assert kept.params == {"sampling.temperature": "0.7", "train.lr": "1e-05"}
+    assert kept.metrics["accuracy"] == 0.40 and kept.metrics["accuracy_ci95_lo"] == pytest.approx(0.35)
+    assert kept.metrics["accuracy_by_seed/1"] == pytest.approx(0.41)
+    assert kept.metrics["heldout/accuracy"] == pytest.approx(0.38)
+    assert kept.metrics["delta"] == pytest.approx(0.10) and kept.metrics["delta_ci95_hi"] == 0.09
+    assert kept.metrics["delta/format_valid_rate"] == 0.02 and kept.metrics["round_seconds"] == 60.0
+    assert kept.tags["decision"] == "keep" and kept.tags["status"] == "ok"
+    assert kept.tags["commit.candidate"] == "c1" * 20 and kept.tags["commit.incumbent"] == "i" * 40
+    assert kept.tags["approval.who"] == "alice" and kept.tags["hypothesis"] == "hypothesis 1"
+    assert failed.tags["status"] == "failed" and failed.tags["failure_reason"] == "training diverged"
+    assert failed.params == {"sampling.temperature": "0.9"} and "accuracy" not in failed.metrics
+    assert "approval.who" not in runs[2].data.tags
+
+    rid = runs[2].info.run_id
+    assert artifact(rid, "critique.md", uri) == "critique of round 2"
+    assert artifact(rid, "diff.patch", uri).endswith("+temperature: 0.5\n")
+    assert artifact(rid, "memory.md", uri) == "# memory after round 2"
+    assert json.loads(artifact(rid, "proposal.json", uri))["hypothesis"] == "hypothesis 2"
+    assert json.loads(artifact(rid, "verdict.json", uri))["decision"] == "revert"
+
+
+def test_progress_metrics_and_plot_land_on_the_parent(campaign, uri, tmp_path):
+    history = [{"round": 0, "decision": "baseline", "accuracy": 0.3, "incumbent_accuracy": 0.3,
+                "heldout_accuracy": 0.28, "hypothesis": "", "delta": None}]
+    history += [{"round": n, "decision": "failed" if s != "ok" else d, "accuracy": a,
+                 "incumbent_accuracy": 0.4 if n else 0.3, "heldout_accuracy": 0.38 if d == "keep" else None,
+                 "hypothesis": f"hypothesis {n}", "delta": None} for n, (a, _, s, d) in ROUNDS.items()]
+    plot = progress_plot(history, tmp_path / "progress.png")
+    campaign.log_campaign_progress(history[:2], plot)
+    campaign.log_campaign_progress(history, plot)  # rounds 0 and 1 again: not logged twice
+    campaign.end_campaign("finished")
+
+    client = MlflowClient(uri)
+    incumbent = client.get_metric_history(campaign.run_id, "incumbent_accuracy")
+    assert [(m.step, m.value) for m in incumbent] == [(0, 0.3), (1, 0.4), (2, 0.4), (3, 0.4)]
+    assert [m.step for m in client.get_metric_history(campaign.run_id, "candidate_accuracy")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(campaign.run_id, "heldout_accuracy")] == [0, 1]
+    assert [f.path for f in client.list_artifacts(campaign.run_id)] == ["config.json", "progress.png"]
+    assert client.get_run(campaign.run_id).info.status == "FINISHED"
+
+
+def test_logging_a_round_again_updates_it(campaign, uri):
+    client = MlflowClient(uri)
+    before = children(client, campaign)
+    assert log_round(campaign, 2, critique="second thoughts") == before[2].info.run_id
+    after = children(client, campaign)
+    assert sorted(after) == [1, 2, 3] and after[2].info.run_id == before[2].info.run_id
+    assert artifact(after[2].info.run_id, "critique.md", uri) == "second thoughts"
+
+    # Params are immutable in MLflow: a round re-run with other knobs replaces its run.
+    replaced = log_round(campaign, 2, temperature=0.6)
+    after = children(client, campaign)
+    assert sorted(after) == [1, 2, 3] and after[2].info.run_id == replaced != before[2].info.run_id
+    assert after[2].data.params["sampling.temperature"] == "0.6"
+
+
+def test_resume_reuses_the_parent_run(campaign, uri):
+    campaign.end_campaign("killed")
+    resumed = MlflowTracker(uri, strict=True)
+    assert resumed.start_campaign("demo", CONFIG | {"rounds": 5}) == campaign.run_id
+    client = MlflowClient(uri)
+    assert client.get_run(campaign.run_id).info.status == "RUNNING"
+    assert client.get_run(campaign.run_id).data.params["rounds"] == "3"  # params keep their first values
+    assert json.loads(artifact(campaign.run_id, "config.json", uri))["rounds"] == 5
+    log_round(resumed, 3)
+    assert sorted(children(client, resumed)) == [1, 2, 3]
+
+    by_id = MlflowTracker(uri, strict=True)
+    assert by_id.start_campaign("renamed", CONFIG, run_id=campaign.run_id) == campaign.run_id
+    assert MlflowTracker(uri, strict=True).start_campaign("other", CONFIG) != campaign.run_id
+
+
+def test_a_broken_store_warns_and_never_raises(tmp_path, caplog):
+    (tmp_path / "not-a-dir").write_text("")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/not-a-dir/mlflow.db")
+    with caplog.at_level(logging.WARNING, logger="harness.tracking"):
+        assert tracker.start_campaign("demo", CONFIG) is None
+        assert log_round(tracker, 1) is None
+        tracker.log_campaign_progress([], None)
+        tracker.end_campaign("failed")
+    assert len(caplog.records) == 4 and "the campaign goes on" in caplog.records[0].getMessage()
+
+
+def public_methods(cls) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(fn) for name, fn in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_")}
+
+
+def test_null_tracker_has_the_same_methods():
+    assert public_methods(NullTracker) == public_methods(MlflowTracker)
+    assert set(public_methods(NullTracker)) == {"start_campaign", "log_round", "log_campaign_progress",
+                                                 "end_campaign"}
+    null = make_tracker(False)
+    assert isinstance(null, NullTracker) and null.start_campaign("demo", CONFIG) is None
+
+
+def test_the_tracking_uri_defaults_to_sqlite_under_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(tmp_path / "runs") == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert make_tracker(True, runs_dir=tmp_path / "runs").tracking_uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert make_tracker(True, runs_dir=tmp_path / "runs").tracking_uri == "http://127.0.0.1:5000"
+    assert make_tracker(True, "sqlite:///elsewhere.db").tracking_uri == "sqlite:///elsewhere.db"
+
+
+@pytest.mark.parametrize("key, clean", [("a:b", "a_b"), ("a//b", "a/b"), ("/a/./b/../c", "a/_/b/_/c"),
+                                         ("ok.key-1 x", "ok.key-1 x"), ("", "_")])
+def test_sanitize_key(key, clean):
+    assert sanitize_key(key) == clean
