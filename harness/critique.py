@@ -1,0 +1,199 @@
+"""Self-critique after a round, and the check that it states no number it was not given.
+
+`critique` writes the round's self-feedback in markdown: what changed, what it did to each metric
+(candidate against incumbent, with the paired verdict), whether that is beyond noise (the
+interval against the margin), and what to try next (a few rules: truncation up means fewer
+tokens, a helpful change is pushed further, a refuted one gives way to another knob).
+
+`check_critique` extracts every number in a text and returns the ones that match nothing in the
+result, the incumbent or the verdict at the precision printed (a percentage is read as a
+fraction, seed and example counts and metric differences count as given, and so do 95 and 100,
+as in "95% CI"). It works on any text, so a critique written by a model can be checked the same
+way; `critique` passes it by construction, and the tests check that on random rounds.
+
+    text = critique(proposal, result, incumbent, verdict.to_dict())
+    assert check_critique(text, result, incumbent, verdict.to_dict()) == []
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from harness.proposal import FileEdit, KnobEdit, Proposal
+
+METRICS = ("accuracy", "format_valid_rate", "truncation_rate", "repetition_rate", "mean_completion_tokens")
+DIGITS = {"mean_completion_tokens": 2}  # decimals printed; rates get 3
+# Moves smaller than these are "no change" for the advice; they are never printed.
+RATE_MOVE = 0.01
+REASON_CHARS = 200
+CONSTANTS = (95.0, 100.0)  # the interval's level and the percent base
+
+# A number on its own: not the digit of a name ("top_k2", "v1") nor glued to a letter ("3rd").
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?%?(?![A-Za-z_\d])")
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".en") else text + ".0"  # 1.0 reads as a float, not 1
+    return str(value)
+
+
+def _metric(name: str, value: float, signed: bool = False) -> str:
+    return f"{value:{'+' if signed else ''}.{DIGITS.get(name, 3)}f}"
+
+
+def _reason(text: str | None) -> str:
+    """The first line of a failure reason, cut at a space so no number is cut in half."""
+    line = (text or "no reason given").strip().splitlines()[0]
+    return line if len(line) <= REASON_CHARS else line[:REASON_CHARS].rsplit(" ", 1)[0] + " ..."
+
+
+def _changes(proposal: Proposal, result: dict, incumbent: dict) -> list[str]:
+    lines = []
+    for edit in proposal.edits:
+        if isinstance(edit, FileEdit):
+            lines.append(f"- edited `{edit.file}` (search and replace)")
+            continue
+        old = incumbent.get("knobs", {}).get(edit.knob)
+        new = result.get("knobs", {}).get(edit.knob) if result.get("status") == "ok" else None
+        if new is None:  # a failed run reports no knobs: its value is not a measured number
+            lines.append(f"- `{edit.knob}`: {_value(old)} -> the proposed value (the run did not report it)")
+        elif isinstance(new, str) or isinstance(old, str) or old is None:
+            lines.append(f"- `{edit.knob}`: {_value(old)} -> {_value(new)}")
+        else:
+            direction = "raised" if new > old else "lowered" if new < old else "unchanged"
+            lines.append(f"- `{edit.knob}`: {_value(old)} -> {_value(new)} ({direction})")
+    return lines
+
+
+def _noise(verdict: dict) -> str:
+    delta, (low, high), margin = verdict["delta"], verdict["ci95"], verdict["margin"]
+    if low > margin:
+        return (f"Yes: the lower bound {low:+.3f} of the interval is above the margin {margin:+.3f}, "
+                f"so the gain is beyond noise.")
+    if high < 0:
+        return f"Yes, and for the worse: the whole interval is below zero (upper bound {high:+.3f})."
+    if verdict["decision"] == "reeval":
+        return (f"Not yet: the estimate {delta:+.3f} clears the margin {margin:+.3f} but the lower bound "
+                f"{low:+.3f} does not; more seeds were asked for.")
+    return (f"No: the interval [{low:+.3f}, {high:+.3f}] reaches below the margin {margin:+.3f}; the effect "
+            f"cannot be told from noise.")
+
+
+def _advice(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -> list[str]:
+    edit = proposal.edits[0]
+    target = f"`{edit.knob}`" if isinstance(edit, KnobEdit) else f"the edit to `{edit.file}`"
+    if result.get("status") != "ok" or verdict.get("delta") is None:
+        if "time" in (result.get("reason") or "").lower():
+            return ["The run hit a time limit: fewer training steps (`grpo.max_steps`) or shorter completions "
+                    "would fit the budget."]
+        return [f"The run failed: read the reason above, then try {target} with a smaller step, or another knob."]
+    advice = []
+    deltas = {m: result["metrics"][m] - incumbent["metrics"][m] for m in METRICS
+              if m in result.get("metrics", {}) and m in incumbent.get("metrics", {})}
+    if deltas.get("truncation_rate", 0.0) > RATE_MOVE:
+        advice.append("Truncation rose: lower the token limits (`sampling.max_new_tokens`, "
+                      "`grpo.max_completion_length`) or add a repetition penalty so answers end sooner.")
+    if deltas.get("format_valid_rate", 0.0) < -RATE_MOVE:
+        advice.append("Fewer answers are well formed: lower the sampling temperature or weigh `reward.format` more.")
+    if deltas.get("repetition_rate", 0.0) > RATE_MOVE:
+        advice.append("Repetition rose: try `sampling.repetition_penalty` or `sampling.frequency_penalty`.")
+    low, high = verdict["ci95"]
+    numeric = isinstance(edit, KnobEdit) and not isinstance(edit.value, str)
+    if verdict["decision"] == "keep":
+        new = _value(result.get("knobs", {}).get(edit.knob)) if numeric else ""
+        advice.append(f"It helped: push {target} further in the same direction, beyond {new}." if numeric
+                      else f"It helped: keep {target} and build on it with another change.")
+    elif high < 0:
+        advice.append(f"Refuted: {target} this way hurts; try the other direction or another knob.")
+    elif verdict["delta"] > verdict["margin"]:
+        advice.append(f"Promising but within noise: a larger step of {target} in the same direction would tell.")
+    else:
+        advice.append(f"No measurable effect: leave {target} as it was and try another knob.")
+    return advice
+
+
+def critique(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -> str:
+    """Markdown self-feedback on one round; every number in it comes from the arguments."""
+    out = ["**What changed.**", *_changes(proposal, result, incumbent), ""]
+    if result.get("status") != "ok" or verdict.get("delta") is None:
+        out += [f"**What it did.** Nothing was measured: the run failed ({_reason(result.get('reason'))}). "
+                f"Decision: {verdict['decision']}.", ""]
+    else:
+        low, high = verdict["ci95"]
+        out += [f"**What it did.** Decision: {verdict['decision']}. Paired accuracy change "
+                f"{verdict['delta']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}]) over {verdict['n_examples']} "
+                f"examples x {verdict['n_seeds']} seeds, against a margin of {verdict['margin']:+.3f}.", "",
+                "| metric | incumbent | candidate | change |", "|---|---|---|---|"]
+        for name in METRICS:
+            if name in result["metrics"] and name in incumbent.get("metrics", {}):
+                inc, cand = incumbent["metrics"][name], result["metrics"][name]
+                out.append(f"| {name} | {_metric(name, inc)} | {_metric(name, cand)} | "
+                           f"{_metric(name, cand - inc, signed=True)} |")
+        out += ["", f"**Beyond noise?** {_noise(verdict)}", ""]
+    out += ["**Next.**", *(f"- {line}" for line in _advice(proposal, result, incumbent, verdict))]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# checking
+
+def _numbers(obj: Any) -> list[float]:
+    """Every number in a nested structure; strings contribute the numbers written in them."""
+    if isinstance(obj, bool) or obj is None:
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)] if math.isfinite(obj) else []
+    if isinstance(obj, str):
+        return [_parse(m.group())[0] for m in NUMBER.finditer(obj)]
+    if isinstance(obj, dict):
+        return [n for value in obj.values() for n in _numbers(value)]
+    if isinstance(obj, (list, tuple)):
+        return [n for value in obj for n in _numbers(value)]
+    return []
+
+
+def _parse(text: str) -> tuple[float, float]:
+    """A printed number's value and its unit in the last place (0.043 -> 0.001, 1e-06 -> 1e-06)."""
+    percent = text.endswith("%")
+    body = text.rstrip("%")
+    mantissa, _, exponent = body.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    value, unit = float(body), 10.0 ** (int(exponent or 0) - decimals)
+    return (value / 100, unit / 100) if percent else (value, unit)
+
+
+def _given(result: dict, incumbent: dict, verdict: dict) -> list[float]:
+    """The numbers a critique may state, with the differences and magnitudes it may derive."""
+    given: list[float] = []
+    for res in (result, incumbent):
+        given += _numbers(res.get("metrics", {})) + _numbers(res.get("knobs", {})) + _numbers(res.get("reason"))
+        given += [group["count"] for group in res.get("failures", {}).values()]
+        given += [len(res.get("seeds", []))] + _numbers(res.get("num_examples"))
+    given += _numbers(verdict)
+    for name, value in result.get("metrics", {}).items():
+        other = incumbent.get("metrics", {}).get(name)
+        if isinstance(value, (int, float)) and isinstance(other, (int, float)):
+            given.append(value - other)
+    return given + [abs(v) for v in given]
+
+
+def check_critique(text: str, result: dict, incumbent: dict, verdict: dict) -> list[str]:
+    """The numbers in `text` (as written) that match no number given in `result`, `incumbent` or
+    `verdict` at the precision they are printed with; an empty list means the text is grounded."""
+    given = _given(result, incumbent, verdict)
+    unmatched = []
+    for match in NUMBER.finditer(text):
+        value, unit = _parse(match.group())
+        if float(match.group().rstrip("%")) in CONSTANTS:
+            continue
+        tolerance = unit / 2 * (1 + 1e-6) + 1e-12  # half a unit: what rounding to this precision allows
+        if not any(abs(g - value) <= tolerance for g in given):
+            unmatched.append(match.group())
+    return unmatched

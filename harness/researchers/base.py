@@ -1,0 +1,108 @@
+"""The researcher interface every backend implements, the helpers they share, and the factory.
+
+A researcher turns what the analyze step saw (`Evidence`) and the rendered memory into one
+`Proposal` per round, may learn from the round's verdict, and may keep a checkpoint:
+
+    researcher = make_researcher({"name": "random"}, campaign_dir=Path("runs/demo"), seed=0,
+                                 base_model="runs/models/base")
+    proposal = researcher.propose(evidence, memory.render(2000), Path("runs/demo/scaffold"))
+    researcher.learn(proposal, verdict.to_dict())
+
+Backends are stateless given the round number (`evidence.round`) and their saved state, so a
+campaign resumed after a crash asks for the same round again and gets the same proposal.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.analyze import Evidence
+from harness.proposal import Proposal
+from rl_pipeline.scaffold import load_scaffold
+
+
+class ResearcherExhausted(Exception):
+    """The researcher has nothing more to propose (a scripted file ran out): the campaign ends cleanly."""
+
+
+class Researcher:
+    """The interface: `propose` is required; `learn`, `save`, `load` and `usage` default to nothing."""
+
+    name = "base"
+
+    def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        """One proposal for round `evidence.round` on the scaffold at `scaffold_dir`."""
+        raise NotImplementedError
+
+    def learn(self, proposal: Proposal, verdict: dict) -> None:
+        """Online update from the final verdict of the round that `proposal` was made for."""
+
+    def save(self, dir: Path) -> None:
+        """Write the researcher's state (a checkpoint) into `dir`."""
+
+    def load(self, dir: Path) -> None:
+        """Read back what `save` wrote."""
+
+    def usage(self) -> dict:
+        """Counters for tracking, such as tokens generated; empty when there is nothing to count."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# shared by the knob-search backends
+
+def round_seed(seed: int, round_no: int) -> int:
+    """A seed for one round of one campaign: the same (seed, round) always draws the same proposal,
+    and neighbouring rounds get unrelated streams (not seed + round, which would overlap campaigns)."""
+    return int(np.random.SeedSequence([seed, round_no]).generate_state(1)[0])
+
+
+def searchable(spec: dict) -> bool:
+    """Whether a knob's values can be enumerated or sampled: it has choices, or both bounds."""
+    return "choices" in spec or ("min" in spec and "max" in spec)
+
+
+def knob_space(scaffold_dir: Path) -> tuple[dict[str, dict], dict[str, Any]]:
+    """The searchable knobs of a scaffold's surface (name -> spec) and their current values."""
+    scaffold = load_scaffold(scaffold_dir, import_code=False)
+    specs = {name: spec for name, spec in (scaffold.surface.get("knobs") or {}).items() if searchable(spec)}
+    return specs, scaffold.knobs()
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Knob values equal as the scaffold would store them (1 == 1.0; floats up to rounding noise)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def short_float(value: float, digits: int) -> float:
+    """`value` rounded to `digits` significant digits, so proposals read (and tokenize) short."""
+    return float(f"{value:.{digits}g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the factory: config["name"] picks the backend; each is imported only when chosen, so the knob
+# baselines never load torch
+
+BACKENDS = ("scripted", "random", "local")
+
+
+def make_researcher(config: dict, *, campaign_dir: Path, seed: int, base_model: str) -> Researcher:
+    """The researcher named by `config["name"]`, configured by the rest of `config`."""
+    config = dict(config)
+    name = config.get("name")
+    if name == "scripted":
+        from harness.researchers.scripted import ScriptedResearcher
+        return ScriptedResearcher(config)
+    if name == "random":
+        from harness.researchers.random_search import RandomResearcher
+        return RandomResearcher(seed=seed)
+    if name == "local":
+        from harness.researchers.local import LocalResearcher
+        return LocalResearcher(config, campaign_dir=Path(campaign_dir), seed=seed, base_model=base_model)
+    raise ValueError(f"unknown researcher {name!r}; choose one of: {', '.join(BACKENDS)}")

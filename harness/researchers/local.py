@@ -1,0 +1,313 @@
+"""The local researcher: our MoE policy proposes knob edits under a grammar, and learns from verdicts.
+
+Propose. The scaffold's surface is turned into a finite set of candidate edits: every searchable
+knob times a grid of values (7 points across its range, log-spaced for `log: true`, every choice
+of a choice knob, integers deduplicated), minus the current value and minus any edit the
+scaffold would reject. Each candidate is the text `{"knob": "<name>", "value": <value>}` plus
+EOS, tokenized; the token sequences form a trie. Decoding follows the trie: at each step only
+tokens that continue some candidate are allowed, the model's logits elsewhere are masked, and the
+next token is sampled (with the configured temperature) from the renormalized distribution. So
+every proposal is valid by construction, and the model's only freedom is which edit to make.
+The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
+(old memory goes first, the evidence of this round last).
+
+Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
+keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
+running-mean baseline; one Adam step. The checkpoint (weights, tokenizer, optimizer, state) is
+then saved, so the model that runs the loop is the one that learned from it.
+
+Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
+`checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
+atomically; and `pending.json`, the prompt and candidates of the last proposal, so `learn` works
+after a crash between propose and learn.
+
+    researcher = LocalResearcher({"temperature": 1.0, "learning_rate": 1e-4}, campaign_dir=Path("runs/demo"),
+                                 seed=0, base_model="runs/models/base")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from harness.analyze import Evidence
+from harness.proposal import KnobEdit, Proposal, ProposalError, validate
+from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
+                                      short_float)
+from model import load_policy, load_tokenizer, save_policy
+
+DEFAULTS = {"temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768, "reward_scale": 10.0}
+FLOAT_DIGITS = 3  # significant digits of a grid value: 0.667, 4.64e-06
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# the grammar: candidate edits from the surface, as token sequences in a trie
+
+def value_grid(spec: dict, current: Any, points: int) -> list:
+    """The values a knob may be proposed at: a grid over its range, or its choices; never `current`."""
+    if "choices" in spec:
+        values = list(spec["choices"])
+    else:
+        low, high = spec["min"], spec["max"]
+        raw = np.geomspace(low, high, points) if spec.get("log") else np.linspace(low, high, points)
+        if spec["type"] == "int":
+            values = sorted({int(round(v)) for v in raw})
+        else:
+            values = list(dict.fromkeys(min(max(short_float(float(v), FLOAT_DIGITS), low), high) for v in raw))
+    return [v for v in values if not same_value(v, current)]
+
+
+def candidate_text(knob: str, value: Any) -> str:
+    return json.dumps({"knob": knob, "value": value})
+
+
+def build_trie(sequences: list[list[int]]) -> dict:
+    """Nested dicts token -> subtree; every sequence ends in EOS, so a leaf is exactly one candidate."""
+    root: dict = {}
+    for seq in sequences:
+        node = root
+        for token in seq:
+            node = node.setdefault(token, {})
+    return root
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the researcher
+
+class LocalResearcher(Researcher):
+    name = "local"
+
+    def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
+        unknown = set(config) - set(DEFAULTS) - {"name"}
+        if unknown:  # a misspelt option would otherwise be silently replaced by its default
+            raise ValueError(f"unknown local researcher option(s) {sorted(unknown)}; options are: "
+                             f"{', '.join(DEFAULTS)}")
+        options = DEFAULTS | dict(config)
+        self.temperature = float(options["temperature"])
+        if self.temperature <= 0:
+            raise ValueError(f"the local researcher samples: temperature must be > 0, got {self.temperature}")
+        self.lr = float(options["learning_rate"])
+        self.grid_points = int(options["grid_points"])
+        self.context_tokens = int(options["context_tokens"])
+        self.reward_scale = float(options["reward_scale"])
+        self.seed = seed
+        self.dir = Path(campaign_dir) / "researcher"
+        self.pending_file = self.dir / "pending.json"
+        self.counts = {"proposals": 0, "prompt_tokens": 0, "generated_tokens": 0, "learn_steps": 0}
+        self._candidates: dict[str, list[tuple[str, KnobEdit]]] = {}  # valid candidates per knob state
+        self._init_checkpoint(Path(base_model))
+        self.load(self.dir)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @staticmethod
+    def _checkpoint(dir: Path) -> Path:
+        """The checkpoint folder under a researcher folder. A crash between the two renames of
+        `save` leaves only `checkpoint.old`, which is complete: it is taken back."""
+        checkpoint, old = Path(dir) / "checkpoint", Path(dir) / "checkpoint.old"
+        if not checkpoint.exists() and old.exists():
+            old.rename(checkpoint)
+        return checkpoint
+
+    def _init_checkpoint(self, base_model: Path) -> None:
+        """First use: the campaign's checkpoint starts as a copy of the base policy."""
+        checkpoint = self._checkpoint(self.dir)
+        if checkpoint.exists():
+            return
+        if not (base_model / "config.json").is_file():
+            raise FileNotFoundError(f"base model {str(base_model)!r} has no config.json; pretrain it first")
+        tmp = checkpoint.with_name("checkpoint.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base_model, tmp)
+        _atomic_json(tmp / STATE_FILE, {"baseline": 0.0, "rounds_learned": 0, "last_learned_round": 0})
+        tmp.rename(checkpoint)
+
+    def save(self, dir: Path) -> None:
+        """Weights, tokenizer, optimizer and state into `dir/checkpoint`, swapped in whole so a crash
+        never leaves a half-written checkpoint."""
+        checkpoint = self._checkpoint(dir)
+        if self._saved == (checkpoint.resolve(), json.dumps(self.state)):
+            return  # nothing learned since this folder was written (learn saves by itself)
+        tmp, old = checkpoint.with_name("checkpoint.tmp"), checkpoint.with_name("checkpoint.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(self.policy, self.tokenizer, tmp)
+        torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        _atomic_json(tmp / STATE_FILE, self.state)
+        shutil.rmtree(old, ignore_errors=True)
+        if checkpoint.exists():
+            checkpoint.rename(old)
+        tmp.rename(checkpoint)
+        shutil.rmtree(old, ignore_errors=True)
+        self._saved = (checkpoint.resolve(), json.dumps(self.state))
+
+    def load(self, dir: Path) -> None:
+        """The checkpoint in `dir/checkpoint`: weights, tokenizer, state and the optimizer's moments."""
+        checkpoint = self._checkpoint(dir)
+        self.policy = load_policy(checkpoint)
+        self.tokenizer = load_tokenizer(checkpoint)
+        self.state = json.loads((checkpoint / STATE_FILE).read_text())
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
+        if (checkpoint / OPTIMIZER_FILE).is_file():
+            self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, weights_only=True))
+            for group in self.optimizer.param_groups:  # the configured rate wins over the saved one
+                group["lr"] = self.lr
+        self._saved = (checkpoint.resolve(), json.dumps(self.state))
+
+    def usage(self) -> dict:
+        return dict(self.counts) | {"rounds_learned": self.state["rounds_learned"],
+                                    "baseline": self.state["baseline"]}
+
+    # ------------------------------------------------------------------ propose
+
+    def _candidate_edits(self, scaffold_dir: Path, specs: dict, current: dict) -> list[tuple[str, KnobEdit]]:
+        """(text, edit) of every grid edit the scaffold accepts. Checked with `validate`, so a
+        cross-knob rule is respected too; cached per knob state, which only a keep changes."""
+        key = json.dumps([specs, current], sort_keys=True, default=str)
+        if key not in self._candidates:
+            candidates = []
+            for name in sorted(specs):
+                for value in value_grid(specs[name], current[name], self.grid_points):
+                    edit = KnobEdit(name, value)
+                    try:
+                        validate(Proposal("grid point", (edit,)), scaffold_dir)
+                    except ProposalError:
+                        continue
+                    candidates.append((candidate_text(name, value), edit))
+            self._candidates[key] = candidates
+        return self._candidates[key]
+
+    def _prompt_ids(self, evidence: Evidence, memory_text: str, room: int) -> list[int]:
+        text = f"{memory_text.strip()}\n\n{evidence.summary()}\nproposal: "
+        # verbose=False: the memory may exceed the model's length before it is cut, which is expected
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return [self.tokenizer.bos_token_id] + ids[-(room - 1):]
+
+    def _masked_logprobs(self, logits_V: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+        """Log-probabilities over `allowed` only: the model's distribution restricted and renormalized."""
+        return torch.log_softmax(logits_V[allowed].float() / self.temperature, dim=-1)
+
+    @torch.no_grad()
+    def _decode(self, prompt_ids: list[int], trie: dict, generator: torch.Generator) -> list[int]:
+        """Walk the trie from the root to a leaf, sampling at branch points. Forced tokens are fed
+        to the model together at the next branch point, so it runs once per real choice."""
+        cache = DynamicCache(config=self.policy.config)
+        feed, node, out = list(prompt_ids), trie, []
+        while node:
+            allowed = sorted(node)
+            if len(allowed) == 1:
+                token = allowed[0]
+            else:
+                logits_V = self.policy(input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True,
+                                       logits_to_keep=1).logits[0, -1]
+                probs = self._masked_logprobs(logits_V, allowed).exp()
+                token = allowed[int(torch.multinomial(probs, 1, generator=generator))]
+                feed = []
+            out.append(token)
+            feed.append(token)
+            node = node[token]
+        return out
+
+    def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        specs, current = knob_space(Path(scaffold_dir))
+        candidates = self._candidate_edits(Path(scaffold_dir), specs, current)
+        if not candidates:
+            raise ResearcherExhausted("the surface has no knob edit left that the scaffold accepts")
+        eos = self.tokenizer.eos_token_id
+        sequences = [self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text, _ in candidates]
+        room = min(self.context_tokens,
+                   self.policy.config.max_position_embeddings - max(len(s) for s in sequences))
+        prompt_ids = self._prompt_ids(evidence, memory_text, room)
+        generator = torch.Generator().manual_seed(round_seed(self.seed, evidence.round))
+        tokens = self._decode(prompt_ids, build_trie(sequences), generator)
+        choice = sequences.index(tokens)
+        edit = candidates[choice][1]
+        proposal = Proposal(self._hypothesis(evidence, edit, current[edit.knob]), (edit,))
+        self.counts["proposals"] += 1
+        self.counts["prompt_tokens"] += len(prompt_ids)
+        self.counts["generated_tokens"] += len(tokens)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_json(self.pending_file, {"round": evidence.round, "proposal": proposal.to_dict(),
+                                         "prompt_ids": prompt_ids, "candidates": [t for t, _ in candidates],
+                                         "sequences": sequences, "choice": choice})
+        return proposal
+
+    @staticmethod
+    def _hypothesis(evidence: Evidence, edit: KnobEdit, old: Any) -> str:
+        change = f"set {edit.knob} from {old} to {edit.value}"
+        if evidence.failures:
+            category, group = next(iter(evidence.failures.items()))
+            return (f"{change}: the incumbent's most common failure is {category} ({group['count']} cases), "
+                    f"and this knob may reduce it")
+        return f"{change}: the incumbent shows no failure category, so look for accuracy elsewhere"
+
+    # ------------------------------------------------------------------ learn
+
+    def _pending_for(self, proposal: Proposal) -> dict:
+        if not self.pending_file.is_file():
+            raise ValueError("the local researcher has no pending proposal to learn from")
+        pending = json.loads(self.pending_file.read_text())
+        if pending["proposal"]["edits"] != proposal.to_dict()["edits"]:
+            raise ValueError(f"learn() got a proposal the local researcher did not make in round {pending['round']}: "
+                             f"{proposal.to_json()}")
+        return pending
+
+    def _sequence_logprob(self, prompt_ids: list[int], sequence: list[int], trie: dict) -> torch.Tensor:
+        """Log-probability of `sequence` under the masked distribution, with gradients."""
+        ids = torch.tensor([prompt_ids + sequence[:-1]])
+        logits_SV = self.policy(input_ids=ids, logits_to_keep=len(sequence)).logits[0]
+        total, node = logits_SV.new_zeros(()), trie
+        for logits_V, token in zip(logits_SV, sequence):
+            allowed = sorted(node)
+            if len(allowed) > 1:  # a forced token has probability 1 and no gradient
+                total = total + self._masked_logprobs(logits_V, allowed)[allowed.index(token)]
+            node = node[token]
+        return total
+
+    def log_prob(self, proposal: Proposal) -> float:
+        """Log-probability that the current weights propose `proposal`'s edit from the last prompt."""
+        pending = json.loads(self.pending_file.read_text())
+        sequence = pending["sequences"][pending["candidates"].index(candidate_text(
+            proposal.edits[0].knob, proposal.edits[0].value))]
+        with torch.no_grad():
+            return float(self._sequence_logprob(pending["prompt_ids"], sequence, build_trie(pending["sequences"])))
+
+    def reward(self, verdict: dict) -> float:
+        if verdict["decision"] == "keep":
+            return 1.0
+        if verdict.get("delta") is None:  # the candidate failed to run
+            return -1.0
+        return float(np.clip(verdict["delta"] * self.reward_scale, -1.0, 1.0))
+
+    def learn(self, proposal: Proposal, verdict: dict) -> None:
+        """One REINFORCE step for the round of the pending proposal, then save. Call it once per
+        round with the final verdict; a second call for the same round (a resume) does nothing."""
+        pending = self._pending_for(proposal)
+        if pending["round"] <= self.state["last_learned_round"]:
+            return
+        reward = self.reward(verdict)
+        advantage = reward - self.state["baseline"]
+        logprob = self._sequence_logprob(pending["prompt_ids"], pending["sequences"][pending["choice"]],
+                                         build_trie(pending["sequences"]))
+        self.optimizer.zero_grad()
+        (-advantage * logprob).backward()
+        self.optimizer.step()
+        n = self.state["rounds_learned"]
+        self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
+                      "last_learned_round": pending["round"]}
+        self.counts["learn_steps"] += 1
+        self.save(self.dir)

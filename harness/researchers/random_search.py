@@ -1,0 +1,87 @@
+"""The random knob-search baseline: one knob, one new value, uniformly, every round.
+
+Each round picks one searchable knob of the surface uniformly and a value uniformly in its range
+(log-uniform for `log: true`, uniform among choices, integers drawn as integers), never the
+current value. The draw is seeded by (seed, round), so a campaign is reproducible and a resumed
+round draws what it drew before. A draw that breaks a cross-knob rule of the scaffold (say a
+batch size that is not a multiple of the group size) is drawn again, so every proposal is valid.
+
+    researcher = RandomResearcher(seed=0)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.analyze import Evidence
+from harness.proposal import KnobEdit, Proposal, ProposalError, validate
+from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
+                                      short_float)
+
+# Significant digits of a drawn float: enough to cover a range finely, short enough to read.
+DIGITS = 4
+# Redraws of a value that equals the current one, and of a proposal the scaffold rejects.
+MAX_DRAWS = 100
+
+
+def draw_value(rng: np.random.Generator, spec: dict) -> Any:
+    """One value of a knob, uniform over its range (log-uniform with `log: true`) or its choices."""
+    if "choices" in spec:
+        return spec["choices"][rng.integers(len(spec["choices"]))]
+    low, high = spec["min"], spec["max"]
+    if spec.get("log"):
+        if low <= 0:
+            raise ValueError(f"a log-scaled knob needs min > 0, got min={low}")
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        if spec["type"] == "int":
+            return min(max(round(value), math.ceil(low)), math.floor(high))
+    elif spec["type"] == "int":
+        return int(rng.integers(math.ceil(low), math.floor(high) + 1))
+    else:
+        value = rng.uniform(low, high)
+    return min(max(short_float(value, DIGITS), low), high)
+
+
+def has_alternative(spec: dict, current: Any) -> bool:
+    """Whether the knob can take any value other than `current` (a one-value range cannot)."""
+    if "choices" in spec:
+        return any(not same_value(c, current) for c in spec["choices"])
+    if spec["type"] == "int":
+        return math.floor(spec["max"]) > math.ceil(spec["min"])
+    return spec["max"] > spec["min"]
+
+
+class RandomResearcher(Researcher):
+    name = "random"
+
+    def __init__(self, *, seed: int):
+        self.seed = seed
+        self.proposals = 0
+
+    def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        specs, current = knob_space(scaffold_dir)
+        names = sorted(name for name, spec in specs.items() if has_alternative(spec, current.get(name)))
+        if not names:
+            raise ResearcherExhausted("no knob of the surface can take another value")
+        rng = np.random.default_rng(round_seed(self.seed, evidence.round))
+        for _ in range(MAX_DRAWS):
+            name = names[rng.integers(len(names))]
+            value = draw_value(rng, specs[name])
+            if same_value(value, current[name]):
+                continue
+            proposal = Proposal(f"random search: set {name} from {current[name]} to {value}",
+                                (KnobEdit(name, value),))
+            try:
+                validate(proposal, scaffold_dir)
+            except ProposalError:
+                continue
+            self.proposals += 1
+            return proposal
+        raise ResearcherExhausted(f"no valid knob edit in {MAX_DRAWS} draws for round {evidence.round}")
+
+    def usage(self) -> dict:
+        return {"proposals": self.proposals}

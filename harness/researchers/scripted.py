@@ -1,0 +1,45 @@
+"""The scripted researcher: replays proposals from a JSONL file, one per line, for tests and reproductions.
+
+Round n (1-based) gets the n-th non-blank line; past the last one the researcher is exhausted
+and the campaign ends cleanly. Nothing is remembered between rounds, so a resumed campaign asks
+for round n again and gets line n again.
+
+    researcher = ScriptedResearcher({"file": "tests/data/proposals.jsonl"})
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.analyze import Evidence
+from harness.proposal import Proposal, ProposalError, parse_proposal
+from harness.researchers.base import Researcher, ResearcherExhausted
+
+
+class ScriptedResearcher(Researcher):
+    name = "scripted"
+
+    def __init__(self, config: dict):
+        if not config.get("file"):
+            raise ValueError("the scripted researcher needs a proposals file: researcher.file=PATH")
+        self.path = Path(config["file"])
+        if not self.path.is_file():
+            raise FileNotFoundError(f"proposals file {str(self.path)!r} does not exist")
+        # (line number in the file, text): line numbers count blank lines, so errors point at the file.
+        self.lines = [(number, text) for number, text in enumerate(self.path.read_text().splitlines(), 1)
+                      if text.strip()]
+
+    def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        if evidence.round < 1:
+            raise ValueError(f"rounds are numbered from 1, got {evidence.round}")
+        if evidence.round > len(self.lines):
+            raise ResearcherExhausted(f"{self.path} has {len(self.lines)} proposal(s); round {evidence.round} "
+                                      "has none")
+        number, text = self.lines[evidence.round - 1]
+        try:
+            return parse_proposal(text)
+        except ProposalError as err:
+            raise ProposalError(f"{self.path}, line {number}: {err}") from err
+
+    def usage(self) -> dict:
+        return {"proposals_in_file": len(self.lines)}

@@ -1,0 +1,203 @@
+"""Researcher backends: scripted replay, the random baseline, and the local model under its grammar."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.analyze import Evidence
+from harness.proposal import KnobEdit, ProposalError, validate
+from harness.researchers import ResearcherExhausted, make_researcher
+from harness.researchers.base import knob_space
+from harness.researchers.local import value_grid
+from harness.researchers.random_search import draw_value
+from model import build_policy, build_tokenizer, save_policy
+
+ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
+MEMORY = "# Memory\n\n## Round 1\nset sampling.temperature from 1.0 to 0.7: reverted\n" * 20
+
+
+@pytest.fixture
+def scaffold(tmp_path):
+    dst = tmp_path / "arith"
+    shutil.copytree(ARITH, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.fixture
+def strict_scaffold(scaffold):
+    """arith with a batch size of 12 allowed by its range but refused by the cross-knob rule (a
+    multiple of grpo.num_generations, 8 here): a valid-looking edit that only the scaffold rejects."""
+    surface = scaffold / "surface.yaml"
+    surface.write_text(surface.read_text().replace("choices: [8, 16]", "choices: [8, 12, 16]"))
+    return scaffold
+
+
+def evidence(round_no: int) -> Evidence:
+    return Evidence(round=round_no, incumbent_accuracy=0.41, incumbent_ci95=(0.35, 0.47),
+                    incumbent_metrics={"format_valid_rate": 0.9, "truncation_rate": 0.05},
+                    knobs={"sampling.temperature": 1.0},
+                    failures={"wrong_answer": {"count": 12, "examples": [
+                        {"question": "2+2", "completion": "5", "expected": "4"}]}},
+                    trend=[0.40, 0.41])
+
+
+def test_unknown_researcher_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown researcher 'gpt'.*scripted, random, local"):
+        make_researcher({"name": "gpt"}, campaign_dir=tmp_path, seed=0, base_model="none")
+
+
+# ---------------------------------------------------------------- scripted
+
+def scripted(tmp_path, lines):
+    path = tmp_path / "proposals.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return make_researcher({"name": "scripted", "file": str(path)}, campaign_dir=tmp_path, seed=0, base_model="")
+
+
+def test_scripted_replays_lines_by_round_and_skips_blank_lines(tmp_path, scaffold):
+    first = {"hypothesis": "cooler", "edits": [{"knob": "sampling.temperature", "value": 0.7}]}
+    second = {"hypothesis": "more steps", "edits": [{"knob": "grpo.max_steps", "value": 30}]}
+    researcher = scripted(tmp_path, [json.dumps(first), "", "   ", json.dumps(second)])
+    assert researcher.propose(evidence(2), "", scaffold).to_dict() == second
+    assert researcher.propose(evidence(1), "", scaffold).to_dict() == first  # stateless: any order
+    with pytest.raises(ResearcherExhausted, match="round 3"):
+        researcher.propose(evidence(3), "", scaffold)
+
+
+def test_scripted_malformed_line_names_the_line(tmp_path, scaffold):
+    good = json.dumps({"hypothesis": "h", "edits": [{"knob": "grpo.beta", "value": 0.1}]})
+    researcher = scripted(tmp_path, [good, "", '{"hypothesis": "h", "edits": []}', "{not json"])
+    assert researcher.propose(evidence(1), "", scaffold).edits == (KnobEdit("grpo.beta", 0.1),)
+    with pytest.raises(ProposalError, match=r"proposals.jsonl, line 3: 'edits' is empty"):
+        researcher.propose(evidence(2), "", scaffold)
+    with pytest.raises(ProposalError, match=r"line 4: proposal is not valid JSON"):
+        researcher.propose(evidence(3), "", scaffold)
+
+
+# ---------------------------------------------------------------- random
+
+def test_random_is_valid_reproducible_and_never_a_no_op(tmp_path, scaffold):
+    specs, current = knob_space(scaffold)
+    make = lambda seed: make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=seed, base_model="")
+    researcher, again, other = make(3), make(3), make(4)
+    proposals = [researcher.propose(evidence(n), "", scaffold) for n in range(1, 51)]
+    for proposal in proposals:
+        validate(proposal, scaffold)
+        (edit,) = proposal.edits
+        assert edit.value != current[edit.knob]
+        assert type(edit.value) is {"float": float, "int": int, "str": str}[specs[edit.knob]["type"]]
+    assert len({p.edits[0].knob for p in proposals}) >= 10  # the knob is drawn over the whole surface
+    assert [again.propose(evidence(n), "", scaffold) for n in range(50, 0, -1)] == proposals[::-1]
+    assert [other.propose(evidence(n), "", scaffold) for n in range(1, 11)] != proposals[:10]
+
+
+def test_random_respects_cross_knob_rules(tmp_path, strict_scaffold):
+    researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
+    batch = [p.edits[0].value for p in (researcher.propose(evidence(n), "", strict_scaffold) for n in range(1, 121))
+             if p.edits[0].knob == "grpo.per_device_train_batch_size"]
+    assert batch and set(batch) == {16}
+
+
+def test_random_values_follow_the_knob_scale():
+    rng = np.random.default_rng(0)
+    lr = [draw_value(rng, {"type": "float", "min": 1e-7, "max": 1e-3, "log": True}) for _ in range(200)]
+    assert 1e-7 <= min(lr) and max(lr) <= 1e-3
+    assert np.median(lr) < 1e-4  # log-uniform: half the draws below 1e-5; uniform would put it near 5e-4
+    steps = {draw_value(rng, {"type": "int", "min": 1, "max": 4}) for _ in range(100)}
+    assert steps == {1, 2, 3, 4}
+    assert {draw_value(rng, {"type": "str", "choices": ["a", "b"]}) for _ in range(50)} == {"a", "b"}
+
+
+# ---------------------------------------------------------------- local
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """A tiny fresh policy whose tokenizer has seen the surface, saved as the campaign's base."""
+    threads = torch.get_num_threads()
+    # The tiny model's matmuls gain nothing from threads, and on shared cores they slow it a hundredfold.
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("base")
+    tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "scaffold.yaml").read_text()])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, path)
+    yield str(path)
+    torch.set_num_threads(threads)
+
+
+def local(campaign_dir, base_model, **config):
+    return make_researcher({"name": "local", "context_tokens": 256} | config, campaign_dir=campaign_dir, seed=7,
+                           base_model=base_model)
+
+
+def test_local_rejects_unknown_options(tmp_path, base_model):
+    with pytest.raises(ValueError, match=r"unknown local researcher option\(s\) \['lr'\]"):
+        local(tmp_path, base_model, lr=1e-3)
+
+
+def test_value_grid_spans_the_range_without_the_current_value():
+    assert value_grid({"type": "float", "min": 0.0, "max": 2.0}, 1.0, 7) == [0.0, 0.333, 0.667, 1.33, 1.67, 2.0]
+    assert value_grid({"type": "float", "min": 1e-7, "max": 1e-3, "log": True}, 1e-6, 5) == [
+        1e-7, 1e-5, 1e-4, 1e-3]
+    assert value_grid({"type": "int", "min": 1, "max": 4}, 2, 7) == [1, 3, 4]
+    assert value_grid({"type": "str", "choices": ["a", "b"]}, "a", 7) == ["b"]
+
+
+def test_local_proposals_are_all_valid_and_deterministic(tmp_path, strict_scaffold, base_model):
+    scaffold = strict_scaffold
+    researcher = local(tmp_path / "campaign", base_model)
+    proposals = [researcher.propose(evidence(n), MEMORY, scaffold) for n in range(1, 21)]
+    candidates = json.loads((tmp_path / "campaign" / "researcher" / "pending.json").read_text())["candidates"]
+    assert '{"knob": "grpo.per_device_train_batch_size", "value": 16}' in candidates
+    assert '{"knob": "grpo.per_device_train_batch_size", "value": 12}' not in candidates
+    for proposal in proposals:
+        validate(proposal, scaffold)
+        assert proposal.hypothesis.startswith(f"set {proposal.edits[0].knob} from ")
+        assert "wrong_answer" in proposal.hypothesis
+    assert len({p.edits for p in proposals}) > 5  # it samples, it does not repeat one edit
+    assert researcher.propose(evidence(4), MEMORY, scaffold) == proposals[3]
+    assert researcher.usage()["generated_tokens"] > 0
+    assert (tmp_path / "campaign" / "researcher" / "checkpoint" / "config.json").is_file()
+
+
+def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_model):
+    researcher = local(tmp_path / "campaign", base_model, learning_rate=1e-3)
+    proposal = researcher.propose(evidence(1), MEMORY, scaffold)
+    before = researcher.log_prob(proposal)
+    weights = researcher.policy.lm_head.weight.detach().clone()
+    researcher.learn(proposal, {"decision": "keep", "delta": 0.05})
+    assert not torch.equal(weights, researcher.policy.lm_head.weight)
+    assert researcher.log_prob(proposal) > before + 0.01
+    state = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text())
+    assert state == {"baseline": 1.0, "rounds_learned": 1, "last_learned_round": 1}
+
+    # A resumed campaign may hand the same round's verdict again: it is learned once.
+    weights = researcher.policy.lm_head.weight.detach().clone()
+    researcher.learn(proposal, {"decision": "keep", "delta": 0.05})
+    assert torch.equal(weights, researcher.policy.lm_head.weight)
+
+    # A punished proposal (a failed run) becomes less likely.
+    proposal = researcher.propose(evidence(2), MEMORY, scaffold)
+    before = researcher.log_prob(proposal)
+    researcher.learn(proposal, {"decision": "revert", "delta": None})
+    assert researcher.log_prob(proposal) < before
+
+
+def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_model):
+    campaign = tmp_path / "campaign"
+    researcher = local(campaign, base_model, learning_rate=1e-3)
+    proposal = researcher.propose(evidence(1), MEMORY, scaffold)
+    researcher.learn(proposal, {"decision": "revert", "delta": -0.02})
+    expected = [researcher.propose(evidence(n), MEMORY, scaffold) for n in (2, 3, 4)]
+
+    reloaded = local(campaign, base_model, learning_rate=1e-3)  # picks up campaign/researcher/checkpoint
+    assert reloaded.state["rounds_learned"] == 1
+    assert [reloaded.propose(evidence(n), MEMORY, scaffold) for n in (2, 3, 4)] == expected
+
+    researcher.save(tmp_path / "copy")
+    fresh = local(tmp_path / "other", base_model)
+    fresh.load(tmp_path / "copy")
+    assert torch.equal(fresh.policy.lm_head.weight, researcher.policy.lm_head.weight)
+    assert fresh.state == researcher.state
