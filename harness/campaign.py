@@ -1,0 +1,333 @@
+"""The campaign loop: rounds of analyze, propose, apply, evaluate, compare, critique, decide, record.
+
+Each step reads what the step before wrote (through the journal) and nothing else, and every
+step runs through `run_step`, so a campaign killed at any moment resumes from the last finished
+step: no round is lost and no decision is made twice. Round 0 is the baseline: the initial
+scaffold evaluated with extra seeds, which also gives the noise floor.
+
+    campaign = Campaign(config, campaign_dir); campaign.run()
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from harness.analyze import analyze
+from harness.approvals import ApprovalPolicy, make_gate
+from harness.compare import decide, merge_results, noise_floor
+from harness.critique import check_critique, critique
+from harness.journal import Journal, run_step
+from harness.live import LiveView
+from harness.proposal import ProposalError, parse_proposal
+from harness.report import progress_plot, summary_markdown
+from harness.researchers import ResearcherExhausted, make_researcher
+from harness.tracking import make_tracker
+from harness.workspace import Workspace
+from memory import Memory, RoundRecord
+from memory.memory import write_atomic
+from rl_pipeline.result import read_result
+from rl_pipeline.run import run_scaffold
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+class Campaign:
+    """One campaign folder and the loop over its rounds."""
+
+    def __init__(self, config: dict, campaign_dir: Path, *, interactive: bool = False):
+        self.config = config
+        self.dir = Path(campaign_dir)
+        self.journal = Journal(self.dir)
+        self.rounds_dir = self.dir / "rounds"
+        self.memory = Memory(self.dir / "memory.md")
+        self.policy = ApprovalPolicy.from_config(config["approvals"])
+        self.gate = make_gate(self.policy, self.dir, interactive)
+        self.tracker = make_tracker(config["tracking"]["enabled"], config["tracking"].get("uri"),
+                                    runs_dir=config["runs_dir"])
+        self.live = LiveView(config["name"], config["rounds"], enabled=config.get("live", True))
+        self.workspace: Workspace | None = None
+        self.researcher = None
+
+    # ----------------------------------------------------------------------------- setup
+    def _runner_options(self) -> dict:
+        runner = self.config["runner"]
+        return {"base": self.config["base_model"], "data_dir": str(Path(self.config["runs_dir"]) / "data"),
+                "cache_dir": str(Path(self.config["runs_dir"]) / "cache" / "train"),
+                "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
+
+    def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False) -> dict:
+        return run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, **self._runner_options())
+
+    def setup(self) -> None:
+        """Create the workspace and the researcher, and run the baseline (round 0) once."""
+        if not (self.dir / "scaffold").is_dir():
+            self.workspace = Workspace.create(self.dir, self.config["scaffold"])
+        self.workspace = Workspace.open(self.dir)
+        self.researcher = make_researcher(dict(self.config["researcher"]), campaign_dir=self.dir,
+                                          seed=self.config["seed"], base_model=self.config["base_model"])
+        self.researcher.load(self.dir / "researcher")
+        run_id = self.tracker.start_campaign(self.config["name"], self.config, self.journal.get("mlflow_run_id"))
+        if run_id:
+            self.journal.set("mlflow_run_id", run_id)
+        if self.journal.get("baseline") is None:
+            self._baseline()
+
+    def _baseline(self) -> None:
+        self.live.step(0, "baseline")
+        out = self.rounds_dir / "000"
+        result = self._evaluate(out, self.config["baseline_seeds"], heldout=True)
+        if result["status"] != "ok":
+            raise RuntimeError(f"the initial scaffold failed to evaluate: {result['reason']}")
+        floor = noise_floor([result])
+        history = [{"round": 0, "decision": "baseline", "accuracy": result["metrics"]["accuracy"],
+                    "incumbent_accuracy": result["metrics"]["accuracy"], "hypothesis": "initial scaffold",
+                    "heldout_accuracy": result["heldout"]["metrics"]["accuracy"], "delta": None}]
+        self.journal.set("noise_floor", floor)
+        self.journal.set("history", history)
+        self.journal.set("incumbent", {"round": 0, "result": str(out), "commit": self.workspace.incumbent_commit()})
+        self.journal.set("baseline", {"result": str(out)})
+        self.tracker.log_round(0, proposal={"hypothesis": "initial scaffold", "edits": []}, result=result,
+                               verdict={"decision": "baseline"}, critique="", diff="",
+                               commits={"incumbent": self.workspace.incumbent_commit()},
+                               memory_snapshot=self.memory.snapshot())
+
+    # ----------------------------------------------------------------------------- one round
+    def _incumbent_result(self) -> dict:
+        return read_result(self.journal.get("incumbent")["result"])
+
+    def run_round(self, n: int) -> None:
+        j, ws = self.journal, self.workspace
+        out = self.rounds_dir / f"{n:03d}"
+        j.begin_round(n)
+        self.live.round(n, self.journal.get("history"))
+
+        def step(name, fn, **kw):
+            self.live.step(n, name)
+            return run_step(j, n, name, fn, **kw)
+
+        evidence = step("analyze", lambda: {"evidence": analyze(
+            self._incumbent_result(), n, j.get("last_round"),
+            [h["incumbent_accuracy"] for h in j.get("history")]).to_dict()})["evidence"]
+        proposed = step("propose", lambda: self._propose(n, evidence, out))
+        if proposed.get("error"):
+            return self._finish(n, out, proposed, None, None, "failed", proposed["error"])
+        proposal = parse_proposal(proposed["proposal"])
+
+        gate = step("gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal.hypothesis))
+        if gate["decision"] == "reject":
+            return self._finish(n, out, proposed, None, None, "revert", f"proposal rejected by {gate['who']}")
+
+        applied = step("apply", lambda: self._apply(n, proposal))
+        if applied.get("error"):
+            return self._finish(n, out, proposed, None, None, "failed", applied["error"])
+
+        step("evaluate", lambda: self._evaluate_candidate(n, out))
+        verdict = step("compare", lambda: self._compare(n, out))["verdict"]
+        result, incumbent = read_result(out), self._incumbent_result()
+        step("critique", lambda: self._critique(out, proposal, result, incumbent, verdict))
+        decision = verdict["decision"]
+        reason = verdict["reason"]
+        if decision == "keep":
+            gate = step("gate_keep", lambda: self._ask("keep", n, proposal.kind,
+                                                      f"{proposal.hypothesis}: {verdict['reason']}"))
+            if gate["decision"] == "reject":
+                decision, reason = "revert", f"keep rejected by {gate['who']}: {gate.get('note') or ''}".strip()
+        return self._finish(n, out, proposed, result, verdict, decision, reason)
+
+    def _propose(self, n: int, evidence: dict, out: Path) -> dict:
+        from harness.analyze import Evidence
+
+        ev = Evidence(**evidence)
+        context = self.memory.render(self.config["memory_budget_tokens"])
+        try:
+            proposal = self.researcher.propose(ev, context, self.workspace.path)
+        except ProposalError as err:
+            return {"error": f"invalid proposal: {err}", "proposal": None}
+        _write_json(out / "proposal.json", proposal.to_dict())
+        return {"proposal": proposal.to_dict()}
+
+    def _ask(self, point: str, n: int, kind: str, summary: str) -> dict:
+        if self.policy.needs(point, round_no=n, proposal_kind=kind):
+            self.journal.set("status", "pending_approval")
+        decision = self.gate.ask(point, round_no=n, proposal_kind=kind, summary=summary)
+        self.journal.set("status", "running")
+        return decision
+
+    def _apply(self, n: int, proposal) -> dict:
+        try:
+            commit = self.workspace.apply(n, proposal)
+        except ProposalError as err:
+            return {"error": f"rejected before evaluation: {err}"}
+        return {"commit": commit}
+
+    def _evaluate_candidate(self, n: int, out: Path) -> dict:
+        self.workspace.checkout(n)
+        try:
+            result = self._evaluate(out, self.config["eval_seeds"])
+        finally:
+            self.workspace.checkout_main()
+        return {"status": result["status"]}
+
+    def _compare(self, n: int, out: Path) -> dict:
+        """Verdict vs the incumbent; a promising but uncertain candidate gets more seeds first."""
+        candidate, incumbent = read_result(out), self._incumbent_result()
+        floor = self.journal.get("noise_floor")
+        args = dict(margin=self.config["margin"], reeval_band=floor["halfwidth"])
+        verdict = decide(candidate, incumbent, can_reeval=True, **args)
+        if verdict.decision == "reeval":
+            extra = self.config["reeval_seeds"]
+            self.workspace.checkout(n)
+            try:
+                more = self._evaluate(out / "reeval", extra)
+            finally:
+                self.workspace.checkout_main()
+            if more["status"] == "ok":
+                candidate = merge_results(candidate, more)
+                _write_json(out / "result.json", candidate)
+                incumbent = self._incumbent_with_seeds(incumbent, extra)
+            verdict = decide(candidate, incumbent, can_reeval=False, **args)
+        _write_json(out / "verdict.json", verdict.to_dict())
+        return {"verdict": verdict.to_dict()}
+
+    def _incumbent_with_seeds(self, incumbent: dict, seeds: list[int]) -> dict:
+        """The incumbent evaluated on `seeds` too (eval only: its training is cached)."""
+        missing = [s for s in seeds if s not in incumbent["seeds"]]
+        if not missing:
+            return incumbent
+        inc_dir = Path(self.journal.get("incumbent")["result"])
+        more = self._evaluate(inc_dir / f"seeds-{'-'.join(map(str, missing))}", missing)
+        if more["status"] != "ok":
+            return incumbent
+        merged = merge_results(incumbent, more)
+        _write_json(inc_dir / "result.json", merged)
+        return merged
+
+    def _critique(self, out: Path, proposal, result, incumbent, verdict) -> dict:
+        text = critique(proposal, result, incumbent, verdict)
+        unverified = check_critique(text, result, incumbent, verdict)
+        if unverified:
+            text += f"\n\n_Unverified numbers (not found in result.json): {', '.join(unverified)}_\n"
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "critique.md", text)
+        return {"critique": text, "unverified": unverified}
+
+    def _finish(self, n, out, proposed, result, verdict, decision, reason) -> None:
+        j, ws = self.journal, self.workspace
+        verdict = verdict or {"decision": decision, "reason": reason, "delta": None, "ci95": None}
+        commits = {"incumbent_before": ws.incumbent_commit(), "candidate": ws.candidate_commit(n)}
+
+        def do_decide():
+            heldout = None
+            if decision == "keep":
+                ws.keep(n)
+                heldout = self._heldout(out)
+            elif commits["candidate"]:
+                ws.revert(n, reason)
+            return {"decision": decision, "reason": reason, "heldout_accuracy": heldout}
+
+        decided = run_step(j, n, "decide", do_decide,
+                           updates=lambda o: ({"incumbent": {"round": n, "result": str(out),
+                                                             "commit": ws.incumbent_commit()}}
+                                              if o["decision"] == "keep" else {}))
+        run_step(j, n, "record", lambda: self._record(n, out, proposed, result, verdict, decided, commits),
+                 updates=lambda o: {"history": [h for h in j.get("history") if h["round"] != n] + [o["history"]],
+                                    "last_round": o["last_round"]})
+        self.live.decision(n, decided["decision"], decided["reason"])
+
+    def _heldout(self, out: Path) -> float | None:
+        """Held-out accuracy of the new incumbent: reported, never shown to the researcher."""
+        self.workspace.checkout_main()
+        held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
+        return held["heldout"]["metrics"]["accuracy"] if held["status"] == "ok" else None
+
+    def _record(self, n, out, proposed, result, verdict, decided, commits) -> dict:
+        j, ws = self.journal, self.workspace
+        proposal_dict = proposed.get("proposal") or {"hypothesis": "(no valid proposal)", "edits": []}
+        decision = decided["decision"]
+        failed = result is None or result.get("status") != "ok"
+        critique_text = j.step_output(n, "critique")["critique"] if j.is_done(n, "critique") else \
+            f"The round did not reach evaluation: {decided['reason']}"
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "critique.md").exists():
+            write_atomic(out / "critique.md", critique_text)
+        diff = ws.diff(n) if commits["candidate"] else ""
+        write_atomic(out / "diff.patch", diff)
+        _write_json(out / "verdict.json", verdict)
+        kind = parse_proposal(proposal_dict).kind if proposed.get("proposal") else "knob"
+        approval = j.step_output(n, "gate_keep") or j.step_output(n, "gate_proposal")
+        approval_text = (f"{approval['decision']} ({approval['point']}) by {approval['who']} at {approval['when']}"
+                         f"{': ' + approval['note'] if approval.get('note') else ''}") if approval else ""
+        record = RoundRecord.from_outcome(
+            n, hypothesis=proposal_dict["hypothesis"], change_kind=kind,
+            change="; ".join(json.dumps(e) for e in proposal_dict["edits"])[:300],
+            targets=[e.get("knob") or e.get("file") for e in proposal_dict["edits"]],
+            result=result or {"status": "failed", "reason": decided["reason"]},
+            verdict={**verdict, "decision": decision, "reason": decided["reason"]},
+            critique=critique_text, approval=approval_text)
+        if decided.get("heldout_accuracy") is not None:
+            record.heldout_accuracy = decided["heldout_accuracy"]
+        self.memory.add_round(record)
+        incumbent = self._incumbent_result()
+        entry = {"round": n, "decision": "failed" if failed and decision != "keep" else decision,
+                 "accuracy": None if failed else result["metrics"]["accuracy"],
+                 "incumbent_accuracy": incumbent["metrics"]["accuracy"],
+                 "heldout_accuracy": decided.get("heldout_accuracy"),
+                 "hypothesis": proposal_dict["hypothesis"], "delta": verdict.get("delta")}
+        last_round = {"round": n, "hypothesis": proposal_dict["hypothesis"], "decision": decision,
+                      "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
+                      "metric_deltas": verdict.get("metric_deltas"), "reason": decided["reason"]}
+        # The researcher learns once per round, even if a kill lands between its update and the
+        # end of this step: the journal remembers the last round it learned from.
+        if proposed.get("proposal") and (j.get("learned_round") or 0) < n:
+            self.researcher.learn(parse_proposal(proposal_dict), {**verdict, "decision": decision})
+            self.researcher.save(self.dir / "researcher")
+            j.set("learned_round", n)
+        history = [h for h in j.get("history") if h["round"] != n] + [entry]
+        plot = progress_plot(history, self.dir / "progress.png")
+        self.tracker.log_round(n, proposal=proposal_dict, result=result, verdict={**verdict, "decision": decision},
+                               critique=critique_text, diff=diff,
+                               commits=commits | {"incumbent": ws.incumbent_commit()},
+                               memory_snapshot=self.memory.snapshot(), approval=approval,
+                               extra_metrics={"usage/" + k: v for k, v in self.researcher.usage().items()
+                                              if isinstance(v, (int, float))})
+        self.tracker.log_campaign_progress(history, plot)
+        return {"decision": decision, "history": entry, "last_round": last_round}
+
+    # ----------------------------------------------------------------------------- the loop
+    def run(self) -> dict:
+        """Run (or resume) rounds until the configured number is done or the researcher runs out."""
+        self.journal.set("status", "running")
+        status = "finished"
+        with self.live:
+            self.setup()
+            start = time.perf_counter()
+            try:
+                while True:
+                    n = self.journal.current_round() or self.journal.last_finished_round() + 1
+                    if n > self.config["rounds"]:
+                        break
+                    self.live.eta(start, n, self.config["rounds"])
+                    self.run_round(n)
+            except ResearcherExhausted as done:
+                self.live.note(f"researcher has no more proposals: {done}")
+            except BaseException:
+                status = "paused"
+                raise
+            finally:
+                self.journal.set("status", status)
+                self.report()
+                self.tracker.end_campaign("FINISHED" if status == "finished" else "KILLED")
+        return {"status": status, "history": self.journal.get("history")}
+
+    def report(self) -> tuple[Path, Path]:
+        """Write progress.png and summary.md for the rounds done so far."""
+        history = self.journal.get("history") or []
+        plot = progress_plot(history, self.dir / "progress.png")
+        summary = self.dir / "summary.md"
+        write_atomic(summary, summary_markdown(self.config["name"], history, self.journal.get("noise_floor")))
+        return plot, summary

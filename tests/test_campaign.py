@@ -1,0 +1,139 @@
+"""Campaigns end to end through the `researcher` CLI: real runner, real git, real MLflow store.
+
+A random-weight tiny base and a scaffold copy cut to one GRPO step keep each round to seconds;
+what is under test is the loop (rejections, decisions, git, memory, tracking, resume), not
+the policy's skill.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from model import build_policy, build_tokenizer, save_policy
+
+REPO = Path(__file__).resolve().parents[1]
+KNOBS = {("grpo", "max_steps"): 1, ("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
+
+PROPOSALS = [
+    {"hypothesis": "lower temperature sharpens answers", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
+    {"hypothesis": "escape the scaffold", "edits": [{"file": "../rl_pipeline/evaluate.py", "search": "a", "replace": "b"}]},
+    {"hypothesis": "out of range", "edits": [{"knob": "sampling.top_p", "value": 7}]},
+    {"hypothesis": "missing text", "edits": [{"file": "reward.py", "search": "no such text", "replace": "x"}]},
+    {"hypothesis": "shorter answers", "edits": [{"file": "prompt.py", "search": 'f"Q: {question}\\nA: "',
+                                                  "replace": 'f"Q: {question}\\nA: "  # same prompt'}]},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("campaigns")
+    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
+    scaffold = root / "fast_arith"
+    shutil.copytree(REPO / "scaffolds" / "arith", scaffold)
+    config = yaml.safe_load((scaffold / "scaffold.yaml").read_text())
+    for (section, key), value in KNOBS.items():
+        config[section][key] = value
+    (scaffold / "scaffold.yaml").write_text(yaml.safe_dump(config))
+    script = root / "proposals.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in PROPOSALS))
+    return root, scaffold, script
+
+
+def overrides(root, scaffold, **extra):
+    base = {"runs_dir": str(root / "runs"), "scaffold": str(scaffold), "baseline_seeds": "[0,1]",
+            "eval_seeds": "[0]", "reeval_seeds": "[1]", "live": "false"}
+    return [f"{k}={v}" for k, v in (base | extra).items()]
+
+
+def test_scripted_campaign(setup, capsys):
+    root, scaffold, script = setup
+    args = overrides(root, scaffold, name="scripted", rounds=5, researcher="scripted",
+                     **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    camp = root / "runs" / "scripted"
+    history = json.loads((camp / "journal.json").read_text())["state"]["history"]
+    assert [h["round"] for h in history] == [0, 1, 2, 3, 4, 5]
+    decisions = {h["round"]: h["decision"] for h in history}
+    assert decisions[2] == decisions[3] == decisions[4] == "failed"
+    reasons = {n: json.loads((camp / "rounds" / f"{n:03d}" / "verdict.json").read_text())["reason"]
+               for n in (2, 3, 4)}
+    assert "rl_pipeline" in reasons[2]
+    assert "above the maximum" in reasons[3]
+    assert "not found" in reasons[4]
+    # git: main moved only for keeps; every evaluated candidate is kept or under refs/rejected/.
+    repo = git.Repo(camp / "scaffold")
+    assert not repo.is_dirty(untracked_files=True)
+    for n in (1, 5):
+        kept = decisions[n] == "keep"
+        assert (f"refs/rejected/{n:03d}" in [r.path for r in repo.refs]) != kept
+    memory = (camp / "memory.md").read_text()
+    assert "Round 5" in memory and "Lessons" in memory
+    assert (camp / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                              "tags.campaign = 'scripted'")
+    assert len([r for r in runs if "round" in r.data.tags]) == 6  # baseline + 5 rounds
+    capsys.readouterr()
+    assert main(["status", "scripted", f"runs_dir={root / 'runs'}"]) == 0
+    assert "5/5" in capsys.readouterr().out
+    assert main(["diff", "scripted", "1", f"runs_dir={root / 'runs'}"]) == 0
+    assert "temperature: 0.3" in capsys.readouterr().out
+    assert main(["start", *args]) == 2  # the name is taken
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_and_resume(setup):
+    root, scaffold, _ = setup
+    args = overrides(root, scaffold, name="killed", rounds=4, researcher="random", seed=3)
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "harness.cli", "start", *args]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    camp = root / "runs" / "killed"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill -9 in the middle of round 2
+        if (camp / "rounds" / "002").exists():
+            break
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    busy = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "killed", f"runs_dir={root / 'runs'}"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert busy.returncode == 0, busy.stderr[-2000:]
+    history = json.loads((camp / "journal.json").read_text())["state"]["history"]
+    assert [h["round"] for h in history] == [0, 1, 2, 3, 4]
+    repo = git.Repo(camp / "scaffold")
+    assert not repo.is_dirty(untracked_files=True)
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                              "tags.campaign = 'killed'")
+    rounds = sorted(int(r.data.tags["round"]) for r in runs if "round" in r.data.tags)
+    assert rounds == [0, 1, 2, 3, 4]
+
+
+def test_second_process_is_refused(setup, tmp_path):
+    from harness.journal import CampaignLock
+
+    root, scaffold, script = setup
+    args = overrides(root, scaffold, name="locked", rounds=1, researcher="scripted",
+                     **{"researcher.file": str(script)})
+    camp = root / "runs" / "locked"
+    camp.mkdir(parents=True)
+    with CampaignLock(camp):
+        (camp / "config.yaml").write_text("name: locked\n")
+        code = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "locked", f"runs_dir={root / 'runs'}"],
+                              capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert code.returncode == 2 and str(os.getpid()) in code.stderr
