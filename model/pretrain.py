@@ -1,0 +1,150 @@
+"""Supervised pretraining of the base policy on (prompt, completion) pairs.
+
+The base must be capable but imperfect, so RL and sampling settings have room to help: training
+stops after a fixed, calibrated number of steps (not at convergence), with a fixed seed, a fixed
+thread count and a fixed data order, so the same command gives the same base.
+
+    researcher model pretrain --out runs/models/base
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# Calibrated on this machine (2 cores) for the tiny preset: see README "Base policy".
+DEFAULT_STEPS = 600
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    out: str = "runs/models/base"
+    preset: str = "tiny"
+    steps: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int = 2
+    vocab_size: int = 512
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps if self.steps is not None else DEFAULT_STEPS
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """Token ids of prompt+completion+eos, and where the completion starts (loss only there)."""
+    encoded = []
+    for prompt, completion in pairs:
+        prompt_ids = tokenizer(prompt).input_ids
+        completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
+        encoded.append((prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)))
+    return encoded
+
+
+def _batch(encoded, indices, pad_id):
+    """Right-padded input ids and labels (-100 on the prompt and padding)."""
+    width = max(len(encoded[i][0]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        ids, start = encoded[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, start: len(ids)] = torch.tensor(ids[start:])
+        attention[row, : len(ids)] = 1
+    return input_ids, attention, labels
+
+
+def _length_bucketed(encoded, batch_size: int, rng: random.Random):
+    """Endless batches of similar length: shuffle, sort within chunks of 16 batches, shuffle batches.
+
+    Padding to the longest sequence of a random batch wastes over half the tokens here (short arith
+    next to long countdown); bucketing keeps the order random and reproducible without that waste.
+    """
+    while True:
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        chunk = batch_size * 16
+        batches = []
+        for i in range(0, len(order) - batch_size + 1, chunk):
+            part = sorted(order[i:i + chunk], key=lambda j: len(encoded[j][0]))
+            batches += [part[k:k + batch_size] for k in range(0, len(part) - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+
+def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_texts: list[str],
+             on_step: Callable[[int, object, object], None] | None = None) -> dict:
+    """Train a fresh `config.preset` policy on `pairs` and save it with its tokenizer to `config.out`.
+
+    `on_step(step, policy, tokenizer)`, if given, runs after every optimizer step (calibration).
+    """
+    from model import build_policy, build_tokenizer, save_policy
+
+    if not pairs:
+        raise ValueError("pretraining needs at least one (prompt, completion) pair")
+    if config.num_steps < 1:
+        raise ValueError(f"steps must be >= 1, got {config.num_steps}")
+    torch.set_num_threads(config.threads)
+    tokenizer = build_tokenizer(tokenizer_texts, vocab_size=config.vocab_size)
+    policy = build_policy(config.preset, tokenizer, seed=config.seed).train()
+    encoded = encode_pairs(tokenizer, pairs)
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.num_steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    batches = _length_bucketed(encoded, config.batch_size, random.Random(config.seed))
+    losses: list[float] = []
+    start = time.perf_counter()
+    columns = (TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns) as progress:
+        bar = progress.add_task("pretrain", total=config.num_steps, loss=float("nan"))
+        for step in range(config.num_steps):
+            indices = next(batches)
+            input_ids, attention, labels = _batch(encoded, indices, tokenizer.pad_token_id)
+            loss = policy(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining diverged at step {step}: loss={loss.item()}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(step + 1, policy, tokenizer)
+            progress.update(bar, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+            if not progress.console.is_terminal and (step + 1) % 50 == 0:
+                progress.console.print(f"step {step + 1}/{config.num_steps} loss {losses[-1]:.3f} "
+                                       f"{time.perf_counter() - start:.0f}s")
+
+    policy.eval()
+    out = save_policy(policy, tokenizer, config.out)
+    summary = {
+        "config": asdict(config) | {"steps": config.num_steps},
+        "examples": len(pairs),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,140 @@
+"""The fixed evaluator: generate with a scaffold's sampling settings, score exactly, summarize.
+
+Scoring is the task's strict scorer (rl_pipeline.tasks); a scaffold only decides the prompt text
+and the sampling knobs. Every example is scored under every seed, and the per-example scores
+are kept so a later step can compare two results pair by pair (same examples, same seeds).
+The evaluator always stops a completion at the first newline: the answer protocol reads only
+that line, so what follows could never count.
+
+    result = evaluate(policy, tokenizer, scaffold, dataset, seeds=[0, 1, 2])
+    result["metrics"]["accuracy"], result["metrics"]["accuracy_ci95"]
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, defaultdict
+
+from model.generate import SamplingParams, generate
+from rl_pipeline.tasks import get_task
+
+ANSWER_STOP = "\n"
+EXAMPLES_PER_CATEGORY = 3
+
+
+def sampling_params(scaffold, seed: int) -> SamplingParams:
+    """The scaffold's sampling knobs as generation settings, with the evaluator's own stop."""
+    knobs = scaffold.config["sampling"]
+    return SamplingParams(
+        max_new_tokens=knobs["max_new_tokens"],
+        temperature=knobs["temperature"],
+        top_p=knobs["top_p"],
+        top_k=knobs["top_k"],
+        frequency_penalty=knobs["frequency_penalty"],
+        presence_penalty=knobs["presence_penalty"],
+        repetition_penalty=knobs["repetition_penalty"],
+        stop=(ANSWER_STOP,),
+        seed=seed,
+    )
+
+
+def is_repetitive(token_ids: list[int]) -> bool:
+    """A completion that repeats itself: some token 3-gram occurs twice, or a token 4 times in a row."""
+    grams = Counter(tuple(token_ids[i:i + 3]) for i in range(len(token_ids) - 2))
+    if grams and max(grams.values()) > 1:
+        return True
+    run = 1
+    for prev, cur in zip(token_ids, token_ids[1:]):
+        run = run + 1 if prev == cur else 1
+        if run >= 4:
+            return True
+    return False
+
+
+def bootstrap_ci(values: list[float], *, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (one value per example)."""
+    if not values:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return (means[int(0.025 * samples)], means[int(0.975 * samples) - 1])
+
+
+def evaluate(policy, tokenizer, scaffold, dataset, *, seeds: list[int], split: str = "eval") -> dict:
+    """Score `dataset` under each seed; metrics, per-example scores, failures and timings."""
+    if not seeds:
+        raise ValueError("evaluation needs at least one seed")
+    task = get_task(scaffold.task)
+    examples = [dict(row) for row in dataset]
+    prompts = [scaffold.prompt.format_prompt(ex["question"]) for ex in examples]
+    if not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError("prompt.py: format_prompt() must return a non-empty string for every question")
+
+    records = []
+    generate_seconds = score_seconds = 0.0
+    for seed in seeds:
+        start = time.perf_counter()
+        per_prompt = generate(policy, tokenizer, prompts, sampling_params(scaffold, seed))
+        generate_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        for example, (completion,) in zip(examples, per_prompt):
+            score = task.score(completion.text, example)
+            records.append({
+                "id": example["id"],
+                "seed": seed,
+                "correct": bool(score.correct),
+                "format_ok": bool(score.format_ok),
+                "category": score.category,
+                "completion": completion.text,
+                "tokens": len(completion.token_ids),
+                "truncated": completion.finish_reason == "length",
+                "repetitive": is_repetitive(completion.token_ids),
+            })
+        score_seconds += time.perf_counter() - start
+
+    return summarize(records, examples, seeds, split) | {
+        "timings": {"generate_s": round(generate_seconds, 3), "score_s": round(score_seconds, 3)}
+    }
+
+
+def summarize(records: list[dict], examples: list[dict], seeds: list[int], split: str) -> dict:
+    """Metrics with a confidence interval, per-example scores by seed, failures by category."""
+    n = len(records)
+    per_example: dict[str, list[int]] = defaultdict(lambda: [0] * len(seeds))
+    seed_pos = {seed: i for i, seed in enumerate(seeds)}
+    for r in records:
+        per_example[r["id"]][seed_pos[r["seed"]]] = int(r["correct"])
+    example_means = [sum(v) / len(v) for v in per_example.values()]
+    low, high = bootstrap_ci(example_means)
+    by_seed = {str(s): sum(r["correct"] for r in records if r["seed"] == s) / len(examples) for s in seeds}
+    metrics = {
+        "accuracy": sum(r["correct"] for r in records) / n,
+        "accuracy_ci95": [low, high],
+        "accuracy_by_seed": by_seed,
+        "format_valid_rate": sum(r["format_ok"] for r in records) / n,
+        "mean_completion_tokens": sum(r["tokens"] for r in records) / n,
+        "truncation_rate": sum(r["truncated"] for r in records) / n,
+        "repetition_rate": sum(r["repetitive"] for r in records) / n,
+    }
+    by_id = {ex["id"]: ex for ex in examples}
+    failures: dict[str, dict] = {}
+    for r in records:
+        if r["correct"]:
+            continue
+        group = failures.setdefault(r["category"], {"count": 0, "examples": []})
+        group["count"] += 1
+        if len(group["examples"]) < EXAMPLES_PER_CATEGORY:
+            ex = by_id[r["id"]]
+            group["examples"].append({"id": r["id"], "question": ex["question"], "expected": ex["answer"],
+                                      "completion": r["completion"], "seed": r["seed"]})
+    return {
+        "split": split,
+        "seeds": list(seeds),
+        "num_examples": len(examples),
+        "metrics": metrics,
+        "per_example": dict(per_example),
+        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"])),
+        "records": records,
+    }

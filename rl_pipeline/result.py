@@ -1,0 +1,88 @@
+"""The `result.json` schema: what one evaluated scaffold commit produces.
+
+Versioned (`schema_version`), so a later harness can read an older campaign. Two statuses:
+`ok` (metrics, per-example scores for every seed, failure categories, timings) and `failed`
+(a precise reason and the traceback). The headline is `metrics.accuracy` with its 95% interval.
+The per-completion records are written next to the result (`samples.jsonl`), not inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def scaffold_commit(path: str | Path) -> str | None:
+    """The git commit of a scaffold folder, when it is inside a repository with no local changes."""
+    try:
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired):
+        return None
+    return commit if not dirty else f"{commit}+dirty"
+
+
+def _base(job: dict, status: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "scaffold": {"path": job["scaffold"], "commit": job.get("commit"), "content_hash": None},
+        "seeds": job["seeds"],
+        "timings": {},
+    }
+
+
+def ok_result(job, scaffold, training, evaluation, heldout, data_hashes, timings) -> dict:
+    result = _base(job, "ok")
+    result["scaffold"]["content_hash"] = scaffold.content_hash
+    result |= {
+        "task": scaffold.task,
+        "knobs": scaffold.knobs(),
+        "training": training,
+        "metrics": evaluation["metrics"],
+        "per_example": evaluation["per_example"],
+        "failures": evaluation["failures"],
+        "num_examples": evaluation["num_examples"],
+        "data_hashes": data_hashes,
+        "timings": {k: round(v, 3) for k, v in timings.items()} | {"eval_" + k: v for k, v in
+                                                                   evaluation["timings"].items()},
+        "records": evaluation["records"],
+    }
+    if heldout is not None:
+        result["heldout"] = {"metrics": heldout["metrics"], "per_example": heldout["per_example"]}
+    return result
+
+
+def failed_result(job: dict, reason: str, trace: str | None = None) -> dict:
+    result = _base(job, "failed")
+    result |= {"reason": reason, "traceback": trace}
+    return result
+
+
+def write_result(out: str | Path, result: dict) -> Path:
+    """Write result.json (and samples.jsonl from the records) atomically into folder `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = result.pop("records", None)
+    if records is not None:
+        tmp = out / ".samples.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, out / "samples.jsonl")
+    tmp = out / ".result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out / "result.json")
+    return out / "result.json"
+
+
+def read_result(out: str | Path) -> dict:
+    path = Path(out) / "result.json"
+    result = json.loads(path.read_text())
+    if result.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {result.get('schema_version')} is not {SCHEMA_VERSION}")
+    return result

@@ -1,0 +1,166 @@
+"""GRPO training of the base policy with TRL's `GRPOTrainer`, under a scaffold's knobs.
+
+The scaffold supplies the hyperparameters (rollouts sample at `grpo.temperature`, TRL's other
+rollout defaults unchanged; the `sampling` knobs are for evaluation only, so changing them never
+retrains), the prompt format and the reward shaping; the fixed scorer supplies correctness. Rollouts go through our fast generation (installed as the policy's
+`generate`, which is what TRL calls). Every run gets the same wall-clock budget: a callback
+stops training when it is spent, whatever `max_steps` says, so a change wins by a better recipe,
+not by more compute. A non-finite loss or reward stops the run with a precise reason.
+
+    summary = train_grpo(scaffold, base_dir="runs/models/base", out_dir=..., budget_s=60)
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from model import load_policy, load_tokenizer, save_policy
+from model.generate import use_fast_generate
+from rl_pipeline.tasks import get_task
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not finish: divergence, a broken reward, or the like (message says which)."""
+
+
+class BudgetAndDivergence(TrainerCallback):
+    """Stop at the time budget; fail on a non-finite loss."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+        self.start = time.perf_counter()
+        self.stopped_by_budget = False
+        self.losses: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start >= self.budget_s:
+            self.stopped_by_budget = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            if not math.isfinite(loss):
+                raise TrainingFailed(f"training diverged: loss={loss} at step {state.global_step}")
+            self.losses.append(float(loss))
+        return control
+
+
+def _time_rollouts(policy) -> list[float]:
+    """Wrap the policy's generate to add up the time TRL spends in rollouts (a one-item list)."""
+    total, inner = [0.0], policy.generate
+
+    def timed_generate(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    policy.generate = timed_generate
+    return total
+
+
+def make_reward_func(scaffold):
+    """A TRL reward function: the fixed scorer judges, the scaffold's reward.py shapes."""
+    task = get_task(scaffold.task)
+    weights = dict(scaffold.config["reward"])
+
+    def scaffold_reward(prompts, completions, **columns) -> list[float]:
+        examples = [
+            {"id": i, "task": t, "question": q, "answer": a, "meta": m}
+            for i, t, q, a, m in zip(columns["id"], columns["task"], columns["question"],
+                                     columns["answer"], columns["meta"])
+        ]
+        scores = [task.score(c, ex) for c, ex in zip(completions, examples)]
+        try:
+            rewards = scaffold.reward.rewards(list(completions), examples, scores, weights)
+        except Exception as err:
+            raise TrainingFailed(f"reward.py: rewards() raised {type(err).__name__}: {err}") from err
+        if not isinstance(rewards, (list, tuple)) or len(rewards) != len(completions):
+            got = len(rewards) if isinstance(rewards, (list, tuple)) else type(rewards).__name__
+            raise TrainingFailed(f"reward.py: rewards() returned {got} values for {len(completions)} completions")
+        out = []
+        for value in rewards:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TrainingFailed(f"reward.py: rewards() returned a non-finite or non-numeric value {value!r}")
+            out.append(float(value))
+        return out
+
+    scaffold_reward.__name__ = "scaffold_reward"
+    return scaffold_reward
+
+
+def grpo_config(scaffold, output_dir: str, seed: int):
+    """TRL's GRPOConfig from the scaffold's knobs; CPU, fp32, no checkpoints, no reporting."""
+    from trl import GRPOConfig
+
+    grpo = scaffold.config["grpo"]
+    return GRPOConfig(
+        output_dir=output_dir,
+        use_cpu=True,
+        bf16=False,
+        seed=seed,
+        learning_rate=grpo["learning_rate"],
+        beta=grpo["beta"],
+        num_generations=grpo["num_generations"],
+        max_steps=grpo["max_steps"],
+        per_device_train_batch_size=grpo["per_device_train_batch_size"],
+        epsilon=grpo["epsilon"],
+        loss_type=grpo["loss_type"],
+        max_completion_length=grpo["max_completion_length"],
+        temperature=grpo["temperature"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: float, seed: int = 0) -> dict:
+    """Train from `base_dir` on `train_split`; save the policy to `out_dir`; return a summary."""
+    from trl import GRPOTrainer
+
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(base_dir)
+    # TRL rebuilds a reference model from config._name_or_path when beta > 0: load from disk.
+    policy = load_policy(base_dir).train()
+    use_fast_generate(policy)
+    rollout_seconds = _time_rollouts(policy)
+
+    dataset = Dataset.from_list([
+        {"prompt": scaffold.prompt.format_prompt(row["question"]), "id": row["id"], "task": row["task"],
+         "question": row["question"], "answer": row["answer"], "meta": row["meta"]}
+        for row in train_split
+    ])
+    callback = BudgetAndDivergence(budget_s)
+    with tempfile.TemporaryDirectory(prefix="grpo-") as tmp:
+        trainer = GRPOTrainer(
+            model=policy,
+            reward_funcs=[make_reward_func(scaffold)],
+            args=grpo_config(scaffold, tmp, seed),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+        start = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - start
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    save_policy(policy.eval(), tokenizer, out_dir)
+    return {
+        "steps": trainer.state.global_step,
+        "stopped_by_budget": callback.stopped_by_budget,
+        "final_loss": callback.losses[-1] if callback.losses else None,
+        "mean_reward": [h.get("reward") for h in history],
+        "timings": {"train_total_s": round(train_seconds, 3), "rollout_s": round(rollout_seconds[0], 3),
+                    "training_steps_s": round(train_seconds - rollout_seconds[0], 3)},
+    }

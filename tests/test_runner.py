@@ -1,0 +1,110 @@
+"""The sandboxed runner end to end: real child processes, real GRPO steps, real results.
+
+A tiny random-weight base policy stands in for the pretrained one (the runner's behaviour, not
+the policy's skill, is under test); training is cut to one step to keep the suite fast.
+"""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from model import build_policy, build_tokenizer, save_policy
+from rl_pipeline.run import run_scaffold
+
+ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
+FAST = {"grpo.max_steps": 1, "sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner")
+    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "base")
+    return {"base": str(root / "base"), "data_dir": str(root / "data"), "cache_dir": str(root / "cache"),
+            "seeds": [0], "timeout_s": 300.0}
+
+
+def scaffold_with(tmp_path, reward_body: str | None = None) -> Path:
+    dst = tmp_path / "scaffold"
+    shutil.copytree(ARITH, dst)
+    if reward_body is not None:
+        (dst / "reward.py").write_text(reward_body)
+    return dst
+
+
+def test_ok_result_and_training_cache(tmp_path, env):
+    scaffold = scaffold_with(tmp_path)
+    first = run_scaffold(scaffold, tmp_path / "a", overrides=FAST, **env)
+    assert first["status"] == "ok", first.get("reason")
+    assert first["schema_version"] == 1 and not first["training"]["cached"]
+    assert first["training"]["steps"] == 1
+    assert len(first["per_example"]) == first["num_examples"] == 200
+    assert all(len(v) == 1 for v in first["per_example"].values())
+    m = first["metrics"]
+    assert 0.0 <= m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1] <= 1.0
+    assert first["scaffold"]["content_hash"] and first["data_hashes"]["eval"]
+    samples = (tmp_path / "a" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 200 and "completion" in json.loads(samples[0])
+
+    # A sampling-only change reuses the trained policy; a training knob retrains.
+    second = run_scaffold(scaffold, tmp_path / "b", overrides=FAST | {"sampling.temperature": 0.5}, **env)
+    assert second["status"] == "ok" and second["training"]["cached"]
+    assert second["training"]["key"] == first["training"]["key"]
+    third = run_scaffold(scaffold, tmp_path / "c", overrides=FAST | {"grpo.learning_rate": 1e-5}, **env)
+    assert third["status"] == "ok" and not third["training"]["cached"]
+
+
+BROKEN_REWARDS = {
+    "syntax": ("def rewards(:\n", "reward.py: syntax error on line 1"),
+    "raises": ("def rewards(c, e, s, w):\n    raise KeyError('nope')\n", "rewards() raised KeyError"),
+    "nan": ("def rewards(c, e, s, w):\n    return [float('nan')] * len(c)\n", "non-finite"),
+    "length": ("def rewards(c, e, s, w):\n    return [1.0, 2.0, 3.0]\n", "returned 3 values for 8 completions"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_REWARDS))
+def test_broken_reward_is_a_failed_result(tmp_path, env, case):
+    body, reason = BROKEN_REWARDS[case]
+    cache_before = sorted(os.listdir(env["cache_dir"])) if os.path.isdir(env["cache_dir"]) else []
+    result = run_scaffold(scaffold_with(tmp_path, body), tmp_path / "out", overrides=FAST, **env)
+    assert result["status"] == "failed"
+    assert reason in result["reason"]
+    assert result["traceback"]
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["status"] == "failed"
+    cache_after = sorted(os.listdir(env["cache_dir"])) if os.path.isdir(env["cache_dir"]) else []
+    assert cache_after == cache_before  # no entry, no half-written temp folder
+
+
+def test_bad_knob_and_missing_file(tmp_path, env):
+    result = run_scaffold(scaffold_with(tmp_path), tmp_path / "knob", overrides={"sampling.top_p": 3}, **env)
+    assert result["status"] == "failed" and "sampling.top_p: 3.0 is above the maximum 1.0" in result["reason"]
+    scaffold = scaffold_with(tmp_path / "x")
+    (scaffold / "prompt.py").unlink()
+    result = run_scaffold(scaffold, tmp_path / "missing", **env)
+    assert result["status"] == "failed" and "missing file prompt.py" in result["reason"]
+
+
+def test_hang_is_killed_and_secrets_are_scrubbed(tmp_path, env, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("HF_TOKEN", "hf-secret")
+    seen = tmp_path / "env.json"
+    body = ("import json, os, time\n"
+            "def rewards(c, e, s, w):\n"
+            f"    open({str(seen)!r}, 'w').write(json.dumps(sorted(os.environ)))\n"
+            "    time.sleep(3600)\n")
+    start = time.monotonic()
+    result = run_scaffold(scaffold_with(tmp_path, body), tmp_path / "out", overrides=FAST,
+                          **env | {"timeout_s": 45.0})
+    assert time.monotonic() - start < 90
+    assert result["status"] == "failed" and "timed out after 45s" in result["reason"]
+    names = json.loads(seen.read_text())
+    assert "OPENAI_API_KEY" not in names and "HF_TOKEN" not in names and "HF_HUB_OFFLINE" in names
+
+
+def test_missing_base_policy(tmp_path, env):
+    result = run_scaffold(scaffold_with(tmp_path), tmp_path / "out", **env | {"base": str(tmp_path / "none")})
+    assert result["status"] == "failed" and "researcher model pretrain" in result["reason"]
