@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1  # bump when the way splits are drawn here changes
 SPLITS = ("train", "eval", "heldout")
-DEFAULT_SIZES = {"train": 20000, "eval": 200, "heldout": 200}
+DEFAULT_SIZES = {"train": 10000, "eval": 200, "heldout": 200}
 # Buckets [lo, hi) out of 100 that each split owns. Fixed, so the split of a problem never
 # depends on the sizes or the seed: no seed's heldout problem is another seed's train problem.
 BUCKETS = {"heldout": (0, 5), "eval": (5, 10), "train": (10, 100)}
