@@ -79,7 +79,8 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and os.environ.get("CI") != "true"
 
 
-def _run(config: dict, path: Path) -> int:
+def run_campaign(config: dict, path: Path) -> int:
+    """Run (or resume) the campaign in `path` under its lock; print where the report is."""
     from harness.campaign import Campaign
     from harness.journal import CampaignLock
 
@@ -100,14 +101,20 @@ def _start(args) -> int:
     from harness.run_cmd import ensure_base
 
     ensure_base(config["base_model"], seed=config["seed"])
+    return run_campaign(config, create_campaign(config))
+
+
+def create_campaign(config: dict) -> Path:
+    """The campaign folder with the frozen config that `resume` will read back."""
+    path = Path(config["runs_dir"]) / config["name"]
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return _run(config, path)
+    return path
 
 
 def _resume(args) -> int:
     path = campaign_dir(args.name, _runs_dir(args.overrides))
-    return _run(yaml.safe_load((path / "config.yaml").read_text()), path)
+    return run_campaign(yaml.safe_load((path / "config.yaml").read_text()), path)
 
 
 def _status(args) -> int:

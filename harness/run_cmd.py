@@ -1,7 +1,10 @@
 """`researcher run`: the main job (`make run`).
 
-Pretrains the base policy if it is missing, then evaluates the default scaffold (training with
-GRPO at its default knobs) with the held-out split, and prints the result.
+Pretrains the base policy if it is missing, then runs the default campaign: 100 rounds, the
+local researcher, the arith scaffold, no approvals. The campaign is named `default`; running
+again resumes it where it stopped, so an interrupted `make run` loses nothing.
+
+    researcher run [rounds=100 ...]        (hydra overrides, as for `researcher start`)
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 console = Console()
+DEFAULT_CAMPAIGN = ["name=default", "researcher=local", "scaffold=arith", "approvals=none"]
 
 
 def ensure_base(base: str, seed: int = 0) -> None:
@@ -26,20 +31,20 @@ def ensure_base(base: str, seed: int = 0) -> None:
 
 
 def _run(args) -> int:
-    from harness.eval_cmd import show_result
-    from rl_pipeline.run import run_scaffold
+    from harness.campaign_cmd import compose_config, create_campaign, run_campaign
 
-    ensure_base(args.base)
-    console.rule(f"evaluating {args.scaffold}")
-    with console.status("training (GRPO) and evaluating"):
-        result = run_scaffold(args.scaffold, args.out, heldout=True, base=args.base)
-    show_result(result)
-    return 0 if result["status"] == "ok" else 1
+    config = compose_config(DEFAULT_CAMPAIGN + args.overrides)
+    ensure_base(config["base_model"], seed=config["seed"])
+    path = Path(config["runs_dir"]) / config["name"]
+    if (path / "config.yaml").is_file():
+        console.print(f"resuming campaign {config['name']} in {path}")
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    else:
+        path = create_campaign(config)
+    return run_campaign(config, path)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="the main job: pretrain the base if missing, then run the default scaffold")
-    run.add_argument("--base", default="runs/models/base")
-    run.add_argument("--scaffold", default="scaffolds/arith")
-    run.add_argument("--out", default="runs/eval/main")
+    run = sub.add_parser("run", help="the main job: pretrain the base if missing, then the default campaign")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hydra overrides for a new default campaign")
     run.set_defaults(func=_run)

@@ -1,0 +1,69 @@
+"""Campaign throughput: rounds per hour and where a round's time goes.
+
+Runs a short campaign (default: 5 rounds of the `random` researcher on the arith scaffold at its
+default knobs) in a temporary runs folder that shares the base policy and the data, then reads
+the journal's per-step timings and prints rounds/hour and the split per step (propose, apply,
+evaluate, compare, record and the rest).
+
+    .venv/bin/python bench/campaign.py [--rounds 5] [--researcher random|local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.campaign_cmd import compose_config, create_campaign, run_campaign  # noqa: E402
+from harness.journal import STEPS, Journal  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--researcher", default="random")
+    parser.add_argument("--base", default=str(REPO / "runs/models/base"))
+    args = parser.parse_args()
+    if not (Path(args.base) / "config.json").is_file():
+        print(f"no base policy at {args.base}: run `researcher model pretrain` first")
+        return 1
+
+    with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
+        runs = Path(tmp) / "runs"
+        (runs / "models").mkdir(parents=True)
+        os.symlink(Path(args.base).resolve(), runs / "models" / "base")
+        if (REPO / "runs" / "data").is_dir():
+            shutil.copytree(REPO / "runs" / "data", runs / "data")
+        config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}",
+                                 f"researcher={args.researcher}", "live=false", "tracking.enabled=true"])
+        start = time.perf_counter()
+        run_campaign(config, create_campaign(config))
+        wall = time.perf_counter() - start
+        journal = Journal(runs / "bench")
+        per_step: dict[str, float] = defaultdict(float)
+        for n in range(1, args.rounds + 1):
+            for step in STEPS:
+                per_step[step] += journal.step_seconds(n, step) or 0.0
+        baseline_s = wall - sum(per_step.values())
+
+    rounds_s = sum(per_step.values())
+    print(f"{args.rounds} rounds ({args.researcher}) in {rounds_s:.1f}s after a {baseline_s:.1f}s setup "
+          f"(base checks, baseline evaluation): {3600 * args.rounds / rounds_s:.1f} rounds/hour")
+    print(f"{'step':16s}{'seconds/round':>15s}{'share':>8s}")
+    for step in STEPS:
+        print(f"{step:16s}{per_step[step] / args.rounds:15.2f}{per_step[step] / rounds_s:8.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
