@@ -11,7 +11,8 @@
     researcher diff NAME ROUND | report NAME | ui
 
 Every entry point sets HF_HUB_OFFLINE and MLFLOW_DISABLE_TELEMETRY before anything imports
-`transformers` or `mlflow`, so nothing we run reaches the internet.
+`transformers` or `mlflow`, so nothing we run reaches the internet (and OMP_WAIT_POLICY=PASSIVE
+before torch loads, so idle threads do not spin on a shared machine).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP: see the Makefile
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ def scrubbed_env() -> dict[str, str]:
     """The parent's environment less anything that looks like a credential; offline flags on."""
     env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
     env |= {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1"}
+            "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     return env
 
 
