@@ -21,7 +21,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Calibrated on this machine (2 cores) for the tiny preset: see README "Base policy".
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 1500
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PretrainConfig:
     preset: str = "tiny"
     steps: int | None = None
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     seed: int = 0
@@ -67,22 +67,16 @@ def _batch(encoded, indices, pad_id):
     return input_ids, attention, labels
 
 
-def _length_bucketed(encoded, batch_size: int, rng: random.Random):
-    """Endless batches of similar length: shuffle, sort within chunks of 16 batches, shuffle batches.
+def _shuffled_batches(encoded, batch_size: int, rng: random.Random):
+    """Endless batches drawn epoch by epoch in a seeded random order.
 
-    Padding to the longest sequence of a random batch wastes over half the tokens here (short arith
-    next to long countdown); bucketing keeps the order random and reproducible without that waste.
+    Plain shuffling on purpose: length-bucketed batches (similar prompts together) learned
+    about 4x slower here (1.5% vs 6.5% greedy accuracy after 450 steps).
     """
     while True:
         order = list(range(len(encoded)))
         rng.shuffle(order)
-        chunk = batch_size * 16
-        batches = []
-        for i in range(0, len(order) - batch_size + 1, chunk):
-            part = sorted(order[i:i + chunk], key=lambda j: len(encoded[j][0]))
-            batches += [part[k:k + batch_size] for k in range(0, len(part) - batch_size + 1, batch_size)]
-        rng.shuffle(batches)
-        yield from batches
+        yield from (order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size))
 
 
 def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_texts: list[str],
@@ -112,7 +106,7 @@ def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_tex
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    batches = _length_bucketed(encoded, config.batch_size, random.Random(config.seed))
+    batches = _shuffled_batches(encoded, config.batch_size, random.Random(config.seed))
     losses: list[float] = []
     start = time.perf_counter()
     columns = (TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
