@@ -21,6 +21,8 @@ nothing, so the loop never branches on whether tracking is on.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -148,13 +150,31 @@ class MlflowTracker:
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
-            found = self._mlflow.get_experiment_by_name(self.experiment)
-            if found is not None:
-                self._experiment_id = found.experiment_id
-            else:
-                self._experiment_id = self._mlflow.create_experiment(self.experiment,
-                                                                     artifact_location=self._artifact_root())
+            with self._store_lock():
+                found = self._mlflow.get_experiment_by_name(self.experiment)
+                if found is not None:
+                    self._experiment_id = found.experiment_id
+                else:
+                    self._experiment_id = self._mlflow.create_experiment(self.experiment,
+                                                                         artifact_location=self._artifact_root())
         return self._experiment_id
+
+    @contextlib.contextmanager
+    def _store_lock(self):
+        """Serialize the first touch of a sqlite store: two campaigns starting together would
+        otherwise race in MLflow's schema migration (seen: 'Online migration expected to match one
+        row'), and one of them would lose its tracking."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        lock_path = Path(self.tracking_uri.removeprefix("sqlite:///") + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _artifact_root(self) -> str | None:
         # MLflow's default for a sqlite store is ./mlruns under whatever folder the process runs in;
