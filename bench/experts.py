@@ -1,0 +1,128 @@
+"""Time our experts kernel against `transformers`' grouped_mm and eager experts, side by side.
+
+    .venv/bin/python bench/experts.py                 # the default table
+    .venv/bin/python bench/experts.py --threads 1     # torch intra-op threads (default: torch's)
+
+One `MiniMaxM2Experts` of the tiny preset's sizes (fp32, CPU) runs under each implementation by
+switching `config._experts_implementation`, at a rollout-decode shape (64 tokens) and a training
+shape (4096 tokens), forward only (no grad) and forward+backward (loss sum(out * g) with a random
+g, gradients for hidden states, routing weights and both expert weights). Routing comes from the
+library's own router (sigmoid, top-k, renormalize) on random router weights. The implementations
+take turns inside every repeat, so a burst of load from elsewhere hits all of them alike; the
+table shows median milliseconds, our speed-up and whether it meets the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from transformers import MiniMaxM2Config
+from transformers.models.minimax_m2.modeling_minimax_m2 import MiniMaxM2Experts, MiniMaxM2TopKRouter
+
+from model import EXPERTS_IMPL, PRESETS
+
+IMPLEMENTATIONS = [EXPERTS_IMPL, "grouped_mm", "eager"]
+# (name, tokens, least speed-up over grouped_mm), for forward and forward+backward alike
+SHAPES = [("decode", 64, 1.5), ("train", 4096, 1.2)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--repeats", type=float, default=1.0, help="scale the number of timed repeats")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+
+def make_layer(seed: int):
+    """Experts and router of the tiny preset, with random weights."""
+    sizes = PRESETS["tiny"]
+    config = MiniMaxM2Config(
+        hidden_size=sizes["hidden_size"], intermediate_size=sizes["intermediate_size"],
+        num_local_experts=sizes["num_local_experts"], num_experts_per_tok=sizes["num_experts_per_tok"],
+        experts_implementation=EXPERTS_IMPL,
+    )
+    torch.manual_seed(seed)
+    experts, router = MiniMaxM2Experts(config), MiniMaxM2TopKRouter(config)
+    with torch.no_grad():
+        for w in (experts.gate_up_proj, experts.down_proj, router.weight):
+            w.normal_(0.0, w.shape[-1] ** -0.5)
+    return experts, router
+
+
+def make_inputs(router, num_tokens: int):
+    x_TD = torch.randn(num_tokens, router.hidden_dim)
+    with torch.no_grad():
+        _, topk_weights_TK, topk_ids_TK = router(x_TD, torch.zeros(router.num_experts))
+    return x_TD, topk_ids_TK, topk_weights_TK, torch.randn_like(x_TD)
+
+
+# ---- timing --------------------------------------------------------------------------------------
+
+def step(experts, implementation: str, inputs, backward: bool) -> float:
+    """Seconds for one forward (no grad) or forward+backward under `implementation`."""
+    x_TD, topk_ids_TK, topk_weights_TK, g_TD = inputs
+    experts.config._experts_implementation = implementation
+    experts.zero_grad(set_to_none=True)
+    if backward:
+        x_TD = x_TD.detach().requires_grad_()
+        topk_weights_TK = topk_weights_TK.detach().requires_grad_()
+    start = time.perf_counter()
+    if backward:
+        (experts(x_TD, topk_ids_TK, topk_weights_TK) * g_TD).sum().backward()
+    else:
+        with torch.no_grad():
+            experts(x_TD, topk_ids_TK, topk_weights_TK)
+    return time.perf_counter() - start
+
+
+def median_ms(experts, inputs, backward: bool, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each implementation, the implementations taking turns every repeat."""
+    times = {name: [] for name in IMPLEMENTATIONS}
+    for i in range(warmup + repeats):
+        order = IMPLEMENTATIONS[i % 3:] + IMPLEMENTATIONS[:i % 3]  # rotate so none always goes first
+        for name in order:
+            seconds = step(experts, name, inputs, backward)
+            if i >= warmup:
+                times[name].append(seconds)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    experts, router = make_layer(args.seed)
+    print(f"experts {EXPERTS_IMPL} vs grouped_mm vs eager | tiny preset: E={router.num_experts} "
+          f"K={router.top_k} D={router.hidden_dim} I={experts.intermediate_dim} | fp32 CPU, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    header = (f"{'shape':<14}{'pass':<10}{'ours ms':>9}{'grouped ms':>12}{'eager ms':>10}"
+              f"{'vs grouped':>12}{'vs eager':>10}{'target':>8}  met")
+    print(header)
+    print("-" * len(header))
+    all_met = True
+    for shape, num_tokens, target in SHAPES:
+        inputs = make_inputs(router, num_tokens)
+        for backward in (False, True):
+            repeats = max(5, int(args.repeats * (200 if num_tokens <= 256 else 15)))
+            ms = median_ms(experts, inputs, backward, repeats)
+            vs_grouped, vs_eager = ms["grouped_mm"] / ms[EXPERTS_IMPL], ms["eager"] / ms[EXPERTS_IMPL]
+            met = vs_grouped >= target
+            all_met &= met
+            print(f"{shape + f' T={num_tokens}':<14}{'fwd+bwd' if backward else 'fwd':<10}"
+                  f"{ms[EXPERTS_IMPL]:>9.3f}{ms['grouped_mm']:>12.3f}{ms['eager']:>10.3f}"
+                  f"{vs_grouped:>11.2f}x{vs_eager:>9.2f}x{target:>7.1f}x  {'yes' if met else 'NO'}")
+    print(f"targets met: {'all' if all_met else 'not all'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
