@@ -1,5 +1,7 @@
 """`researcher eval`: evaluate one scaffold through the sandboxed runner and show the result.
 
+On a fresh machine the base policy is pretrained first (a few minutes, once).
+
     researcher eval --scaffold scaffolds/arith sampling.temperature=0.7 --heldout
 """
 
@@ -49,12 +51,15 @@ def show_result(result: dict) -> None:
 
 
 def _eval(args) -> int:
+    from harness.run_cmd import ensure_base
     from rl_pipeline.run import run_scaffold
     from rl_pipeline.scaffold import parse_overrides
 
+    overrides = parse_overrides(args.overrides)  # a typo fails here, before any pretraining
+    ensure_base(args.base)
     out = args.out or str(Path("runs/eval") / Path(args.scaffold).resolve().name)
     with console.status(f"evaluating {args.scaffold} (training if needed, then {len(args.seeds)} seeds)"):
-        result = run_scaffold(args.scaffold, out, overrides=parse_overrides(args.overrides), heldout=args.heldout,
+        result = run_scaffold(args.scaffold, out, overrides=overrides, heldout=args.heldout,
                               seeds=args.seeds, base=args.base, timeout_s=args.timeout)
     show_result(result)
     console.print(f"result: {out}/result.json")

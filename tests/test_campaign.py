@@ -137,3 +137,32 @@ def test_second_process_is_refused(setup, tmp_path):
         code = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "locked", f"runs_dir={root / 'runs'}"],
                               capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert code.returncode == 2 and str(os.getpid()) in code.stderr
+
+
+def test_local_researcher_campaign(setup):
+    """The local MoE researcher proposes under the surface grammar, learns, and checkpoints."""
+    root, scaffold, _ = setup
+    args = overrides(root, scaffold, name="local", rounds=2, researcher="local", seed=1)
+    assert main(["start", *args]) == 0
+    camp = root / "runs" / "local"
+    history = json.loads((camp / "journal.json").read_text())["state"]["history"]
+    assert [h["round"] for h in history] == [0, 1, 2]
+    for n in (1, 2):  # grammar-constrained: every proposal passed validation and was evaluated
+        proposal = json.loads((camp / "rounds" / f"{n:03d}" / "proposal.json").read_text())
+        assert proposal["edits"] and "knob" in proposal["edits"][0]
+        assert json.loads((camp / "rounds" / f"{n:03d}" / "result.json").read_text())["status"] == "ok"
+    assert (camp / "researcher" / "checkpoint" / "config.json").is_file()
+
+
+def test_eval_command(setup, capsys):
+    root, scaffold, _ = setup
+    base = root / "runs" / "models" / "base"
+    code = main(["eval", "--scaffold", str(scaffold), "sampling.temperature=0.5", "--seeds", "0",
+                 "--base", str(base), "--out", str(root / "eval")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "failure categories" in out
+    assert main(["eval", "--scaffold", str(scaffold), "sampling.temperature=9", "--base", str(base),
+                 "--out", str(root / "eval-bad")]) == 1
+    assert "above the maximum" in capsys.readouterr().out
+    assert main(["eval", "--scaffold", str(scaffold), "temperature", "--base", str(base)]) == 2
