@@ -11,6 +11,7 @@ result: `ok`, or `failed` with a precise reason, and it never hangs.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -44,10 +45,18 @@ def scrubbed_env() -> dict[str, str]:
     return env
 
 
-def _limit_memory(memory_gb: float):
+_PR_SET_PDEATHSIG = 1
+
+
+def _sandbox(memory_gb: float):
+    """Runs in the child before exec: cap its address space, and have the kernel kill it when the
+    parent dies (its own session shields it from the parent's signals, so a kill -9 of a campaign
+    would otherwise leave it running to the end of its time limit)."""
     def apply():
         limit = int(memory_gb * 1024 ** 3)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     return apply
 
 
@@ -86,7 +95,7 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
         child = subprocess.Popen(
             [sys.executable, "-m", "rl_pipeline.worker", "--job", str(job_path)],
             stdout=log, stderr=subprocess.STDOUT, env=scrubbed_env(), start_new_session=True,
-            preexec_fn=_limit_memory(opts["memory_gb"]),
+            preexec_fn=_sandbox(opts["memory_gb"]),
         )
         try:
             code = child.wait(timeout=opts["timeout_s"])

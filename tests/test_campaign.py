@@ -110,6 +110,9 @@ def test_kill_and_resume(setup):
         time.sleep(0.2)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+    time.sleep(2)  # the runner's child dies with the campaign process (PR_SET_PDEATHSIG)
+    orphans = subprocess.run(["pgrep", "-f", str(camp / "rounds")], capture_output=True, text=True).stdout
+    assert not orphans.strip(), f"runner children outlived the killed campaign: {orphans}"
     busy = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "killed", f"runs_dir={root / 'runs'}"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert busy.returncode == 0, busy.stderr[-2000:]
