@@ -101,7 +101,7 @@ class Campaign:
         return read_result(self.journal.get("incumbent")["result"])
 
     def run_round(self, n: int) -> None:
-        j, ws = self.journal, self.workspace
+        j = self.journal
         out = self.rounds_dir / f"{n:03d}"
         j.begin_round(n)
         self.live.round(n, self.journal.get("history"))

@@ -130,9 +130,7 @@ def test_kill_and_resume(setup):
 def test_second_process_is_refused(setup, tmp_path):
     from harness.journal import CampaignLock
 
-    root, scaffold, script = setup
-    args = overrides(root, scaffold, name="locked", rounds=1, researcher="scripted",
-                     **{"researcher.file": str(script)})
+    root, _, _ = setup
     camp = root / "runs" / "locked"
     camp.mkdir(parents=True)
     with CampaignLock(camp):
