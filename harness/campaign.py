@@ -181,14 +181,18 @@ class Campaign:
         verdict = decide(candidate, incumbent, can_reeval=True, **args)
         if verdict.decision == "reeval":
             extra = self.config["reeval_seeds"]
-            self.workspace.checkout(n)
-            try:
-                more = self._evaluate(out / "reeval", extra)
-            finally:
-                self.workspace.checkout_main()
-            if more["status"] == "ok":
-                candidate = merge_results(candidate, more)
-                _write_json(out / "result.json", candidate)
+            # A replay after a kill may find the merged result already written: skip its seeds.
+            missing = [s for s in extra if s not in candidate["seeds"]]
+            if missing:
+                self.workspace.checkout(n)
+                try:
+                    more = self._evaluate(out / "reeval", missing)
+                finally:
+                    self.workspace.checkout_main()
+                if more["status"] == "ok":
+                    candidate = merge_results(candidate, more)
+                    _write_json(out / "result.json", candidate)
+            if all(s in candidate["seeds"] for s in extra):
                 incumbent = self._incumbent_with_seeds(incumbent, extra)
             verdict = decide(candidate, incumbent, can_reeval=False, **args)
         _write_json(out / "verdict.json", verdict.to_dict())
