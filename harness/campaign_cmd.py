@@ -119,7 +119,7 @@ def _resume(args) -> int:
 
 def _status(args) -> int:
     from harness.approvals import pending
-    from harness.journal import Journal
+    from harness.journal import Journal, is_locked
 
     if args.name and "=" in args.name:  # `researcher status runs_dir=x`: no name given
         args.overrides, args.name = [args.name, *args.overrides], None
@@ -139,7 +139,10 @@ def _status(args) -> int:
             incumbent = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
         last = " ".join(f"{h['round']}:{h['decision']}" for h in history[-5:] if h["round"] > 0)
         ask = pending(path)
-        table.add_row(name, str(journal.get("status")), f"{max(len(history) - 1, 0)}/{config['rounds']}",
+        status = journal.get("status")
+        if status in ("running", "pending_approval") and not is_locked(path):
+            status = "stopped (resume it)"  # the journal says running, but no process holds the lock
+        table.add_row(name, str(status), f"{max(len(history) - 1, 0)}/{config['rounds']}",
                       incumbent, last, f"round {ask['round']} {ask['point']}" if ask else "")
     console.print(table)
     return 0

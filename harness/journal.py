@@ -247,6 +247,24 @@ class CampaignLock:
         self._fd = None
 
 
+def is_locked(campaign_dir: str | Path) -> bool:
+    """Whether a process holds the campaign's lock now. A journal that says `running` while no
+    process holds the lock belongs to a campaign that was killed."""
+    path = Path(campaign_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _holder_pid(fd: int) -> int | None:
     # The holder writes its pid just after taking the lock; give it a moment if we came in between.
     for _ in range(20):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.journal import STEPS, CampaignBusy, CampaignLock, Journal, JournalError, run_step
+from harness.journal import STEPS, CampaignBusy, CampaignLock, Journal, JournalError, is_locked, run_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,6 +151,7 @@ def test_second_process_is_refused_until_the_holder_is_killed(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
+        assert is_locked(tmp_path)
         with pytest.raises(CampaignBusy, match=f"in use by process {holder.pid}") as busy:
             with CampaignLock(tmp_path):
                 pytest.fail("two processes hold one campaign")
@@ -158,6 +159,7 @@ def test_second_process_is_refused_until_the_holder_is_killed(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+    assert not is_locked(tmp_path)  # status reports such a campaign as stopped, not running
     with CampaignLock(tmp_path):
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
 
