@@ -1,6 +1,7 @@
 """Researcher backends: scripted replay, the random baseline, and the local model under its grammar."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from harness.analyze import Evidence
 from harness.proposal import KnobEdit, ProposalError, validate
 from harness.researchers import ResearcherExhausted, make_researcher
 from harness.researchers.base import knob_space
-from harness.researchers.local import value_grid
+from harness.researchers.local import candidate_text, value_grid
 from harness.researchers.random_search import draw_value
 from model import build_policy, build_tokenizer, save_policy
 
@@ -171,7 +172,10 @@ def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_m
     assert not torch.equal(weights, researcher.policy.lm_head.weight)
     assert researcher.log_prob(proposal) > before + 0.01
     state = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text())
-    assert state == {"baseline": 1.0, "rounds_learned": 1, "last_learned_round": 1}
+    assert state["tried"] == {json.loads((tmp_path / "campaign" / "researcher" / "pending.json").read_text())[
+        "state"]: [candidate_text(proposal.edits[0].knob, proposal.edits[0].value)]}
+    assert {k: state[k] for k in ("baseline", "rounds_learned", "last_learned_round")} == {
+        "baseline": 1.0, "rounds_learned": 1, "last_learned_round": 1}
 
     # A resumed campaign may hand the same round's verdict again: it is learned once.
     weights = researcher.policy.lm_head.weight.detach().clone()
@@ -183,6 +187,23 @@ def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_m
     before = researcher.log_prob(proposal)
     researcher.learn(proposal, {"decision": "revert", "delta": None})
     assert researcher.log_prob(proposal) < before
+
+
+def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, scaffold, base_model):
+    surface = scaffold / "surface.yaml"  # one searchable knob, with three values other than the current one
+    lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
+             for line in surface.read_text().splitlines()]
+    surface.write_text("\n".join(lines) + "\n")
+    researcher = local(tmp_path / "campaign", base_model)
+    values = []
+    for n in range(1, 4):
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.0})
+        values.append(proposal.edits[0].value)
+    assert sorted(values) == ["bnpo", "dr_grpo", "grpo"]  # every choice but the current dapo
+    assert researcher.propose(evidence(4), MEMORY, scaffold).edits[0].value in values  # all tried: open again
+    reloaded = local(tmp_path / "campaign", base_model)  # the tried edits are part of the checkpoint
+    assert len(next(iter(reloaded.state["tried"].values()))) == 3
 
 
 def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_model):

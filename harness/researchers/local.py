@@ -8,6 +8,9 @@ EOS, tokenized; the token sequences form a trie. Decoding follows the trie: at e
 tokens that continue some candidate are allowed, the model's logits elsewhere are masked, and the
 next token is sampled (with the configured temperature) from the renormalized distribution. So
 every proposal is valid by construction, and the model's only freedom is which edit to make.
+An edit already tried against the same incumbent knobs is left out of the trie: its verdict is
+known (the same seeds would give it again), so proposing it again would only spend a round. When
+every edit has been tried the whole grid is open again.
 The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
 (old memory goes first, the evidence of this round last).
 
@@ -27,6 +30,7 @@ after a crash between propose and learn.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +82,11 @@ def build_trie(sequences: list[list[int]]) -> dict:
         for token in seq:
             node = node.setdefault(token, {})
     return root
+
+
+def knob_state_key(current: dict) -> str:
+    """A short name for a set of incumbent knob values: the edits tried are remembered per state."""
+    return hashlib.sha256(json.dumps(current, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -227,6 +236,9 @@ class LocalResearcher(Researcher):
         candidates = self._candidate_edits(Path(scaffold_dir), specs, current)
         if not candidates:
             raise ResearcherExhausted("the surface has no knob edit left that the scaffold accepts")
+        state_key = knob_state_key(current)
+        tried = set(self.state.get("tried", {}).get(state_key, []))
+        candidates = [c for c in candidates if c[0] not in tried] or candidates
         eos = self.tokenizer.eos_token_id
         sequences = [self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text, _ in candidates]
         room = min(self.context_tokens,
@@ -241,7 +253,7 @@ class LocalResearcher(Researcher):
         self.counts["prompt_tokens"] += len(prompt_ids)
         self.counts["generated_tokens"] += len(tokens)
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(self.pending_file, {"round": evidence.round, "proposal": proposal.to_dict(),
+        _atomic_json(self.pending_file, {"round": evidence.round, "proposal": proposal.to_dict(), "state": state_key,
                                          "prompt_ids": prompt_ids, "candidates": [t for t, _ in candidates],
                                          "sequences": sequences, "choice": choice})
         return proposal
@@ -303,11 +315,15 @@ class LocalResearcher(Researcher):
         advantage = reward - self.state["baseline"]
         logprob = self._sequence_logprob(pending["prompt_ids"], pending["sequences"][pending["choice"]],
                                          build_trie(pending["sequences"]))
-        self.optimizer.zero_grad()
-        (-advantage * logprob).backward()
-        self.optimizer.step()
+        if logprob.requires_grad:  # a single remaining candidate was forced: there was no choice to learn
+            self.optimizer.zero_grad()
+            (-advantage * logprob).backward()
+            self.optimizer.step()
         n = self.state["rounds_learned"]
+        tried = dict(self.state.get("tried", {}))
+        key = pending.get("state", "")
+        tried[key] = [*tried.get(key, []), pending["candidates"][pending["choice"]]]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
-                      "last_learned_round": pending["round"]}
+                      "last_learned_round": pending["round"], "tried": tried}
         self.counts["learn_steps"] += 1
         self.save(self.dir)
