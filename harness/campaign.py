@@ -22,7 +22,7 @@ from harness.journal import Journal, run_step
 from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, summary_markdown
-from harness.researchers import ResearcherExhausted, make_researcher
+from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
 from harness.tracking import make_tracker
 from harness.workspace import Workspace
 from memory import Memory, RoundRecord
@@ -129,7 +129,7 @@ class Campaign:
         step("evaluate", lambda: self._evaluate_candidate(n, out))
         verdict = step("compare", lambda: self._compare(n, out))["verdict"]
         result, incumbent = read_result(out), self._incumbent_result()
-        step("critique", lambda: self._critique(out, proposal, result, incumbent, verdict))
+        step("critique", lambda: self._critique(out, n, proposal, result, incumbent, verdict))
         decision = verdict["decision"]
         reason = verdict["reason"]
         if decision == "keep":
@@ -211,8 +211,11 @@ class Campaign:
         _write_json(inc_dir / "result.json", merged)
         return merged
 
-    def _critique(self, out: Path, proposal, result, incumbent, verdict) -> dict:
+    def _critique(self, out: Path, n: int, proposal, result, incumbent, verdict) -> dict:
         text = critique(proposal, result, incumbent, verdict)
+        own = self.researcher.critique(text, n)  # a model researcher's own reading; checked like the rest
+        if own:
+            text += f"\n**The researcher's critique.**\n\n{own.strip()}\n"
         unverified = check_critique(text, result, incumbent, verdict)
         if unverified:
             text += f"\n\n_Unverified numbers (not found in result.json): {', '.join(unverified)}_\n"
@@ -240,7 +243,7 @@ class Campaign:
                                               if o["decision"] == "keep" else {}))
         run_step(j, n, "record", lambda: self._record(n, out, proposed, result, verdict, decided, commits),
                  updates=lambda o: {"history": [h for h in j.get("history") if h["round"] != n] + [o["history"]],
-                                    "last_round": o["last_round"]})
+                                    "last_round": o["last_round"], "researcher_usage": o["researcher_usage"]})
         self.live.decision(n, decided["decision"], decided["reason"])
 
     def _heldout(self, out: Path) -> float | None:
@@ -300,12 +303,14 @@ class Campaign:
                                extra_metrics={"usage/" + k: v for k, v in self.researcher.usage().items()
                                               if isinstance(v, (int, float))})
         self.tracker.log_campaign_progress(history, plot)
-        return {"decision": decision, "history": entry, "last_round": last_round}
+        return {"decision": decision, "history": entry, "last_round": last_round,
+                "researcher_usage": self.researcher.usage()}
 
     # ----------------------------------------------------------------------------- the loop
     def run(self) -> dict:
         """Run (or resume) rounds until the configured number is done or the researcher runs out."""
         self.journal.set("status", "running")
+        self.journal.set("stop_reason", None)
         status = "finished"
         with self.live:
             self.setup()
@@ -319,6 +324,10 @@ class Campaign:
                     self.run_round(n)
             except ResearcherExhausted as done:
                 self.live.note(f"researcher has no more proposals: {done}")
+            except ResearcherStopped as stop:  # the round in progress is redone on resume
+                status = stop.status
+                self.journal.set("stop_reason", str(stop))
+                self.live.note(f"campaign stopped ({status}): {stop}")
             except BaseException:
                 status = "paused"
                 raise
@@ -326,7 +335,8 @@ class Campaign:
                 self.journal.set("status", status)
                 self.report()
                 self.tracker.end_campaign("FINISHED" if status == "finished" else "KILLED")
-        return {"status": status, "history": self.journal.get("history")}
+        return {"status": status, "history": self.journal.get("history"),
+                "stop_reason": self.journal.get("stop_reason") if status != "finished" else None}
 
     def report(self) -> tuple[Path, Path]:
         """Write progress.png and summary.md for the rounds done so far."""

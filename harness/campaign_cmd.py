@@ -90,6 +90,8 @@ def run_campaign(config: dict, path: Path) -> int:
     kept = sum(h["decision"] == "keep" for h in history)
     console.print(f"campaign {config['name']}: {outcome['status']}, {len(history) - 1} rounds, {kept} kept; "
                   f"report: {path / 'summary.md'}, {path / 'progress.png'}")
+    if outcome.get("stop_reason"):
+        console.print(f"stopped: {outcome['stop_reason']}")
     return 0
 
 
@@ -112,9 +114,36 @@ def create_campaign(config: dict) -> Path:
     return path
 
 
+# What `resume` may change in a frozen config: more rounds, a larger researcher budget.
+RESUME_KEYS = re.compile(r"^(rounds|researcher\.budget\.(tokens|cost_usd))$")
+
+
 def _resume(args) -> int:
-    path = campaign_dir(args.name, _runs_dir(args.overrides))
-    return run_campaign(yaml.safe_load((path / "config.yaml").read_text()), path)
+    runs = _runs_dir([o for o in args.overrides if o.startswith("runs_dir=")])
+    path = campaign_dir(args.name, runs)
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    changed = False
+    for item in (o for o in args.overrides if not o.startswith("runs_dir=")):
+        key, sep, raw = item.partition("=")
+        if not sep or not RESUME_KEYS.match(key):
+            raise ValueError(f"unexpected argument {item!r}: resume accepts runs_dir=, rounds= and "
+                             "researcher.budget.tokens= / researcher.budget.cost_usd=")
+        value = yaml.safe_load(raw)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{key} must be a positive number or null, got {raw!r}")
+        if key == "rounds" and not isinstance(value, int):
+            raise ValueError(f"rounds must be a positive integer, got {raw!r}")
+        node, *parts = key.split(".")
+        target = config
+        for part in [node, *parts][:-1]:
+            target = target.setdefault(part, {})
+        target[key.split(".")[-1]] = value
+        changed = True
+    if changed:
+        from memory.memory import write_atomic
+
+        write_atomic(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    return run_campaign(config, path)
 
 
 def _status(args) -> int:
@@ -125,7 +154,7 @@ def _status(args) -> int:
         args.overrides, args.name = [args.name, *args.overrides], None
     runs = _runs_dir(args.overrides)
     names = [args.name] if args.name else sorted(p.name for p in runs.glob("*") if (p / "config.yaml").is_file())
-    table = Table("campaign", "status", "rounds", "incumbent", "last decisions", "pending")
+    table = Table("campaign", "status", "rounds", "incumbent", "last decisions", "pending", "researcher usage")
     for name in names:
         path = campaign_dir(name, runs)
         journal = Journal(path)
@@ -143,9 +172,20 @@ def _status(args) -> int:
         if status in ("running", "pending_approval") and not is_locked(path):
             status = "stopped (resume it)"  # the journal says running, but no process holds the lock
         table.add_row(name, str(status), f"{max(len(history) - 1, 0)}/{config['rounds']}",
-                      incumbent, last, f"round {ask['round']} {ask['point']}" if ask else "")
+                      incumbent, last, f"round {ask['round']} {ask['point']}" if ask else "",
+                      _usage_text(journal.get("researcher_usage") or {}))
     console.print(table)
     return 0
+
+
+def _usage_text(usage: dict) -> str:
+    """Tokens (and cost when priced) of a model researcher: total, and the last round's."""
+    if "total_tokens" not in usage:
+        return ""
+    text = f"{usage['total_tokens']} tok (last round {usage.get('round_tokens', 0)})"
+    if "cost_usd" in usage:
+        text += f", ${usage['cost_usd']:.4f} (last ${usage.get('round_cost_usd', 0.0):.4f})"
+    return text
 
 
 def _approve(args) -> int:

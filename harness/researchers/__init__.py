@@ -1,5 +1,5 @@
-"""Researcher backends: `scripted`, `random` and `local`, behind one interface (see `base.py`)."""
+"""Researcher backends: `scripted`, `random`, `local` and `openai`, behind one interface (see `base.py`)."""
 
-from harness.researchers.base import Researcher, ResearcherExhausted, make_researcher
+from harness.researchers.base import Researcher, ResearcherExhausted, ResearcherStopped, make_researcher
 
-__all__ = ["Researcher", "ResearcherExhausted", "make_researcher"]
+__all__ = ["Researcher", "ResearcherExhausted", "ResearcherStopped", "make_researcher"]

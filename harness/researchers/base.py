@@ -29,6 +29,15 @@ class ResearcherExhausted(Exception):
     """The researcher has nothing more to propose (a scripted file ran out): the campaign ends cleanly."""
 
 
+class ResearcherStopped(Exception):
+    """The researcher cannot go on for now (its budget is spent, its endpoint is down): the campaign
+    stops with `status` ("budget_exhausted", "paused") and resumes from the same round later."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class Researcher:
     """The interface: `propose` is required; `learn`, `save`, `load` and `usage` default to nothing."""
 
@@ -51,9 +60,14 @@ class Researcher:
         """Counters for tracking, such as tokens generated; empty when there is nothing to count."""
         return {}
 
+    def critique(self, facts: str, round_no: int) -> str | None:
+        """The researcher's own critique of a round, given the harness's critique as facts; None
+        (the default) leaves the harness's critique alone."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
-# shared by the knob-search backends
+# shared by the knob-search backends and the prompts
 
 def round_seed(seed: int, round_no: int) -> int:
     """A seed for one round of one campaign: the same (seed, round) always draws the same proposal,
@@ -89,7 +103,7 @@ def short_float(value: float, digits: int) -> float:
 # the factory: config["name"] picks the backend; each is imported only when chosen, so the knob
 # baselines never load torch
 
-BACKENDS = ("scripted", "random", "local")
+BACKENDS = ("scripted", "random", "local", "openai")
 
 
 def make_researcher(config: dict, *, campaign_dir: Path, seed: int, base_model: str) -> Researcher:
@@ -105,4 +119,7 @@ def make_researcher(config: dict, *, campaign_dir: Path, seed: int, base_model: 
     if name == "local":
         from harness.researchers.local import LocalResearcher
         return LocalResearcher(config, campaign_dir=Path(campaign_dir), seed=seed, base_model=base_model)
+    if name == "openai":
+        from harness.researchers.openai_researcher import OpenAIResearcher
+        return OpenAIResearcher(config, campaign_dir=Path(campaign_dir), seed=seed)
     raise ValueError(f"unknown researcher {name!r}; choose one of: {', '.join(BACKENDS)}")
