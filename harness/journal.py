@@ -41,7 +41,7 @@ STEPS = ("analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", 
 # A round is finished when its last step is; steps before it may be skipped (a rejected proposal
 # has nothing to evaluate), so "finished" cannot mean "every step done".
 FINAL_STEP = STEPS[-1]
-STATUSES = ("running", "paused", "pending_approval", "finished", "failed")
+STATUSES = ("running", "paused", "pending_approval", "budget_exhausted", "finished", "failed")
 
 
 class JournalError(RuntimeError):
