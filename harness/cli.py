@@ -9,6 +9,7 @@
     researcher start [name=.. rounds=.. researcher=.. approvals=.. runs_dir=.. seed=..]
     researcher resume NAME | status [NAME] | approve NAME [--reject] [--note T]
     researcher diff NAME ROUND | report NAME | ui
+    researcher serve --model DIR [--host 127.0.0.1] [--port 8000]   an OpenAI-compatible HTTP API
 
 Every entry point sets HF_HUB_OFFLINE and MLFLOW_DISABLE_TELEMETRY before anything imports
 `transformers` or `mlflow`, so nothing we run reaches the internet (and OMP_WAIT_POLICY=PASSIVE
@@ -28,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads Ope
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every subcommand; each subcommand module adds its own arguments."""
-    from harness import campaign_cmd, eval_cmd, run_cmd
+    from harness import campaign_cmd, eval_cmd, run_cmd, serve_cmd
     from model import cli as model_cli
 
     parser = argparse.ArgumentParser(prog="researcher", description=__doc__.split("\n")[0])
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     campaign_cmd.add_parsers(sub)
+    serve_cmd.add_parser(sub)
     return parser
 
 
