@@ -7,23 +7,19 @@ the policy's skill.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import git
 import pytest
-import yaml
+from fast_scaffold import fast_scaffold
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from model import build_policy, build_tokenizer, save_policy
 
-REPO = Path(__file__).resolve().parents[1]
-KNOBS = {("grpo", "max_steps"): 1, ("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
 
 PROPOSALS = [
     {"hypothesis": "lower temperature sharpens answers", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
@@ -40,12 +36,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("campaigns")
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
     save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
-    scaffold = root / "fast_arith"
-    shutil.copytree(REPO / "scaffolds" / "arith", scaffold)
-    config = yaml.safe_load((scaffold / "scaffold.yaml").read_text())
-    for (section, key), value in KNOBS.items():
-        config[section][key] = value
-    (scaffold / "scaffold.yaml").write_text(yaml.safe_dump(config))
+    scaffold = fast_scaffold(root / "fast_arith")
     script = root / "proposals.jsonl"
     script.write_text("".join(json.dumps(p) + "\n" for p in PROPOSALS))
     return root, scaffold, script

@@ -8,11 +8,9 @@ cleanly and a resume with a larger one finishes it; and that tokens reach MLflow
 """
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-import yaml
+from fast_scaffold import fast_scaffold
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -20,8 +18,6 @@ from harness.researchers.answer import SYSTEM
 from harness.serve.launch import served
 from model import build_policy, build_tokenizer, save_policy
 
-REPO = Path(__file__).resolve().parents[1]
-KNOBS = {("grpo", "max_steps"): 1, ("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
 KEY = "test-key-123"
 
 
@@ -35,12 +31,7 @@ def setup(tmp_path_factory):
     researcher_model = build_policy("tiny", tokenizer, seed=1)
     researcher_model.config.max_position_embeddings = 8192
     save_policy(researcher_model, tokenizer, root / "researcher-model")
-    scaffold = root / "fast_arith"
-    shutil.copytree(REPO / "scaffolds" / "arith", scaffold)
-    config = yaml.safe_load((scaffold / "scaffold.yaml").read_text())
-    for (section, key), value in KNOBS.items():
-        config[section][key] = value
-    (scaffold / "scaffold.yaml").write_text(yaml.safe_dump(config))
+    scaffold = fast_scaffold(root / "fast_arith")
     return root, scaffold
 
 
