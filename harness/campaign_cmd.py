@@ -129,15 +129,19 @@ def _resume(args) -> int:
             raise ValueError(f"unexpected argument {item!r}: resume accepts runs_dir=, rounds= and "
                              "researcher.budget.tokens= / researcher.budget.cost_usd=")
         value = yaml.safe_load(raw)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"{key} must be a positive number or null, got {raw!r}")
-        if key == "rounds" and not isinstance(value, int):
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+        if key == "rounds" and not (number and isinstance(value, int)):
             raise ValueError(f"rounds must be a positive integer, got {raw!r}")
-        node, *parts = key.split(".")
+        if not number and value is not None:
+            raise ValueError(f"{key} must be a positive number, or null for no limit, got {raw!r}")
+        *parents, leaf = key.split(".")
         target = config
-        for part in [node, *parts][:-1]:
-            target = target.setdefault(part, {})
-        target[key.split(".")[-1]] = value
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ValueError(f"{key}: campaign {args.name!r} has no {'.'.join(parents)} "
+                                 f"(its researcher is {config['researcher'].get('name')!r})")
+            target = target[part]
+        target[leaf] = value
         changed = True
     if changed:
         from memory.memory import write_atomic

@@ -158,3 +158,21 @@ def test_eval_command(setup, capsys):
                  "--out", str(root / "eval-bad")]) == 1
     assert "above the maximum" in capsys.readouterr().out
     assert main(["eval", "--scaffold", str(scaffold), "temperature", "--base", str(base)]) == 2
+
+
+@pytest.mark.parametrize("item, message", [
+    ("researcher.budget.tokens=1000", "has no researcher.budget"),
+    ("rounds=ten", "rounds must be a positive integer"),
+    ("rounds=-3", "rounds must be a positive integer"),
+    ("researcher.budget.tokens=lots", "must be a positive number"),
+    ("seed=4", "resume accepts runs_dir=, rounds= and researcher.budget"),
+])
+def test_resume_overrides_are_checked_before_the_config_is_touched(tmp_path, capsys, item, message):
+    camp = tmp_path / "runs" / "frozen"
+    camp.mkdir(parents=True)
+    researcher = "openai\n  budget: {tokens: 10}" if "lots" in item else "random"
+    frozen = f"name: frozen\nrounds: 5\nresearcher:\n  name: {researcher}\n"
+    (camp / "config.yaml").write_text(frozen)
+    assert main(["resume", "frozen", item, f"runs_dir={tmp_path / 'runs'}"]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert (camp / "config.yaml").read_text() == frozen
