@@ -89,6 +89,7 @@ class OpenAIResearcher(Researcher):
         self.client = client or openai.OpenAI(base_url=self.options["base_url"], api_key=key or "none",
                                               max_retries=int(self.options["max_retries"]),
                                               timeout=float(self.options["timeout_s"]))
+        self._round = 0  # the round being proposed: what usage() reports as this round's
         self.usage_state = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "repairs": 0,
                             "invalid_answers": 0, "cost_usd": 0.0, "rounds": {}}
         self.load(self.dir)
@@ -105,9 +106,9 @@ class OpenAIResearcher(Researcher):
         write_atomic(Path(dir) / USAGE_FILE, json.dumps(self.usage_state, indent=2))
 
     def usage(self) -> dict:
-        """Totals, and the last round's tokens and cost: logged to MLflow each round, shown by status."""
+        """Totals, and this round's tokens and cost: logged to MLflow each round, shown by status."""
         state = self.usage_state
-        last = state["rounds"][max(state["rounds"], key=int)] if state["rounds"] else {}
+        last = state["rounds"].get(str(self._round), {})
         out = {k: state[k] for k in ("prompt_tokens", "completion_tokens", "requests", "repairs", "invalid_answers")}
         out["total_tokens"] = state["prompt_tokens"] + state["completion_tokens"]
         out["round_tokens"] = last.get("tokens", 0)
@@ -195,6 +196,7 @@ class OpenAIResearcher(Researcher):
         return self.answers_dir / f"{round_no:03d}.json"
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        self._round = evidence.round
         saved = self._answers_file(evidence.round)
         if saved.is_file():  # a resumed round: the answers are known, ask nothing again
             record = json.loads(saved.read_text())
