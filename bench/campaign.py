@@ -6,6 +6,8 @@ the journal's per-step timings and prints rounds/hour and the split per step (pr
 evaluate, compare, record and the rest).
 
     .venv/bin/python bench/campaign.py [--rounds 5] [--researcher random|local]
+    .venv/bin/python bench/campaign.py --from-campaign runs/default    # the same numbers, read from
+                                                                       # a campaign that already ran
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--researcher", default="random")
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
+    parser.add_argument("--from-campaign", default=None, help="read the timings of this campaign folder instead")
     args = parser.parse_args()
+    if args.from_campaign:
+        journal = Journal(Path(args.from_campaign))
+        rounds = journal.last_finished_round()
+        report(journal, rounds, Path(args.from_campaign).name)
+        return 0
     if not (Path(args.base) / "config.json").is_file():
         print(f"no base policy at {args.base}: run `researcher model pretrain` first")
         return 1
@@ -50,19 +58,22 @@ def main() -> int:
         run_campaign(config, create_campaign(config))
         wall = time.perf_counter() - start
         journal = Journal(runs / "bench")
-        per_step: dict[str, float] = defaultdict(float)
-        for n in range(1, args.rounds + 1):
-            for step in STEPS:
-                per_step[step] += journal.step_seconds(n, step) or 0.0
-        baseline_s = wall - sum(per_step.values())
+        report(journal, args.rounds, args.researcher, wall_s=wall)
+    return 0
 
+
+def report(journal: Journal, rounds: int, label: str, *, wall_s: float | None = None) -> None:
+    """Rounds/hour and seconds per step over rounds 1..`rounds` of a campaign's journal."""
+    per_step: dict[str, float] = defaultdict(float)
+    for n in range(1, rounds + 1):
+        for step in STEPS:
+            per_step[step] += journal.step_seconds(n, step) or 0.0
     rounds_s = sum(per_step.values())
-    print(f"{args.rounds} rounds ({args.researcher}) in {rounds_s:.1f}s after a {baseline_s:.1f}s setup "
-          f"(base checks, baseline evaluation): {3600 * args.rounds / rounds_s:.1f} rounds/hour")
+    setup = f" after a {wall_s - rounds_s:.1f}s setup (base checks, baseline evaluation)" if wall_s else ""
+    print(f"{rounds} rounds ({label}) in {rounds_s:.1f}s{setup}: {3600 * rounds / rounds_s:.1f} rounds/hour")
     print(f"{'step':16s}{'seconds/round':>15s}{'share':>8s}")
     for step in STEPS:
-        print(f"{step:16s}{per_step[step] / args.rounds:15.2f}{per_step[step] / rounds_s:8.1%}")
-    return 0
+        print(f"{step:16s}{per_step[step] / rounds:15.2f}{per_step[step] / rounds_s:8.1%}")
 
 
 if __name__ == "__main__":
