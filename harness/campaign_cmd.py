@@ -1,4 +1,4 @@
-"""Campaign subcommands: start, resume, status, approve, diff, report, ui.
+"""Campaign subcommands: start, resume, status, approve, diff, report, compare, ui.
 
 Configuration flows one way: hydra's Compose API builds one config from conf/campaign.yaml and
 the overrides, it is frozen into the campaign folder as config.yaml, and `resume` reads that
@@ -220,6 +220,21 @@ def _report(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from harness.journal import Journal
+    from harness.report import comparison_markdown, comparison_plot
+
+    names = [n for n in args.names if "=" not in n]
+    runs = _runs_dir([n for n in args.names if "=" in n])
+    if len(names) < 2:
+        raise ValueError("compare needs at least two campaigns")
+    histories = {name: Journal(campaign_dir(name, runs)).get("history") or [] for name in names}
+    plot = comparison_plot(histories, Path(args.out) if args.out else runs / f"compare-{'-'.join(names)}.png")
+    console.print(comparison_markdown(histories), soft_wrap=True, markup=False)
+    console.print(f"plot: {plot}")
+    return 0
+
+
 def _ui(args) -> int:
     from harness.tracking import default_tracking_uri
 
@@ -256,6 +271,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     report.add_argument("name")
     report.add_argument("overrides", nargs="*", metavar="runs_dir=PATH")
     report.set_defaults(func=_report)
+    compare = sub.add_parser("compare", help="campaigns side by side: a table and one plot of their incumbents")
+    compare.add_argument("names", nargs="+", metavar="NAME", help="two or more campaigns, and runs_dir=PATH")
+    compare.add_argument("--out", default=None, help="the plot's path (default: runs_dir/compare-NAMES.png)")
+    compare.set_defaults(func=_compare)
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over our store")
     ui.add_argument("overrides", nargs="*", metavar="runs_dir=PATH")
     ui.add_argument("--port", type=int, default=5000)

@@ -124,3 +124,57 @@ def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict 
     else:
         lines.append("No change was kept.")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- comparing campaigns
+
+def campaign_stats(history: list[dict]) -> dict:
+    """What a comparison of researchers looks at: where the incumbent ends, how soon it got there,
+    and the mean incumbent over the rounds (the area under its curve: reaching a score sooner counts)."""
+    rows = sorted(history, key=lambda r: r["round"])
+    rounds = [r for r in rows if r["round"] > 0]
+    kept = [r for r in rounds if r["decision"] == KEPT]
+    scored = [r for r in rows if r["decision"] in (KEPT, "baseline") and r.get("heldout_accuracy") is not None]
+    return {"rounds": len(rounds), "kept": len(kept), "failed": sum(r["decision"] == FAILED for r in rounds),
+            "initial": rows[0]["incumbent_accuracy"] if rows else None,
+            "final": rows[-1]["incumbent_accuracy"] if rows else None,
+            "heldout_final": scored[-1]["heldout_accuracy"] if scored else None,
+            "last_keep_round": kept[-1]["round"] if kept else None,
+            "mean_incumbent": sum(r["incumbent_accuracy"] for r in rounds) / len(rounds) if rounds else None}
+
+
+def comparison_markdown(histories: dict[str, list[dict]]) -> str:
+    """One row per campaign: rounds, keeps, failures, final and held-out accuracy, last keep, mean incumbent."""
+    lines = ["| campaign | rounds | kept | failed | accuracy | held-out | last keep at round | mean incumbent |",
+             "|---|---:|---:|---:|---|---|---:|---:|"]
+    for name, history in histories.items():
+        s = campaign_stats(history)
+        lines.append(f"| {_cell(name)} | {s['rounds']} | {s['kept']} | {s['failed']} | "
+                     f"{_score(s['initial'])} -> {_score(s['final'])} | {_score(s['heldout_final'])} | "
+                     f"{s['last_keep_round'] if s['last_keep_round'] is not None else '-'} | "
+                     f"{_score(s['mean_incumbent'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_plot(histories: dict[str, list[dict]], path: str | Path, title: str = "Incumbent by round") -> Path:
+    """The incumbent's accuracy of several campaigns on one set of axes, kept rounds marked."""
+    fig = Figure(figsize=(10, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, history in histories.items():
+        rows = sorted(history, key=lambda r: r["round"])
+        line, = ax.step([r["round"] for r in rows], [r["incumbent_accuracy"] for r in rows], where="post",
+                        linewidth=1.5, label=name)
+        kept = [r for r in rows if r["decision"] == KEPT]
+        ax.scatter([r["round"] for r in kept], [r["incumbent_accuracy"] for r in kept], s=28, zorder=3,
+                   color=line.get_color())
+    ax.set_xlabel("round")
+    ax.set_ylabel("incumbent accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

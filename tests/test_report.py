@@ -2,7 +2,7 @@
 
 import struct
 
-from harness.report import progress_plot, summary_markdown
+from harness.report import campaign_stats, comparison_markdown, comparison_plot, progress_plot, summary_markdown
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -54,3 +54,20 @@ def test_summary_without_kept_rounds():
     assert "- incumbent accuracy: 0.3000 -> 0.3000 (+0.0%)" in text
     assert "- held-out accuracy: 0.2800 -> 0.2800 (+0.0%)" in text
     assert "No change was kept." in text and "noise floor" not in text
+
+
+def test_comparison_of_two_campaigns():
+    slower = [dict(r, incumbent_accuracy=0.30 if r["round"] < 4 else 0.42,
+                   decision="revert" if r["round"] == 1 else r["decision"]) for r in HISTORY]
+    stats = campaign_stats(HISTORY)
+    assert stats == {"rounds": 4, "kept": 2, "failed": 1, "initial": 0.30, "final": 0.42, "heldout_final": 0.35,
+                     "last_keep_round": 4, "mean_incumbent": (0.36 + 0.36 + 0.36 + 0.42) / 4}
+    assert campaign_stats(slower)["mean_incumbent"] == (0.30 * 3 + 0.42) / 4
+    table = comparison_markdown({"fast": HISTORY, "slow": slower})
+    assert "| fast | 4 | 2 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 0.3750 |" in table
+    assert "| slow | 4 | 1 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 0.3300 |" in table
+
+
+def test_comparison_plot_writes_a_png(tmp_path):
+    data = comparison_plot({"a": HISTORY, "b": HISTORY[:2]}, tmp_path / "c.png").read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 20_000
