@@ -8,7 +8,7 @@
     researcher run                                       the main job (`make run`)
     researcher start [name=.. rounds=.. researcher=.. approvals=.. runs_dir=.. seed=..]
     researcher resume NAME | status [NAME] | approve NAME [--reject] [--note T]
-    researcher diff NAME ROUND | report NAME | ui
+    researcher diff NAME ROUND | report NAME | compare NAME NAME.. | ui
     researcher serve --model DIR [--host 127.0.0.1] [--port 8000]   an OpenAI-compatible HTTP API
 
 Every entry point sets HF_HUB_OFFLINE and MLFLOW_DISABLE_TELEMETRY before anything imports
