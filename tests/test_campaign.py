@@ -83,6 +83,10 @@ def test_scripted_campaign(setup, capsys):
     assert "temperature: 0.3" in capsys.readouterr().out
     assert main(["start", *args]) == 2  # the name is taken
     assert "already exists" in capsys.readouterr().err
+    assert main(["compare", "scripted", f"runs_dir={root / 'runs'}"]) == 2
+    assert "at least two campaigns" in capsys.readouterr().err
+    assert main(["compare", "scripted", "nope", f"runs_dir={root / 'runs'}"]) == 2
+    assert "no campaign 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
