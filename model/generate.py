@@ -30,7 +30,7 @@ row count, so sharing the prefill or dropping rows would change the arithmetic o
 from __future__ import annotations
 
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -159,9 +159,11 @@ class _Rollout:
 
 
 def _decode(model, ids_BP, mask_BP, params: SamplingParams, *, eos_ids: Sequence[int], pad_id: int,
-            generator: torch.Generator | None, stop: _StopStrings | None = None) -> _Rollout:
+            generator: torch.Generator | None, stop: _StopStrings | None = None,
+            on_token: Callable[[int, int], None] | None = None) -> _Rollout:
     """Prefill left-padded prompts, then decode every row until EOS, a stop string or
-    `params.max_new_tokens`."""
+    `params.max_new_tokens`; `on_token(row, token_id)` hears each token a row samples, as it is
+    sampled."""
     B, P = ids_BP.shape
     T = params.max_new_tokens
     device = ids_BP.device
@@ -190,6 +192,9 @@ def _decode(model, ids_BP, mask_BP, params: SamplingParams, *, eos_ids: Sequence
         next_A = torch.where(live_A, next_A, pad_id)  # finished rows are fed padding, as the library does
         tokens_BT[row_A, t] = next_A
         penalties.record(next_A)
+        if on_token is not None:  # the only per-step copy to Python, paid only by a listener
+            for row, token in zip(row_A[live_A].tolist(), next_A[live_A].tolist()):
+                on_token(row, token)
 
         done_A = live_A & torch.isin(next_A, eos_E)
         if stop is not None:
@@ -218,12 +223,17 @@ def _decode(model, ids_BP, mask_BP, params: SamplingParams, *, eos_ids: Sequence
 # Text in, completions out
 # ---------------------------------------------------------------------------------------------
 
-def generate(model, tokenizer, prompts: Sequence[str], params: SamplingParams | None = None) -> list[list[Completion]]:
+def generate(model, tokenizer, prompts: Sequence[str], params: SamplingParams | None = None, *,
+             on_token: Callable[[int, int, int], None] | None = None) -> list[list[Completion]]:
     """Sample `params.n` completions of each prompt; `result[i][j]` is completion j of prompt i.
 
     The prompts are tokenized with the tokenizer's special tokens (<bos>) and left-padded. EOS is
     the model's generation_config EOS (or the tokenizer's). Sampling draws from a generator
     seeded with `params.seed`, never from the global RNG.
+
+    `on_token(i, j, token_id)`, when given, is called on this thread for each token completion j
+    of prompt i samples, as soon as it is sampled: in order, through its EOS or stop-string token,
+    so the tokens it hears for (i, j) are `result[i][j].token_ids`. Streaming servers use it.
     """
     params = params or SamplingParams()
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
@@ -252,8 +262,13 @@ def generate(model, tokenizer, prompts: Sequence[str], params: SamplingParams | 
     else:
         generator.manual_seed(params.seed)
     stop = _StopStrings(tokenizer, params.stop) if params.stop else None
+    on_row = None
+    if on_token is not None:
+        def on_row(row: int, token: int) -> None:
+            on_token(row // params.n, row % params.n, token)
     with torch.inference_mode():
-        out = _decode(model, ids_BP, mask_BP, params, eos_ids=eos_ids, pad_id=pad_id, generator=generator, stop=stop)
+        out = _decode(model, ids_BP, mask_BP, params, eos_ids=eos_ids, pad_id=pad_id, generator=generator, stop=stop,
+                      on_token=on_row)
     rows = out.tokens_BT.tolist()
     lengths = out.length_B.tolist()
     stopped = out.stopped_B.tolist()

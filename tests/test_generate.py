@@ -258,6 +258,30 @@ def test_n_completions_per_prompt(random_policy, tokenizer):
         assert len({tuple(c.token_ids) for c in group}) > 1
 
 
+def heard_tokens(policy, tokenizer, prompts, params):
+    """generate's completions, and the tokens its on_token heard, by (prompt, choice)."""
+    heard = {}
+    result = generate(policy, tokenizer, prompts, params,
+                      on_token=lambda i, j, token: heard.setdefault((i, j), []).append(token))
+    return result, heard
+
+
+def test_on_token_hears_each_completion_token_by_token(trained_policy, tokenizer):
+    # sampled, n > 1, prompts of several lengths: rows finish at different steps and the batch
+    # drops them (the trained policy stops early on EOS, so some do)
+    params = SamplingParams(temperature=1.0, n=3, max_new_tokens=NEW_TOKENS, seed=3)
+    result, heard = heard_tokens(trained_policy, tokenizer, PROMPTS, params)
+    lengths = {len(c.token_ids) for group in result for c in group}
+    assert len(lengths) > 2 and "stop" in {c.finish_reason for group in result for c in group}
+    assert heard == {(i, j): c.token_ids for i, group in enumerate(result) for j, c in enumerate(group)}
+    # listening changes nothing
+    assert generate(trained_policy, tokenizer, PROMPTS, params) == result
+
+    greedy = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
+    result, heard = heard_tokens(trained_policy, tokenizer, PROMPTS, greedy)
+    assert heard == {(i, 0): c.token_ids for i, [c] in enumerate(result)}
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
