@@ -7,13 +7,14 @@ counts must be its token counts. Both sides use one torch thread, so their arith
 """
 
 import threading
+import time
 
 import httpx2
 import openai
 import pytest
 import torch
 
-from harness.serve.engine import render_chat, text_pieces
+from harness.serve.engine import TextDeltas, render_chat
 from harness.serve.launch import ServerFailed, served
 from model import build_policy, build_tokenizer, load_policy, load_tokenizer, save_policy
 from model.generate import Completion, SamplingParams, generate
@@ -47,7 +48,7 @@ def reference(checkpoint):
 def base_url(checkpoint):
     # a long batch window, so requests sent together surely share a generate call
     with served(checkpoint, env={"RESEARCHER_API_KEY": KEY},
-                args=["--threads", "1", "--batch-window-ms", "100", "--max-tokens", "64"]) as url:
+                args=["--threads", "1", "--batch-window-ms", "100", "--max-tokens", "256"]) as url:
         yield url
 
 
@@ -127,14 +128,61 @@ def test_stream_joins_to_the_whole_answer(client, endpoint):
         assert [c.finish_reason for c in mine] == [None] * (len(mine) - 1) + [choice.finish_reason]
 
 
-def test_stream_pieces_keep_multibyte_characters_whole(reference):
+def test_stream_is_incremental(client, reference):
+    """The first piece of text arrives while the rest is still being generated."""
+    knobs = dict(model=NAME, prompt="Once", max_tokens=200, temperature=1.0, seed=5)
+    [[expected]] = reference(["Once"], max_new_tokens=200, temperature=1.0, seed=5)
+    assert expected.finish_reason == "length"  # no early EOS: 200 tokens to wait for
+    start = time.perf_counter()
+    arrivals, pieces = [], []
+    for chunk in client.completions.create(**knobs, stream=True):
+        if chunk.choices[0].text:
+            arrivals.append(time.perf_counter() - start)
+            pieces.append(chunk.choices[0].text)
+    total = time.perf_counter() - start
+    assert "".join(pieces) == expected.text == client.completions.create(**knobs).choices[0].text
+    assert len(pieces) > 50
+    assert arrivals[0] < 0.5 * total, f"first piece at {arrivals[0]:.3f} s of {total:.3f} s"
+    assert arrivals[-1] - arrivals[0] > 0.5 * total  # spread over the generation, not one burst at the end
+
+
+def test_stream_survives_a_client_that_leaves(client, base_url):
+    with httpx2.stream("POST", f"{base_url}/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
+                       json={"model": NAME, "prompt": "Once", "max_tokens": 200, "stream": True}) as response:
+        first = next(response.iter_lines())
+        assert response.status_code == 200 and first.startswith("data: {")
+    answer = client.completions.create(model=NAME, prompt="1 2", max_tokens=4, temperature=0)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+def push_all(deltas, ids):
+    return [piece for piece in map(deltas.push, ids) if piece]
+
+
+def test_text_deltas_keep_multibyte_characters_whole(reference):
     text = "héllo ✓ 日本 ok"
     ids = reference.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > len(text)  # characters split across tokens, the case this is about
-    for cut in (text, text[:9]):  # whole, and cut by a stop string
-        pieces = text_pieces(reference.tokenizer, Completion(cut, ids, "stop", 1))
-        assert "".join(pieces) == cut and len(pieces) > 3
-        assert not any("\ufffd" in piece for piece in pieces)
+    deltas = TextDeltas(reference.tokenizer)
+    pieces = push_all(deltas, ids)
+    assert "".join(pieces) == text and len(pieces) > 3
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert deltas.rest(Completion(text, ids, "length", 1)) == ""
+
+
+def test_text_deltas_never_show_a_stop_string(reference):
+    text = "héllo ✓ 日本 ok"
+    ids = reference.tokenizer(text, add_special_tokens=False)["input_ids"]
+    for stop in ("本 ", "llo", "ok"):  # multi-byte, early, the last characters
+        deltas, cut, sent = TextDeltas(reference.tokenizer, [stop]), text[: text.find(stop)], ""
+        for token in ids:
+            sent += deltas.push(token)
+            assert cut.startswith(sent), stop
+        assert sent + deltas.rest(Completion(cut, ids, "stop", 1)) == cut
+    # a stop string the text only begins: its start waits, and goes out with the rest
+    deltas = TextDeltas(reference.tokenizer, ["ok!"])
+    assert "".join(push_all(deltas, ids)) == text[:-2]
+    assert deltas.rest(Completion(text, ids, "length", 1)) == "ok"
 
 
 def test_n_and_seed(client, reference):
@@ -262,7 +310,7 @@ def test_unknown_and_unsupported_fields(client):
 
 @pytest.mark.parametrize("param, value", [
     ("temperature", -0.1), ("temperature", 2.5), ("top_p", 0), ("top_p", 1.5), ("n", 0), ("n", 17),
-    ("max_tokens", 0), ("max_tokens", 65), ("frequency_penalty", 2.5), ("presence_penalty", -3),
+    ("max_tokens", 0), ("max_tokens", 257), ("frequency_penalty", 2.5), ("presence_penalty", -3),
     ("stop", ["a", "b", "c", "d", "e"]), ("n", 1.5), ("stream", "yes"),
 ])
 def test_out_of_range(client, param, value):

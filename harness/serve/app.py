@@ -13,11 +13,15 @@ Endpoints (all under /v1, bodies and errors shaped as OpenAI's):
 When the environment variable `api_key_env` is set (read once, when the app is made), every
 endpoint wants `Authorization: Bearer <key>`, and answers 401 otherwise.
 
-Streaming: the completion is generated whole, then sent as server-sent events, one chunk per
-token's text (`data: {...}`), a last chunk per choice with its finish_reason, a usage chunk when
-`stream_options.include_usage`, then `data: [DONE]`. The rollout loop hands back whole
-completions, and batching many requests into one call is what makes a 2-core CPU serve
-concurrent clients well; errors also come before the stream starts, as proper error bodies.
+Streaming: server-sent events (`data: {...}`) go out while the batch generates, each choice's
+text as its tokens are sampled (`engine.TextDeltas` keeps multi-byte characters whole and holds
+back what could still become a stop string), then, once the completions are whole, what remains
+of each choice's text and a chunk with its finish_reason, a usage chunk when
+`stream_options.include_usage`, then `data: [DONE]`. A streamed request batches with the others
+as before. It is checked before it is queued, and its response starts once its first token is
+out, so a request refused or failing before then gets a proper error body; one that fails later
+ends its stream with an error event. A client that goes away mid-stream leaves its rows to finish
+with the batch.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -36,7 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from harness.serve.engine import Engine, render_chat, text_pieces
+from harness.serve.engine import Engine, TextDeltas, render_chat
 from harness.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request
 from model.generate import Completion, SamplingParams
 
@@ -78,10 +83,12 @@ def create_app(model_dir: str | Path, *, api_key_env: str = "RESEARCHER_API_KEY"
             return JSONResponse(APIError(404, message, code="unknown_url").body(), status_code=404)
         return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
 
+    def failure(err: Exception) -> APIError:
+        return APIError(500, f"The server failed to answer: {type(err).__name__}: {err}", type="server_error")
+
     @app.exception_handler(Exception)
     async def server_error(_request, err: Exception):
-        body = APIError(500, f"The server failed to answer: {type(err).__name__}: {err}", type="server_error").body()
-        return JSONResponse(body, status_code=500)
+        return JSONResponse(failure(err).body(), status_code=500)
 
     # -- checks shared by the endpoints -------------------------------------------------------
 
@@ -161,10 +168,56 @@ def create_app(model_dir: str | Path, *, api_key_env: str = "RESEARCHER_API_KEY"
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
-    def event_stream(chunks: Iterator[dict]) -> StreamingResponse:
-        events = [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks] + ["data: [DONE]\n\n"]
-        return StreamingResponse(iter(events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+    async def run_streamed(prompts: list[str], params: SamplingParams) -> tuple[Future, tuple, asyncio.Queue]:
+        """Queue a generation whose tokens come onto this event loop as they are sampled: a queue
+        of (prompt, choice, token) tuples, then the engine's future once it is done. Returns the
+        future, the first token and the queue once that token is out, so that a generation that
+        fails at once is answered with an error body rather than a stream cut short."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        future = engine.submit(prompts, params,
+                               on_token=lambda *token: loop.call_soon_threadsafe(events.put_nowait, token))
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(events.put_nowait, done))
+        try:
+            first = await events.get()
+        except asyncio.CancelledError:
+            future.cancel()  # the client went away: the batcher drops the job if it has not started
+            raise
+        if first is future:
+            future.result()  # every row samples a token first, so this is generate's error
+        return future, first, events
+
+    async def deltas(future: Future, first: tuple, events: asyncio.Queue,
+                     params: SamplingParams) -> AsyncIterator[tuple[int, str, str | None]]:
+        """(choice, text, finish_reason): pieces of text as the tokens arrive, then choice by choice
+        what remains of its text and its finish_reason. Choice k is completion k % n of prompt
+        k // n, OpenAI's numbering."""
+        texts: dict[int, TextDeltas] = {}
+        event = first
+        while event is not future:
+            i, j, token = event
+            k = i * params.n + j
+            piece = texts.setdefault(k, TextDeltas(engine.tokenizer, params.stop)).push(token)
+            if piece:
+                yield k, piece, None
+            event = await events.get()
+        for k, c in enumerate(c for group in future.result() for c in group):
+            rest = texts[k].rest(c)
+            if rest:
+                yield k, rest, None
+            yield k, "", c.finish_reason
+
+    def event_stream(chunks: AsyncIterator[dict]) -> StreamingResponse:
+        async def events():
+            try:
+                async for chunk in chunks:
+                    yield f"data: {json.dumps(chunk)}\n\n"
+            except Exception as err:  # the 200 went out with the first chunk: say it in the stream
+                yield f"data: {json.dumps(failure(err).body())}\n\n"
+                return
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -197,30 +250,29 @@ def create_app(model_dir: str | Path, *, api_key_env: str = "RESEARCHER_API_KEY"
                            code="invalid_value")
         prompt = render_chat([(m.role, m.text) for m in body.messages])
         params = sampling(body, [prompt], body.max_completion_tokens or body.max_tokens, "messages")
-        [group] = await run([prompt], params)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
         if not body.stream:
+            [group] = await run([prompt], params)
             choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
                         "finish_reason": c.finish_reason} for j, c in enumerate(group)]
             return {**head, "object": "chat.completion", "choices": choices, "usage": usage([group]),
                     "system_fingerprint": None}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        future, first, events = await run_streamed([prompt], params)
 
-        def chunks() -> Iterator[dict]:
-            def chunk(index: int, delta: dict, finish_reason: str | None = None) -> dict:
-                out = {**head, "object": "chat.completion.chunk", "system_fingerprint": None,
-                       "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                    "finish_reason": finish_reason}]}
-                return out | {"usage": None} if include_usage else out
+        def chunk(index: int, delta: dict, finish_reason: str | None = None) -> dict:
+            out = {**head, "object": "chat.completion.chunk", "system_fingerprint": None,
+                   "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            return out | {"usage": None} if include_usage else out
 
-            for j, c in enumerate(group):
+        async def chunks() -> AsyncIterator[dict]:
+            for j in range(params.n):
                 yield chunk(j, {"role": "assistant", "content": ""})
-                for piece in text_pieces(engine.tokenizer, c):
-                    yield chunk(j, {"content": piece})
-                yield chunk(j, {}, c.finish_reason)
+            async for j, text, finish_reason in deltas(future, first, events, params):
+                yield chunk(j, {"content": text} if text else {}, finish_reason)
             if include_usage:
                 yield {**head, "object": "chat.completion.chunk", "system_fingerprint": None, "choices": [],
-                       "usage": usage([group])}
+                       "usage": usage(future.result())}
 
         return event_stream(chunks())
 
@@ -231,31 +283,29 @@ def create_app(model_dir: str | Path, *, api_key_env: str = "RESEARCHER_API_KEY"
         check_model(body.model)
         max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default here
         params = sampling(body, body.prompt, max_tokens, "prompt")
-        groups = await run(body.prompt, params)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
-        # OpenAI numbers the choices prompt by prompt: prompt i's completion j is choice i * n + j
-        flat = [c for group in groups for c in group]
         if not body.stream:
+            groups = await run(body.prompt, params)
+            # OpenAI numbers the choices prompt by prompt: prompt i's completion j is choice i * n + j
+            flat = [c for group in groups for c in group]
             choices = [{"index": k, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
                        for k, c in enumerate(flat)]
             return {**head, "object": "text_completion", "choices": choices, "usage": usage(groups),
                     "system_fingerprint": None}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        future, first, events = await run_streamed(body.prompt, params)
 
-        def chunks() -> Iterator[dict]:
-            def chunk(index: int, text: str, finish_reason: str | None = None) -> dict:
-                out = {**head, "object": "text_completion", "system_fingerprint": None,
-                       "choices": [{"index": index, "text": text, "logprobs": None,
-                                    "finish_reason": finish_reason}]}
-                return out | {"usage": None} if include_usage else out
+        def chunk(index: int, text: str, finish_reason: str | None = None) -> dict:
+            out = {**head, "object": "text_completion", "system_fingerprint": None,
+                   "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+            return out | {"usage": None} if include_usage else out
 
-            for k, c in enumerate(flat):
-                for piece in text_pieces(engine.tokenizer, c):
-                    yield chunk(k, piece)
-                yield chunk(k, "", c.finish_reason)
+        async def chunks() -> AsyncIterator[dict]:
+            async for k, text, finish_reason in deltas(future, first, events, params):
+                yield chunk(k, text, finish_reason)
             if include_usage:
                 yield {**head, "object": "text_completion", "system_fingerprint": None, "choices": [],
-                       "usage": usage(groups)}
+                       "usage": usage(future.result())}
 
         return event_stream(chunks())
 

@@ -1,8 +1,9 @@
-"""The model side of `researcher serve`: a loaded checkpoint, a batcher thread and the chat template.
+"""The model side of `researcher serve`: a checkpoint, a batcher thread, the chat template, streamed text.
 
     engine = Engine("runs/models/base", batch_window_ms=5)
     future = engine.submit([render_chat([("user", "Q: 1 + 2 = ?")])], SamplingParams(max_new_tokens=8))
     completions = future.result()          # completions[i][j]: completion j of prompt i
+    engine.submit(prompts, params, on_token=lambda i, j, token: ...)   # each token as it is sampled
     engine.close()
 
 Requests from every HTTP handler land in one queue. A single worker thread takes the first,
@@ -15,6 +16,10 @@ Compatible means equal `SamplingParams` (prompts aside), with two refinements:
 - a sampled request with a seed runs alone: the batch's rows share one generator, so the random
   numbers a row draws depend on which rows are beside it, and the seed's promise (same request,
   same completions) would otherwise not hold.
+
+A job's `on_token` sink hears its tokens from the worker thread while the batch generates (what
+streaming responses are made of), before its future gets the whole completions. A sink that
+raises (its reader went away) is dropped; the batch goes on.
 
 Greedy requests batched together agree with the same requests run alone except at near-ties: a
 CPU matmul's rounding depends on the number of rows (see `model/generate.py`).
@@ -29,7 +34,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,30 +48,65 @@ def render_chat(messages: Sequence[tuple[str, str]]) -> str:
     return "".join(f"{role}: {content}\n" for role, content in messages) + "assistant: "
 
 
-def text_pieces(tokenizer, completion: Completion) -> list[str]:
-    """The completion's text cut where each of its tokens ends, for streaming: the pieces join to
-    exactly `completion.text`. A token that ends inside a multi-byte character decodes to a
-    replacement character, so its bytes go out with the piece of the token that completes it."""
-    text = completion.text
-    ids = completion.token_ids
-    prefixes = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
-    pieces, done = [], 0
-    for prefix in prefixes:
-        if prefix.endswith("\ufffd"):
-            continue
-        end = min(len(prefix), len(text))
-        if end > done:
-            pieces.append(text[done:end])
-            done = end
-    if done < len(text):
-        pieces.append(text[done:])
-    return pieces
+class TextDeltas:
+    """One completion's text, cut into pieces as its tokens arrive, for streaming.
+
+    `push(token)` returns the text that may go out now, `rest(completion)` what remains once the
+    completion is whole; together they join to exactly `completion.text`. A piece never ends
+    inside a multi-byte character (a token that does decodes to a replacement character, so its
+    bytes wait for the token completing them), and never shows a stop string or any start of one:
+    the tail that could still grow into a stop string waits for the next token. Decoding looks at
+    the newest tokens only (the window trick of vLLM's detokenizer), so a token costs the same at
+    any length.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.ids: list[int] = []
+        self.text = ""  # the decoded text of ids[:read], whole characters only
+        self.read = 0  # ids decoded into self.text
+        self.window = 0  # where decoding starts: the tokens before `read` give the new ones context
+        self.sent = 0  # characters of self.text already returned
+        self.stopped = False  # a stop string showed up: nothing from it on ever goes out
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.window: self.read])
+        after = self._decode(self.ids[self.window:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.text += after[len(before):]
+        self.window, self.read = self.read, len(self.ids)
+        if self.stopped:
+            return ""
+        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            end = min(hits)
+        else:
+            end = len(self.text) - self._stop_start(self.text)
+        piece = self.text[self.sent: end]
+        self.sent = max(self.sent, end)
+        return piece
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _stop_start(self, text: str) -> int:
+        """The length of the longest tail of `text` that begins a stop string."""
+        return max((k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1)
+                    if text.endswith(s[:k])), default=0)
+
+    def rest(self, completion: Completion) -> str:
+        return completion.text[self.sent:]
 
 
 @dataclass(eq=False)  # hashed by identity: a seeded sampled job is a batch key of its own
 class _Job:
     prompts: list[str]
     params: SamplingParams
+    on_token: Callable[[int, int, int], None] | None = None  # called from the worker thread
     future: Future = field(default_factory=Future)
 
     @property
@@ -125,11 +165,14 @@ class Engine:
         """Tokens `generate` feeds the model for this prompt, <bos> included."""
         return len(self.tokenizer(text)["input_ids"])
 
-    def submit(self, prompts: Sequence[str], params: SamplingParams) -> Future:
-        """Queue a generation; the future's result is `generate`'s: result[i][j] for prompt i."""
+    def submit(self, prompts: Sequence[str], params: SamplingParams, *,
+               on_token: Callable[[int, int, int], None] | None = None) -> Future:
+        """Queue a generation; the future's result is `generate`'s: result[i][j] for prompt i.
+        `on_token(i, j, token_id)` is called from the worker thread for each token of
+        completion j of prompt i as it is sampled, all of them before the future is done."""
         if self._closed:
             raise RuntimeError("the engine is closed")
-        job = _Job(list(prompts), params)
+        job = _Job(list(prompts), params, on_token)
         self._queue.put(job)
         return job.future
 
@@ -192,9 +235,22 @@ class Engine:
         if params.greedy:
             params = replace(params, seed=None)
         prompts = [p for job in batch for p in job.prompts]
+        route = None
+        if any(job.on_token is not None for job in batch):
+            owners = [(job, i) for job in batch for i in range(len(job.prompts))]  # of each prompt of the call
+
+            def route(prompt: int, choice: int, token: int) -> None:
+                job, i = owners[prompt]
+                if job.on_token is None:
+                    return
+                try:
+                    job.on_token(i, choice, token)
+                except Exception:  # its reader is gone (a closed event loop): the other jobs go on
+                    job.on_token = None
+
         start = time.perf_counter()
         try:
-            completions = generate(self.policy, self.tokenizer, prompts, params)
+            completions = generate(self.policy, self.tokenizer, prompts, params, on_token=route)
         except Exception as err:  # the requests fail, the server stays up
             for job in batch:
                 job.future.set_exception(err)
