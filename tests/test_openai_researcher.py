@@ -102,7 +102,7 @@ class Endpoint:
     (HTTP status, error message) pair; it records every request body it gets."""
 
     def __init__(self):
-        self.script, self.requests = [], []
+        self.script, self.requests, self.no_usage = [], [], False
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,10 +129,11 @@ class Endpoint:
                 if isinstance(item, tuple):
                     self._send(item[0], {"error": {"message": item[1], "type": "test", "code": None}})
                     return
+                usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": item}}],
-                                 "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
+                                              "message": {"role": "assistant", "content": item}}]}
+                           | ({} if endpoint.no_usage else {"usage": usage}))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -231,6 +232,16 @@ def test_token_and_cost_budgets_stop_the_campaign(tmp_path, endpoint, scaffold):
     r = researcher(tmp_path / "cost", endpoint, budget={"cost_usd": 1e-5}, prices={"prompt": 1.0, "completion": 1.0})
     r.propose(evidence(1), "", scaffold)
     with pytest.raises(ResearcherStopped, match="cost budget is spent"):
+        r.propose(evidence(2), "", scaffold)
+
+
+def test_an_endpoint_without_usage_is_estimated_so_budgets_hold(tmp_path, endpoint, scaffold):
+    endpoint.script, endpoint.no_usage = [KNOB, KNOB], True
+    r = researcher(tmp_path, endpoint, budget={"tokens": 500})
+    r.propose(evidence(1), "", scaffold)
+    prompt_chars = sum(len(m["content"]) for m in endpoint.requests[0]["messages"])
+    assert r.usage()["prompt_tokens"] == prompt_chars // 4 > 500
+    with pytest.raises(ResearcherStopped, match="token budget is spent"):
         r.propose(evidence(2), "", scaffold)
 
 

@@ -55,6 +55,7 @@ DEFAULTS = {
     "prices": {"prompt": None, "completion": None},   # USD per million tokens
 }
 USAGE_FILE = "openai_usage.json"
+CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text, used only when usage is missing
 CRITIQUE_SYSTEM = ("You review one round of a self-optimization campaign. In at most 120 words say what "
                    "changed, what it did to the metrics, whether that is beyond noise, and what to try next. "
                    "State only numbers that appear in the facts below.")
@@ -168,15 +169,19 @@ class OpenAIResearcher(Researcher):
         response = self._call(lambda: self.client.chat.completions.create(
             model=model, messages=messages, max_tokens=max_tokens, seed=seed,
             temperature=self.options["temperature"], top_p=self.options["top_p"]))
-        self._count(response, round_no)
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
+        answer = (response.choices[0].message.content or "") if response.choices else ""
+        self._count(response, messages, answer, round_no)
+        return answer
 
-    def _count(self, response, round_no: int) -> None:
+    def _count(self, response, messages: list[dict], answer: str, round_no: int) -> None:
         usage = getattr(response, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        if usage is None:  # an endpoint that reports no usage: estimate, so that budgets still hold
+            self.usage_state["estimated_requests"] = self.usage_state.get("estimated_requests", 0) + 1
+            prompt = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
+            completion = len(answer) // CHARS_PER_TOKEN
+        else:
+            prompt = int(usage.prompt_tokens or 0)
+            completion = int(usage.completion_tokens or 0)
         prices = self.options["prices"]
         cost = (prompt * prices["prompt"] + completion * prices["completion"]) / 1e6 if self._priced() else 0.0
         state = self.usage_state
