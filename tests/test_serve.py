@@ -4,6 +4,7 @@ A tiny random policy is saved to a temporary folder and served by a child proces
 port (`harness.serve.launch.served`). Answers are checked against `model.generate.generate` run
 here on the same checkpoint: greedy and seeded completions must match it exactly, and the usage
 counts must be its token counts. Both sides use one torch thread, so their arithmetic is the same.
+Only a generation that fails while streaming is staged in process, where generate can be replaced.
 """
 
 import threading
@@ -13,7 +14,10 @@ import httpx2
 import openai
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+import harness.serve.engine
+from harness.serve.app import create_app
 from harness.serve.engine import TextDeltas, render_chat
 from harness.serve.launch import ServerFailed, served
 from model import build_policy, build_tokenizer, load_policy, load_tokenizer, save_policy
@@ -153,6 +157,28 @@ def test_stream_survives_a_client_that_leaves(client, base_url):
         assert response.status_code == 200 and first.startswith("data: {")
     answer = client.completions.create(model=NAME, prompt="1 2", max_tokens=4, temperature=0)
     assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+def test_stream_failures(checkpoint, monkeypatch):
+    """In process, with generate failing: before the first token the request gets an error body,
+    after it the stream ends with an error event."""
+    def fails_at_once(*args, **kwargs):
+        raise RuntimeError("broken at once")
+
+    def fails_later(model, tokenizer, prompts, params, on_token):
+        on_token(0, 0, 40)
+        raise RuntimeError("broken later")
+
+    body = {"model": NAME, "prompt": "x", "max_tokens": 4, "stream": True}
+    with TestClient(create_app(checkpoint, api_key_env="NO_SUCH_KEY"), raise_server_exceptions=False) as http:
+        monkeypatch.setattr(harness.serve.engine, "generate", fails_at_once)
+        response = http.post("/v1/completions", json=body)
+        assert response.status_code == 500 and "broken at once" in response.json()["error"]["message"]
+        monkeypatch.setattr(harness.serve.engine, "generate", fails_later)
+        response = http.post("/v1/completions", json=body)
+        assert response.status_code == 200
+        *_, last = [line for line in response.text.splitlines() if line]
+        assert "broken later" in last and "[DONE]" not in response.text
 
 
 def push_all(deltas, ids):
