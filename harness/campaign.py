@@ -18,7 +18,7 @@ from harness.analyze import analyze
 from harness.approvals import ApprovalPolicy, make_gate
 from harness.compare import decide, merge_results, noise_floor
 from harness.critique import check_critique, critique
-from harness.journal import Journal, run_step
+from harness.journal import Journal, incumbent_dir, run_step
 from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, summary_markdown
@@ -89,16 +89,25 @@ class Campaign:
                     "heldout_accuracy": result["heldout"]["metrics"]["accuracy"], "delta": None}]
         self.journal.set("noise_floor", floor)
         self.journal.set("history", history)
-        self.journal.set("incumbent", {"round": 0, "result": str(out), "commit": self.workspace.incumbent_commit()})
-        self.journal.set("baseline", {"result": str(out)})
+        self.journal.set("incumbent", {"round": 0, "result": self._stored(out),
+                                       "commit": self.workspace.incumbent_commit()})
+        self.journal.set("baseline", {"result": self._stored(out)})
         self.tracker.log_round(0, proposal={"hypothesis": "initial scaffold", "edits": []}, result=result,
                                verdict={"decision": "baseline"}, critique="", diff="",
                                commits={"incumbent": self.workspace.incumbent_commit()},
                                memory_snapshot=self.memory.snapshot())
 
     # ----------------------------------------------------------------------------- one round
+    def _stored(self, out: Path) -> str:
+        """A round folder as the journal keeps it: relative to the campaign, so that a campaign
+        folder moved or renamed still reads its own results (and never another campaign's)."""
+        return str(Path(out).relative_to(self.dir))
+
+    def _incumbent_dir(self) -> Path:
+        return incumbent_dir(self.dir, self.journal.get("incumbent"))
+
     def _incumbent_result(self) -> dict:
-        return read_result(self.journal.get("incumbent")["result"])
+        return read_result(self._incumbent_dir())
 
     def run_round(self, n: int) -> None:
         j = self.journal
@@ -203,7 +212,7 @@ class Campaign:
         missing = [s for s in seeds if s not in incumbent["seeds"]]
         if not missing:
             return incumbent
-        inc_dir = Path(self.journal.get("incumbent")["result"])
+        inc_dir = self._incumbent_dir()
         more = self._evaluate(inc_dir / f"seeds-{'-'.join(map(str, missing))}", missing)
         if more["status"] != "ok":
             return incumbent
@@ -238,7 +247,7 @@ class Campaign:
             return {"decision": decision, "reason": reason, "heldout_accuracy": heldout}
 
         decided = run_step(j, n, "decide", do_decide,
-                           updates=lambda o: ({"incumbent": {"round": n, "result": str(out),
+                           updates=lambda o: ({"incumbent": {"round": n, "result": self._stored(out),
                                                              "commit": ws.incumbent_commit()}}
                                               if o["decision"] == "keep" else {}))
         run_step(j, n, "record", lambda: self._record(n, out, proposed, result, verdict, decided, commits),

@@ -152,7 +152,7 @@ def _resume(args) -> int:
 
 def _status(args) -> int:
     from harness.approvals import pending
-    from harness.journal import Journal, is_locked
+    from harness.journal import Journal, incumbent_dir, is_locked
 
     if args.name and "=" in args.name:  # `researcher status runs_dir=x`: no name given
         args.overrides, args.name = [args.name, *args.overrides], None
@@ -168,8 +168,11 @@ def _status(args) -> int:
         if journal.get("incumbent"):
             from rl_pipeline.result import read_result
 
-            m = read_result(journal.get("incumbent")["result"])["metrics"]
-            incumbent = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
+            try:
+                m = read_result(incumbent_dir(path, journal.get("incumbent")))["metrics"]
+                incumbent = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
+            except (OSError, ValueError, KeyError) as err:  # one damaged campaign must not hide the others
+                incumbent = f"result unreadable: {err}"
         last = " ".join(f"{h['round']}:{h['decision']}" for h in history[-5:] if h["round"] > 0)
         ask = pending(path)
         status = journal.get("status")

@@ -198,6 +198,17 @@ def run_step(journal: Journal, n: int, step: str, fn: Callable[[], dict], *,
     return journal.step_output(n, step)
 
 
+def incumbent_dir(campaign_dir: str | Path, incumbent: dict) -> Path:
+    """The incumbent's round folder from the journal's `incumbent` entry. Paths are stored relative
+    to the campaign; journals from before that hold `<runs_dir>/<name>/rounds/NNN`, whose
+    `rounds/NNN` tail is taken from this campaign, so a renamed folder never reads another's."""
+    parts = Path(incumbent["result"]).parts
+    if "rounds" in parts:
+        last = len(parts) - 1 - parts[::-1].index("rounds")
+        parts = parts[last:]
+    return Path(campaign_dir).joinpath(*parts)
+
+
 # ---------------------------------------------------------------- one process per campaign
 
 class CampaignBusy(RuntimeError):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.journal import STEPS, CampaignBusy, CampaignLock, Journal, JournalError, is_locked, run_step
+from harness.journal import STEPS, CampaignBusy, CampaignLock, Journal, JournalError, incumbent_dir, is_locked, run_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,3 +188,11 @@ def test_a_write_that_dies_leaves_the_previous_journal(tmp_path, monkeypatch):
     reopened = Journal(tmp_path)
     assert reopened.is_done(1, "analyze") and not reopened.is_done(1, "propose")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.json"]
+
+
+def test_incumbent_dir_reads_this_campaign_whatever_the_stored_form(tmp_path):
+    camp = tmp_path / "renamed"
+    assert incumbent_dir(camp, {"result": "rounds/019"}) == camp / "rounds" / "019"
+    # written before paths were relative: the folder was runs/old-name, now moved and renamed
+    assert incumbent_dir(camp, {"result": "runs/old-name/rounds/019"}) == camp / "rounds" / "019"
+    assert incumbent_dir(camp, {"result": "/x/rounds/runs/old/rounds/000"}) == camp / "rounds" / "000"
