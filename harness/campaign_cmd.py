@@ -2,7 +2,8 @@
 
 Configuration flows one way: hydra's Compose API builds one config from conf/campaign.yaml and
 the overrides, it is frozen into the campaign folder as config.yaml, and `resume` reads that
-frozen copy back (only `runs_dir=` locates the campaign). `@hydra.main` is not used because it
+frozen copy back (`runs_dir=` locates the campaign; `rounds=` and
+`researcher.budget.*=` may raise its limits). `@hydra.main` is not used because it
 owns argv, and this CLI has subcommands.
 
     researcher start name=demo rounds=5 researcher=random
@@ -144,8 +145,11 @@ def _resume(args) -> int:
         target[leaf] = value
         changed = True
     if changed:
+        from harness.journal import is_locked
         from memory.memory import write_atomic
 
+        if is_locked(path):  # the running process would not see the change, and resume is refused anyway
+            raise ValueError(f"campaign {args.name!r} is running; stop it before changing its config")
         write_atomic(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     return run_campaign(config, path)
 

@@ -132,7 +132,13 @@ def test_second_process_is_refused(setup, tmp_path):
         (camp / "config.yaml").write_text("name: locked\n")
         code = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "locked", f"runs_dir={root / 'runs'}"],
                               capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        (camp / "config.yaml").write_text("name: locked\nrounds: 3\n")
+        more = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "locked", "rounds=9",
+                               f"runs_dir={root / 'runs'}"], capture_output=True, text=True,
+                              env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert code.returncode == 2 and str(os.getpid()) in code.stderr
+    assert more.returncode == 2 and "is running" in more.stderr
+    assert (camp / "config.yaml").read_text() == "name: locked\nrounds: 3\n"  # untouched
 
 
 def test_local_researcher_campaign(setup):
