@@ -27,12 +27,30 @@ COLORS = {KEPT: "tab:green", REVERTED: "tab:grey", FAILED: "tab:red", "incumbent
 
 # ---------------------------------------------------------------- the progress plot
 
-def progress_plot(history: list[dict], path: str | Path, title: str = "Campaign progress") -> Path:
-    """Write the PNG: candidates by decision, the incumbent as a step line, held-out points."""
+def _axes() -> tuple[Figure, object]:
     # A Figure with an Agg canvas, not pyplot: no global backend or figure state, safe from any thread.
     fig = Figure(figsize=(10, 5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, ax, path: str | Path, *, ylabel: str, title: str, legend: str) -> Path:
+    """Label the round axis and `ylabel`, add grid and legend, and write the PNG to `path`."""
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def progress_plot(history: list[dict], path: str | Path, title: str = "Campaign progress") -> Path:
+    """Write the PNG: candidates by decision, the incumbent as a step line, held-out points."""
+    fig, ax = _axes()
     rows = sorted(history, key=lambda r: r["round"])
 
     rounds = [r["round"] for r in rows]
@@ -53,17 +71,8 @@ def progress_plot(history: list[dict], path: str | Path, title: str = "Campaign 
     ax.scatter([r["round"] for r in heldout], [r["heldout_accuracy"] for r in heldout], marker="D", s=30,
                facecolors="none", edgecolors=COLORS["heldout"], zorder=4, label="held-out")
 
-    ax.set_xlabel("round")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
+    return _save(fig, ax, path, ylabel="accuracy", title=title, legend="upper left")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
 
 
 # ---------------------------------------------------------------- the markdown summary
@@ -158,9 +167,7 @@ def comparison_markdown(histories: dict[str, list[dict]]) -> str:
 
 def comparison_plot(histories: dict[str, list[dict]], path: str | Path, title: str = "Incumbent by round") -> Path:
     """The incumbent's accuracy of several campaigns on one set of axes, kept rounds marked."""
-    fig = Figure(figsize=(10, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for name, history in histories.items():
         rows = sorted(history, key=lambda r: r["round"])
         line, = ax.step([r["round"] for r in rows], [r["incumbent_accuracy"] for r in rows], where="post",
@@ -168,13 +175,4 @@ def comparison_plot(histories: dict[str, list[dict]], path: str | Path, title: s
         kept = [r for r in rows if r["decision"] == KEPT]
         ax.scatter([r["round"] for r in kept], [r["incumbent_accuracy"] for r in kept], s=28, zorder=3,
                    color=line.get_color())
-    ax.set_xlabel("round")
-    ax.set_ylabel("incumbent accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, ax, path, ylabel="incumbent accuracy", title=title, legend="lower right")
