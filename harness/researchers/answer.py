@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.analyze import Evidence
 from harness.proposal import Proposal, ProposalError, parse_proposal
-from harness.researchers.base import knob_space
+from harness.researchers.base import scaffold_knob_space
 from rl_pipeline.scaffold import load_scaffold
 
 THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -97,20 +97,19 @@ def extract_proposal(answer: str) -> Proposal:
 # ---------------------------------------------------------------------------------------------
 # the prompt
 
-def surface_text(scaffold_dir: Path) -> str:
-    """The knobs (current value and range) and the editable files, one line each."""
-    specs, current = knob_space(scaffold_dir)
+def surface_text(scaffold) -> str:
+    """The knobs (current value and range) and the editable files of a loaded scaffold, one line each."""
+    specs, current = scaffold_knob_space(scaffold)
     lines = ["knobs (name = current value; allowed values):"]
     for name, spec in sorted(specs.items()):
         allowed = (f"one of {spec['choices']}" if "choices" in spec else
                    f"{spec['type']} in [{spec['min']}, {spec['max']}]" + (" log scale" if spec.get("log") else ""))
         lines.append(f"- {name} = {current.get(name)!r}; {allowed}")
-    lines.append("editable files: " + ", ".join(editable_files(scaffold_dir)))
+    lines.append("editable files: " + ", ".join(editable_files(scaffold)))
     return "\n".join(lines)
 
 
-def editable_files(scaffold_dir: Path) -> list[str]:
-    scaffold = load_scaffold(scaffold_dir, import_code=False)
+def editable_files(scaffold) -> list[str]:
     return list(scaffold.surface.get("editable_files") or [])
 
 
@@ -131,10 +130,11 @@ def proposal_messages(evidence: Evidence, memory_text: str, scaffold_dir: Path, 
     failed, if it did), the surface, the editable files' current text, the memory. When the
     budget is short the memory loses its oldest part first, then the files their tails."""
     scaffold_dir = Path(scaffold_dir)
-    head = f"## Evidence\n{evidence.summary()}\n\n## Surface\n{surface_text(scaffold_dir)}\n"
+    scaffold = load_scaffold(scaffold_dir, import_code=False)
+    head = f"## Evidence\n{evidence.summary()}\n\n## Surface\n{surface_text(scaffold)}\n"
     tail = f"\nPropose round {evidence.round}: one JSON object only."
     room = budget_chars - len(SYSTEM) - len(head) - len(tail)
-    files = [f"### {name}\n```python\n{(scaffold_dir / name).read_text()}```\n" for name in editable_files(scaffold_dir)]
+    files = [f"### {name}\n```python\n{(scaffold_dir / name).read_text()}```\n" for name in editable_files(scaffold)]
     files_text = "\n## Editable files\n" + "".join(files)
     files_text = _fit(files_text, max(room, 0), keep="head")
     room -= len(files_text)

@@ -82,7 +82,11 @@ def searchable(spec: dict) -> bool:
 
 def knob_space(scaffold_dir: Path) -> tuple[dict[str, dict], dict[str, Any]]:
     """The searchable knobs of a scaffold's surface (name -> spec) and their current values."""
-    scaffold = load_scaffold(scaffold_dir, import_code=False)
+    return scaffold_knob_space(load_scaffold(scaffold_dir, import_code=False))
+
+
+def scaffold_knob_space(scaffold) -> tuple[dict[str, dict], dict[str, Any]]:
+    """`knob_space` of an already loaded scaffold."""
     specs = {name: spec for name, spec in (scaffold.surface.get("knobs") or {}).items() if searchable(spec)}
     return specs, scaffold.knobs()
 
