@@ -305,15 +305,15 @@ class Campaign:
             j.set("learned_round", n)
         history = [h for h in j.get("history") if h["round"] != n] + [entry]
         plot = progress_plot(history, self.dir / "progress.png")
+        usage = self.researcher.usage()
         self.tracker.log_round(n, proposal=proposal_dict, result=result, verdict={**verdict, "decision": decision},
                                critique=critique_text, diff=diff,
                                commits=commits | {"incumbent": ws.incumbent_commit()},
                                memory_snapshot=self.memory.snapshot(), approval=approval,
-                               extra_metrics={"usage/" + k: v for k, v in self.researcher.usage().items()
+                               extra_metrics={"usage/" + k: v for k, v in usage.items()
                                               if isinstance(v, (int, float))})
         self.tracker.log_campaign_progress(history, plot)
-        return {"decision": decision, "history": entry, "last_round": last_round,
-                "researcher_usage": self.researcher.usage()}
+        return {"decision": decision, "history": entry, "last_round": last_round, "researcher_usage": usage}
 
     # ----------------------------------------------------------------------------- the loop
     def run(self) -> dict:
