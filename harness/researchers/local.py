@@ -4,28 +4,38 @@ Propose. The scaffold's surface is turned into a finite set of candidate edits: 
 knob times a grid of values (7 points across its range, log-spaced for `log: true`, every choice
 of a choice knob, integers deduplicated), minus the current value and minus any edit the
 scaffold would reject. Each candidate is the text `{"knob": "<name>", "value": <value>}` plus
-EOS, tokenized; the token sequences form a trie. Decoding follows the trie: at each step only
-tokens that continue some candidate are allowed, the model's logits elsewhere are masked, and the
-next token is sampled (with the configured temperature) from the renormalized distribution. So
-every proposal is valid by construction, and the model's only freedom is which edit to make.
+EOS, tokenized; the token sequences form a trie, the grammar. The model scores every sentence of
+the grammar: its log-probability with the model's logits renormalized, at each branch of the
+trie, over the tokens that continue some candidate (the prompt runs once, then all candidates in
+one batch over its cache). So every proposal is valid by construction, and the model's only
+freedom is which edit to make.
 An edit already tried against the same incumbent knobs is left out of the trie: its verdict is
 known (the same seeds would give it again), so proposing it again would only spend a round. When
 every edit has been tried the whole grid is open again.
 The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
 (old memory goes first, the evidence of this round last).
 
+Value-level credit. The model's choice is guided by a credit model (`credit.py`): an additive
+Bayesian model of each knob value's effect, fitted to every delta this campaign has measured.
+One posterior draw (Thompson sampling) gives each candidate a predicted gain, and the edit is
+sampled from the model's log-probability plus `credit_weight` times that gain. The model alone
+learns slowly which knob to touch (one REINFORCE step per round); the credit model says which
+value, and in which direction, from the same outcomes, and lets knobs that never moved the score
+fade. `credit_weight: 0` leaves the choice to the model alone.
+
 Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
-running-mean baseline; one Adam step. The checkpoint (weights, tokenizer, optimizer, state) is
-then saved, so the model that runs the loop is the one that learned from it.
+running-mean baseline; one Adam step. The round's delta and interval are added to the credit
+model's observations. The checkpoint (weights, tokenizer, optimizer, state with the observations)
+is then saved, so the researcher that runs the loop is the one that learned from it.
 
 Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
 `checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
 atomically; and `pending.json`, the prompt and candidates of the last proposal, so `learn` works
 after a crash between propose and learn.
 
-    researcher = LocalResearcher({"temperature": 1.0, "learning_rate": 1e-4}, campaign_dir=Path("runs/demo"),
-                                 seed=0, base_model="runs/models/base")
+    researcher = LocalResearcher({"temperature": 1.0, "learning_rate": 1e-4, "credit_weight": 100.0},
+                                 campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
 """
 
 from __future__ import annotations
@@ -39,15 +49,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from harness.analyze import Evidence
 from harness.proposal import KnobEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
                                       short_float)
+from harness.researchers.credit import CreditModel
 from model import load_policy, load_tokenizer, save_policy
 
-DEFAULTS = {"temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768, "reward_scale": 10.0}
+DEFAULTS = {"temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768, "reward_scale": 10.0,
+            "credit_weight": 100.0}
 FLOAT_DIGITS = 3  # significant digits of a grid value: 0.667, 4.64e-06
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -114,6 +125,9 @@ class LocalResearcher(Researcher):
         self.grid_points = int(options["grid_points"])
         self.context_tokens = int(options["context_tokens"])
         self.reward_scale = float(options["reward_scale"])
+        self.credit_weight = float(options["credit_weight"])
+        if self.credit_weight < 0:
+            raise ValueError(f"credit_weight must be >= 0 (0 leaves the choice to the model), got {self.credit_weight}")
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
@@ -211,25 +225,31 @@ class LocalResearcher(Researcher):
         return torch.log_softmax(logits_V[allowed].float() / self.temperature, dim=-1)
 
     @torch.no_grad()
-    def _decode(self, prompt_ids: list[int], trie: dict, generator: torch.Generator) -> list[int]:
-        """Walk the trie from the root to a leaf, sampling at branch points. Forced tokens are fed
-        to the model together at the next branch point, so it runs once per real choice."""
-        cache = DynamicCache(config=self.policy.config)
-        feed, node, out = list(prompt_ids), trie, []
-        while node:
-            allowed = sorted(node)
-            if len(allowed) == 1:
-                token = allowed[0]
-            else:
-                logits_V = self.policy(input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True,
-                                       logits_to_keep=1).logits[0, -1]
-                probs = self._masked_logprobs(logits_V, allowed).exp()
-                token = allowed[int(torch.multinomial(probs, 1, generator=generator))]
-                feed = []
-            out.append(token)
-            feed.append(token)
-            node = node[token]
-        return out
+    def _candidate_logprobs(self, prompt_ids: list[int], sequences: list[list[int]], trie: dict) -> np.ndarray:
+        """Log-probability of every candidate under the masked distribution. The prompt runs once;
+        its cache is repeated over the candidates, which run in one batch, right-padded (a causal
+        model never looks right, so padding changes no real position)."""
+        out = self.policy(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
+        first_V = out.logits[0, -1]
+        longest = max(len(s) for s in sequences)
+        logits_NSV = None
+        if longest > 1:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(sequences))
+            fed = torch.full((len(sequences), longest - 1), self.tokenizer.eos_token_id, dtype=torch.long)
+            for i, seq in enumerate(sequences):
+                fed[i, :len(seq) - 1] = torch.tensor(seq[:-1])
+            logits_NSV = self.policy(input_ids=fed, past_key_values=cache, use_cache=True).logits
+        totals = np.zeros(len(sequences))
+        for i, seq in enumerate(sequences):
+            node = trie
+            for j, token in enumerate(seq):
+                allowed = sorted(node)
+                if len(allowed) > 1:
+                    logits_V = first_V if j == 0 else logits_NSV[i, j - 1]
+                    totals[i] += float(self._masked_logprobs(logits_V, allowed)[allowed.index(token)])
+                node = node[token]
+        return totals
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
         specs, current = knob_space(Path(scaffold_dir))
@@ -244,23 +264,35 @@ class LocalResearcher(Researcher):
         room = min(self.context_tokens,
                    self.policy.config.max_position_embeddings - max(len(s) for s in sequences))
         prompt_ids = self._prompt_ids(evidence, memory_text, room)
-        generator = torch.Generator().manual_seed(round_seed(self.seed, evidence.round))
-        tokens = self._decode(prompt_ids, build_trie(sequences), generator)
-        choice = sequences.index(tokens)
+        rng = np.random.default_rng(round_seed(self.seed, evidence.round))
+        scores = self._candidate_logprobs(prompt_ids, sequences, build_trie(sequences))
+        edits = [(edit.knob, edit.value) for _, edit in candidates]
+        credit = CreditModel(specs)
+        if self.credit_weight > 0:
+            credit.fit(self.state.get("observations", []))
+            scores = scores + self.credit_weight * credit.sample(edits, current, rng)
+        probs = np.exp(scores - scores.max())
+        choice = int(rng.choice(len(candidates), p=probs / probs.sum()))
         edit = candidates[choice][1]
-        proposal = Proposal(self._hypothesis(evidence, edit, current[edit.knob]), (edit,))
+        proposal = Proposal(self._hypothesis(evidence, edit, current[edit.knob], credit), (edit,))
         self.counts["proposals"] += 1
         self.counts["prompt_tokens"] += len(prompt_ids)
-        self.counts["generated_tokens"] += len(tokens)
+        self.counts["generated_tokens"] += len(sequences[choice])
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_json(self.pending_file, {"round": evidence.round, "proposal": proposal.to_dict(), "state": state_key,
                                          "prompt_ids": prompt_ids, "candidates": [t for t, _ in candidates],
-                                         "sequences": sequences, "choice": choice})
+                                         "sequences": sequences, "choice": choice,
+                                         "old_value": current[edit.knob]})
         return proposal
 
     @staticmethod
-    def _hypothesis(evidence: Evidence, edit: KnobEdit, old: Any) -> str:
+    def _hypothesis(evidence: Evidence, edit: KnobEdit, old: Any, credit: CreditModel) -> str:
         change = f"set {edit.knob} from {old} to {edit.value}"
+        seen = credit.counts.get(edit.knob, 0)
+        if seen:
+            mean, sd = (float(x[0]) for x in credit.predict([(edit.knob, edit.value)], {edit.knob: old}))
+            change += (f" (the credit model, from {seen} earlier round{'s' if seen > 1 else ''} on this knob, "
+                       f"expects {mean:+.3f} +/- {sd:.3f})")
         if evidence.failures:
             category, group = next(iter(evidence.failures.items()))
             return (f"{change}: the incumbent's most common failure is {category} ({group['count']} cases), "
@@ -323,7 +355,12 @@ class LocalResearcher(Researcher):
         tried = dict(self.state.get("tried", {}))
         key = pending.get("state", "")
         tried[key] = [*tried.get(key, []), pending["candidates"][pending["choice"]]]
+        observations = list(self.state.get("observations", []))
+        if "old_value" in pending:  # a proposal pending from before the credit model has none
+            edit = proposal.edits[0]
+            observations.append({"knob": edit.knob, "from": pending["old_value"], "to": edit.value,
+                                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95")})
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
-                      "last_learned_round": pending["round"], "tried": tried}
+                      "last_learned_round": pending["round"], "tried": tried, "observations": observations}
         self.counts["learn_steps"] += 1
         self.save(self.dir)
