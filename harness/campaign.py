@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 from harness.analyze import analyze
@@ -71,7 +72,10 @@ class Campaign:
         self.researcher = make_researcher(dict(self.config["researcher"]), campaign_dir=self.dir,
                                           seed=self.config["seed"], base_model=self.config["base_model"])
         self.researcher.load(self.dir / "researcher")
-        run_id = self.tracker.start_campaign(self.config["name"], self.config, self.journal.get("mlflow_run_id"))
+        if self.journal.get("campaign_id") is None:  # tells this campaign's MLflow run from a deleted namesake's
+            self.journal.set("campaign_id", uuid.uuid4().hex)
+        run_id = self.tracker.start_campaign(self.config["name"], self.config, self.journal.get("mlflow_run_id"),
+                                             self.journal.get("campaign_id"))
         if run_id:
             self.journal.set("mlflow_run_id", run_id)
         if self.journal.get("baseline") is None:

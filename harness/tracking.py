@@ -6,8 +6,9 @@ params, its scores as metrics, its decision, status and commits as tags, and `di
 `proposal.json`, `verdict.json`, `critique.md` and `memory.md` as artifacts.
 
 Every call is idempotent, so a campaign resumed after a crash re-logs its last round without
-creating a duplicate: the parent is found again by its `campaign` tag (or a stored run id), a child
-by its parent and `round` tag. Tracking never stops a campaign: a failing call logs a warning and
+creating a duplicate: the parent is found again by a stored run id, else by its `campaign_id` tag (a
+campaign folder's own id, so a new campaign that reuses a deleted one's name gets its own run), a
+child by its parent and `round` tag. Tracking never stops a campaign: a failing call logs a warning and
 returns None (`strict=True` re-raises, for tests). `NullTracker` has the same methods and does
 nothing, so the loop never branches on whether tracking is on.
 
@@ -217,16 +218,21 @@ class MlflowTracker:
     # -------- the campaign (parent run)
 
     @_guarded
-    def start_campaign(self, name: str, config: dict, run_id: str | None = None) -> str | None:
-        """Create the campaign's parent run, or reopen it on resume (`run_id`, else the `campaign` tag)."""
+    def start_campaign(self, name: str, config: dict, run_id: str | None = None,
+                       campaign_id: str | None = None) -> str | None:
+        """Create the campaign's parent run, or reopen it on resume: by `run_id`, else by the
+        `campaign_id` tag, else (no id given) by the `campaign` name tag."""
         run = self._stored_run(run_id) if run_id else None
         if run is None:
-            run = self._find(f"tags.campaign = '{name}' AND tags.role = 'campaign'")
+            key, value = ("campaign_id", campaign_id) if campaign_id else ("campaign", name)
+            run = self._find(f"tags.{key} = '{value}' AND tags.role = 'campaign'")
+        tags = {"campaign": name, "role": "campaign"} | ({"campaign_id": campaign_id} if campaign_id else {})
         if run is None:
-            run = self._mlflow.create_run(self._experiment(), run_name=name,
-                                          tags={"campaign": name, "role": "campaign"})
+            run = self._mlflow.create_run(self._experiment(), run_name=name, tags=tags)
         else:
             self._mlflow.update_run(run.info.run_id, status="RUNNING")
+            if campaign_id and run.data.tags.get("campaign_id") != campaign_id:  # a run from before ids
+                self._mlflow.set_tag(run.info.run_id, "campaign_id", campaign_id)
         self.campaign, self.run_id = name, run.info.run_id
 
         # Params cannot change once logged: on resume keep the first values and say which differ.
@@ -333,7 +339,8 @@ class MlflowTracker:
 class NullTracker:
     """Tracking turned off: the same methods as `MlflowTracker`, doing nothing."""
 
-    def start_campaign(self, name: str, config: dict, run_id: str | None = None) -> str | None:
+    def start_campaign(self, name: str, config: dict, run_id: str | None = None,
+                       campaign_id: str | None = None) -> str | None:
         return None
 
     def log_campaign_progress(self, history: list[dict], plot_path: str | Path | None = None) -> None:

@@ -174,6 +174,22 @@ def test_resume_reuses_the_parent_run(campaign, uri):
     assert MlflowTracker(uri, strict=True).start_campaign("other", CONFIG) != campaign.run_id
 
 
+def test_a_new_campaign_under_a_deleted_ones_name_gets_its_own_run(uri):
+    first = MlflowTracker(uri, strict=True)
+    old = first.start_campaign("demo", CONFIG, campaign_id="a" * 32)
+    log_round(first, 1)
+    new = MlflowTracker(uri, strict=True).start_campaign("demo", CONFIG, campaign_id="b" * 32)
+    assert new != old  # the old folder was deleted and the name reused: its rounds stay on its own run
+    assert MlflowTracker(uri, strict=True).start_campaign("demo", CONFIG, campaign_id="b" * 32) == new
+    client = MlflowClient(uri)
+    assert client.get_run(new).data.tags["campaign_id"] == "b" * 32
+
+    # A run made before campaign ids, reopened by its stored id, is tagged with the campaign's id.
+    legacy = MlflowTracker(uri, strict=True).start_campaign("legacy", CONFIG)
+    assert MlflowTracker(uri, strict=True).start_campaign("legacy", CONFIG, legacy, "c" * 32) == legacy
+    assert MlflowTracker(uri, strict=True).start_campaign("legacy", CONFIG, campaign_id="c" * 32) == legacy
+
+
 def test_a_broken_store_warns_and_never_raises(tmp_path, caplog):
     (tmp_path / "not-a-dir").write_text("")
     tracker = MlflowTracker(f"sqlite:///{tmp_path}/not-a-dir/mlflow.db")
