@@ -34,13 +34,14 @@ def _axes() -> tuple[Figure, object]:
     return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, ax, path: str | Path, *, ylabel: str, title: str, legend: str) -> Path:
-    """Label the round axis and `ylabel`, add grid and legend, and write the PNG to `path`."""
+def _save(fig: Figure, ax, path: str | Path, *, ylabel: str, title: str) -> Path:
+    """Label the round axis and `ylabel`, add grid and legend, and write the PNG to `path`. The legend
+    sits right of the axes: inside them it hid the points of early rounds."""
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc=legend, fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def progress_plot(history: list[dict], path: str | Path, title: str = "Campaign 
     ax.scatter([r["round"] for r in heldout], [r["heldout_accuracy"] for r in heldout], marker="D", s=30,
                facecolors="none", edgecolors=COLORS["heldout"], zorder=4, label="held-out")
 
-    return _save(fig, ax, path, ylabel="accuracy", title=title, legend="upper left")
+    return _save(fig, ax, path, ylabel="accuracy", title=title)
 
 
 
@@ -175,4 +176,4 @@ def comparison_plot(histories: dict[str, list[dict]], path: str | Path, title: s
         kept = [r for r in rows if r["decision"] == KEPT]
         ax.scatter([r["round"] for r in kept], [r["incumbent_accuracy"] for r in kept], s=28, zorder=3,
                    color=line.get_color())
-    return _save(fig, ax, path, ylabel="incumbent accuracy", title=title, legend="lower right")
+    return _save(fig, ax, path, ylabel="incumbent accuracy", title=title)
