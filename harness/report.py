@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 KEPT, REVERTED, FAILED = "keep", "revert", "failed"
+NEAR_BEST = 0.02  # a comparison counts a campaign as there once its incumbent is this close to the best one
 COLORS = {KEPT: "tab:green", REVERTED: "tab:grey", FAILED: "tab:red", "incumbent": "black",
           "heldout": "tab:blue"}
 
@@ -154,15 +155,23 @@ def campaign_stats(history: list[dict]) -> dict:
 
 
 def comparison_markdown(histories: dict[str, list[dict]]) -> str:
-    """One row per campaign: rounds, keeps, failures, final and held-out accuracy, last keep, mean incumbent."""
-    lines = ["| campaign | rounds | kept | failed | accuracy | held-out | last keep at round | mean incumbent |",
-             "|---|---:|---:|---:|---|---|---:|---:|"]
+    """One row per campaign: rounds, keeps, failures, final and held-out accuracy, last keep, the
+    first round whose incumbent came within NEAR_BEST of the best final incumbent of all of them
+    (how soon each got where the best one ended), and the mean incumbent."""
+    finals = [campaign_stats(h)["final"] for h in histories.values()]
+    target = max((f for f in finals if f is not None), default=None)
+    target = None if target is None else target - NEAR_BEST
+    lines = [f"| campaign | rounds | kept | failed | accuracy | held-out | last keep at round | "
+             f"reached {_score(target)} at round | mean incumbent |",
+             "|---|---:|---:|---:|---|---|---:|---:|---:|"]
     for name, history in histories.items():
         s = campaign_stats(history)
+        reached = next((r["round"] for r in sorted(history, key=lambda r: r["round"])
+                        if target is not None and r["incumbent_accuracy"] >= target - 1e-9), None)
         lines.append(f"| {_cell(name)} | {s['rounds']} | {s['kept']} | {s['failed']} | "
                      f"{_score(s['initial'])} -> {_score(s['final'])} | {_score(s['heldout_final'])} | "
                      f"{s['last_keep_round'] if s['last_keep_round'] is not None else '-'} | "
-                     f"{_score(s['mean_incumbent'])} |")
+                     f"{reached if reached is not None else '-'} | {_score(s['mean_incumbent'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,9 +63,12 @@ def test_comparison_of_two_campaigns():
     assert stats == {"rounds": 4, "kept": 2, "failed": 1, "initial": 0.30, "final": 0.42, "heldout_final": 0.35,
                      "last_keep_round": 4, "mean_incumbent": (0.36 + 0.36 + 0.36 + 0.42) / 4}
     assert campaign_stats(slower)["mean_incumbent"] == (0.30 * 3 + 0.42) / 4
-    table = comparison_markdown({"fast": HISTORY, "slow": slower})
-    assert "| fast | 4 | 2 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 0.3750 |" in table
-    assert "| slow | 4 | 1 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 0.3300 |" in table
+    stuck = [dict(r, incumbent_accuracy=0.30, decision="revert") for r in HISTORY[1:]]
+    table = comparison_markdown({"fast": HISTORY, "slow": slower, "stuck": HISTORY[:1] + stuck})
+    assert "| reached 0.4000 at round | mean incumbent |" in table  # the best final, 0.42, less 0.02
+    assert "| fast | 4 | 2 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 4 | 0.3750 |" in table
+    assert "| slow | 4 | 1 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 4 | 0.3300 |" in table
+    assert "| stuck | 4 | 0 | 0 | 0.3000 -> 0.3000 | 0.2800 | - | - | 0.3000 |" in table
 
 
 def test_comparison_plot_writes_a_png(tmp_path):
