@@ -231,15 +231,13 @@ class LocalResearcher(Researcher):
         model never looks right, so padding changes no real position)."""
         out = self.policy(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
         first_V = out.logits[0, -1]
-        longest = max(len(s) for s in sequences)
-        logits_NSV = None
-        if longest > 1:
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(len(sequences))
-            fed = torch.full((len(sequences), longest - 1), self.tokenizer.eos_token_id, dtype=torch.long)
-            for i, seq in enumerate(sequences):
-                fed[i, :len(seq) - 1] = torch.tensor(seq[:-1])
-            logits_NSV = self.policy(input_ids=fed, past_key_values=cache, use_cache=True).logits
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(sequences))
+        # every sequence is at least one token of text and EOS, so each feeds at least one token
+        fed = torch.full((len(sequences), max(len(s) for s in sequences) - 1), self.tokenizer.eos_token_id)
+        for i, seq in enumerate(sequences):
+            fed[i, :len(seq) - 1] = torch.tensor(seq[:-1])
+        logits_NSV = self.policy(input_ids=fed, past_key_values=cache, use_cache=True).logits
         totals = np.zeros(len(sequences))
         for i, seq in enumerate(sequences):
             node = trie
