@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from harness.proposal import KnobEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
                                       short_float)
 from harness.researchers.credit import CreditModel
+from memory.memory import write_atomic
 from model import load_policy, load_tokenizer, save_policy
 
 DEFAULTS = {"temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768, "reward_scale": 10.0,
@@ -98,12 +98,6 @@ def build_trie(sequences: list[list[int]]) -> dict:
 def knob_state_key(current: dict) -> str:
     """A short name for a set of incumbent knob values: the edits tried are remembered per state."""
     return hashlib.sha256(json.dumps(current, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +151,7 @@ class LocalResearcher(Researcher):
         tmp = checkpoint.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(base_model, tmp)
-        _atomic_json(tmp / STATE_FILE, {"baseline": 0.0, "rounds_learned": 0, "last_learned_round": 0})
+        write_atomic(tmp / STATE_FILE, json.dumps({"baseline": 0.0, "rounds_learned": 0, "last_learned_round": 0}))
         tmp.rename(checkpoint)
 
     def save(self, dir: Path) -> None:
@@ -170,7 +164,7 @@ class LocalResearcher(Researcher):
         shutil.rmtree(tmp, ignore_errors=True)
         save_policy(self.policy, self.tokenizer, tmp)
         torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        _atomic_json(tmp / STATE_FILE, self.state)
+        write_atomic(tmp / STATE_FILE, json.dumps(self.state))
         shutil.rmtree(old, ignore_errors=True)
         if checkpoint.exists():
             checkpoint.rename(old)
@@ -238,16 +232,8 @@ class LocalResearcher(Researcher):
         for i, seq in enumerate(sequences):
             fed[i, :len(seq) - 1] = torch.tensor(seq[:-1])
         logits_NSV = self.policy(input_ids=fed, past_key_values=cache, use_cache=True).logits
-        totals = np.zeros(len(sequences))
-        for i, seq in enumerate(sequences):
-            node = trie
-            for j, token in enumerate(seq):
-                allowed = sorted(node)
-                if len(allowed) > 1:
-                    logits_V = first_V if j == 0 else logits_NSV[i, j - 1]
-                    totals[i] += float(self._masked_logprobs(logits_V, allowed)[allowed.index(token)])
-                node = node[token]
-        return totals
+        return np.array([float(self._trie_logprob(torch.cat([first_V[None], logits_NSV[i, :len(seq) - 1]]), seq, trie))
+                         for i, seq in enumerate(sequences)])
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
         specs, current = knob_space(Path(scaffold_dir))
@@ -277,10 +263,10 @@ class LocalResearcher(Researcher):
         self.counts["prompt_tokens"] += len(prompt_ids)
         self.counts["generated_tokens"] += len(sequences[choice])
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(self.pending_file, {"round": evidence.round, "proposal": proposal.to_dict(), "state": state_key,
-                                         "prompt_ids": prompt_ids, "candidates": [t for t, _ in candidates],
-                                         "sequences": sequences, "choice": choice,
-                                         "old_value": current[edit.knob]})
+        write_atomic(self.pending_file, json.dumps({
+            "round": evidence.round, "proposal": proposal.to_dict(), "state": state_key, "prompt_ids": prompt_ids,
+            "candidates": [t for t, _ in candidates], "sequences": sequences, "choice": choice,
+            "old_value": current[edit.knob]}))
         return proposal
 
     @staticmethod
@@ -312,10 +298,15 @@ class LocalResearcher(Researcher):
         """Log-probability of `sequence` under the masked distribution, with gradients."""
         ids = torch.tensor([prompt_ids + sequence[:-1]])
         logits_SV = self.policy(input_ids=ids, logits_to_keep=len(sequence)).logits[0]
+        return self._trie_logprob(logits_SV, sequence, trie)
+
+    def _trie_logprob(self, logits_SV: torch.Tensor, sequence: list[int], trie: dict) -> torch.Tensor:
+        """The masked log-probability of `sequence`, where `logits_SV[j]` predicts `sequence[j]`:
+        summed over the trie's branch points (a forced token has probability 1 and no gradient)."""
         total, node = logits_SV.new_zeros(()), trie
         for logits_V, token in zip(logits_SV, sequence):
             allowed = sorted(node)
-            if len(allowed) > 1:  # a forced token has probability 1 and no gradient
+            if len(allowed) > 1:
                 total = total + self._masked_logprobs(logits_V, allowed)[allowed.index(token)]
             node = node[token]
         return total
