@@ -158,14 +158,14 @@ def comparison_markdown(histories: dict[str, list[dict]]) -> str:
     """One row per campaign: rounds, keeps, failures, final and held-out accuracy, last keep, the
     first round whose incumbent came within NEAR_BEST of the best final incumbent of all of them
     (how soon each got where the best one ended), and the mean incumbent."""
-    finals = [campaign_stats(h)["final"] for h in histories.values()]
-    target = max((f for f in finals if f is not None), default=None)
+    stats = {name: campaign_stats(history) for name, history in histories.items()}
+    target = max((s["final"] for s in stats.values() if s["final"] is not None), default=None)
     target = None if target is None else target - NEAR_BEST
     lines = [f"| campaign | rounds | kept | failed | accuracy | held-out | last keep at round | "
              f"reached {_score(target)} at round | mean incumbent |",
              "|---|---:|---:|---:|---|---|---:|---:|---:|"]
     for name, history in histories.items():
-        s = campaign_stats(history)
+        s = stats[name]
         reached = next((r["round"] for r in sorted(history, key=lambda r: r["round"])
                         if target is not None and r["incumbent_accuracy"] >= target - 1e-9), None)
         lines.append(f"| {_cell(name)} | {s['rounds']} | {s['kept']} | {s['failed']} | "
