@@ -37,15 +37,24 @@ DEFAULTS = {
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
 
 
+# What every child process we start gets: no hub or telemetry traffic, unbuffered output, idle
+# OpenMP threads that sleep.
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
+             "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def scrubbed_env() -> dict[str, str]:
-    """The parent's environment less anything that looks like a credential; offline flags on."""
-    env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
-    env |= {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    return env
+    """The parent's environment less anything that looks like a credential; CHILD_ENV on."""
+    return {k: v for k, v in os.environ.items() if not _SECRET.search(k)} | CHILD_ENV
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the thread that started it dies (call it in a
+    child before exec, as a `preexec_fn`)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _sandbox(memory_gb: float):
@@ -55,8 +64,7 @@ def _sandbox(memory_gb: float):
     def apply():
         limit = int(memory_gb * 1024 ** 3)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent()
     return apply
 
 

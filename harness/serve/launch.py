@@ -12,12 +12,12 @@ the server's log. On exit the child's whole process group gets SIGTERM, then SIG
 The child also gets SIGKILL when the thread that entered `served` dies (PR_SET_PDEATHSIG), so a
 test killed mid-way leaves no server behind.
 
-Only the standard library is imported here, so importing this costs nothing.
+Only the standard library and `rl_pipeline.run` (which imports no more) are imported here, so
+importing this costs nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -31,8 +31,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from rl_pipeline.run import CHILD_ENV, die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
-_PR_SET_PDEATHSIG = 1
 # a free port can be taken by someone else between our probe and the server's bind: retry then
 _PORT_TRIES = 3
 
@@ -48,15 +49,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _child_env(env: Mapping[str, str | None] | None) -> dict[str, str]:
-    out = dict(os.environ)
-    out |= {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_WAIT_POLICY": "PASSIVE",
-            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-            "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal: keep log lines whole
+    # the server needs the API key the runner's scrubbed environment would drop; rich wraps at 80
+    # columns when not on a terminal: keep log lines whole
+    out = dict(os.environ) | CHILD_ENV | {"COLUMNS": "200"}
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")]))
     for key, value in (env or {}).items():
         if value is None:
@@ -105,7 +101,7 @@ def _start(model_dir: Path, port: int, args: Sequence[str], env: dict, log: Path
            "--port", str(port), *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/v1/models"
     try:
