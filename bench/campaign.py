@@ -21,12 +21,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from rl_pipeline.env import use_offline_env  # noqa: E402
 
-from harness.campaign_cmd import compose_config, create_campaign, run_campaign  # noqa: E402
+use_offline_env()
+
+from harness.campaigns import create_campaign, run_campaign  # noqa: E402
+from harness.config import compose_config  # noqa: E402
 from harness.journal import STEPS, Journal  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/serve.py [--model runs/models/base] [--max-tokens 32] [--threads 2]
 
 Serves `runs/models/base` when it exists, else a fresh tiny policy (random weights) saved to a
-temporary folder, in a child process (`harness.serve.launch.served`). Each level starts that many
+temporary folder, in a child process (`serving.launch.served`). Each level starts that many
 client threads, each with its own `openai` client, each sending chat requests back to back
 (temperature 1.0, no seed, so every request may share a generate call) until the level has sent
 its quota. It prints, per level: requests/s, completion tokens/s, the median latency, and the
@@ -14,7 +14,6 @@ request runs first.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -22,15 +21,16 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from rl_pipeline.env import use_offline_env  # noqa: E402
+
+use_offline_env()
 
 import httpx2  # noqa: E402
 import openai  # noqa: E402
 
-from harness.serve.launch import served  # noqa: E402
+from serving.launch import served  # noqa: E402
 
 KEY = "bench-key"
 

@@ -11,6 +11,7 @@ failed to run), `incumbent_accuracy` the incumbent's after the round's decision,
 
     progress_plot(history, "runs/arith-100/progress.png", title="arith-100")
     Path("runs/arith-100/summary.md").write_text(summary_markdown("arith-100", history, floor))
+    write_report(Path("runs/arith-100"), "arith-100")   # both, from the campaign's journal
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from harness.journal import Journal
+from rl_pipeline.files import write_atomic
 
 KEPT, REVERTED, FAILED = "keep", "revert", "failed"
 NEAR_BEST = 0.02  # a comparison counts a campaign as there once its incumbent is this close to the best one
@@ -138,6 +142,17 @@ def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict 
 
 
 # ---------------------------------------------------------------- comparing campaigns
+
+def write_report(campaign_dir: Path, name: str) -> tuple[Path, Path]:
+    """progress.png and summary.md of the rounds a campaign's journal holds; reads nothing else and
+    changes nothing else."""
+    journal = Journal(campaign_dir)
+    history = journal.get("history") or []
+    plot = progress_plot(history, campaign_dir / "progress.png")
+    summary = campaign_dir / "summary.md"
+    write_atomic(summary, summary_markdown(name, history, journal.get("noise_floor")))
+    return plot, summary
+
 
 def campaign_stats(history: list[dict]) -> dict:
     """What a comparison of researchers looks at: where the incumbent ends, how soon it got there,

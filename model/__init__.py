@@ -4,12 +4,8 @@ Importing this package registers our experts implementation (`EXPERTS_IMPL`) in 
 `ExpertsInterface`; `build_policy` and `load_policy` select it.
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from model.experts import EXPERTS_IMPL  # noqa: E402  (registers the kernel on import)
-from model.presets import PRESETS, build_policy, load_policy, load_tokenizer, save_policy  # noqa: E402
-from model.tokenizer import build_tokenizer  # noqa: E402
+from model.experts import EXPERTS_IMPL  # registers the kernel on import
+from model.presets import PRESETS, build_policy, load_policy, load_tokenizer, save_policy
+from model.tokenizer import build_tokenizer
 
 __all__ = ["EXPERTS_IMPL", "PRESETS", "build_policy", "build_tokenizer", "load_policy", "load_tokenizer", "save_policy"]

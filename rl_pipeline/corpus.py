@@ -54,3 +54,12 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
     Console().print(f"[green]base policy saved[/] to {out}: {summary['config']['steps']} steps, "
                     f"loss {summary['final_loss']:.3f}, {summary['seconds']:.0f}s")
     return summary
+
+
+def ensure_base(base: str, seed: int = 0) -> None:
+    """Pretrain the base policy into `base` unless a checkpoint is already there."""
+    if (Path(base) / "config.json").is_file():
+        Console().print(f"base policy: {base} (found)")
+        return
+    Console().print(f"base policy: {base} missing, pretraining it")
+    pretrain_base(out=base, seed=seed)

@@ -1,7 +1,5 @@
 """Test-wide environment, set before anything imports torch, transformers or mlflow."""
 
-import os
+from rl_pipeline.env import use_offline_env
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+use_offline_env()

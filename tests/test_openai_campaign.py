@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.researchers.answer import SYSTEM
-from harness.serve.launch import served
+from serving.launch import served
 from model import build_policy, build_tokenizer, save_policy
 
 KEY = "test-key-123"

@@ -1,7 +1,7 @@
 """`researcher serve` over real HTTP, with the official `openai` client.
 
 A tiny random policy is saved to a temporary folder and served by a child process on a free
-port (`harness.serve.launch.served`). Answers are checked against `model.generate.generate` run
+port (`serving.launch.served`). Answers are checked against `model.generate.generate` run
 here on the same checkpoint: greedy and seeded completions must match it exactly, and the usage
 counts must be its token counts. Both sides use one torch thread, so their arithmetic is the same.
 Only a generation that fails while streaming is staged in process, where generate can be replaced.
@@ -16,10 +16,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import harness.serve.engine
-from harness.serve.app import create_app
-from harness.serve.engine import TextDeltas, render_chat
-from harness.serve.launch import ServerFailed, served
+import serving.engine
+from serving.app import create_app
+from serving.engine import TextDeltas, render_chat
+from serving.launch import ServerFailed, served
 from model import build_policy, build_tokenizer, load_policy, load_tokenizer, save_policy
 from model.generate import Completion, SamplingParams, generate
 
@@ -171,10 +171,10 @@ def test_stream_failures(checkpoint, monkeypatch):
 
     body = {"model": NAME, "prompt": "x", "max_tokens": 4, "stream": True}
     with TestClient(create_app(checkpoint, api_key_env="NO_SUCH_KEY"), raise_server_exceptions=False) as http:
-        monkeypatch.setattr(harness.serve.engine, "generate", fails_at_once)
+        monkeypatch.setattr(serving.engine, "generate", fails_at_once)
         response = http.post("/v1/completions", json=body)
         assert response.status_code == 500 and "broken at once" in response.json()["error"]["message"]
-        monkeypatch.setattr(harness.serve.engine, "generate", fails_later)
+        monkeypatch.setattr(serving.engine, "generate", fails_later)
         response = http.post("/v1/completions", json=body)
         assert response.status_code == 200
         *_, last = [line for line in response.text.splitlines() if line]

@@ -1,10 +1,8 @@
-"""The researcher interface every backend implements, the helpers they share, and the factory.
+"""The researcher interface every backend implements, and the helpers they share.
 
 A researcher turns what the analyze step saw (`Evidence`) and the rendered memory into one
 `Proposal` per round, may learn from the round's verdict, and may keep a checkpoint:
 
-    researcher = make_researcher({"name": "random"}, campaign_dir=Path("runs/demo"), seed=0,
-                                 base_model="runs/models/base")
     proposal = researcher.propose(evidence, memory.render(2000), Path("runs/demo/scaffold"))
     researcher.learn(proposal, verdict.to_dict())
 
@@ -39,7 +37,11 @@ class ResearcherStopped(Exception):
 
 
 class Researcher:
-    """The interface: `propose` is required; `learn`, `save`, `load` and `usage` default to nothing."""
+    """The interface: `propose` is required; `learn`, `save`, `load` and `usage` default to nothing.
+
+    Every backend is built as `Backend(config, campaign_dir=..., seed=..., base_model=...)`: its
+    options (`conf/researcher/<name>.yaml`), its campaign's folder, the campaign's seed and the base
+    policy's folder; a backend uses what it needs of them."""
 
     name = "base"
 
@@ -101,29 +103,3 @@ def same_value(a: Any, b: Any) -> bool:
 def short_float(value: float, digits: int) -> float:
     """`value` rounded to `digits` significant digits, so proposals read (and tokenize) short."""
     return float(f"{value:.{digits}g}")
-
-
-# ---------------------------------------------------------------------------------------------
-# the factory: config["name"] picks the backend; each is imported only when chosen, so the knob
-# baselines never load torch
-
-BACKENDS = ("scripted", "random", "local", "openai")
-
-
-def make_researcher(config: dict, *, campaign_dir: Path, seed: int, base_model: str) -> Researcher:
-    """The researcher named by `config["name"]`, configured by the rest of `config`."""
-    config = dict(config)
-    name = config.get("name")
-    if name == "scripted":
-        from harness.researchers.scripted import ScriptedResearcher
-        return ScriptedResearcher(config)
-    if name == "random":
-        from harness.researchers.random_search import RandomResearcher
-        return RandomResearcher(seed=seed)
-    if name == "local":
-        from harness.researchers.local import LocalResearcher
-        return LocalResearcher(config, campaign_dir=Path(campaign_dir), seed=seed, base_model=base_model)
-    if name == "openai":
-        from harness.researchers.openai_researcher import OpenAIResearcher
-        return OpenAIResearcher(config, campaign_dir=Path(campaign_dir), seed=seed)
-    raise ValueError(f"unknown researcher {name!r}; choose one of: {', '.join(BACKENDS)}")

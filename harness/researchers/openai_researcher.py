@@ -79,7 +79,7 @@ def _options(config: dict) -> dict:
 class OpenAIResearcher(Researcher):
     name = "openai"
 
-    def __init__(self, config: dict, *, campaign_dir: Path, seed: int, client=None):
+    def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str | None = None, client=None):
         import openai
 
         self.options = _options(config)

@@ -6,7 +6,7 @@ current value. The draw is seeded by (seed, round), so a campaign is reproducibl
 round draws what it drew before. A draw that breaks a cross-knob rule of the scaffold (say a
 batch size that is not a multiple of the group size) is drawn again, so every proposal is valid.
 
-    researcher = RandomResearcher(seed=0)
+    researcher = RandomResearcher({}, campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def has_alternative(spec: dict, current: Any) -> bool:
 class RandomResearcher(Researcher):
     name = "random"
 
-    def __init__(self, *, seed: int):
+    def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
         self.seed = seed
         self.proposals = 0
 

@@ -4,7 +4,8 @@ Round n (1-based) gets the n-th non-blank line; past the last one the researcher
 and the campaign ends cleanly. Nothing is remembered between rounds, so a resumed campaign asks
 for round n again and gets line n again.
 
-    researcher = ScriptedResearcher({"file": "tests/data/proposals.jsonl"})
+    researcher = ScriptedResearcher({"file": "tests/data/proposals.jsonl"}, campaign_dir=Path("runs/demo"), seed=0,
+                                    base_model="runs/models/base")
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from harness.researchers.base import Researcher, ResearcherExhausted
 class ScriptedResearcher(Researcher):
     name = "scripted"
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
         if not config.get("file"):
             raise ValueError("the scripted researcher needs a proposals file: researcher.file=PATH")
         self.path = Path(config["file"])

@@ -1,11 +1,11 @@
-"""`researcher serve`: a local checkpoint behind an OpenAI-compatible HTTP API.
+"""The server's arguments and entry point: `researcher serve` and `python -m serving` run this.
 
     researcher serve --model runs/models/base [--host 127.0.0.1] [--port 8000]
     RESEARCHER_API_KEY=secret researcher serve --model runs/models/base      # clients must send the key
-    python -m harness.serve_cmd --model runs/models/base                      # the same, alone
+    python -m serving --model runs/models/base                                # the same, alone
 
 One uvicorn worker: the model is loaded once and a single batcher thread runs every generate
-(see `harness/serve/engine.py`). It binds to 127.0.0.1 unless told otherwise.
+(see `serving/engine.py`). It binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import sys
 
 from rich.console import Console
+
+from rl_pipeline.env import use_offline_env
 
 console = Console(stderr=True)
 
@@ -29,11 +30,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _serve(args) -> int:
+def serve(args) -> int:
+    """Load the checkpoint and serve it until the process is stopped."""
     import torch
     import uvicorn
 
-    from harness.serve.app import create_app
+    from serving.app import create_app
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,7 +52,7 @@ def _serve(args) -> int:
     return 0
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where")
     where.add_argument("--model", required=True, help="checkpoint folder (from `researcher model new|pretrain`)")
     where.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -71,20 +73,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add `serve` to the `researcher` parser."""
-    serve = sub.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API")
-    _add_arguments(serve)
-    serve.set_defaults(func=_serve)
-
-
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    use_offline_env()
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.split("\n")[0])
-    _add_arguments(parser)
-    return _serve(parser.parse_args(argv))
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

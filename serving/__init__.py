@@ -6,9 +6,9 @@
     launch.py    `served(...)`: the server in a child process, for tests and benchmarks
 
 `served` is importable from here without loading torch or FastAPI; `create_app` lives in
-`harness.serve.app`.
+`serving.app`.
 """
 
-from harness.serve.launch import ServerFailed, served
+from serving.launch import ServerFailed, served
 
 __all__ = ["ServerFailed", "served"]

@@ -1,6 +1,6 @@
 """Start `researcher serve` in a child process for a test or a benchmark, and stop it after.
 
-    from harness.serve.launch import served
+    from serving.launch import served
 
     with served("runs/models/base", env={"RESEARCHER_API_KEY": "k"}) as base_url:
         client = openai.OpenAI(base_url=base_url, api_key="k")      # base_url ends in /v1
@@ -12,7 +12,7 @@ the server's log. On exit the child's whole process group gets SIGTERM, then SIG
 The child also gets SIGKILL when the thread that entered `served` dies (PR_SET_PDEATHSIG), so a
 test killed mid-way leaves no server behind.
 
-Only the standard library and `rl_pipeline.run` (which imports no more) are imported here, so
+Only the standard library and `rl_pipeline.env` (which imports no more) are imported here, so
 importing this costs nothing.
 """
 
@@ -31,9 +31,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from rl_pipeline.run import CHILD_ENV, die_with_parent
+from rl_pipeline.env import CHILD_ENV, die_with_parent
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # a free port can be taken by someone else between our probe and the server's bind: retry then
 _PORT_TRIES = 3
 
@@ -97,7 +97,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _start(model_dir: Path, port: int, args: Sequence[str], env: dict, log: Path,
            timeout: float) -> subprocess.Popen | None:
     """The server process once it answers; None when it exited because its port was taken."""
-    cmd = [sys.executable, "-m", "harness.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "serving", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,

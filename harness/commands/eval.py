@@ -3,15 +3,21 @@
 On a fresh machine the base policy is pretrained first (a few minutes, once).
 
     researcher eval --scaffold scaffolds/arith sampling.temperature=0.7 --heldout
+    python -m harness.commands.eval --scaffold scaffolds/arith        # the same, alone
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from harness.commands import standalone, subcommand
+from rl_pipeline.run import run_scaffold
+from rl_pipeline.scaffold import parse_overrides
 
 console = Console()
 
@@ -50,12 +56,13 @@ def show_result(result: dict) -> None:
     console.print(failures)
 
 
-def _eval(args) -> int:
-    from harness.run_cmd import ensure_base
-    from rl_pipeline.run import run_scaffold
-    from rl_pipeline.scaffold import parse_overrides
+HELP = "train (if needed) and evaluate one scaffold in the sandboxed runner"
 
+
+def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)  # a typo fails here, before any pretraining
+    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the overrides are checked
+
     ensure_base(args.base)
     out = args.out or str(Path("runs/eval") / Path(args.scaffold).resolve().name)
     with console.status(f"evaluating {args.scaffold} (training if needed, then {len(args.seeds)} seeds)"):
@@ -66,8 +73,7 @@ def _eval(args) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="train (if needed) and evaluate one scaffold in the sandboxed runner")
+def arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--scaffold", default="scaffolds/arith", help="scaffold folder")
     ev.add_argument("overrides", nargs="*", metavar="KNOB=VALUE", help="knob overrides, e.g. sampling.temperature=0.7")
     ev.add_argument("--out", default=None, help="result folder (default runs/eval/<scaffold>)")
@@ -75,4 +81,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--heldout", action="store_true", help="also score the held-out split")
     ev.add_argument("--base", default="runs/models/base", help="base policy checkpoint")
     ev.add_argument("--timeout", type=float, default=900.0, help="seconds before the run is killed")
-    ev.set_defaults(func=_eval)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    subcommand(sub, "eval", HELP, arguments, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("eval", HELP, arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,20 +4,25 @@
     researcher model generate --model runs/models/base "Q: 12 + 30" --temperature 0.7 -n 4
     researcher model bench [--quick]
     researcher model pretrain --out runs/models/base
+    python -m harness.commands.model new --out runs/models/fresh     # the same, alone
 """
 
 from __future__ import annotations
 
 import argparse
 import runpy
+import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from harness.commands import standalone, subcommand
+
 console = Console()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+HELP = "make, sample from, benchmark and pretrain the local policy"
 
 
 def _new(args) -> int:
@@ -73,9 +78,7 @@ def _pretrain(args) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add `model` and its subcommands to the `researcher` parser."""
-    model = sub.add_parser("model", help="make, sample from, benchmark and pretrain the local policy")
+def arguments(model: argparse.ArgumentParser) -> None:
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
     new = msub.add_parser("new", help="a freshly initialized policy and tokenizer, saved to a folder")
@@ -83,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--out", required=True, help="folder to save the checkpoint in")
     new.add_argument("--vocab-size", type=int, default=512)
     new.add_argument("--seed", type=int, default=0)
-    new.set_defaults(func=_new)
+    new.set_defaults(action=_new)
 
     gen = msub.add_parser("generate", help="sample completions from a checkpoint")
     gen.add_argument("--model", required=True, help="checkpoint folder")
@@ -98,14 +101,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("-n", type=int, default=1, help="completions per prompt")
     gen.add_argument("--seed", type=int, default=None)
-    gen.set_defaults(func=_generate)
+    gen.set_defaults(action=_generate)
 
     bench = msub.add_parser("bench", help="run bench/experts.py and bench/generate.py")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(action=_bench)
 
     pre = msub.add_parser("pretrain", help="train the base policy on the tasks' supervised corpus")
     pre.add_argument("--out", default="runs/models/base")
     pre.add_argument("--preset", default="tiny")
     pre.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the calibrated budget)")
     pre.add_argument("--seed", type=int, default=0)
-    pre.set_defaults(func=_pretrain)
+    pre.set_defaults(action=_pretrain)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    return args.action(args)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    subcommand(sub, "model", HELP, arguments, _dispatch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("model", HELP, arguments, _dispatch, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

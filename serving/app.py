@@ -41,8 +41,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from harness.serve.engine import Engine, TextDeltas, render_chat
-from harness.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request
+from serving.engine import Engine, TextDeltas, render_chat
+from serving.schemas import APIError, ChatRequest, CompletionRequest, parse_request
 from model.generate import Completion, SamplingParams
 
 OWNER = "researcher"

@@ -1,0 +1,78 @@
+"""The campaigns under a runs folder: find one, create one with its frozen config, run one.
+
+    path = create_campaign(compose_config(["name=demo"]))     # runs/demo/config.yaml
+    run_campaign(frozen_config(path), path)                   # under the campaign's lock
+    campaign_dir("demo", Path("runs"))                        # a clear error if there is none
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.config import CONFIG_FILE, freeze_config
+from harness.journal import CampaignLock
+
+console = Console()
+
+
+def runs_dir_arg(items: list[str]) -> Path:
+    """`runs_dir=...` among trailing key=value items (default `runs`); anything else is an error."""
+    runs = "runs"
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key != "runs_dir" or not sep:
+            raise ValueError(f"unexpected argument {item!r}: only runs_dir=PATH is accepted here")
+        runs = value
+    return Path(runs)
+
+
+def campaign_dir(name: str, runs_dir: Path) -> Path:
+    """The folder of campaign `name` under `runs_dir`; FileNotFoundError if there is none."""
+    path = runs_dir / name
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"no campaign {name!r} under {runs_dir}/ (start one with `researcher start name={name}`)")
+    return path
+
+
+def campaign_names(runs_dir: Path) -> list[str]:
+    """Every campaign under `runs_dir`, sorted."""
+    return sorted(p.name for p in runs_dir.glob("*") if (p / CONFIG_FILE).is_file())
+
+
+def new_campaign_dir(config: dict) -> Path:
+    """Where the campaign `config` names will live; ValueError if a campaign is there already."""
+    path = Path(config["runs_dir"]) / config["name"]
+    if (path / CONFIG_FILE).exists():
+        raise ValueError(f"campaign {config['name']!r} already exists in {path}: use `researcher resume {config['name']}`")
+    return path
+
+
+def create_campaign(config: dict) -> Path:
+    """The campaign folder with the frozen config that `resume` will read back."""
+    path = new_campaign_dir(config)
+    freeze_config(path, config)
+    return path
+
+
+def interactive() -> bool:
+    """Whether a person at a terminal can answer approvals here (never in CI)."""
+    return sys.stdin.isatty() and os.environ.get("CI") != "true"
+
+
+def run_campaign(config: dict, path: Path) -> int:
+    """Run (or resume) the campaign in `path` under its lock; print where the report is."""
+    from harness.campaign import Campaign  # heavy (plots, tracking): only once a campaign really runs
+
+    with CampaignLock(path):
+        outcome = Campaign(config, path, interactive=interactive()).run()
+    history = outcome["history"] or []
+    kept = sum(h["decision"] == "keep" for h in history)
+    console.print(f"campaign {config['name']}: {outcome['status']}, {len(history) - 1} rounds, {kept} kept; "
+                  f"report: {path / 'summary.md'}, {path / 'progress.png'}")
+    if outcome.get("stop_reason"):
+        console.print(f"stopped: {outcome['stop_reason']}")
+    return 0

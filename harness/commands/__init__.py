@@ -1,0 +1,48 @@
+"""The `researcher` subcommands, one module each, the leaves of the import graph.
+
+Each module has `add_parser(sub)` (it becomes a subcommand of `researcher`) and `main(argv)` (it
+runs alone: `python -m harness.commands.start name=demo`). Top-level imports stay light, so that
+`--help`, a mistyped subcommand or a bad override answer at once; what needs torch, mlflow or
+matplotlib is imported by the library function that uses it, once the arguments are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from rich.console import Console
+
+from harness.approvals import ApprovalError
+from harness.journal import CampaignBusy, JournalError
+from rl_pipeline.env import use_offline_env
+
+# What a command may raise for bad input or a busy campaign: a one-line error, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, CampaignBusy, ApprovalError, JournalError)
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+
+def subcommand(sub: argparse._SubParsersAction, name: str, help: str, arguments: Arguments, run: Run) -> None:
+    """Add command `name` to the `researcher` parser."""
+    parser = sub.add_parser(name, help=help, description=help)
+    arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run_guarded(run: Run, args: argparse.Namespace) -> int:
+    """`run(args)`, with a user's mistake shown as one red line and exit code 2."""
+    try:
+        return int(run(args) or 0)
+    except USER_ERRORS as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}")
+        return 2
+
+
+def standalone(name: str, help: str, arguments: Arguments, run: Run, argv: list[str] | None) -> int:
+    """Parse `argv` for command `name` alone and run it, as `researcher NAME` would."""
+    use_offline_env()
+    parser = argparse.ArgumentParser(prog=f"researcher {name}", description=help)
+    arguments(parser)
+    return run_guarded(run, parser.parse_args(argv))

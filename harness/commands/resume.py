@@ -1,0 +1,75 @@
+"""`researcher resume`: continue a campaign after a stop or a kill -9; nothing is lost or redone.
+
+    researcher resume demo
+    researcher resume demo rounds=150                          # raise its limits
+    researcher resume m27 researcher.budget.tokens=4000000
+
+It reads the campaign's frozen config back; `rounds=` and `researcher.budget.*=` may raise its
+limits (written back to config.yaml before the campaign runs), `runs_dir=` locates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import yaml
+
+from harness.campaigns import campaign_dir, run_campaign, runs_dir_arg
+from harness.commands import standalone, subcommand
+from harness.config import freeze_config, frozen_config
+from harness.journal import is_locked
+
+HELP = "resume a campaign after a stop or a crash"
+# What `resume` may change in a frozen config: more rounds, a larger researcher budget.
+RESUME_KEYS = re.compile(r"^(rounds|researcher\.budget\.(tokens|cost_usd))$")
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="runs_dir=PATH, rounds=N, researcher.budget.tokens=N, researcher.budget.cost_usd=X")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = campaign_dir(args.name, runs_dir_arg([o for o in args.overrides if o.startswith("runs_dir=")]))
+    config = frozen_config(path)
+    changed = False
+    for item in (o for o in args.overrides if not o.startswith("runs_dir=")):
+        key, sep, raw = item.partition("=")
+        if not sep or not RESUME_KEYS.match(key):
+            raise ValueError(f"unexpected argument {item!r}: resume accepts runs_dir=, rounds= and "
+                             "researcher.budget.tokens= / researcher.budget.cost_usd=")
+        value = yaml.safe_load(raw)
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+        if key == "rounds" and not (number and isinstance(value, int)):
+            raise ValueError(f"rounds must be a positive integer, got {raw!r}")
+        if not number and value is not None:
+            raise ValueError(f"{key} must be a positive number, or null for no limit, got {raw!r}")
+        *parents, leaf = key.split(".")
+        target = config
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ValueError(f"{key}: campaign {args.name!r} has no {'.'.join(parents)} "
+                                 f"(its researcher is {config['researcher'].get('name')!r})")
+            target = target[part]
+        target[leaf] = value
+        changed = True
+    if changed:
+        if is_locked(path):  # the running process would not see the change, and resume is refused anyway
+            raise ValueError(f"campaign {args.name!r} is running; stop it before changing its config")
+        freeze_config(path, config)
+    return run_campaign(config, path)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    subcommand(sub, "resume", HELP, arguments, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("resume", HELP, arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

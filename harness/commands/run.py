@@ -1,0 +1,51 @@
+"""`researcher run`: the main job (`make run`).
+
+Pretrains the base policy if it is missing, then runs the default campaign: 100 rounds, the
+local researcher, the arith scaffold, no approvals. The campaign is named `default`; running
+again resumes it where it stopped, so an interrupted `make run` loses nothing.
+
+    researcher run [rounds=100 ...]        (hydra overrides, as for `researcher start`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.campaigns import create_campaign, run_campaign
+from harness.commands import standalone, subcommand
+from harness.config import CONFIG_FILE, compose_config, frozen_config
+
+HELP = "the main job: pretrain the base if missing, then the default campaign"
+DEFAULT_CAMPAIGN = ["name=default", "researcher=local", "scaffold=arith", "approvals=none"]
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hydra overrides for a new default campaign")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = compose_config(DEFAULT_CAMPAIGN + args.overrides)
+    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the config is checked
+
+    ensure_base(config["base_model"], seed=config["seed"])
+    path = Path(config["runs_dir"]) / config["name"]
+    if (path / CONFIG_FILE).is_file():
+        Console().print(f"resuming campaign {config['name']} in {path}")
+        return run_campaign(frozen_config(path), path)
+    return run_campaign(config, create_campaign(config))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    subcommand(sub, "run", HELP, arguments, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("run", HELP, arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

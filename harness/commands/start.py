@@ -1,0 +1,45 @@
+"""`researcher start`: start a campaign from conf/ and hydra overrides.
+
+    researcher start name=demo rounds=20 researcher=random
+    researcher start name=replay researcher=scripted researcher.file=proposals.jsonl approvals=keep
+    python -m harness.commands.start name=demo           # the same, alone
+
+The composed config is frozen into `runs/<name>/config.yaml`; the base policy is pretrained
+first when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.campaigns import create_campaign, new_campaign_dir, run_campaign
+from harness.commands import standalone, subcommand
+from harness.config import compose_config
+
+HELP = "start a campaign (hydra overrides: name= rounds= researcher= ...)"
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = compose_config(args.overrides)  # a bad override fails here, before any pretraining
+    new_campaign_dir(config)
+    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the config is checked
+
+    ensure_base(config["base_model"], seed=config["seed"])
+    return run_campaign(config, create_campaign(config))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    subcommand(sub, "start", HELP, arguments, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("start", HELP, arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`researcher status`: one row per campaign: status, rounds, incumbent with its interval, the last
+decisions, a pending approval and the researcher's usage.
+
+    researcher status                   # every campaign under runs/
+    researcher status demo runs_dir=x
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.approvals import pending
+from harness.campaigns import campaign_dir, campaign_names, runs_dir_arg
+from harness.commands import standalone, subcommand
+from harness.config import frozen_config
+from harness.journal import Journal, incumbent_dir, is_locked
+from rl_pipeline.result import read_result
+
+HELP = "a table of one or all campaigns"
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("overrides", nargs="*", metavar="runs_dir=PATH")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name and "=" in args.name:  # `researcher status runs_dir=x`: no name given
+        args.overrides, args.name = [args.name, *args.overrides], None
+    runs = runs_dir_arg(args.overrides)
+    names = [args.name] if args.name else campaign_names(runs)
+    table = Table("campaign", "status", "rounds", "incumbent", "last decisions", "pending", "researcher usage")
+    for name in names:
+        path = campaign_dir(name, runs)
+        journal = Journal(path)
+        history = journal.get("history") or []
+        config = frozen_config(path)
+        incumbent = "-"
+        if journal.get("incumbent"):
+            try:
+                m = read_result(incumbent_dir(path, journal.get("incumbent")))["metrics"]
+                incumbent = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
+            except (OSError, ValueError, KeyError) as err:  # one damaged campaign must not hide the others
+                incumbent = f"result unreadable: {err}"
+        last = " ".join(f"{h['round']}:{h['decision']}" for h in history[-5:] if h["round"] > 0)
+        ask = pending(path)
+        status = journal.get("status")
+        if status in ("running", "pending_approval") and not is_locked(path):
+            status = "stopped (resume it)"  # the journal says running, but no process holds the lock
+        table.add_row(name, str(status), f"{max(len(history) - 1, 0)}/{config['rounds']}",
+                      incumbent, last, f"round {ask['round']} {ask['point']}" if ask else "",
+                      usage_text(journal.get("researcher_usage") or {}))
+    Console().print(table)
+    return 0
+
+
+def usage_text(usage: dict) -> str:
+    """Tokens (and cost when priced) of a model researcher: total, and the last round's."""
+    if "total_tokens" not in usage:
+        return ""
+    text = f"{usage['total_tokens']} tok (last round {usage.get('round_tokens', 0)})"
+    if "cost_usd" in usage:
+        text += f", ${usage['cost_usd']:.4f} (last ${usage.get('round_cost_usd', 0.0):.4f})"
+    return text
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    subcommand(sub, "status", HELP, arguments, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("status", HELP, arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
