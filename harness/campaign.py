@@ -27,7 +27,7 @@ from harness.researchers import ResearcherExhausted, ResearcherStopped, make_res
 from harness.tracking import make_tracker
 from harness.workspace import Workspace
 from memory import Memory, RoundRecord
-from memory.memory import write_atomic
+from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
 from rl_pipeline.run import run_scaffold
 

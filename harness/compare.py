@@ -17,32 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
-# Resamples are drawn in blocks of at most this many indices, so memory stays bounded on big splits.
-BLOCK_ELEMENTS = 2_000_000
+from rl_pipeline.stats import bootstrap_mean_ci
+
 # The evaluator keeps this many example completions per failure category; a merge keeps the same.
 FAILURE_EXAMPLES = 3
 
 
-# ---------------------------------------------------------------- pairing and the bootstrap
-
-def bootstrap_mean_ci(values, *, samples: int = BOOTSTRAP_SAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of `values` (one value per example)."""
-    values = np.asarray(values, dtype=float)
-    n = values.size
-    if n == 0:
-        return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    block = max(1, BLOCK_ELEMENTS // n)
-    for start in range(0, samples, block):
-        count = min(block, samples - start)
-        means[start:start + count] = values[rng.integers(0, n, size=(count, n))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return (float(low), float(high))
-
+# ---------------------------------------------------------------- pairing
 
 def _scores(result: dict, ids: list[str], seeds: list[int]) -> np.ndarray:
     """The examples x seeds score matrix of `result`, restricted to `seeds` in that order."""

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from memory.memory import write_atomic
+from rl_pipeline.files import write_atomic
 
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "journal.json"

@@ -23,6 +23,7 @@ from pathlib import Path
 import git
 
 from harness.proposal import Proposal, render
+from rl_pipeline.files import remove_stale, replacing_dir
 from rl_pipeline.scaffold import load_scaffold
 
 SCAFFOLDS = Path(__file__).resolve().parents[1] / "scaffolds"
@@ -72,20 +73,20 @@ class Workspace:
         final = campaign_dir / "scaffold"
         if final.exists():
             raise WorkspaceError(f"{final} already exists; open it with Workspace.open")
-        tmp = campaign_dir / ".scaffold.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)  # leftover of a create that was killed
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
-        repo = git.Repo.init(tmp, initial_branch=MAIN)
-        with repo.config_writer() as config:
-            config.set_value("user", "name", ACTOR.name)
-            config.set_value("user", "email", ACTOR.email)
-            config.set_value("commit", "gpgsign", "false")
-        # Evaluating a scaffold imports its Python files; their bytecode must not make the tree dirty.
-        (tmp / ".git" / "info").mkdir(exist_ok=True)
-        (tmp / ".git" / "info" / "exclude").write_text("__pycache__/\n*.pyc\n")
-        _commit(repo, f"Initial scaffold: {src.name}")
-        repo.close()
-        tmp.rename(final)
+        remove_stale(final)  # leftover of a create that was killed
+        with replacing_dir(final, replace=False) as tmp:
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"),
+                            dirs_exist_ok=True)
+            repo = git.Repo.init(tmp, initial_branch=MAIN)
+            with repo.config_writer() as config:
+                config.set_value("user", "name", ACTOR.name)
+                config.set_value("user", "email", ACTOR.email)
+                config.set_value("commit", "gpgsign", "false")
+            # Evaluating a scaffold imports its Python files; their bytecode must not make the tree dirty.
+            (tmp / ".git" / "info").mkdir(exist_ok=True)
+            (tmp / ".git" / "info" / "exclude").write_text("__pycache__/\n*.pyc\n")
+            _commit(repo, f"Initial scaffold: {src.name}")
+            repo.close()
         return cls.open(campaign_dir)
 
     @classmethod

@@ -20,12 +20,11 @@ only as lessons, so a campaign of any length renders within the budget. Held-out
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from memory.records import STATUSES, Lesson, RoundRecord, compact, interval, outcome
+from rl_pipeline.files import write_atomic
 
 SCHEMA_VERSION = 1
 # Long lessons list their first and last rounds only, so one line stays short however long the group.
@@ -35,20 +34,6 @@ ROUNDS_SHOWN = 5
 def approx_tokens(text: str) -> int:
     """About four characters per token: the default when no tokenizer is given."""
     return (len(text) + 3) // 4
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so a reader sees the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- markdown pieces

@@ -21,21 +21,18 @@ splits are rebuilt in a temporary folder and swapped in by rename, under a file 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from rl_pipeline.files import file_lock, remove_stale, replacing_dir
 from rl_pipeline.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -141,33 +138,13 @@ def _load_cached(folder: Path, key: dict[str, Any]) -> DatasetDict | None:
 
 
 def _rebuild(task: Task, key: dict[str, Any], sizes: dict[str, int], seed: int, folder: Path) -> None:
-    root = folder.parent
-    # Left behind by a process killed mid-rebuild; safe to remove under the lock.
-    for stale in [*root.glob(f".{task.name}.tmp-*"), *root.glob(f".{task.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(folder)  # left behind by a process killed mid-rebuild; safe to remove under the lock
     splits = build_splits(task, sizes, seed)
     manifest = {"key": key, "hashes": {split: split_hash(splits[split]) for split in SPLITS}}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{task.name}.tmp-", dir=root))
-    old = root / f".{task.name}.old-{os.getpid()}"
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as its parent
+    with replacing_dir(folder) as tmp:
         splits.save_to_disk(str(tmp))
         # Written last: a folder with a manifest is a complete folder.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # The harness and a runner child may ask for the same splits at once; one builds, one waits.
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def load_splits(
@@ -187,7 +164,8 @@ def load_splits(
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     folder = root / task.name
-    with _locked(root / f".{task.name}.lock"):
+    # The harness and a runner child may ask for the same splits at once; one builds, one waits.
+    with file_lock(root / f".{task.name}.lock"):
         splits = _load_cached(folder, key)
         if splits is None:
             _rebuild(task, key, resolved, seed, folder)

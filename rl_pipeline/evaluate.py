@@ -12,11 +12,11 @@ that line, so what follows could never count.
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter, defaultdict
 
 from model.generate import SamplingParams, generate
+from rl_pipeline.stats import bootstrap_mean_ci
 from rl_pipeline.tasks import get_task
 
 ANSWER_STOP = "\n"
@@ -50,16 +50,6 @@ def is_repetitive(token_ids: list[int]) -> bool:
         if run >= 4:
             return True
     return False
-
-
-def bootstrap_ci(values: list[float], *, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of `values` (one value per example)."""
-    if not values:
-        return (0.0, 0.0)
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    return (means[int(0.025 * samples)], means[int(0.975 * samples) - 1])
 
 
 def evaluate(policy, tokenizer, scaffold, dataset, *, seeds: list[int], split: str = "eval") -> dict:
@@ -107,7 +97,7 @@ def summarize(records: list[dict], examples: list[dict], seeds: list[int], split
     for r in records:
         per_example[r["id"]][seed_pos[r["seed"]]] = int(r["correct"])
     example_means = [sum(v) / len(v) for v in per_example.values()]
-    low, high = bootstrap_ci(example_means)
+    low, high = bootstrap_mean_ci(example_means)
     by_seed = {str(s): sum(r["correct"] for r in records if r["seed"] == s) / len(examples) for s in seeds}
     metrics = {
         "accuracy": sum(r["correct"] for r in records) / n,

@@ -6,7 +6,8 @@ Results are synthetic: a per-example score matrix turned into the `result.json` 
 import numpy as np
 import pytest
 
-from harness.compare import Verdict, bootstrap_mean_ci, decide, merge_results, noise_floor
+from harness.compare import Verdict, decide, merge_results, noise_floor
+from rl_pipeline.stats import bootstrap_mean_ci
 
 N = 200
 SEEDS = [0, 1, 2]

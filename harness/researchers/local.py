@@ -54,8 +54,8 @@ from harness.proposal import KnobEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
                                       short_float)
 from harness.researchers.credit import CreditModel
-from memory.memory import write_atomic
 from model import load_policy, load_tokenizer, save_policy
+from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 
 DEFAULTS = {"temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768, "reward_scale": 10.0,
             "credit_weight": 100.0}
@@ -134,12 +134,9 @@ class LocalResearcher(Researcher):
 
     @staticmethod
     def _checkpoint(dir: Path) -> Path:
-        """The checkpoint folder under a researcher folder. A crash between the two renames of
-        `save` leaves only `checkpoint.old`, which is complete: it is taken back."""
-        checkpoint, old = Path(dir) / "checkpoint", Path(dir) / "checkpoint.old"
-        if not checkpoint.exists() and old.exists():
-            old.rename(checkpoint)
-        return checkpoint
+        """The checkpoint folder under a researcher folder (taken back from `checkpoint.old` when a
+        crash came in the middle of a swap)."""
+        return recover_dir(Path(dir) / "checkpoint")
 
     def _init_checkpoint(self, base_model: Path) -> None:
         """First use: the campaign's checkpoint starts as a copy of the base policy."""
@@ -148,11 +145,9 @@ class LocalResearcher(Researcher):
             return
         if not (base_model / "config.json").is_file():
             raise FileNotFoundError(f"base model {str(base_model)!r} has no config.json; pretrain it first")
-        tmp = checkpoint.with_name("checkpoint.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(base_model, tmp)
-        write_atomic(tmp / STATE_FILE, json.dumps({"baseline": 0.0, "rounds_learned": 0, "last_learned_round": 0}))
-        tmp.rename(checkpoint)
+        with replacing_dir(checkpoint) as tmp:
+            shutil.copytree(base_model, tmp, dirs_exist_ok=True)
+            write_atomic(tmp / STATE_FILE, json.dumps({"baseline": 0.0, "rounds_learned": 0, "last_learned_round": 0}))
 
     def save(self, dir: Path) -> None:
         """Weights, tokenizer, optimizer and state into `dir/checkpoint`, swapped in whole so a crash
@@ -160,16 +155,10 @@ class LocalResearcher(Researcher):
         checkpoint = self._checkpoint(dir)
         if self._saved == (checkpoint.resolve(), json.dumps(self.state)):
             return  # nothing learned since this folder was written (learn saves by itself)
-        tmp, old = checkpoint.with_name("checkpoint.tmp"), checkpoint.with_name("checkpoint.old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_policy(self.policy, self.tokenizer, tmp)
-        torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        write_atomic(tmp / STATE_FILE, json.dumps(self.state))
-        shutil.rmtree(old, ignore_errors=True)
-        if checkpoint.exists():
-            checkpoint.rename(old)
-        tmp.rename(checkpoint)
-        shutil.rmtree(old, ignore_errors=True)
+        with replacing_dir(checkpoint) as tmp:
+            save_policy(self.policy, self.tokenizer, tmp)
+            torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            write_atomic(tmp / STATE_FILE, json.dumps(self.state))
         self._saved = (checkpoint.resolve(), json.dumps(self.state))
 
     def load(self, dir: Path) -> None:

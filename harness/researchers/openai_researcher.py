@@ -36,7 +36,7 @@ from harness.analyze import Evidence
 from harness.proposal import Proposal, ProposalError, parse_proposal, validate
 from harness.researchers.answer import extract_proposal, proposal_messages, repair_messages, strip_thinking
 from harness.researchers.base import Researcher, ResearcherStopped
-from memory.memory import write_atomic
+from rl_pipeline.files import write_atomic
 
 DEFAULTS = {
     "base_url": "http://127.0.0.1:8000/v1",
