@@ -26,7 +26,9 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/researcher run
 
+# The import layers first (pyproject.toml's import-linter contracts): a second, then the suite.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -19,6 +19,8 @@ BACKENDS = {
     "random": "harness.researchers.random_search:RandomResearcher",
     "local": "harness.researchers.local:LocalResearcher",
     "openai": "harness.researchers.openai_researcher:OpenAIResearcher",
+    "tpe": "harness.researchers.optuna_search:OptunaResearcher",
+    "cmaes": "harness.researchers.optuna_search:OptunaResearcher",
 }
 
 

@@ -1,0 +1,149 @@
+"""Classical search baselines through Optuna's ask-and-tell API: `tpe` and `cmaes`.
+
+Every round asks the study for one trial over the scaffold's whole knob space (floats, log
+floats, ints and choices from the surface) and proposes the trial's difference from the
+incumbent: every knob whose sampled value differs, so the candidate is exactly the trial's
+configuration. The round's verdict tells the trial its measured accuracy (the incumbent's
+accuracy when it was proposed plus the paired delta); a round that failed, or a proposal the
+scaffold rejects, is told as a failed trial.
+
+The study lives in the campaign folder (`researcher/optuna.db`, its own sqlite), with the round
+each trial was asked for as a trial attribute, so a kill -9 loses nothing: a resumed round finds
+its trial still running and proposes it again, and a round whose trial was already told is not
+told twice.
+
+    researcher start name=tpe-s0 researcher=tpe seed=0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from harness.analyze import Evidence
+from harness.proposal import KnobEdit, Proposal, ProposalError, validate
+from harness.researchers.base import Researcher, ResearcherExhausted, knob_space, same_value, short_float
+from rl_pipeline.files import write_atomic
+
+STUDY = "campaign"
+ROUND_ATTR = "round"
+INCUMBENT_ATTR = "incumbent_accuracy"
+# Trials the scaffold rejects (a cross-knob rule) or that change nothing are asked again, this often.
+MAX_ASKS = 50
+DIGITS = 4  # significant digits of a sampled float, as the random baseline writes them
+
+
+def distributions(specs: dict[str, dict]) -> dict:
+    """Optuna distributions of the surface's searchable knobs."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for name, spec in sorted(specs.items()):
+        if "choices" in spec:
+            out[name] = CategoricalDistribution(list(spec["choices"]))
+        elif spec["type"] == "int":
+            out[name] = IntDistribution(math.ceil(spec["min"]), math.floor(spec["max"]), log=bool(spec.get("log")))
+        else:
+            out[name] = FloatDistribution(float(spec["min"]), float(spec["max"]), log=bool(spec.get("log")))
+    return out
+
+
+def _readable(value, spec: dict):
+    """A sampled float as a short number inside its range; anything else as it is."""
+    if isinstance(value, float) and "choices" not in spec and spec["type"] == "float":
+        return min(max(short_float(value, DIGITS), spec["min"]), spec["max"])
+    return value
+
+
+class OptunaResearcher(Researcher):
+    """A knob-search baseline driven by an Optuna sampler; `sampler` is "tpe" or "cmaes"."""
+
+    def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.name = config["name"]
+        self.seed = seed
+        self.dir = Path(campaign_dir) / "researcher"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        startup = int(config.get("n_startup_trials", 10))
+        if self.name == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        elif self.name == "cmaes":
+            sampler = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
+                                                   warn_independent_sampling=False)
+        else:
+            raise ValueError(f"unknown Optuna sampler {self.name!r}; choose tpe or cmaes")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{(self.dir / 'optuna.db').resolve()}")
+        self.study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler,
+                                         direction="maximize", load_if_exists=True)
+        self.pending_file = self.dir / "pending.json"
+
+    # ------------------------------------------------------------------ propose
+
+    def _trial_of_round(self, round_no: int):
+        """The trial asked for `round_no` (the last one, when the scaffold rejected earlier ones)."""
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(ROUND_ATTR) == round_no]
+        return trials[-1] if trials else None
+
+    def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        from optuna.trial import TrialState
+
+        specs, current = knob_space(scaffold_dir)
+        if not specs:
+            raise ResearcherExhausted("the surface has no searchable knob")
+        space = distributions(specs)
+        asked = self._trial_of_round(evidence.round)
+        if asked is not None and asked.state == TrialState.RUNNING:  # a resumed round: the same trial
+            proposal = self._proposal(asked.params, specs, current)
+            if proposal is not None:
+                return proposal
+        for _ in range(MAX_ASKS):
+            trial = self.study.ask(space)
+            trial.set_user_attr(ROUND_ATTR, evidence.round)
+            trial.set_user_attr(INCUMBENT_ATTR, evidence.incumbent_accuracy)
+            proposal = self._proposal(trial.params, specs, current)
+            if proposal is None:  # the incumbent itself: its score is known
+                self.study.tell(trial, evidence.incumbent_accuracy)
+                continue
+            try:
+                validate(proposal, scaffold_dir)
+            except ProposalError:
+                self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            write_atomic(self.pending_file, json.dumps({"round": evidence.round, "trial": trial.number}))
+            return proposal
+        raise ResearcherExhausted(f"no valid trial in {MAX_ASKS} asks for round {evidence.round}")
+
+    def _proposal(self, params: dict, specs: dict, current: dict) -> Proposal | None:
+        edits = tuple(KnobEdit(name, _readable(value, specs[name])) for name, value in sorted(params.items())
+                      if not same_value(_readable(value, specs[name]), current.get(name)))
+        if not edits:
+            return None
+        changes = ", ".join(f"{e.knob} {current.get(e.knob)} -> {e.value}" for e in edits)
+        return Proposal(f"{self.name} trial: {changes}", edits)
+
+    # ------------------------------------------------------------------ learn
+
+    def learn(self, proposal: Proposal, verdict: dict) -> None:
+        """Tell the round's trial what it scored; a trial already told (a replay) is left alone."""
+        from optuna.trial import TrialState
+
+        if not self.pending_file.is_file():
+            return
+        number = json.loads(self.pending_file.read_text())["trial"]
+        trial = self.study.get_trials(deepcopy=False)[number]
+        if trial.state != TrialState.RUNNING:
+            return
+        if verdict.get("delta") is None:
+            self.study.tell(number, state=TrialState.FAIL)
+        else:
+            self.study.tell(number, trial.user_attrs[INCUMBENT_ATTR] + verdict["delta"])
+
+    def usage(self) -> dict:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        return {"trials": len(trials), "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+                "failed": sum(t.state == TrialState.FAIL for t in trials)}
