@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.analyze import analyze
+from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, make_gate
 from harness.compare import decide, merge_results, noise_floor
 from harness.critique import check_critique, critique
@@ -170,8 +170,6 @@ class Campaign:
                                     [h["incumbent_accuracy"] for h in j.get("history")]).to_dict()}
 
     def _propose(self, n: int, evidence: dict, out: Path) -> dict:
-        from harness.analyze import Evidence
-
         ev = Evidence(**evidence)
         context = self.memory.render(self.config["memory_budget_tokens"])
         try:
