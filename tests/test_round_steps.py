@@ -61,7 +61,7 @@ def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, **options) -> 
     return result
 
 
-def new_campaign(tmp_path, name) -> tuple[dict, Path]:
+def new_campaign(tmp_path, name, *overrides) -> tuple[dict, Path]:
     script = tmp_path / "proposals.jsonl"
     script.write_text(json.dumps(PROPOSAL) + "\n")
     scaffold = tmp_path / "fast_arith"
@@ -69,7 +69,7 @@ def new_campaign(tmp_path, name) -> tuple[dict, Path]:
         fast_scaffold(scaffold)
     config = compose_config([f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"scaffold={scaffold}",
                              "rounds=1", "researcher=scripted", f"researcher.file={script}", "baseline_seeds=[0,1]",
-                             "eval_seeds=[0]", "reeval_seeds=[1]", "live=false", "tracking.enabled=false"])
+                             "eval_seeds=[0]", "reeval_seeds=[1]", "live=false", "tracking.enabled=false", *overrides])
     return config, create_campaign(config)
 
 
@@ -172,3 +172,23 @@ def test_a_kill_inside_a_step_redoes_only_that_step(tmp_path, reference, effects
     assert not Journal(path).is_done(1, step)
     assert Campaign(config, path).run()["status"] == "finished"
     assert outcome(path) == reference[2]
+
+
+@pytest.mark.parametrize("approvals, steps, reason", [
+    ("keep", ["analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "reeval", "critique",
+              "gate_keep", "decide", "learn", "record"], "keep rejected by timeout: no answer within"),
+    ("every_n", ["analyze", "propose", "gate_proposal", "decide", "learn", "record"], "proposal rejected by timeout"),
+])
+def test_a_rejection_at_a_gate_is_a_revert(tmp_path, effects, approvals, steps, reason):
+    """Nobody answers the approval in time and the policy's default, reject, applies."""
+    config, path = new_campaign(tmp_path, approvals, f"approvals={approvals}", "approvals.n=1",
+                                "approvals.timeout_s=0.01")
+    assert Campaign(config, path).run()["status"] == "finished"
+    journal = Journal(path)
+    decided = journal.step_output(1, "decide")
+    assert [s for s in STEPS if journal.is_done(1, s)] == steps
+    assert decided["decision"] == "revert" and decided["reason"].startswith(reason)
+    assert journal.get("incumbent")["round"] == 0 and journal.get("history")[1]["heldout_accuracy"] is None
+    evaluated = steps.count("evaluate")  # a rejected proposal is never applied, so there is nothing to revert
+    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval"][:1 + 2 * evaluated],
+                       "kept": [], "reverted": [1] * evaluated, "learned": ["revert"]}
