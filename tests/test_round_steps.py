@@ -3,7 +3,7 @@
 The runner is replaced by a fake that writes a synthetic `result.json` in a blink (scores set by
 the scaffold's temperature knob), so a round can be run, killed and resumed many times: real git,
 journal, memory and researcher, no training. The one round is a keep that needs re-evaluation
-first, so it goes through every step of `STEPS`.
+first, so it goes through every step of `STEPS`; with a gate that rejects, it is a revert.
 """
 
 import json
