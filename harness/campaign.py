@@ -1,9 +1,10 @@
-"""The campaign loop: rounds of analyze, propose, apply, evaluate, compare, critique, decide, record.
+"""The campaign loop: rounds of analyze, propose, gate, apply, evaluate, compare, re-evaluate,
+critique, gate, decide, held-out, learn and record (see `harness.journal.STEPS`).
 
-Each step reads what the step before wrote (through the journal) and nothing else, and every
-step runs through `run_step`, so a campaign killed at any moment resumes from the last finished
-step: no round is lost and no decision is made twice. Round 0 is the baseline: the initial
-scaffold evaluated with extra seeds, which also gives the noise floor.
+Each step does one thing, reads what the steps before wrote (through the journal) and nothing
+else, and runs through `run_step`, so a campaign killed at any moment resumes from the last
+finished step: no round is lost and no decision is made twice. Round 0 is the baseline: the
+initial scaffold evaluated with extra seeds, which also gives the noise floor.
 
     campaign = Campaign(config, campaign_dir); campaign.run()
 """
@@ -15,14 +16,14 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.analyze import analyze
+from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, make_gate
 from harness.compare import decide, merge_results, noise_floor
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
 from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
-from harness.report import progress_plot, summary_markdown
+from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
 from harness.tracking import make_tracker
 from harness.workspace import Workspace
@@ -113,48 +114,62 @@ class Campaign:
     def _incumbent_result(self) -> dict:
         return read_result(self._incumbent_dir())
 
+    def _step(self, n: int, name: str, fn, **kw) -> dict:
+        self.live.step(n, name)
+        return run_step(self.journal, n, name, fn, **kw)
+
     def run_round(self, n: int) -> None:
-        j = self.journal
+        """Round `n`, one journaled step after another; a step already in the journal is not run again.
+
+        A round can stop short of a verdict (no valid proposal, a rejection, an edit that does not
+        apply); it still goes through decide, learn and record, which read why from the journal.
+        """
+        j, step = self.journal, self._step
         out = self.rounds_dir / f"{n:03d}"
         j.begin_round(n)
-        self.live.round(n, self.journal.get("history"))
+        self.live.round(n, j.get("history"))
 
-        def step(name, fn, **kw):
-            self.live.step(n, name)
-            return run_step(j, n, name, fn, **kw)
+        evidence = step(n, "analyze", lambda: self._analyze(n))["evidence"]
+        proposed = step(n, "propose", lambda: self._propose(n, evidence, out))
+        proposal = parse_proposal(proposed["proposal"]) if proposed.get("proposal") else None
+        if proposal is not None:
+            self._to_verdict(n, out, proposal)
+        decided = step(n, "decide", lambda: self._decide(n),
+                       updates=lambda o: ({"incumbent": {"round": n, "result": self._stored(out),
+                                                         "commit": self.workspace.incumbent_commit()}}
+                                          if o["decision"] == "keep" else {}))
+        if decided["decision"] == "keep":
+            step(n, "heldout", lambda: self._heldout(out))
+        if proposal is not None:
+            step(n, "learn", lambda: self._learn(n, proposal))
+        step(n, "record", lambda: self._record(n, out),
+             updates=lambda o: {"history": [h for h in j.get("history") if h["round"] != n] + [o["history"]],
+                                "last_round": o["last_round"], "researcher_usage": o["researcher_usage"]})
+        self.live.decision(n, decided["decision"], decided["reason"])
 
-        evidence = step("analyze", lambda: {"evidence": analyze(
-            self._incumbent_result(), n, j.get("last_round"),
-            [h["incumbent_accuracy"] for h in j.get("history")]).to_dict()})["evidence"]
-        proposed = step("propose", lambda: self._propose(n, evidence, out))
-        if proposed.get("error"):
-            return self._finish(n, out, proposed, None, None, "failed", proposed["error"])
-        proposal = parse_proposal(proposed["proposal"])
-
-        gate = step("gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal.hypothesis))
+    def _to_verdict(self, n: int, out: Path, proposal) -> None:
+        """The steps from a valid proposal to a verdict, stopping at the first that says no."""
+        step = self._step
+        gate = step(n, "gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal.hypothesis))
         if gate["decision"] == "reject":
-            return self._finish(n, out, proposed, None, None, "revert", f"proposal rejected by {gate['who']}")
+            return
+        if step(n, "apply", lambda: self._apply(n, proposal)).get("error"):
+            return
+        step(n, "evaluate", lambda: self._evaluate_candidate(n, out))
+        verdict = step(n, "compare", lambda: self._compare(out))["verdict"]
+        if verdict["decision"] == "reeval":
+            verdict = step(n, "reeval", lambda: self._reeval(n, out))["verdict"]
+        step(n, "critique", lambda: self._critique(out, n, proposal, verdict))
+        if verdict["decision"] == "keep":
+            step(n, "gate_keep", lambda: self._ask("keep", n, proposal.kind,
+                                                   f"{proposal.hypothesis}: {verdict['reason']}"))
 
-        applied = step("apply", lambda: self._apply(n, proposal))
-        if applied.get("error"):
-            return self._finish(n, out, proposed, None, None, "failed", applied["error"])
-
-        step("evaluate", lambda: self._evaluate_candidate(n, out))
-        verdict = step("compare", lambda: self._compare(n, out))["verdict"]
-        result, incumbent = read_result(out), self._incumbent_result()
-        step("critique", lambda: self._critique(out, n, proposal, result, incumbent, verdict))
-        decision = verdict["decision"]
-        reason = verdict["reason"]
-        if decision == "keep":
-            gate = step("gate_keep", lambda: self._ask("keep", n, proposal.kind,
-                                                      f"{proposal.hypothesis}: {verdict['reason']}"))
-            if gate["decision"] == "reject":
-                decision, reason = "revert", f"keep rejected by {gate['who']}: {gate.get('note') or ''}".strip()
-        return self._finish(n, out, proposed, result, verdict, decision, reason)
+    def _analyze(self, n: int) -> dict:
+        j = self.journal
+        return {"evidence": analyze(self._incumbent_result(), n, j.get("last_round"),
+                                    [h["incumbent_accuracy"] for h in j.get("history")]).to_dict()}
 
     def _propose(self, n: int, evidence: dict, out: Path) -> dict:
-        from harness.analyze import Evidence
-
         ev = Evidence(**evidence)
         context = self.memory.render(self.config["memory_budget_tokens"])
         try:
@@ -186,30 +201,34 @@ class Campaign:
             self.workspace.checkout_main()
         return {"status": result["status"]}
 
-    def _compare(self, n: int, out: Path) -> dict:
-        """Verdict vs the incumbent; a promising but uncertain candidate gets more seeds first."""
-        candidate, incumbent = read_result(out), self._incumbent_result()
-        floor = self.journal.get("noise_floor")
-        args = dict(margin=self.config["margin"], reeval_band=floor["halfwidth"])
-        verdict = decide(candidate, incumbent, can_reeval=True, **args)
-        if verdict.decision == "reeval":
-            extra = self.config["reeval_seeds"]
-            # A replay after a kill may find the merged result already written: skip its seeds.
-            missing = [s for s in extra if s not in candidate["seeds"]]
-            if missing:
-                self.workspace.checkout(n)
-                try:
-                    more = self._evaluate(out / "reeval", missing)
-                finally:
-                    self.workspace.checkout_main()
-                if more["status"] == "ok":
-                    candidate = merge_results(candidate, more)
-                    _write_json(out / "result.json", candidate)
-            if all(s in candidate["seeds"] for s in extra):
-                incumbent = self._incumbent_with_seeds(incumbent, extra)
-            verdict = decide(candidate, incumbent, can_reeval=False, **args)
-        _write_json(out / "verdict.json", verdict.to_dict())
+    def _verdict_args(self) -> dict:
+        return {"margin": self.config["margin"], "reeval_band": self.journal.get("noise_floor")["halfwidth"]}
+
+    def _compare(self, out: Path) -> dict:
+        """The verdict on the candidate's seeds; "reeval" when it is promising but uncertain."""
+        verdict = decide(read_result(out), self._incumbent_result(), can_reeval=True, **self._verdict_args())
         return {"verdict": verdict.to_dict()}
+
+    def _reeval(self, n: int, out: Path) -> dict:
+        """More seeds for the candidate and the incumbent, then the final verdict on all of them."""
+        extra = self.config["reeval_seeds"]
+        candidate = read_result(out)
+        # A replay after a kill may find the merged result already written: skip its seeds.
+        missing = [s for s in extra if s not in candidate["seeds"]]
+        if missing:
+            self.workspace.checkout(n)
+            try:
+                more = self._evaluate(out / "reeval", missing)
+            finally:
+                self.workspace.checkout_main()
+            if more["status"] == "ok":
+                candidate = merge_results(candidate, more)
+                _write_json(out / "result.json", candidate)
+        incumbent = self._incumbent_result()
+        if all(s in candidate["seeds"] for s in extra):
+            incumbent = self._incumbent_with_seeds(incumbent, extra)
+        verdict = decide(candidate, incumbent, can_reeval=False, **self._verdict_args())
+        return {"verdict": verdict.to_dict(), "seeds": candidate["seeds"]}
 
     def _incumbent_with_seeds(self, incumbent: dict, seeds: list[int]) -> dict:
         """The incumbent evaluated on `seeds` too (eval only: its training is cached)."""
@@ -224,7 +243,8 @@ class Campaign:
         _write_json(inc_dir / "result.json", merged)
         return merged
 
-    def _critique(self, out: Path, n: int, proposal, result, incumbent, verdict) -> dict:
+    def _critique(self, out: Path, n: int, proposal, verdict: dict) -> dict:
+        result, incumbent = read_result(out), self._incumbent_result()
         text = critique(proposal, result, incumbent, verdict)
         own = self.researcher.critique(text, n)  # a model researcher's own reading; checked like the rest
         if own:
@@ -236,37 +256,70 @@ class Campaign:
         write_atomic(out / "critique.md", text)
         return {"critique": text, "unverified": unverified}
 
-    def _finish(self, n, out, proposed, result, verdict, decision, reason) -> None:
-        j, ws = self.journal, self.workspace
-        verdict = verdict or {"decision": decision, "reason": reason, "delta": None, "ci95": None}
-        commits = {"incumbent_before": ws.incumbent_commit(), "candidate": ws.candidate_commit(n)}
+    def _verdict(self, n: int) -> dict | None:
+        """The round's last verdict: after re-evaluation if there was one; None if nothing was evaluated."""
+        compared = self.journal.step_output(n, "reeval") or self.journal.step_output(n, "compare")
+        return compared["verdict"] if compared else None
 
-        def do_decide():
-            heldout = None
-            if decision == "keep":
-                ws.keep(n)
-                heldout = self._heldout(out)
-            elif commits["candidate"]:
-                ws.revert(n, reason)
-            return {"decision": decision, "reason": reason, "heldout_accuracy": heldout}
+    def _outcome(self, n: int) -> tuple[str, str]:
+        """Keep, revert or failed, and why, from the steps the round got through."""
+        j = self.journal
+        proposed = j.step_output(n, "propose")
+        if proposed.get("error"):
+            return "failed", proposed["error"]
+        gate = j.step_output(n, "gate_proposal")
+        if gate["decision"] == "reject":
+            return "revert", f"proposal rejected by {gate['who']}"
+        applied = j.step_output(n, "apply")
+        if applied.get("error"):
+            return "failed", applied["error"]
+        verdict = self._verdict(n)
+        gate = j.step_output(n, "gate_keep")
+        if verdict["decision"] == "keep" and gate["decision"] == "reject":
+            return "revert", f"keep rejected by {gate['who']}: {gate.get('note') or ''}".strip()
+        return verdict["decision"], verdict["reason"]
 
-        decided = run_step(j, n, "decide", do_decide,
-                           updates=lambda o: ({"incumbent": {"round": n, "result": self._stored(out),
-                                                             "commit": ws.incumbent_commit()}}
-                                              if o["decision"] == "keep" else {}))
-        run_step(j, n, "record", lambda: self._record(n, out, proposed, result, verdict, decided, commits),
-                 updates=lambda o: {"history": [h for h in j.get("history") if h["round"] != n] + [o["history"]],
-                                    "last_round": o["last_round"], "researcher_usage": o["researcher_usage"]})
-        self.live.decision(n, decided["decision"], decided["reason"])
+    def _decide(self, n: int) -> dict:
+        """Keep (main fast-forwards to the candidate) or revert (the candidate under refs/rejected/)."""
+        ws = self.workspace
+        decision, reason = self._outcome(n)
+        # The incumbent before is the journal's: it moves only with this step's record, so a replay
+        # after a kill that landed between the git change and the record still names the right one.
+        commits = {"incumbent_before": self.journal.get("incumbent")["commit"], "candidate": ws.candidate_commit(n)}
+        if decision == "keep":
+            ws.keep(n)
+        elif commits["candidate"]:
+            ws.revert(n, reason)
+        return {"decision": decision, "reason": reason, "commits": commits}
 
-    def _heldout(self, out: Path) -> float | None:
+    def _heldout(self, out: Path) -> dict:
         """Held-out accuracy of the new incumbent: reported, never shown to the researcher."""
         self.workspace.checkout_main()
         held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
-        return held["heldout"]["metrics"]["accuracy"] if held["status"] == "ok" else None
+        return {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"] if held["status"] == "ok" else None}
 
-    def _record(self, n, out, proposed, result, verdict, decided, commits) -> dict:
+    def _verdicts(self, n: int) -> tuple[dict, dict]:
+        """The round's last verdict (for a round that never reached a comparison, its decision and
+        reason alone), and the same with the decision and reason the round ended with."""
+        decided = self.journal.step_output(n, "decide")
+        verdict = self._verdict(n) or {"decision": decided["decision"], "reason": decided["reason"],
+                                       "delta": None, "ci95": None}
+        return verdict, {**verdict, "decision": decided["decision"], "reason": decided["reason"]}
+
+    def _learn(self, n: int, proposal) -> dict:
+        """The researcher's update from the round's outcome, saved with it."""
+        verdict, final = self._verdicts(n)
+        self.researcher.learn(proposal, {**verdict, "decision": final["decision"]})
+        self.researcher.save(self.dir / "researcher")
+        return {"decision": final["decision"]}
+
+    def _record(self, n: int, out: Path) -> dict:
+        """Memory, the round's files, the plot and MLflow, from what the round's steps wrote."""
         j, ws = self.journal, self.workspace
+        proposed, decided = j.step_output(n, "propose"), j.step_output(n, "decide")
+        result = read_result(out) if j.is_done(n, "evaluate") else None
+        heldout = (j.step_output(n, "heldout") or {}).get("heldout_accuracy")
+        verdict, final = self._verdicts(n)
         proposal_dict = proposed.get("proposal") or {"hypothesis": "(no valid proposal)", "edits": []}
         decision = decided["decision"]
         failed = result is None or result.get("status") != "ok"
@@ -275,6 +328,7 @@ class Campaign:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "critique.md").exists():
             write_atomic(out / "critique.md", critique_text)
+        commits = decided["commits"]
         diff = ws.diff(n) if commits["candidate"] else ""
         write_atomic(out / "diff.patch", diff)
         _write_json(out / "verdict.json", verdict)
@@ -287,26 +341,19 @@ class Campaign:
             change="; ".join(json.dumps(e) for e in proposal_dict["edits"])[:300],
             targets=[e.get("knob") or e.get("file") for e in proposal_dict["edits"]],
             result=result or {"status": "failed", "reason": decided["reason"]},
-            verdict={**verdict, "decision": decision, "reason": decided["reason"]},
-            critique=critique_text, approval=approval_text)
-        if decided.get("heldout_accuracy") is not None:
-            record.heldout_accuracy = decided["heldout_accuracy"]
+            verdict=final, critique=critique_text, approval=approval_text)
+        if heldout is not None:
+            record.heldout_accuracy = heldout
         self.memory.add_round(record)
         incumbent = self._incumbent_result()
         entry = {"round": n, "decision": "failed" if failed and decision != "keep" else decision,
                  "accuracy": None if failed else result["metrics"]["accuracy"],
                  "incumbent_accuracy": incumbent["metrics"]["accuracy"],
-                 "heldout_accuracy": decided.get("heldout_accuracy"),
+                 "heldout_accuracy": heldout,
                  "hypothesis": proposal_dict["hypothesis"], "delta": verdict.get("delta")}
         last_round = {"round": n, "hypothesis": proposal_dict["hypothesis"], "decision": decision,
                       "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
                       "metric_deltas": verdict.get("metric_deltas"), "reason": decided["reason"]}
-        # The researcher learns once per round, even if a kill lands between its update and the
-        # end of this step: the journal remembers the last round it learned from.
-        if proposed.get("proposal") and (j.get("learned_round") or 0) < n:
-            self.researcher.learn(parse_proposal(proposal_dict), {**verdict, "decision": decision})
-            self.researcher.save(self.dir / "researcher")
-            j.set("learned_round", n)
         history = [h for h in j.get("history") if h["round"] != n] + [entry]
         plot = progress_plot(history, self.dir / "progress.png")
         usage = self.researcher.usage()
@@ -353,8 +400,4 @@ class Campaign:
 
     def report(self) -> tuple[Path, Path]:
         """Write progress.png and summary.md for the rounds done so far."""
-        history = self.journal.get("history") or []
-        plot = progress_plot(history, self.dir / "progress.png")
-        summary = self.dir / "summary.md"
-        write_atomic(summary, summary_markdown(self.config["name"], history, self.journal.get("noise_floor")))
-        return plot, summary
+        return write_report(self.dir, self.config["name"])

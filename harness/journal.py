@@ -8,6 +8,8 @@ after a kill -9 at any moment it holds either the state before a step or the sta
 `run_step` is what makes a round idempotent: a step whose output is already in the journal is not
 run again, its recorded output is returned instead. A resumed campaign therefore replays the
 finished steps for free, re-runs only the one it was killed in, and never repeats a decision.
+A journal written by older code (an older `version`) is read in today's form, so a campaign
+killed before an upgrade resumes after it.
 
     with CampaignLock("runs/demo"):                  # a second process gets CampaignBusy
         journal = Journal("runs/demo")
@@ -33,11 +35,15 @@ from typing import Any
 
 from rl_pipeline.files import write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOURNAL_FILE = "journal.json"
 LOCK_FILE = ".lock"
-STEPS = ("analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "critique",
-         "gate_keep", "decide", "record")
+# A round's steps in order, each doing one thing: `compare` gives the verdict, `reeval` (only when
+# that verdict asks for more seeds) the verdict on all of them, `decide` moves git and nothing
+# else, `heldout` scores a keep for the record, `learn` updates and saves the researcher, and
+# `record` writes memory, the round's files, the plot and MLflow.
+STEPS = ("analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "reeval", "critique",
+         "gate_keep", "decide", "heldout", "learn", "record")
 # A round is finished when its last step is; steps before it may be skipped (a rejected proposal
 # has nothing to evaluate), so "finished" cannot mean "every step done".
 FINAL_STEP = STEPS[-1]
@@ -84,6 +90,8 @@ class Journal:
         self.path = self.dir / JOURNAL_FILE
         if self.path.exists():
             self._data = json.loads(self.path.read_text())
+            if self._data.get("version") == 1:
+                self._data = _from_version_1(self._data)  # written back with the next change
             if self._data.get("version") != SCHEMA_VERSION:
                 raise JournalError(f"{self.path}: schema version {self._data.get('version')!r}, "
                                    f"this code reads version {SCHEMA_VERSION}")
@@ -179,6 +187,33 @@ class Journal:
     def current_round(self) -> int | None:
         """The round that has begun and not finished, or None between rounds."""
         return next((int(n) for n in self._data["rounds"] if not self.round_done(int(n))), None)
+
+
+def _from_version_1(data: dict) -> dict:
+    """A version 1 journal in today's form. Version 1 scored a keep on held-out inside `decide`
+    (its output held `heldout_accuracy`) and learned inside `record`, marking the last round
+    learned from in the state key `learned_round`; `decide` did not record the commits it saw.
+    Those become the `heldout` and `learn` steps, so a campaign killed mid-round by the old code
+    resumes without scoring held-out or learning a second time."""
+    data = copy.deepcopy(data)
+    learned_round = data["state"].pop("learned_round", None) or 0
+    for n, record in data["rounds"].items():
+        steps = record["steps"]
+        if "decide" not in steps:
+            continue
+        decide = steps["decide"]
+        decided = decide["output"]
+        heldout = decided.pop("heldout_accuracy", None)
+        candidate = (steps.get("apply") or {}).get("output", {}).get("commit")
+        decided.setdefault("commits", {"incumbent_before": None, "candidate": candidate})  # before: unknown
+        moved = {"done_at": decide["done_at"], "seconds": None}
+        if decided["decision"] == "keep":
+            steps["heldout"] = {"output": {"heldout_accuracy": heldout}} | moved
+        proposed = steps.get("propose", {}).get("output", {})
+        if proposed.get("proposal") and ("record" in steps or int(n) <= learned_round):
+            steps["learn"] = {"output": {"decision": decided["decision"]}} | moved
+    data["version"] = 2
+    return data
 
 
 def run_step(journal: Journal, n: int, step: str, fn: Callable[[], dict], *,

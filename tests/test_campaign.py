@@ -18,6 +18,7 @@ from fast_scaffold import fast_scaffold
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+from harness.journal import STEPS, Journal
 from model import build_policy, build_tokenizer, save_policy
 
 
@@ -63,12 +64,25 @@ def test_scripted_campaign(setup, capsys):
     assert "rl_pipeline" in reasons[2]
     assert "above the maximum" in reasons[3]
     assert "not found" in reasons[4]
+    rounds = json.loads((camp / "journal.json").read_text())["rounds"]
+    evaluated = {"analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "critique", "decide",
+                 "learn", "record"}  # no re-evaluation, keep gate or held-out: nothing came close to a keep
+    assert {n: set(rounds[str(n)]["steps"]) for n in range(1, 6)} == {
+        1: evaluated, 5: evaluated, **dict.fromkeys((2, 3, 4), evaluated - {"evaluate", "compare", "critique"})}
+    # The random-weight policy scores 0 whatever the knobs: both evaluated candidates tie the
+    # incumbent exactly, and a tie is not above the margin.
+    for n in (1, 5):
+        verdict = json.loads((camp / "rounds" / f"{n:03d}" / "verdict.json").read_text())
+        assert decisions[n] == verdict["decision"] == "revert"
+        assert verdict["delta"] == 0.0 and "the estimate is not above the margin" in verdict["reason"]
     # git: main moved only for keeps; every evaluated candidate is kept or under refs/rejected/.
     repo = git.Repo(camp / "scaffold")
     assert not repo.is_dirty(untracked_files=True)
+    assert repo.heads["main"].commit.hexsha == repo.git.rev_list("--max-parents=0", "main")  # nothing kept
     for n in (1, 5):
         kept = decisions[n] == "keep"
         assert (f"refs/rejected/{n:03d}" in [r.path for r in repo.refs]) != kept
+        assert repo.git.notes("--ref", "rejected", "show", f"refs/rejected/{n:03d}").startswith("revert: accuracy")
     memory = (camp / "memory.md").read_text()
     assert "Round 5" in memory and "Lessons" in memory
     assert (camp / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -99,12 +113,17 @@ def test_kill_and_resume(setup):
                              start_new_session=True)
     camp = root / "runs" / "killed"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill -9 in the middle of round 2
+    while time.monotonic() < deadline and child.poll() is None:  # kill -9 in the middle of round 2
         if (camp / "rounds" / "002").exists():
             break
         time.sleep(0.2)
+    assert child.poll() is None, "the campaign ended before round 2 began"
+    assert (camp / "rounds" / "002").exists(), "round 2 did not begin in time"
     os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    assert child.wait() == -signal.SIGKILL
+    killed = Journal(camp)  # the kill landed mid-round: round 2 begun, not finished
+    assert killed.last_finished_round() == 1 and killed.current_round() == 2
+    done_before = {step: killed.step_output(2, step) for step in STEPS if killed.is_done(2, step)}
     time.sleep(2)  # the runner's child dies with the campaign process (PR_SET_PDEATHSIG)
     orphans = subprocess.run(["pgrep", "-f", str(camp / "rounds")], capture_output=True, text=True).stdout
     assert not orphans.strip(), f"runner children outlived the killed campaign: {orphans}"
@@ -113,6 +132,9 @@ def test_kill_and_resume(setup):
     assert busy.returncode == 0, busy.stderr[-2000:]
     history = json.loads((camp / "journal.json").read_text())["state"]["history"]
     assert [h["round"] for h in history] == [0, 1, 2, 3, 4]
+    resumed = Journal(camp)  # the steps round 2 had finished were kept, not run again
+    assert {step: resumed.step_output(2, step) for step in done_before} == done_before
+    assert all(resumed.round_done(n) for n in range(1, 5))
     repo = git.Repo(camp / "scaffold")
     assert not repo.is_dirty(untracked_files=True)
     client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")

@@ -1,5 +1,6 @@
 """The journal: round trip, atomic writes, idempotent steps across a simulated crash, the campaign lock."""
 
+import json
 import os
 import signal
 import subprocess
@@ -196,3 +197,57 @@ def test_incumbent_dir_reads_this_campaign_whatever_the_stored_form(tmp_path):
     # written before paths were relative: the folder was runs/old-name, now moved and renamed
     assert incumbent_dir(camp, {"result": "runs/old-name/rounds/019"}) == camp / "rounds" / "019"
     assert incumbent_dir(camp, {"result": "/x/rounds/runs/old/rounds/000"}) == camp / "rounds" / "000"
+
+
+# ---------------------------------------------------------------- journals written by older code
+
+def version_1_journal(tmp_path, learned_round):
+    """A version 1 journal as the old code left it after a kill: round 1 finished (a keep), round 2
+    decided (a keep, scored on held-out inside `decide`) and killed inside `record`."""
+    def steps(n, decision, heldout, record):
+        done = {"analyze": {}, "propose": {"proposal": {"hypothesis": f"h{n}", "edits": []}},
+                "gate_proposal": {"decision": "approve"}, "apply": {"commit": f"cand{n}"},
+                "evaluate": {"status": "ok"}, "compare": {"verdict": {"decision": decision}}, "critique": {},
+                "decide": {"decision": decision, "reason": "r", "heldout_accuracy": heldout}}
+        if record:
+            done["record"] = {"decision": decision}
+        return {name: {"output": out, "done_at": f"t{n}", "seconds": 1.0} for name, out in done.items()}
+
+    data = {"version": 1, "state": {"status": "paused", "learned_round": learned_round},
+            "rounds": {"1": {"started_at": "t", "finished_at": "t1", "steps": steps(1, "keep", 0.4, True)},
+                       "2": {"started_at": "t", "finished_at": None, "steps": steps(2, "keep", 0.5, False)}}}
+    (tmp_path / "journal.json").write_text(json.dumps(data))
+    return data
+
+
+@pytest.mark.parametrize("learned_round", [1, 2])
+def test_a_version_1_journal_reads_as_todays_steps(tmp_path, learned_round):
+    version_1_journal(tmp_path, learned_round)
+    journal = Journal(tmp_path)
+    assert journal.current_round() == 2 and journal.last_finished_round() == 1
+    assert journal.get("learned_round") is None and journal.get("status") == "paused"
+    for n, heldout in ((1, 0.4), (2, 0.5)):  # held-out, scored inside decide, is its own step
+        assert journal.step_output(n, "heldout") == {"heldout_accuracy": heldout}
+        assert journal.step_output(n, "decide") == {"decision": "keep", "reason": "r",
+                                                    "commits": {"incumbent_before": None, "candidate": f"cand{n}"}}
+    # learning was marked by `learned_round`: round 2 learned only if the kill came after the mark
+    assert journal.is_done(1, "learn") and journal.is_done(2, "learn") == (learned_round == 2)
+    assert not journal.is_done(2, "record") and not journal.is_done(2, "reeval")
+    # run_step picks up where the old code stopped, and the file is today's version from the next write
+    ran = [step for step in STEPS[STEPS.index("decide"):]
+           if run_step(journal, 2, step, lambda step=step: {"ran": step}) == {"ran": step}]
+    assert ran == (["record"] if learned_round == 2 else ["learn", "record"])
+    assert json.loads((tmp_path / "journal.json").read_text())["version"] == 2
+    assert Journal(tmp_path).last_finished_round() == 2
+
+
+def test_a_version_1_journal_is_read_without_being_rewritten(tmp_path):
+    data = version_1_journal(tmp_path, 1)
+    Journal(tmp_path).get("status")  # status and report only read
+    assert json.loads((tmp_path / "journal.json").read_text()) == data
+
+
+def test_an_unknown_version_is_refused(tmp_path):
+    (tmp_path / "journal.json").write_text(json.dumps({"version": 99, "state": {}, "rounds": {}}))
+    with pytest.raises(JournalError, match="schema version 99, this code reads version 2"):
+        Journal(tmp_path)

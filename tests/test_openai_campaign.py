@@ -61,15 +61,28 @@ def test_openai_researcher_campaign_against_served_local_model(setup, monkeypatc
     history = json.loads((camp / "journal.json").read_text())["state"]["history"]
     assert [h["round"] for h in history] == [0, 1, 2, 3]
     answers = {n: json.loads((camp / "researcher" / "answers" / f"{n:03d}.json").read_text()) for n in (1, 2, 3)}
+    rounds = json.loads((camp / "journal.json").read_text())["rounds"]
     for n, h in enumerate(history[1:], start=1):
-        reason = json.loads((camp / "rounds" / f"{n:03d}" / "verdict.json").read_text())["reason"]
+        folder = camp / "rounds" / f"{n:03d}"
+        verdict = json.loads((folder / "verdict.json").read_text())
+        reason, steps = verdict["reason"], rounds[str(n)]["steps"]
+        assert steps["decide"]["output"]["reason"] == reason  # the reason on file is the one decided on
         if answers[n]["proposal"] is None:  # the usual case: junk, then junk after the repair request
             assert h["decision"] == "failed"
             assert len(answers[n]["answers"]) == 2 and "no valid proposal after one repair request" in reason
             assert "(first answer: " in reason  # both answers' errors are recorded
+            assert reason == f"invalid proposal: {answers[n]['error']}"
+            assert "apply" not in steps and not (folder / "proposal.json").exists()
             # the failure is the evidence of the next round: its prompt quotes the reason
             if n < 3:
                 assert "no valid proposal after one repair request" in answers[n + 1]["messages"][1]["content"]
+        else:  # a valid answer (checked against the scaffold) is applied, evaluated and decided on
+            assert json.loads((folder / "proposal.json").read_text()) == answers[n]["proposal"]
+            assert not steps["apply"]["output"].get("error") and "evaluate" in steps
+            result = json.loads((folder / "result.json").read_text())
+            assert h["decision"] == (verdict["decision"] if result["status"] == "ok" else "failed")
+            assert h["decision"] in ("keep", "revert", "failed") and h["hypothesis"] == answers[n]["proposal"][
+                "hypothesis"]
     memory = (camp / "memory.md").read_text()
     assert "Round 3" in memory
     usage = json.loads((camp / "researcher" / "openai_usage.json").read_text())

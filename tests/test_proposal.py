@@ -144,7 +144,14 @@ def test_later_edits_see_earlier_ones(scaffold):
     assert "weights[\"length\"] * len(completion) / 32" in changed["reward.py"]
 
 
-def test_code_is_compiled_but_never_imported_by_validation(scaffold):
+def test_code_is_compiled_but_never_imported_by_validation(scaffold, tmp_path):
     """An import-time error is the sandboxed runner's to report; validation must not run the code."""
-    edit = {"file": "reward.py", "search": "def rewards(", "replace": "raise SystemExit(3)\n\n\ndef rewards("}
-    validate(parse_proposal({"hypothesis": "h", "edits": [edit]}), scaffold)
+    marker = tmp_path / "imported"
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nraise SystemExit(3)\n\n\ndef rewards("
+    edit = {"file": "reward.py", "search": "def rewards(", "replace": code}
+    before = (scaffold / "reward.py").read_text()
+    proposal = parse_proposal({"hypothesis": "h", "edits": [edit]})
+    assert validate(proposal, scaffold) is None
+    assert render(proposal, scaffold)["reward.py"] == before.replace("def rewards(", code, 1)
+    assert not marker.exists()  # the module body never ran
+    assert (scaffold / "reward.py").read_text() == before

@@ -242,13 +242,20 @@ def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, sc
              for line in surface.read_text().splitlines()]
     surface.write_text("\n".join(lines) + "\n")
     researcher = local(tmp_path / "campaign", base_model)
-    values = []
+
+    def offered():  # how many edits the last proposal chose among
+        return len(json.loads(researcher.pending_file.read_text())["candidates"])
+
+    values, choices = [], []
     for n in range(1, 4):
         proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        choices.append(offered())
         researcher.learn(proposal, {"decision": "revert", "delta": 0.0})
         values.append(proposal.edits[0].value)
     assert sorted(values) == ["bnpo", "dr_grpo", "grpo"]  # every choice but the current dapo
-    assert researcher.propose(evidence(4), MEMORY, scaffold).edits[0].value in values  # all tried: open again
+    assert choices == [3, 2, 1]  # each tried edit is left out of the next choice
+    assert researcher.propose(evidence(4), MEMORY, scaffold).edits[0].value in values
+    assert offered() == 3  # all tried: the whole grid is open again
     reloaded = local(tmp_path / "campaign", base_model)  # the tried edits are part of the checkpoint
     assert len(next(iter(reloaded.state["tried"].values()))) == 3
 

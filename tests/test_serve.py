@@ -311,12 +311,16 @@ def test_api_key_is_required(base_url):
 
 
 def test_malformed_json(client, base_url):
-    for body in (b'{"model": "tiny-chat", "prompt": ', b"[1, 2]", b'{"model": "tiny-chat", "temperature": NaN}',
-                 b"\xff\xfe"):
+    unparsable = "We could not parse the JSON body of your request"
+    for body, says in ((b'{"model": "tiny-chat", "prompt": ', f"{unparsable} (Expecting value: line 1 column 34"),
+                       (b"[1, 2]", "The request body must be a JSON object, got list."),
+                       (b'{"model": "tiny-chat", "temperature": NaN}', f"{unparsable} (NaN is not valid JSON)"),
+                       (b"\xff\xfe", unparsable)):
         response = post(base_url, "/completions", body)
         assert response.status_code == 400
-        assert response.json() == {"error": {"message": response.json()["error"]["message"],
-                                              "type": "invalid_request_error", "param": None, "code": "invalid_json"}}
+        error = response.json()["error"]
+        assert error.pop("message").startswith(says), (body, response.json())
+        assert error == {"type": "invalid_request_error", "param": None, "code": "invalid_json"}
     assert client.models.list().data[0].id == NAME
 
 

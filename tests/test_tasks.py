@@ -41,42 +41,42 @@ def test_expr_arithmetic_is_exact():
 
 
 @pytest.mark.parametrize(
-    "text",
+    "text, message",
     [
-        "__import__('os').system('true')",
-        "a + 1",
-        "abs(-3)",
-        "2**3",
-        "2 ** 3",
-        "1e3",
-        "2.5",
-        "3 // 2",
-        "1_000",
-        "０+1",  # full-width digit
-        "²",  # Unicode digit that str.isdigit accepts
-        "05 + 1",
-        "",
-        "   ",
-        "(1 + 2",
-        "1 + 2)",
-        "1 2",
-        "1 +",
-        "* 2",
-        "+3",
-        "()",
-        "5 / 0",
-        "1 / (3 - 3)",
-        "1234567890 + 1",
-        "1+" * 150 + "1",
-        "(" * 40 + "1" + ")" * 40,
-        "-" * 40 + "1",
-        "*".join(["999999999"] * 19),
+        ("__import__('os').system('true')", "unexpected character '_' at position 0"),
+        ("a + 1", "unexpected character 'a' at position 0"),
+        ("abs(-3)", "unexpected character 'a' at position 0"),
+        ("2**3", "expected a number or '(' at position 2, got '*'"),
+        ("2 ** 3", "expected a number or '(' at position 3, got '*'"),
+        ("1e3", "unexpected character 'e' at position 1"),
+        ("2.5", "unexpected character '.' at position 1"),
+        ("3 // 2", "expected a number or '(' at position 3, got '/'"),
+        ("1_000", "unexpected character '_' at position 1"),
+        ("０+1", "unexpected character '０' at position 0"),  # full-width digit
+        ("²", "unexpected character '²' at position 0"),  # Unicode digit that str.isdigit accepts
+        ("05 + 1", "number '05' at position 0 has a leading zero"),
+        ("", "empty expression"),
+        ("   ", "empty expression"),
+        ("(1 + 2", "'(' at position 0 is never closed"),
+        ("1 + 2)", "unexpected ')' at position 5"),
+        ("1 2", "unexpected '2' at position 2"),
+        ("1 +", "expression ends where a number or '(' was expected"),
+        ("* 2", "expected a number or '(' at position 0, got '*'"),
+        ("+3", "expected a number or '(' at position 0, got '+'"),
+        ("()", "expected a number or '(' at position 1, got ')'"),
+        ("5 / 0", "division by zero at position 2"),
+        ("1 / (3 - 3)", "division by zero at position 2"),
+        ("1234567890 + 1", "number at position 0 has more than 9 digits"),
+        ("1+" * 150 + "1", "expression is 301 characters long; the limit is 200"),
+        ("(" * 40 + "1" + ")" * 40, "expression nests deeper than 32 levels"),
+        ("-" * 40 + "1", "expression nests deeper than 32 levels"),
+        ("*".join(["999999999"] * 19), "intermediate value exceeds 256 bits"),
     ],
 )
-def test_expr_rejects_malformed_and_unsafe(text):
+def test_expr_rejects_malformed_and_unsafe(text, message):
     with pytest.raises(ExprError) as info:
         evaluate(text)
-    assert str(info.value)
+    assert str(info.value) == message
 
 
 def test_expr_rejects_non_strings():

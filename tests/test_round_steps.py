@@ -1,0 +1,194 @@
+"""A round killed at every step resumes to the same end, doing each step's work once.
+
+The runner is replaced by a fake that writes a synthetic `result.json` in a blink (scores set by
+the scaffold's temperature knob), so a round can be run, killed and resumed many times: real git,
+journal, memory and researcher, no training. The one round is a keep that needs re-evaluation
+first, so it goes through every step of `STEPS`; with a gate that rejects, it is a revert.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from fast_scaffold import fast_scaffold
+
+import harness.campaign as campaign_module
+from harness.campaign import Campaign
+from harness.campaigns import create_campaign
+from harness.config import compose_config
+from harness.journal import STEPS, Journal
+from harness.researchers.scripted import ScriptedResearcher
+from harness.workspace import Workspace
+from rl_pipeline.result import SCHEMA_VERSION
+
+N = 200
+PROPOSAL = {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]}
+
+
+class Killed(BaseException):
+    """Stands for a kill -9: nothing in the campaign catches it."""
+
+
+def scores(temperature: float, seed: int) -> np.ndarray:
+    """Half the examples right, a few flipping with the seed; at temperature 0.3 a small gain that
+    one seed cannot tell from noise (a re-evaluation) and two seeds can (a keep)."""
+    column = np.zeros(N, dtype=int)
+    column[:100] = 1
+    if seed % 2:
+        column[96:100], column[100:104] = 0, 1
+    if temperature < 1.0:
+        column[110:116 + 10 * seed], column[0:2] = 1, 0
+    return column
+
+
+def split(temperature: float, seeds: list[int]) -> dict:
+    matrix = np.stack([scores(temperature, s) for s in seeds], axis=1)
+    return {"metrics": {"accuracy": float(matrix.mean()), "accuracy_ci95": [0.0, 1.0]},
+            "per_example": {f"ex{i:03d}": [int(v) for v in row] for i, row in enumerate(matrix)}}
+
+
+def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, **options) -> dict:
+    temperature = yaml.safe_load((Path(scaffold_dir) / "scaffold.yaml").read_text())["sampling"]["temperature"]
+    result = {"schema_version": SCHEMA_VERSION, "status": "ok", "seeds": list(seeds),
+              "knobs": {"sampling.temperature": temperature}, "failures": {}} | split(temperature, seeds)
+    if heldout:
+        result["heldout"] = split(temperature, seeds) | {"seeds": list(seeds)}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def new_campaign(tmp_path, name, *overrides) -> tuple[dict, Path]:
+    script = tmp_path / "proposals.jsonl"
+    script.write_text(json.dumps(PROPOSAL) + "\n")
+    scaffold = tmp_path / "fast_arith"
+    if not scaffold.exists():
+        fast_scaffold(scaffold)
+    config = compose_config([f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"scaffold={scaffold}",
+                             "rounds=1", "researcher=scripted", f"researcher.file={script}", "baseline_seeds=[0,1]",
+                             "eval_seeds=[0]", "reeval_seeds=[1]", "live=false", "tracking.enabled=false", *overrides])
+    return config, create_campaign(config)
+
+
+def outcome(path: Path) -> dict:
+    """What a finished campaign ended with, free of timestamps and commit ids."""
+    journal = Journal(path)
+    memory = re.sub(r" at \d{4}-\d\d-\d\dT\S+", "", (path / "memory.md").read_text())  # approval times
+    return {"history": journal.get("history"), "incumbent_round": journal.get("incumbent")["round"],
+            "steps": [s for s in STEPS if journal.is_done(1, s)],
+            "decide": journal.step_output(1, "decide")["decision"],
+            "verdict": journal.step_output(1, "reeval")["verdict"],
+            "last_round": journal.step_output(1, "record")["last_round"], "memory": memory,
+            "result": json.loads((path / "rounds" / "001" / "result.json").read_text())}
+
+
+def watch(monkeypatch) -> dict:
+    """Every evaluation (its folder under rounds/), git decision and learning the campaign does."""
+    done = {"evaluated": [], "kept": [], "reverted": [], "learned": []}
+
+    def run(scaffold_dir, out, **kwargs):
+        parts = Path(out).parts
+        done["evaluated"].append("/".join(parts[len(parts) - 1 - parts[::-1].index("rounds"):]))
+        return fake_run_scaffold(scaffold_dir, out, **kwargs)
+
+    keep, revert = Workspace.keep, Workspace.revert
+    monkeypatch.setattr(campaign_module, "run_scaffold", run)
+    monkeypatch.setattr(Workspace, "keep", lambda self, n: done["kept"].append(n) or keep(self, n))
+    monkeypatch.setattr(Workspace, "revert", lambda self, n, why: done["reverted"].append(n) or revert(self, n, why))
+    monkeypatch.setattr(ScriptedResearcher, "learn", lambda self, proposal, verdict: done["learned"].append(
+        verdict["decision"]), raising=False)
+    return done
+
+
+@pytest.fixture
+def effects(monkeypatch):
+    return watch(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The round run without a kill: how it ends, and what it did."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        done = watch(monkeypatch)
+        config, path = new_campaign(tmp_path, "whole")
+        status = Campaign(config, path).run()["status"]
+    return status, path, outcome(path), done
+
+
+def test_an_uninterrupted_round_goes_through_every_step(reference):
+    status, path, end, effects = reference
+    assert status == "finished"
+    assert end["steps"] == list(STEPS)
+    assert Journal(path).step_output(1, "compare")["verdict"]["decision"] == "reeval"
+    assert end["decide"] == end["verdict"]["decision"] == "keep" and end["incumbent_round"] == 1
+    assert end["result"]["seeds"] == [0, 1]  # the re-evaluation's seed merged into the candidate's result
+    assert end["history"][1]["heldout_accuracy"] == split(0.3, [0])["metrics"]["accuracy"]
+    # (the baseline was evaluated on the re-evaluation's seed already: no `rounds/000/seeds-1`)
+    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval", "rounds/001/heldout"],
+                       "kept": [1], "reverted": [], "learned": ["keep"]}
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_kill_after_any_step_resumes_without_redoing_it(tmp_path, reference, effects, monkeypatch, step):
+    _, _, end, reference_effects = reference
+    config, path = new_campaign(tmp_path, "killed")
+    step_done = Journal.step_done
+
+    def killed_after(self, n, name, output, **kwargs):
+        step_done(self, n, name, output, **kwargs)
+        if name == step:
+            raise Killed(step)
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "step_done", killed_after)
+        with pytest.raises(Killed):
+            Campaign(config, path).run()
+    journal = Journal(path)
+    assert journal.is_done(1, step) and journal.round_done(1) == (step == "record")
+    assert Campaign(config, path).run()["status"] == "finished"
+    assert outcome(path) == end
+    assert effects == reference_effects  # every evaluation, git change and update happened once
+
+
+@pytest.mark.parametrize("step", ["reeval", "decide", "heldout", "learn", "record"])
+def test_a_kill_inside_a_step_redoes_only_that_step(tmp_path, reference, effects, monkeypatch, step):
+    """Killed after its work and before its record: the step runs again, to the same end."""
+    config, path = new_campaign(tmp_path, "killed")
+    step_done = Journal.step_done
+
+    def killed_before(self, n, name, output, **kwargs):
+        if name == step:
+            raise Killed(step)
+        step_done(self, n, name, output, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "step_done", killed_before)
+        with pytest.raises(Killed):
+            Campaign(config, path).run()
+    assert not Journal(path).is_done(1, step)
+    assert Campaign(config, path).run()["status"] == "finished"
+    assert outcome(path) == reference[2]
+
+
+@pytest.mark.parametrize("approvals, steps, reason", [
+    ("keep", ["analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "reeval", "critique",
+              "gate_keep", "decide", "learn", "record"], "keep rejected by timeout: no answer within"),
+    ("every_n", ["analyze", "propose", "gate_proposal", "decide", "learn", "record"], "proposal rejected by timeout"),
+])
+def test_a_rejection_at_a_gate_is_a_revert(tmp_path, effects, approvals, steps, reason):
+    """Nobody answers the approval in time and the policy's default, reject, applies."""
+    config, path = new_campaign(tmp_path, approvals, f"approvals={approvals}", "approvals.n=1",
+                                "approvals.timeout_s=0.01")
+    assert Campaign(config, path).run()["status"] == "finished"
+    journal = Journal(path)
+    decided = journal.step_output(1, "decide")
+    assert [s for s in STEPS if journal.is_done(1, s)] == steps
+    assert decided["decision"] == "revert" and decided["reason"].startswith(reason)
+    assert journal.get("incumbent")["round"] == 0 and journal.get("history")[1]["heldout_accuracy"] is None
+    evaluated = steps.count("evaluate")  # a rejected proposal is never applied, so there is nothing to revert
+    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval"][:1 + 2 * evaluated],
+                       "kept": [], "reverted": [1] * evaluated, "learned": ["revert"]}
