@@ -122,7 +122,9 @@ def test_defaults_come_from_the_schema(tmp_path):
     assert config["approvals"] == {"name": "none", "when": [], "n": 10, "timeout_s": 3600.0, "default": "reject"}
     assert config["base_model"] == f"{tmp_path}/models/base"
     assert config["scaffold"] == str(ARITH)
-    assert compose_config(["researcher=random", "approvals=keep"])["approvals"]["when"] == ["keep"]
+    # a key conf/ does not write out is still overridable: its default is the schema's
+    approvals = compose_config(["researcher=random", "approvals=keep", "approvals.n=3"])["approvals"]
+    assert approvals == {"name": "keep", "when": ["keep"], "n": 3, "timeout_s": 3600.0, "default": "reject"}
 
 
 def test_every_researcher_has_a_schema_and_a_backend():
