@@ -12,6 +12,7 @@ can name exactly what it measured.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import math
@@ -59,6 +60,13 @@ class Scaffold:
 def read_yaml_text(text: str) -> Any:
     """YAML `text` under YAML 1.2's rules (ruamel.yaml), the rules people type by: 1e-5, 3E-4 and .5
     are numbers (YAML 1.1, PyYAML's, reads 1e-5 as a string), yes/no/on/off are strings."""
+    return copy.deepcopy(_read_yaml_cached(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _read_yaml_cached(text: str) -> Any:
+    # Validating a proposal reads the same surface.yaml and scaffold.yaml many times (the local
+    # researcher checks every grid edit), and the pure-Python parser is the slow part of it.
     return YAML(typ="safe", pure=True).load(text)
 
 
