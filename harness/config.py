@@ -63,16 +63,31 @@ def _token_limit(value: Any) -> int | float | None:
     return int(value) if isinstance(value, float) and value.is_integer() else value  # tokens=2e6: 2000000
 
 
-def _price(value: Any) -> float | None:
+def _price(value: Any) -> int | float | None:
     if value is not None and not (_is_number(value) and value >= 0):
         raise PydanticCustomError("price", "must be a number >= 0, or null when not tracked")
-    return None if value is None else float(value)
+    return value
+
+
+def Number(*, gt: float | None = None, ge: float | None = None, le: float | None = None):  # noqa: N802 (a type)
+    """A number kept as written (900 stays 900, as in configs frozen before this schema), with bounds."""
+    def check(value: Any) -> int | float:
+        if not _is_number(value):
+            raise PydanticCustomError("number", "must be a number")
+        if gt is not None and not value > gt:
+            raise PydanticCustomError("bound", f"must be > {gt}")
+        if ge is not None and not value >= ge:
+            raise PydanticCustomError("bound", f"must be >= {ge}")
+        if le is not None and not value <= le:
+            raise PydanticCustomError("bound", f"must be <= {le}")
+        return value
+    return Annotated[int | float, PlainValidator(check)]
 
 
 PositiveInt = Annotated[int, PlainValidator(_positive_int)]
 Limit = Annotated[int | float | None, PlainValidator(_limit)]
 TokenLimit = Annotated[int | float | None, PlainValidator(_token_limit)]
-Price = Annotated[float | None, PlainValidator(_price)]
+Price = Annotated[int | float | None, PlainValidator(_price)]
 # hydra reads `name=2024` as a number; a campaign name is text either way.
 Name = Annotated[str | None, BeforeValidator(lambda v: str(v) if _is_number(v) else v)]
 
@@ -90,12 +105,12 @@ class LocalOptions(Section):
     """The local MoE policy proposes, decoded under the scaffold's surface as a grammar, and learns online."""
 
     name: Literal["local"] = "local"
-    temperature: float = Field(1.0, gt=0, description="its sampling over the grammar")
-    learning_rate: float = Field(1e-4, ge=0, description="its REINFORCE step")
+    temperature: Number(gt=0) = Field(1.0, description="its sampling over the grammar")
+    learning_rate: Number(ge=0) = Field(1e-4, description="its REINFORCE step")
     grid_points: PositiveInt = Field(7, description="values proposed across a knob's range")
     context_tokens: PositiveInt = Field(768, description="the prompt, at most (old memory is cut first)")
-    reward_scale: float = Field(10.0, description="accuracy delta -> REINFORCE reward, before clipping to [-1, 1]")
-    credit_weight: float = Field(100.0, ge=0, description=(
+    reward_scale: Number() = Field(10.0, description="accuracy delta -> REINFORCE reward, before clipping to [-1, 1]")
+    credit_weight: Number(ge=0) = Field(100.0, description=(
         "nats of preference per unit of accuracy gain the credit model predicts; 0 leaves the choice to the model"))
 
 
@@ -119,11 +134,11 @@ class OpenAIOptions(Section):
     base_url: str = Field("http://127.0.0.1:8000/v1", min_length=1)
     model: str | None = Field(None, description="null: the first model the endpoint lists")
     api_key_env: str | None = "OPENAI_API_KEY"
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: Number(ge=0) = 0.7
+    top_p: Number(gt=0, le=1) = 1.0
     max_tokens: PositiveInt = 1024
     seed: int | None = Field(None, description="null: derived from the campaign's seed and the round")
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: Number(gt=0) = 120
     max_retries: int = Field(4, ge=0, description="connection errors, timeouts, 429 and 5xx, with backoff")
     context_chars: PositiveInt = Field(24000, description="the prompt's size at most; the memory is cut first")
     critique: bool = Field(True, description="the same model writes a critique of each round")
@@ -160,7 +175,7 @@ class Approvals(Section):
     name: str = "custom"
     when: list[Literal["keep", "code", "every_n"]] = []
     n: PositiveInt = Field(10, description="every_n asks at rounds n, 2n, ...")
-    timeout_s: float = Field(3600.0, gt=0, description="how long a non-interactive run waits for `researcher approve`")
+    timeout_s: Number(gt=0) = Field(3600, description="how long a non-interactive run waits for `researcher approve`")
     default: Literal["approve", "reject"] = Field("reject", description="applied when nobody answers in time")
 
 
@@ -170,8 +185,8 @@ class Approvals(Section):
 class Runner(Section):
     """The sandboxed child that evaluates one candidate (rl_pipeline/run.py)."""
 
-    timeout_s: float = Field(900.0, gt=0, description="wall-clock limit of one evaluation, training included")
-    memory_gb: float = Field(16.0, gt=0, description="address-space limit of the child")
+    timeout_s: Number(gt=0) = Field(900, description="wall-clock limit of one evaluation, training included")
+    memory_gb: Number(gt=0) = Field(16, description="address-space limit of the child")
 
 
 class Tracking(Section):
@@ -191,7 +206,7 @@ class Campaign(Section):
     baseline_seeds: list[int] = Field([0, 1, 2, 3, 4, 5], description="the initial scaffold, also the noise floor")
     eval_seeds: list[int] = Field([0, 1, 2], description="every candidate")
     reeval_seeds: list[int] = Field([3, 4, 5], description="a promising but uncertain candidate gets these too")
-    margin: float = Field(0.0, description="keep only if the CI's lower bound of the gain is above this")
+    margin: Number() = Field(0.0, description="keep only if the CI's lower bound of the gain is above this")
     memory_budget_tokens: PositiveInt = Field(600, description="the rendered memory the researcher sees")
     runner: Runner = Runner()
     tracking: Tracking = Tracking()
