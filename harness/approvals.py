@@ -36,11 +36,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.prompt import Confirm, Prompt
 
+from harness.config import Approvals, ConfigError, parse_config
 from harness.journal import utc_now, write_json
 
-TRIGGERS = ("keep", "code", "every_n")
 POINTS = ("proposal", "keep")
-DECISIONS = ("approve", "reject")
 PENDING_FILE = "pending.json"
 DECISION_FILE = "decision.json"
 
@@ -51,36 +50,33 @@ class ApprovalError(RuntimeError):
 
 # ---------------------------------------------------------------- policies
 
+_DEFAULT = Approvals(name="none")  # the schema's defaults (harness/config.py), for a policy built in code
+
+
 @dataclass(frozen=True)
 class ApprovalPolicy:
     """When to ask a person, how long to wait for an answer, and what to do when none comes."""
 
-    name: str = "none"
-    when: frozenset[str] = frozenset()
-    n: int = 10
-    timeout_s: float = 3600.0
-    default: str = "reject"
+    name: str = _DEFAULT.name
+    when: frozenset[str] = frozenset(_DEFAULT.when)
+    n: int = _DEFAULT.n
+    timeout_s: float = _DEFAULT.timeout_s
+    default: str = _DEFAULT.default
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> ApprovalPolicy:
-        """The policy from a `conf/approvals/*.yaml` mapping (a dict or an OmegaConf node)."""
-        unknown = set(cfg) - {"name", "when", "n", "timeout_s", "default"}
-        if unknown:
-            raise ApprovalError(f"unknown approval settings: {', '.join(sorted(unknown))}")
-        when = frozenset(cfg.get("when") or ())
-        if not when <= set(TRIGGERS):
-            raise ApprovalError(f"unknown approval triggers {sorted(when - set(TRIGGERS))}; "
-                                f"the triggers are {', '.join(TRIGGERS)}")
-        policy = cls(name=str(cfg.get("name", "custom")), when=when, n=int(cfg.get("n", 10)),
-                     timeout_s=float(cfg.get("timeout_s", 3600.0)),
-                     default=str(cfg.get("default", "reject")))
-        if policy.n < 1:
-            raise ApprovalError(f"approvals n must be at least 1, got {policy.n}")
-        if policy.timeout_s <= 0:
-            raise ApprovalError(f"approvals timeout_s must be positive, got {policy.timeout_s}")
-        if policy.default not in DECISIONS:
-            raise ApprovalError(f"approvals default must be approve or reject, got {policy.default!r}")
-        return policy
+        """The policy from a `conf/approvals/*.yaml` mapping (a dict or an OmegaConf node), checked
+        by the schema (`harness.config.Approvals`): unknown keys, triggers and bounds are errors."""
+        if not isinstance(cfg, dict):  # an OmegaConf node
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            settings = parse_config(Approvals, cfg, "approvals")
+        except ConfigError as err:
+            raise ApprovalError(str(err)) from None
+        return cls(name=settings.name, when=frozenset(settings.when), n=settings.n, timeout_s=settings.timeout_s,
+                   default=settings.default)
 
     def needs(self, point: str, *, round_no: int, proposal_kind: str) -> bool:
         """Whether a person must approve `point` ("proposal" or "keep") of round `round_no`.

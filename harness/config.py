@@ -1,21 +1,31 @@
-"""The campaign configuration: composed once from conf/ and the overrides, frozen, read back.
+"""The campaign configuration: one typed schema, composed from conf/ and overrides, frozen, read back.
 
-Configuration flows one way: hydra's Compose API builds one config from conf/campaign.yaml and
-the overrides (`@hydra.main` is not used because it owns argv, and this CLI has subcommands);
-it is frozen into the campaign folder as config.yaml, and `resume`, `report` and `status` read
-that frozen copy back without changing it.
+The schema below is the only place a default is written. conf/ holds hydra's group selection
+(which researcher, which approval policy) and the policies' presets; hydra composes them with the
+command line's overrides, and the schema fills in the defaults, types every value and rejects an
+unknown key with the valid names. The result is frozen into the campaign folder as config.yaml,
+and `resume`, `report` and `status` read that frozen copy back, validated, without changing it.
 
-    config = compose_config(["name=demo", "rounds=5", "researcher=random"])
+    config = compose_config(["name=demo", "rounds=5", "researcher=random"])   # a plain dict
     config = frozen_config(Path("runs/demo"))
+    options = parse_config(LocalOptions, {"temperature": 0.5}, "researcher")  # one section alone
+
+Errors are one line (`ConfigError`, a ValueError), e.g.
+`researcher.temprature: unknown key; valid keys of researcher (local): name, temperature, ...`.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from rl_pipeline.files import write_atomic
 
@@ -25,8 +35,292 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONFIG_FILE = "config.yaml"
 
 
+class ConfigError(ValueError):
+    """A configuration the schema refuses; the message names the key and what it accepts."""
+
+
+# ---------------------------------------------------------------------------------------------
+# value types whose error says what is wanted
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise PydanticCustomError("positive_int", "must be a positive integer")
+    return value
+
+
+def _limit(value: Any) -> int | float | None:
+    if value is not None and not (_is_number(value) and value > 0):
+        raise PydanticCustomError("limit", "must be a positive number, or null for no limit")
+    return value
+
+
+def _token_limit(value: Any) -> int | float | None:
+    value = _limit(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value  # tokens=2e6: 2000000
+
+
+def _price(value: Any) -> int | float | None:
+    if value is not None and not (_is_number(value) and value >= 0):
+        raise PydanticCustomError("price", "must be a number >= 0, or null when not tracked")
+    return value
+
+
+def Number(*, gt: float | None = None, ge: float | None = None, le: float | None = None):  # noqa: N802 (a type)
+    """A number kept as written (900 stays 900, as in configs frozen before this schema), with bounds."""
+    def check(value: Any) -> int | float:
+        if not _is_number(value):
+            raise PydanticCustomError("number", "must be a number")
+        if gt is not None and not value > gt:
+            raise PydanticCustomError("bound", f"must be > {gt}")
+        if ge is not None and not value >= ge:
+            raise PydanticCustomError("bound", f"must be >= {ge}")
+        if le is not None and not value <= le:
+            raise PydanticCustomError("bound", f"must be <= {le}")
+        return value
+    return Annotated[int | float, PlainValidator(check)]
+
+
+PositiveInt = Annotated[int, PlainValidator(_positive_int)]
+Limit = Annotated[int | float | None, PlainValidator(_limit)]
+TokenLimit = Annotated[int | float | None, PlainValidator(_token_limit)]
+Price = Annotated[int | float | None, PlainValidator(_price)]
+# hydra reads `name=2024` as a number; a campaign name is text either way.
+Name = Annotated[str | None, BeforeValidator(lambda v: str(v) if _is_number(v) else v)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused, values not coerced (`rounds: 1e2` is not 100)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# researchers (conf/researcher/<name>.yaml selects one; `researcher.KEY=VALUE` sets an option)
+
+class LocalOptions(Section):
+    """The local MoE policy proposes, decoded under the scaffold's surface as a grammar, and learns online."""
+
+    name: Literal["local"] = "local"
+    temperature: Number(gt=0) = Field(1.0, description="its sampling over the grammar")
+    learning_rate: Number(ge=0) = Field(1e-4, description="its REINFORCE step")
+    grid_points: PositiveInt = Field(7, description="values proposed across a knob's range")
+    context_tokens: PositiveInt = Field(768, description="the prompt, at most (old memory is cut first)")
+    reward_scale: Number() = Field(10.0, description="accuracy delta -> REINFORCE reward, before clipping to [-1, 1]")
+    credit_weight: Number(ge=0) = Field(100.0, description=(
+        "nats of preference per unit of accuracy gain the credit model predicts; 0 leaves the choice to the model"))
+
+
+class Budget(Section):
+    tokens: TokenLimit = Field(None, description="prompt + completion tokens for the whole campaign; null: no limit")
+    cost_usd: Limit = Field(None, description="needs prices; null: no limit")
+
+
+class Prices(Section):
+    """USD per million tokens; null: cost is not tracked."""
+
+    prompt: Price = None
+    completion: Price = None
+
+
+class OpenAIOptions(Section):
+    """Any OpenAI-compatible chat endpoint proposes knob and code edits. The key is read from the
+    environment variable named by api_key_env, never stored in the config."""
+
+    name: Literal["openai"] = "openai"
+    base_url: str = Field("http://127.0.0.1:8000/v1", min_length=1)
+    model: str | None = Field(None, description="null: the first model the endpoint lists")
+    api_key_env: str | None = "OPENAI_API_KEY"
+    temperature: Number(ge=0) = 0.7
+    top_p: Number(gt=0, le=1) = 1.0
+    max_tokens: PositiveInt = 1024
+    seed: int | None = Field(None, description="null: derived from the campaign's seed and the round")
+    timeout_s: Number(gt=0) = 120
+    max_retries: int = Field(4, ge=0, description="connection errors, timeouts, 429 and 5xx, with backoff")
+    context_chars: PositiveInt = Field(24000, description="the prompt's size at most; the memory is cut first")
+    critique: bool = Field(True, description="the same model writes a critique of each round")
+    critique_max_tokens: PositiveInt = 256
+    budget: Budget = Budget()
+    prices: Prices = Prices()
+
+
+class RandomOptions(Section):
+    """Knob-search baseline: one knob a round, a uniform (log-uniform where marked) value in its range."""
+
+    name: Literal["random"] = "random"
+
+
+class ScriptedOptions(Section):
+    """Replays proposals from a JSONL file, one per line (round n uses line n)."""
+
+    name: Literal["scripted"] = "scripted"
+    file: str = Field(min_length=1, description="the proposals file")
+
+
+RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
+                                          "scripted": ScriptedOptions}
+ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions,
+                              Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------------------------------------
+# approvals (conf/approvals/<name>.yaml: the presets none, keep, code, every_n, keep_and_code)
+
+class Approvals(Section):
+    """When a person is asked: before a keep, before running a code edit, every n-th proposal."""
+
+    name: str = "custom"
+    when: list[Literal["keep", "code", "every_n"]] = []
+    n: PositiveInt = Field(10, description="every_n asks at rounds n, 2n, ...")
+    timeout_s: Number(gt=0) = Field(3600, description="how long a non-interactive run waits for `researcher approve`")
+    default: Literal["approve", "reject"] = Field("reject", description="applied when nobody answers in time")
+
+
+# ---------------------------------------------------------------------------------------------
+# the campaign
+
+class Runner(Section):
+    """The sandboxed child that evaluates one candidate (rl_pipeline/run.py)."""
+
+    timeout_s: Number(gt=0) = Field(900, description="wall-clock limit of one evaluation, training included")
+    memory_gb: Number(gt=0) = Field(16, description="address-space limit of the child")
+
+
+class Tracking(Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="null: sqlite:///<runs_dir>/mlflow.db; MLFLOW_TRACKING_URI overrides")
+
+
+class Campaign(Section):
+    """A self-optimization campaign: `researcher start name=x rounds=5 researcher=random`."""
+
+    name: Name = Field(None, description="null: a timestamp")
+    rounds: PositiveInt = 100
+    scaffold: str = Field("arith", description="a folder under scaffolds/, or a path")
+    runs_dir: str = "runs"
+    seed: int = 0
+    base_model: str | None = Field(None, description="null: <runs_dir>/models/base")
+    baseline_seeds: list[int] = Field([0, 1, 2, 3, 4, 5], description="the initial scaffold, also the noise floor")
+    eval_seeds: list[int] = Field([0, 1, 2], description="every candidate")
+    reeval_seeds: list[int] = Field([3, 4, 5], description="a promising but uncertain candidate gets these too")
+    margin: Number() = Field(0.0, description="keep only if the CI's lower bound of the gain is above this")
+    memory_budget_tokens: PositiveInt = Field(600, description="the rendered memory the researcher sees")
+    runner: Runner = Runner()
+    tracking: Tracking = Tracking()
+    live: bool = True
+    researcher: ResearcherOptions = LocalOptions()
+    approvals: Approvals = Approvals(name="none")
+
+    @model_validator(mode="after")
+    def _base_model(self) -> Campaign:
+        if self.base_model is None:
+            self.base_model = f"{self.runs_dir}/models/base"
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: one line naming the key and what it accepts
+
+_WANTED = {"int_type": "must be an integer", "float_type": "must be a number", "bool_type": "must be true or false",
+           "string_type": "must be a string", "list_type": "must be a list", "model_type": "must be a mapping",
+           "dict_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+           "none_required": "must be null"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk `loc` (pydantic's error location) through the schema: the model it ends in (None past
+    the models), and the path as a user writes it (the researcher union's tag dropped)."""
+    path: list[str] = []
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            path.append(str(part))
+            current = current.model_fields[part].annotation
+            if set(typing.get_args(current)) == set(RESEARCHERS.values()):  # the researcher union: a tag follows
+                current = RESEARCHERS
+        elif current is RESEARCHERS and part in RESEARCHERS:
+            current = RESEARCHERS[part]
+        else:
+            path.append(str(part))
+            current = None
+    return (current if isinstance(current, type) and issubclass(current, BaseModel) else None), path
+
+
+def _describe(error: dict, model: type[BaseModel], prefix: str, typed: dict[str, str]) -> str:
+    loc = tuple(error["loc"])
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        parent, path = _model_at(model, loc[:-1])
+        owner = ".".join([prefix, *path] if prefix else path) or "the campaign"
+        if parent in RESEARCHERS.values():  # which researcher's options these are
+            owner += f" ({parent.model_fields['name'].default})"
+        key = ".".join([prefix, *path, str(loc[-1])] if prefix else [*path, str(loc[-1])])
+        valid = ", ".join(parent.model_fields) if parent else "none"
+        return f"{key}: unknown key; valid keys of {owner}: {valid}"
+    _, path = _model_at(model, loc)
+    key = ".".join([prefix, *path] if prefix else path) or "the config"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        name = value.get("name") if isinstance(value, dict) else value
+        return f"{key}.name must be one of {', '.join(RESEARCHERS)}, got {name!r}"
+    if kind == "missing":
+        return f"{key} is required ({key}=...)"
+    if kind in _BOUNDS:
+        wanted = f"must be {_BOUNDS[kind]} {next(iter(error['ctx'].values()))}"
+    elif kind == "literal_error":
+        wanted = f"must be one of {error['ctx']['expected']}"
+    elif kind == "string_too_short":
+        wanted = "must not be empty"
+    else:
+        wanted = _WANTED.get(kind, error["msg"])
+    typed_as = f" (from {key}={typed[key]})" if key in typed and str(value) != typed[key] else ""
+    return f"{key} {wanted}, got {value!r}{typed_as}"
+
+
+def parse_config(model: type[Section], data: Any, prefix: str = "", typed: dict[str, str] | None = None):
+    """`data` validated by `model` (defaults filled in), or a ConfigError naming the key; `prefix`
+    is where the section sits in the campaign ("researcher"), `typed` the text each key was typed as."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("; ".join(_describe(e, model, prefix, typed or {}) for e in err.errors())) from None
+
+
+def campaign_config(data: dict, typed: dict[str, str] | None = None) -> dict:
+    """A campaign config, validated and completed with the defaults, as plain containers."""
+    return parse_config(Campaign, data, typed=typed).model_dump()
+
+
+# ---------------------------------------------------------------------------------------------
+# compose, freeze, read back
+
+def _groups() -> dict[str, list[str]]:
+    """conf/'s config groups and their options: {"researcher": ["local", ...], ...}."""
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONF.iterdir()) if d.is_dir()}
+
+
+def _hydra_overrides(overrides: list[str], groups: dict[str, list[str]]) -> list[str]:
+    """Group choices pass as they are; a value override is force-added (`++key=value`), so that the
+    schema, not hydra, judges its key: a default need not be repeated in conf/ to be overridable."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.startswith(("+", "~")):
+            out.append(item)
+        elif key in groups:
+            if value not in groups[key]:
+                raise ConfigError(f"{item}: no such {key}; choose one of {', '.join(groups[key])}")
+            out.append(item)
+        else:
+            out.append(f"++{item}")
+    return out
+
+
 def compose_config(overrides: list[str]) -> dict:
-    """The campaign config from conf/ and `key=value` overrides, resolved to plain containers."""
+    """The campaign config from conf/ and `key=value` overrides, validated, as plain containers."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -34,13 +328,15 @@ def compose_config(overrides: list[str]) -> dict:
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = compose(config_name="campaign", overrides=overrides)
-        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            cfg = compose(config_name="campaign", overrides=_hydra_overrides(overrides, _groups()))
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(f"bad configuration: {err}".splitlines()[0]) from err
+        raise ConfigError(f"bad configuration: {err}".splitlines()[0]) from err
+    typed = {k.lstrip("+"): v for k, _, v in (o.partition("=") for o in overrides)}
+    config = campaign_config(data, typed)
     config["name"] = config["name"] or time.strftime("c-%Y%m%d-%H%M%S")
-    if not NAME.match(str(config["name"])):
-        raise ValueError(f"campaign name {config['name']!r}: use letters, digits, '_', '.', '-' (max 64)")
+    if not NAME.match(config["name"]):
+        raise ConfigError(f"campaign name {config['name']!r}: use letters, digits, '_', '.', '-' (max 64)")
     config["scaffold"] = str(scaffold_path(config["scaffold"]))
     return config
 
@@ -54,10 +350,15 @@ def scaffold_path(value: str) -> Path:
 
 
 def frozen_config(path: Path) -> dict:
-    """The config a campaign was started with, as frozen in its folder."""
-    return yaml.safe_load((Path(path) / CONFIG_FILE).read_text())
+    """The config a campaign was started with, as frozen in its folder, validated and completed
+    with today's defaults (a campaign frozen by an older version reads the same); nothing is written."""
+    file = Path(path) / CONFIG_FILE
+    try:
+        return campaign_config(yaml.safe_load(file.read_text()) or {})
+    except ConfigError as err:
+        raise ConfigError(f"{file}: {err}") from None
 
 
 def freeze_config(path: Path, config: dict) -> None:
-    """Write `config` as the campaign's frozen config."""
-    write_atomic(Path(path) / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    """Write `config`, validated, as the campaign's frozen config."""
+    write_atomic(Path(path) / CONFIG_FILE, yaml.safe_dump(campaign_config(config), sort_keys=False))

@@ -17,17 +17,20 @@ names the edit and the reason, because it is fed back to the researcher as evide
 from __future__ import annotations
 
 import ast
+import io
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from rl_pipeline.scaffold import ScaffoldError, check_knob, load_scaffold
+from rl_pipeline.scaffold import ScaffoldError, check_knob, load_scaffold, read_yaml_text
 
 # The entry points the runner calls in a scaffold's code, checked statically (never imported here).
 REQUIRED_FUNCTIONS = {"prompt.py": "format_prompt", "reward.py": "rewards"}
@@ -79,45 +82,87 @@ class Proposal:
 
 
 # ---------------------------------------------------------------------------------------------
-# parsing: the shape of the JSON, nothing about the scaffold
+# parsing: the shape of the JSON, nothing about the scaffold, by pydantic models
 
-_FIELDS = {KnobEdit: {"knob", "value"}, FileEdit: {"file", "search", "replace"}}
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _KnobEditIn(_Shape):
+    knob: str = Field(min_length=1)
+    value: int | float | str  # a string for a numeric knob is read as typed ("1e-5") by check_knob
+
+
+class _FileEditIn(_Shape):
+    file: str = Field(min_length=1)
+    search: str = Field(min_length=1)
+    replace: str
+
+
+def _edit_kind(raw: Any) -> str | None:
+    """"knob" or "file" by the edit's marker key; None for neither or both: no telling what was meant."""
+    if isinstance(raw, dict) and ("knob" in raw) != ("file" in raw):
+        return "knob" if "knob" in raw else "file"
+    return None
+
+
+class _ProposalIn(_Shape):
+    hypothesis: str = Field(pattern=r"\S")
+    edits: list[Annotated[Annotated[_KnobEditIn, Tag("knob")] | Annotated[_FileEditIn, Tag("file")],
+                          Discriminator(_edit_kind)]] = Field(min_length=1)
 
 
 def _keys(keys) -> str:
     return ", ".join(repr(k) for k in sorted(keys))
 
 
-def _parse_edit(index: int, raw: Any) -> Edit:
-    if not isinstance(raw, dict):
-        raise ProposalError(f"expected an object, got {type(raw).__name__}", index)
-    keys = set(raw)
-    if ("knob" in keys) == ("file" in keys):  # neither marker, or both: no telling what was meant
-        raise ProposalError(f"unknown edit shape with keys [{_keys(keys)}]; expected "
-                            "{'knob', 'value'} or {'file', 'search', 'replace'}", index)
-    cls, marker = (KnobEdit, "knob") if "knob" in keys else (FileEdit, "file")
-    if keys - _FIELDS[cls]:
-        raise ProposalError(f"unexpected key(s) {_keys(keys - _FIELDS[cls])} in a {marker} edit", index)
-    if _FIELDS[cls] - keys:
-        raise ProposalError(f"{marker} edit is missing {_keys(_FIELDS[cls] - keys)}", index)
-    return _typed(index, cls, raw)
+def _edit_error(errors: list[dict], index: int, raw: Any) -> ProposalError:
+    """The first problem of edit `index` as the researcher should read it."""
+    kind, loc = errors[0]["type"], errors[0]["loc"]
+    if len(loc) == 2:  # the discriminator found no shape
+        if not isinstance(raw, dict):
+            return ProposalError(f"expected an object, got {type(raw).__name__}", index)
+        return ProposalError(f"unknown edit shape with keys [{_keys(raw)}]; expected "
+                             "{'knob', 'value'} or {'file', 'search', 'replace'}", index)
+    marker, field = loc[2], loc[3]
+    if kind == "extra_forbidden":
+        extra = {e["loc"][3] for e in errors if e["type"] == kind}
+        return ProposalError(f"unexpected key(s) {_keys(extra)} in a {marker} edit", index)
+    if kind == "missing":
+        missing = {e["loc"][3] for e in errors if e["type"] == kind}
+        return ProposalError(f"{marker} edit is missing {_keys(missing)}", index)
+    if field == "knob":
+        return ProposalError(f"'knob' must be a non-empty string, got {raw['knob']!r}", index)
+    if field == "value":
+        return ProposalError(f"knob {raw['knob']}: 'value' must be a number or a string, "
+                             f"got {json.dumps(raw['value'])}", index)
+    if kind == "string_too_short":
+        return ProposalError(f"'{field}' must not be empty", index)
+    return ProposalError(f"'{field}' must be a string, got {type(raw[field]).__name__}", index)
 
 
-def _typed(index: int, cls: type, raw: dict) -> Edit:
-    if cls is KnobEdit:
-        if not isinstance(raw["knob"], str) or not raw["knob"]:
-            raise ProposalError(f"'knob' must be a non-empty string, got {raw['knob']!r}", index)
-        if isinstance(raw["value"], bool) or not isinstance(raw["value"], (int, float, str)):
-            raise ProposalError(f"knob {raw['knob']}: 'value' must be a number or a string, "
-                                f"got {json.dumps(raw['value'])}", index)
-        return KnobEdit(raw["knob"], raw["value"])
-    for key in ("file", "search", "replace"):
-        if not isinstance(raw[key], str):
-            raise ProposalError(f"'{key}' must be a string, got {type(raw[key]).__name__}", index)
-    for key in ("file", "search"):
-        if not raw[key]:
-            raise ProposalError(f"'{key}' must not be empty", index)
-    return FileEdit(raw["file"], raw["search"], raw["replace"])
+def _proposal_error(err: ValidationError, obj: Any) -> ProposalError:
+    """The first problem of a proposal, in the order a reader fixes them: the proposal's own keys,
+    then each edit in turn (its shape, unknown keys, missing keys, then values)."""
+    rank = {"extra_forbidden": 0, "missing": 1}
+    errors = sorted(err.errors(), key=lambda e: (len(e["loc"]) > 1, e["loc"][1:2], rank.get(e["type"], 2)))
+    first = errors[0]
+    loc, kind = first["loc"], first["type"]
+    if not loc:
+        return ProposalError(f"proposal must be a JSON object, got {type(obj).__name__}")
+    if len(loc) > 1:
+        index = loc[1]
+        return _edit_error([e for e in errors if e["loc"][:2] == loc[:2]], index, obj["edits"][index])
+    if kind == "extra_forbidden":
+        extra = {e["loc"][0] for e in errors if e["type"] == kind and len(e["loc"]) == 1}
+        return ProposalError(f"unexpected key(s) {_keys(extra)}; a proposal has only 'hypothesis' and 'edits'")
+    if kind == "missing":
+        return ProposalError(f"proposal is missing '{loc[0]}'")
+    if loc[0] == "hypothesis":
+        return ProposalError(f"'hypothesis' must be a non-empty string, got {obj['hypothesis']!r}")
+    if kind == "too_short":
+        return ProposalError("'edits' is empty: a proposal must change something")
+    return ProposalError(f"'edits' must be a list, got {type(obj['edits']).__name__}")
 
 
 def parse_proposal(obj_or_json_text: str | bytes | dict) -> Proposal:
@@ -128,22 +173,13 @@ def parse_proposal(obj_or_json_text: str | bytes | dict) -> Proposal:
             obj = json.loads(obj)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ProposalError(f"proposal is not valid JSON: {err}") from err
-    if not isinstance(obj, dict):
-        raise ProposalError(f"proposal must be a JSON object, got {type(obj).__name__}")
-    extra = set(obj) - {"hypothesis", "edits"}
-    if extra:
-        raise ProposalError(f"unexpected key(s) {_keys(extra)}; a proposal has only 'hypothesis' and 'edits'")
-    if "hypothesis" not in obj:
-        raise ProposalError("proposal is missing 'hypothesis'")
-    if not isinstance(obj["hypothesis"], str) or not obj["hypothesis"].strip():
-        raise ProposalError(f"'hypothesis' must be a non-empty string, got {obj['hypothesis']!r}")
-    if "edits" not in obj:
-        raise ProposalError("proposal is missing 'edits'")
-    if not isinstance(obj["edits"], list):
-        raise ProposalError(f"'edits' must be a list, got {type(obj['edits']).__name__}")
-    if not obj["edits"]:
-        raise ProposalError("'edits' is empty: a proposal must change something")
-    return Proposal(obj["hypothesis"], tuple(_parse_edit(i, e) for i, e in enumerate(obj["edits"])))
+    try:
+        parsed = _ProposalIn.model_validate(obj)
+    except ValidationError as err:
+        raise _proposal_error(err, obj) from None
+    edits = tuple(KnobEdit(e.knob, e.value) if isinstance(e, _KnobEditIn) else FileEdit(e.file, e.search, e.replace)
+                  for e in parsed.edits)
+    return Proposal(parsed.hypothesis, edits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,51 +209,47 @@ def safe_relpath(root: Path, name: str, index: int | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# knob edits: one line of scaffold.yaml, comments and alignment kept
+# knob edits: one value of scaffold.yaml, through ruamel.yaml's round trip (comments and layout kept)
 
-def _yaml_scalar(value: float | int | str) -> str:
-    """`value` as a YAML scalar that PyYAML reads back with the same type."""
-    if isinstance(value, float):
-        text = repr(value)
-        mantissa, e, exponent = text.partition("e")
-        # PyYAML (YAML 1.1) reads 1e-06 as a string: its floats need a dot before the exponent.
-        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
-    if isinstance(value, int):
-        return str(value)
-    if re.fullmatch(r"[A-Za-z_][\w.\-]*", value) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+def _represent_float(representer, value: float):
+    """A float as YAML 1.2 writes it, with a dot before any exponent (5.0e-06, not 5e-06), so that
+    YAML 1.1 readers (PyYAML) also read a float."""
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _round_trip() -> YAML:
+    yaml_rt = YAML()  # round-trip: comments, key order, flow style and quoting survive a load and dump
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # never re-wrap a long line
+    yaml_rt.representer.add_representer(float, _represent_float)
+    return yaml_rt
 
 
 def set_knob(text: str, name: str, value: float | int | str) -> str:
-    """scaffold.yaml `text` with knob `section.key` set to `value`; everything else byte for byte."""
+    """scaffold.yaml `text` with knob `section.key` set to `value`; every other line as it was."""
     section, key = name.split(".", 1)
-    lines = text.splitlines(keepends=True)
-    pattern = re.compile(rf"^(?P<head>[ \t]+{re.escape(key)}:[ \t]*)"
-                         r"(?P<value>\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s#](?:[^#\n]*[^\s#])?)"
-                         r"(?P<gap>[ \t]*)(?P<rest>#.*)?(?P<eol>\r?\n?)$")
-    in_section = False
-    for i, line in enumerate(lines):
-        if re.match(r"[^\s#]", line):  # a top-level key opens or closes the section
-            in_section = re.match(rf"{re.escape(section)}:[ \t]*(#.*)?\r?\n?$", line) is not None
-            continue
-        match = pattern.match(line) if in_section else None
-        if match:
-            new = _yaml_scalar(value)
-            gap = match["gap"]
-            if match["rest"]:  # keep the comment's column when the new value fits
-                gap = " " * max(1, len(match["value"]) + len(gap) - len(new))
-            lines[i] = f"{match['head']}{new}{gap}{match['rest'] or ''}{match['eol']}"
-            return "".join(lines)
-    raise ScaffoldError(f"{CONFIG_FILE}: no line '{key}: ...' under section '{section}:' to edit")
+    yaml_rt = _round_trip()
+    data = yaml_rt.load(text)
+    if not isinstance(data.get(section), dict) or key not in data[section]:
+        raise ScaffoldError(f"{CONFIG_FILE}: no key '{key}' under section '{section}:' to edit")
+    if isinstance(value, str) and yaml.safe_load(value) != value:  # "yes", "1e-5": quoted, or YAML 1.1 misreads them
+        value = DoubleQuotedScalarString(value)
+    data[section][key] = value
+    out = io.StringIO()
+    yaml_rt.dump(data, out)
+    return out.getvalue()
 
 
 def _check_knob_line(before: str, after: str, name: str, value: Any) -> None:
-    """The line edit changed exactly this knob to this value, and nothing else."""
-    expected = yaml.safe_load(before)
+    """The edit changed exactly this knob to this value, and nothing else."""
+    expected = read_yaml_text(before)
     section, key = name.split(".", 1)
     expected[section][key] = value
-    if yaml.safe_load(after) != expected:
+    if read_yaml_text(after) != expected:
         raise ScaffoldError(f"{CONFIG_FILE}: could not set {name} in place (unusual formatting)")
 
 

@@ -12,6 +12,7 @@ can name exactly what it measured.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", "reward.py")
 SECTIONS = ("sampling", "grpo", "reward")
@@ -56,10 +57,31 @@ class Scaffold:
         return {k: v for k, v in self.knobs().items() if not k.startswith("sampling.")}
 
 
+def read_yaml_text(text: str) -> Any:
+    """YAML `text` under YAML 1.2's rules (ruamel.yaml), the rules people type by: 1e-5, 3E-4 and .5
+    are numbers (YAML 1.1, PyYAML's, reads 1e-5 as a string), yes/no/on/off are strings."""
+    return copy.deepcopy(_read_yaml_cached(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _read_yaml_cached(text: str) -> Any:
+    # Validating a proposal reads the same surface.yaml and scaffold.yaml many times (the local
+    # researcher checks every grid edit), and the pure-Python parser is the slow part of it.
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def parse_value(text: str) -> Any:
+    """A value as a user or a model types it: "1e-5" -> 1e-05, ".5" -> 0.5, "-2" -> -2, "dapo" -> "dapo"."""
+    try:
+        return read_yaml_text(text)
+    except YAMLError:
+        return text
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        data = read_yaml_text(path.read_text())
+    except YAMLError as err:
         raise ScaffoldError(f"{path.name}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ScaffoldError(f"{path.name}: expected a mapping at the top level")
@@ -69,6 +91,8 @@ def _read_yaml(path: Path) -> dict:
 def check_knob(name: str, value: Any, spec: dict) -> Any:
     """`value` converted to the knob's type, or a ScaffoldError saying why it is not allowed."""
     kind = spec.get("type")
+    if kind in ("float", "int") and isinstance(value, str):  # "1e-5", typed on a command line or by a model
+        value = parse_value(value)
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ScaffoldError(f"knob {name}: expected a number, got {value!r}")
@@ -169,11 +193,12 @@ def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["sampling.temperature=0.7", ...]` -> `{"sampling.temperature": 0.7}` (values parsed as YAML)."""
+    """`["sampling.temperature=0.7", "grpo.learning_rate=1e-5"]` -> `{"sampling.temperature": 0.7,
+    "grpo.learning_rate": 1e-05}` (values read as typed, by `parse_value`)."""
     overrides = {}
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or not name:
             raise ScaffoldError(f"override {item!r} is not of the form knob=value")
-        overrides[name.strip()] = yaml.safe_load(raw)
+        overrides[name.strip()] = parse_value(raw)
     return overrides

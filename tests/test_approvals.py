@@ -50,12 +50,17 @@ def test_policy_from_config_checks_its_settings():
     policy = ApprovalPolicy.from_config({"when": ["every_n"], "n": 3})
     assert policy.needs("proposal", round_no=6, proposal_kind="knob")
     assert not policy.needs("proposal", round_no=7, proposal_kind="code")
-    with pytest.raises(ApprovalError, match="unknown approval triggers"):
+    with pytest.raises(ApprovalError,
+                       match="approvals.when.0 must be one of 'keep', 'code' or 'every_n', got 'always'"):
         ApprovalPolicy.from_config({"when": ["always"]})
-    with pytest.raises(ApprovalError, match="unknown approval settings: timeout"):
+    with pytest.raises(ApprovalError) as err:
         ApprovalPolicy.from_config({"when": ["keep"], "timeout": 5})
-    with pytest.raises(ApprovalError, match="default must be approve or reject"):
+    assert str(err.value) == ("approvals.timeout: unknown key; valid keys of approvals: "
+                              "name, when, n, timeout_s, default")
+    with pytest.raises(ApprovalError, match="approvals.default must be one of 'approve' or 'reject', got 'maybe'"):
         ApprovalPolicy.from_config({"when": ["keep"], "default": "maybe"})
+    with pytest.raises(ApprovalError, match="approvals.n must be a positive integer, got 0"):
+        ApprovalPolicy.from_config({"when": ["every_n"], "n": 0})
     with pytest.raises(ValueError, match="unknown approval point"):
         policy.needs("apply", round_no=1, proposal_kind="knob")
 

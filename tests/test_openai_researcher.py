@@ -254,7 +254,13 @@ def test_critique_comes_from_the_model_and_never_fails_the_round(tmp_path, endpo
 
 
 def test_unknown_options_are_errors(tmp_path, endpoint):
-    with pytest.raises(ValueError, match=r"unknown openai researcher option\(s\) \['url'\]"):
+    with pytest.raises(ValueError, match=r"^researcher.url: unknown key; valid keys of researcher \(openai\): "
+                                         r"name, base_url, model, api_key_env, temperature, .*, budget, prices$"):
         researcher(tmp_path, endpoint, url="x")
-    with pytest.raises(ValueError, match=r"unknown budget option\(s\) \['dollars'\]"):
+    with pytest.raises(ValueError, match=r"^researcher.budget.dollars: unknown key; valid keys of researcher.budget: "
+                                         r"tokens, cost_usd$"):
         researcher(tmp_path, endpoint, budget={"dollars": 1})
+    with pytest.raises(ValueError, match="researcher.budget.tokens must be a positive number, or null for no limit"):
+        researcher(tmp_path, endpoint, budget={"tokens": 0})
+    with pytest.raises(ValueError, match="researcher.base_url must not be empty"):
+        researcher(tmp_path, endpoint, base_url="")

@@ -8,7 +8,7 @@ import pytest
 
 from harness.proposal import (FileEdit, KnobEdit, ProposalError, parse_proposal, render, set_knob,
                               validate)
-from rl_pipeline.scaffold import content_hash
+from rl_pipeline.scaffold import ScaffoldError, content_hash
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 LENGTH_COST = "min(len(completion), 64) / 64"
@@ -74,6 +74,32 @@ def test_set_knob_keeps_comments_alignment_and_types():
     # `temperature` is a key of both sampling and grpo: only the named section changes.
     edited = set_knob(text, "grpo.temperature", 0.5)
     assert "  temperature: 1.0\n" in edited and "  temperature: 0.5          # rollout" in edited
+
+
+@pytest.mark.parametrize("knob, value, line", [
+    ("sampling.top_k", 12, "  top_k: 12             # 0 = off"),
+    ("grpo.learning_rate", 5e-6, "  learning_rate: 5.0e-06"),
+    ("grpo.temperature", 0.5, "  temperature: 0.5          # rollout sampling during training (TRL's default)"),
+    ("grpo.loss_type", "grpo", "  loss_type: grpo"),
+    ("grpo.loss_type", "yes", '  loss_type: "yes"'),  # YAML 1.1 would read a bare yes as true
+    ("reward.correct", 2, "  correct: 2"),
+])
+def test_a_knob_edit_changes_exactly_one_line_and_keeps_every_comment(knob, value, line):
+    before = (ARITH / "scaffold.yaml").read_text()
+    after = set_knob(before, knob, value)
+    changed = [(a, b) for a, b in zip(before.splitlines(keepends=True), after.splitlines(keepends=True)) if a != b]
+    assert len(after.splitlines()) == len(before.splitlines())
+    assert changed == [(changed[0][0], line + "\n")]
+    assert [x for x in before.splitlines() if "#" in x and x.split("#")[0].strip() == ""] == [
+        x for x in after.splitlines() if "#" in x and x.split("#")[0].strip() == ""]  # comment lines, all of them
+    with pytest.raises(ScaffoldError, match="no key 'warmth' under section 'sampling:'"):
+        set_knob(before, "sampling.warmth", 1.0)
+
+
+def test_a_string_value_for_a_numeric_knob_is_read_as_typed(scaffold):
+    edits = [{"knob": "grpo.learning_rate", "value": "1e-5"}, {"knob": "sampling.temperature", "value": ".5"}]
+    text = render(parse_proposal({"hypothesis": "typed by a model", "edits": edits}), scaffold)["scaffold.yaml"]
+    assert "  learning_rate: 1.0e-05\n" in text and "  temperature: 0.5\n" in text
 
 
 def test_render_returns_new_texts_and_writes_nothing(scaffold):

@@ -134,10 +134,14 @@ def local(campaign_dir, base_model, **config):
 
 
 def test_local_rejects_unknown_options(tmp_path, base_model):
-    with pytest.raises(ValueError, match=r"unknown local researcher option\(s\) \['lr'\]"):
+    with pytest.raises(ValueError) as err:
         local(tmp_path, base_model, lr=1e-3)
+    assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
+                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
+    with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
+        local(tmp_path, base_model, temperature=0)
 
 
 def test_value_grid_spans_the_range_without_the_current_value():

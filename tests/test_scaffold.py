@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_pipeline.scaffold import ScaffoldError, content_hash, load_scaffold, parse_overrides
+from rl_pipeline.scaffold import ScaffoldError, check_knob, content_hash, load_scaffold, parse_overrides, parse_value
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 
@@ -79,3 +79,26 @@ def test_parse_overrides():
         "sampling.temperature": 0.7, "grpo.loss_type": "grpo"}
     with pytest.raises(ScaffoldError, match="knob=value"):
         parse_overrides(["temperature"])
+
+
+def test_knob_values_are_read_as_typed():
+    assert [parse_value(t) for t in ("1e-5", "3E-4", ".5", "-2", "0.7", "dapo", "yes")] == [
+        1e-5, 3e-4, 0.5, -2, 0.7, "dapo", "yes"]
+    assert parse_overrides(["grpo.learning_rate=1e-5", "sampling.temperature=.5", "sampling.top_k=8"]) == {
+        "grpo.learning_rate": 1e-5, "sampling.temperature": 0.5, "sampling.top_k": 8}
+    # `researcher eval grpo.learning_rate=1e-5`: the scaffold takes it as the float it is
+    assert load_scaffold(ARITH, parse_overrides(["grpo.learning_rate=1e-5"])).knob("grpo.learning_rate") == 1e-5
+    spec = {"type": "float", "min": 1e-7, "max": 1e-3}
+    assert check_knob("grpo.learning_rate", "3E-4", spec) == 3e-4
+    assert check_knob("sampling.top_k", "8", {"type": "int", "min": 0, "max": 256}) == 8
+    with pytest.raises(ScaffoldError, match="expected a number, got 'fast'"):
+        check_knob("grpo.learning_rate", "fast", spec)
+    with pytest.raises(ScaffoldError, match="expected an integer, got 0.5"):
+        check_knob("sampling.top_k", ".5", {"type": "int", "min": 0, "max": 256})
+    assert check_knob("grpo.loss_type", "grpo", {"type": "str", "choices": ["grpo", "dapo"]}) == "grpo"
+
+
+def test_a_hand_written_scaffold_may_say_1e_5(scaffold_copy):
+    config = scaffold_copy / "scaffold.yaml"
+    config.write_text(config.read_text().replace("learning_rate: 1.0e-6", "learning_rate: 1e-5"))
+    assert load_scaffold(scaffold_copy, import_code=False).knob("grpo.learning_rate") == 1e-5

@@ -14,11 +14,9 @@ import argparse
 import re
 import sys
 
-import yaml
-
 from harness.campaigns import campaign_dir, run_campaign, runs_dir_arg
 from harness.commands import standalone, subcommand
-from harness.config import freeze_config, frozen_config
+from harness.config import campaign_config, freeze_config, frozen_config
 from harness.journal import is_locked
 
 HELP = "resume a campaign after a stop or a crash"
@@ -32,31 +30,33 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs_dir=PATH, rounds=N, researcher.budget.tokens=N, researcher.budget.cost_usd=X")
 
 
-def run(args: argparse.Namespace) -> int:
-    path = campaign_dir(args.name, runs_dir_arg([o for o in args.overrides if o.startswith("runs_dir=")]))
-    config = frozen_config(path)
-    changed = False
-    for item in (o for o in args.overrides if not o.startswith("runs_dir=")):
-        key, sep, raw = item.partition("=")
+def resumed_config(config: dict, items: list[str], name: str) -> dict:
+    """The frozen `config` with the `key=value` items merged in by OmegaConf, validated by the
+    schema; only `rounds` and `researcher.budget.*` may change."""
+    from omegaconf import OmegaConf
+
+    for item in items:
+        key, sep, _ = item.partition("=")
         if not sep or not RESUME_KEYS.match(key):
             raise ValueError(f"unexpected argument {item!r}: resume accepts runs_dir=, rounds= and "
                              "researcher.budget.tokens= / researcher.budget.cost_usd=")
-        value = yaml.safe_load(raw)
-        number = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
-        if key == "rounds" and not (number and isinstance(value, int)):
-            raise ValueError(f"rounds must be a positive integer, got {raw!r}")
-        if not number and value is not None:
-            raise ValueError(f"{key} must be a positive number, or null for no limit, got {raw!r}")
-        *parents, leaf = key.split(".")
-        target = config
+        *parents, _ = key.split(".")
+        node = config
         for part in parents:
-            if not isinstance(target.get(part), dict):
-                raise ValueError(f"{key}: campaign {args.name!r} has no {'.'.join(parents)} "
-                                 f"(its researcher is {config['researcher'].get('name')!r})")
-            target = target[part]
-        target[leaf] = value
-        changed = True
-    if changed:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ValueError(f"{key}: campaign {name!r} has no {'.'.join(parents)} "
+                             f"(its researcher is {config['researcher']['name']!r})")
+    merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(items))
+    return campaign_config(OmegaConf.to_container(merged), typed=dict(i.split("=", 1) for i in items))
+
+
+def run(args: argparse.Namespace) -> int:
+    path = campaign_dir(args.name, runs_dir_arg([o for o in args.overrides if o.startswith("runs_dir=")]))
+    config = frozen_config(path)
+    items = [o for o in args.overrides if not o.startswith("runs_dir=")]
+    if items:
+        config = resumed_config(config, items, args.name)
         if is_locked(path):  # the running process would not see the change, and resume is refused anyway
             raise ValueError(f"campaign {args.name!r} is running; stop it before changing its config")
         freeze_config(path, config)

@@ -4,8 +4,10 @@
     researcher start name=replay researcher=scripted researcher.file=proposals.jsonl approvals=keep
     python -m harness.commands.start name=demo           # the same, alone
 
-The composed config is frozen into `runs/<name>/config.yaml`; the base policy is pretrained
-first when it is missing.
+`researcher=` and `approvals=` choose from conf/; any other KEY=VALUE sets a key of the schema in
+harness/config.py (`researcher.temperature=0.5`, `runner.timeout_s=600`), typed as written
+(1e-5 is a number); an unknown key is an error that lists the valid ones. The composed config
+is frozen into `runs/<name>/config.yaml`; the base policy is pretrained first when it is missing.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from harness.analyze import Evidence
+from harness.config import LocalOptions, parse_config
 from harness.proposal import KnobEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
                                       short_float)
@@ -57,8 +58,6 @@ from harness.researchers.credit import CreditModel
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 
-DEFAULTS = {"temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768, "reward_scale": 10.0,
-            "credit_weight": 100.0}
 FLOAT_DIGITS = 3  # significant digits of a grid value: 0.667, 4.64e-06
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -107,21 +106,13 @@ class LocalResearcher(Researcher):
     name = "local"
 
     def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
-        unknown = set(config) - set(DEFAULTS) - {"name"}
-        if unknown:  # a misspelt option would otherwise be silently replaced by its default
-            raise ValueError(f"unknown local researcher option(s) {sorted(unknown)}; options are: "
-                             f"{', '.join(DEFAULTS)}")
-        options = DEFAULTS | dict(config)
-        self.temperature = float(options["temperature"])
-        if self.temperature <= 0:
-            raise ValueError(f"the local researcher samples: temperature must be > 0, got {self.temperature}")
-        self.lr = float(options["learning_rate"])
-        self.grid_points = int(options["grid_points"])
-        self.context_tokens = int(options["context_tokens"])
-        self.reward_scale = float(options["reward_scale"])
-        self.credit_weight = float(options["credit_weight"])
-        if self.credit_weight < 0:
-            raise ValueError(f"credit_weight must be >= 0 (0 leaves the choice to the model), got {self.credit_weight}")
+        options = parse_config(LocalOptions, config, "researcher")  # its options and defaults: the schema
+        self.temperature = options.temperature
+        self.lr = options.learning_rate
+        self.grid_points = options.grid_points
+        self.context_tokens = options.context_tokens
+        self.reward_scale = options.reward_scale
+        self.credit_weight = options.credit_weight
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"

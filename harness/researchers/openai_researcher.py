@@ -33,47 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.analyze import Evidence
+from harness.config import OpenAIOptions, parse_config
 from harness.proposal import Proposal, ProposalError, parse_proposal, validate
 from harness.researchers.answer import extract_proposal, proposal_messages, repair_messages, strip_thinking
 from harness.researchers.base import Researcher, ResearcherStopped
 from rl_pipeline.files import write_atomic
 
-DEFAULTS = {
-    "base_url": "http://127.0.0.1:8000/v1",
-    "model": None,               # None: the first model the endpoint lists
-    "api_key_env": "OPENAI_API_KEY",
-    "temperature": 0.7,
-    "top_p": 1.0,
-    "max_tokens": 1024,
-    "seed": None,                # None: the campaign's seed plus the round
-    "timeout_s": 120.0,
-    "max_retries": 4,
-    "context_chars": 24000,      # the request's prompt, at most (the memory is cut first)
-    "critique": True,
-    "critique_max_tokens": 256,
-    "budget": {"tokens": None, "cost_usd": None},
-    "prices": {"prompt": None, "completion": None},   # USD per million tokens
-}
 USAGE_FILE = "openai_usage.json"
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text, used only when usage is missing
 CRITIQUE_SYSTEM = ("You review one round of a self-optimization campaign. In at most 120 words say what "
                    "changed, what it did to the metrics, whether that is beyond noise, and what to try next. "
                    "State only numbers that appear in the facts below.")
-
-
-def _options(config: dict) -> dict:
-    unknown = set(config) - set(DEFAULTS) - {"name"}
-    if unknown:
-        raise ValueError(f"unknown openai researcher option(s) {sorted(unknown)}; options are: {', '.join(DEFAULTS)}")
-    options = DEFAULTS | {k: v for k, v in config.items() if k != "name"}
-    for key in ("budget", "prices"):
-        extra = set(options[key] or {}) - set(DEFAULTS[key])
-        if extra:
-            raise ValueError(f"unknown {key} option(s) {sorted(extra)}; options are: {', '.join(DEFAULTS[key])}")
-        options[key] = DEFAULTS[key] | dict(options[key] or {})
-    if not options["base_url"]:
-        raise ValueError("the openai researcher needs base_url (researcher.base_url=http://host:port/v1)")
-    return options
 
 
 class OpenAIResearcher(Researcher):
@@ -82,7 +52,7 @@ class OpenAIResearcher(Researcher):
     def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str | None = None, client=None):
         import openai
 
-        self.options = _options(config)
+        self.options = parse_config(OpenAIOptions, config, "researcher").model_dump()  # options, defaults: the schema
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.answers_dir = self.dir / "answers"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.analyze import Evidence
+from harness.config import RandomOptions, parse_config
 from harness.proposal import KnobEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
                                       short_float)
@@ -59,6 +60,7 @@ class RandomResearcher(Researcher):
     name = "random"
 
     def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
+        parse_config(RandomOptions, config, "researcher")  # it has no options: any key is a mistake
         self.seed = seed
         self.proposals = 0
 

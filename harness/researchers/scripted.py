@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.analyze import Evidence
+from harness.config import ScriptedOptions, parse_config
 from harness.proposal import Proposal, ProposalError, parse_proposal
 from harness.researchers.base import Researcher, ResearcherExhausted
 
@@ -21,9 +22,7 @@ class ScriptedResearcher(Researcher):
     name = "scripted"
 
     def __init__(self, config: dict, *, campaign_dir: Path, seed: int, base_model: str):
-        if not config.get("file"):
-            raise ValueError("the scripted researcher needs a proposals file: researcher.file=PATH")
-        self.path = Path(config["file"])
+        self.path = Path(parse_config(ScriptedOptions, config, "researcher").file)
         if not self.path.is_file():
             raise FileNotFoundError(f"proposals file {str(self.path)!r} does not exist")
         # (line number in the file, text): line numbers count blank lines, so errors point at the file.
