@@ -160,10 +160,24 @@ class ScriptedOptions(Section):
     file: str = Field(min_length=1, description="the proposals file")
 
 
+class TPEOptions(Section):
+    """Optuna's TPE sampler over the surface's knobs (ask-and-tell; the study is researcher/optuna.db)."""
+
+    name: Literal["tpe"] = "tpe"
+    n_startup_trials: PositiveInt = Field(10, description="random trials before the sampler's model is used")
+
+
+class CMAESOptions(Section):
+    """Optuna's CMA-ES sampler over the surface's numeric knobs (choices are sampled independently)."""
+
+    name: Literal["cmaes"] = "cmaes"
+    n_startup_trials: PositiveInt = Field(10, description="random trials before the evolution strategy starts")
+
+
 RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
-                                          "scripted": ScriptedOptions}
-ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions,
-                              Field(discriminator="name")]
+                                          "scripted": ScriptedOptions, "tpe": TPEOptions, "cmaes": CMAESOptions}
+ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions | TPEOptions
+                              | CMAESOptions, Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,10 +155,10 @@ def test_every_researcher_has_a_schema_and_a_backend():
      "researcher.budget.dollars: unknown key; valid keys of researcher.budget: tokens, cost_usd"),
     (["approvals=keep", "approvals.timeout=5"],
      "approvals.timeout: unknown key; valid keys of approvals: name, when, n, timeout_s, default"),
-    (["researcher=nope"], "researcher=nope: no such researcher; choose one of local, openai, random, scripted"),
+    (["researcher=nope"], "researcher=nope: no such researcher; choose one of cmaes, local, openai, random, scripted, tpe"),
     (["approvals=sometimes"], "approvals=sometimes: no such approvals; choose one of code, every_n, keep, "
                               "keep_and_code, none"),
-    (["researcher.name=gpt"], "researcher.name must be one of local, openai, random, scripted, got 'gpt'"),
+    (["researcher.name=gpt"], "researcher.name must be one of local, openai, random, scripted, tpe, cmaes, got 'gpt'"),
     (["researcher=scripted"], "researcher.file is required (researcher.file=...)"),
     (["rounds=1e2"], "rounds must be a positive integer, got 100.0 (from rounds=1e2)"),
     (["rounds=ten"], "rounds must be a positive integer, got 'ten'"),

@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from harness.analyze import Evidence
+from harness.config import RESEARCHERS, CMAESOptions, TPEOptions, parse_config
 from harness.proposal import KnobEdit, Proposal, ProposalError, validate
 from harness.researchers.base import Researcher, ResearcherExhausted, knob_space, same_value, short_float
 from rl_pipeline.files import write_atomic
@@ -63,18 +64,18 @@ class OptunaResearcher(Researcher):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.name = config["name"]
+        if config.get("name") not in RESEARCHERS or RESEARCHERS[config["name"]] not in (TPEOptions, CMAESOptions):
+            raise ValueError(f"unknown Optuna sampler {config.get('name')!r}; choose tpe or cmaes")
+        options = parse_config(RESEARCHERS[config["name"]], config, "researcher")  # options and defaults: the schema
+        self.name = options.name
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.dir.mkdir(parents=True, exist_ok=True)
-        startup = int(config.get("n_startup_trials", 10))
         if self.name == "tpe":
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-        elif self.name == "cmaes":
-            sampler = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
-                                                   warn_independent_sampling=False)
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=options.n_startup_trials)
         else:
-            raise ValueError(f"unknown Optuna sampler {self.name!r}; choose tpe or cmaes")
+            sampler = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=options.n_startup_trials,
+                                                   warn_independent_sampling=False)
         storage = optuna.storages.RDBStorage(f"sqlite:///{(self.dir / 'optuna.db').resolve()}")
         self.study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler,
                                          direction="maximize", load_if_exists=True)
