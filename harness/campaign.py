@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from harness.analyze import analyze
-from harness.approvals import ApprovalPolicy, make_gate
+from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
 from harness.compare import decide, merge_results, noise_floor
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
@@ -131,7 +131,7 @@ class Campaign:
             return self._finish(n, out, proposed, None, None, "failed", proposed["error"])
         proposal = parse_proposal(proposed["proposal"])
 
-        gate = step("gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal.hypothesis))
+        gate = step("gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal_question(proposal)))
         if gate["decision"] == "reject":
             return self._finish(n, out, proposed, None, None, "revert", f"proposal rejected by {gate['who']}")
 
@@ -146,8 +146,8 @@ class Campaign:
         decision = verdict["decision"]
         reason = verdict["reason"]
         if decision == "keep":
-            gate = step("gate_keep", lambda: self._ask("keep", n, proposal.kind,
-                                                      f"{proposal.hypothesis}: {verdict['reason']}"))
+            gate = step("gate_keep", lambda: self._ask("keep", n, proposal.kind, keep_question(proposal, verdict),
+                                                      self.workspace.diff(n)))
             if gate["decision"] == "reject":
                 decision, reason = "revert", f"keep rejected by {gate['who']}: {gate.get('note') or ''}".strip()
         return self._finish(n, out, proposed, result, verdict, decision, reason)
@@ -164,10 +164,11 @@ class Campaign:
         _write_json(out / "proposal.json", proposal.to_dict())
         return {"proposal": proposal.to_dict()}
 
-    def _ask(self, point: str, n: int, kind: str, summary: str) -> dict:
+    def _ask(self, point: str, n: int, kind: str, summary: str, diff: str = "") -> dict:
         if self.policy.needs(point, round_no=n, proposal_kind=kind):
             self.journal.set("status", "pending_approval")
-        decision = self.gate.ask(point, round_no=n, proposal_kind=kind, summary=summary)
+        with self.live.paused():  # the live view would draw over the question and its prompt
+            decision = self.gate.ask(point, round_no=n, proposal_kind=kind, summary=summary, diff=diff)
         self.journal.set("status", "running")
         return decision
 
