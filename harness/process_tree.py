@@ -108,6 +108,8 @@ def stop_tree(grace_s: float) -> None:
 def guard(command: list[str], parent: int, grace_s: float) -> int:
     """Run `command`, wait for it, and stop its whole tree when it ends or when we are told to."""
     def stop(signum, _frame):
+        for sig in STOP_SIGNALS:  # a second signal must not interrupt the stopping
+            signal.signal(sig, signal.SIG_IGN)
         raise _Stop(signum)
 
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)

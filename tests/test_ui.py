@@ -76,3 +76,35 @@ def test_stopping_researcher_ui_stops_the_whole_mlflow_tree(tmp_path, stop):
                     p.kill()
                 except psutil.NoSuchProcess:
                     pass
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_run_tree_stops_descendants_that_left_its_session(stop):
+    """The guard behind `researcher ui`, on a small tree: a child in its own session (as mlflow's
+    job runners are) and a grandchild whose parent exits (reparented to the guard) go too."""
+    tree_cmd = "sleep 300 & setsid sleep 301 & (sleep 302 &) ; wait"
+    script = ("import sys; from harness.process_tree import run_tree; "
+              f"sys.exit(run_tree(['sh', '-c', {tree_cmd!r}], grace_s=2))")
+    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len([p for p in tree if p.name() == "sleep"]) < 3:
+            assert time.monotonic() < deadline, [p.cmdline() for p in tree]
+            time.sleep(0.1)
+            tree = psutil.Process(parent.pid).children(recursive=True)
+        assert len({os.getsid(p.pid) for p in tree if p.name() == "sleep"}) == 2  # one left the session
+        os.kill(parent.pid, stop)
+        code = parent.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive(tree) == []
+        assert code == (-stop if stop == signal.SIGKILL else 128 + signal.SIGTERM)
+    finally:
+        for p in [*tree, psutil.Process(parent.pid) if parent.poll() is None else None]:
+            if p is not None:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
