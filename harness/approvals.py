@@ -10,12 +10,15 @@ proposals run unasked), `every_n` at the proposal of every n-th round. A gate as
   (the `approve` function here) answers from another shell, or until the policy's timeout,
   when the policy's default (reject unless set otherwise) is applied with who="timeout".
 
-Every gate answers every `ask` with a decision dict {decision, who, when, note, point, round}
-(points the policy does not ask about are approved with who="policy:NAME"), which the loop
-records in the journal, the memory and MLflow.
+A person is shown what is asked: `keep_question` (the hypothesis, the edits, the accuracy change
+with its interval) or `proposal_question` (the hypothesis and the edits, before anything is
+applied), and the candidate's diff when there is one. Every gate answers every `ask` with a
+decision dict {decision, who, when, note, point, round} (points the policy does not ask about are
+approved with who="policy:NAME"), which the loop records in the journal, the memory and MLflow.
 
     gate = make_gate(policy, "runs/demo", interactive=sys.stdin.isatty())
-    d = gate.ask("keep", round_no=3, proposal_kind="knob", summary="temperature 0.7: +0.04 [0.01, 0.07]")
+    d = gate.ask("keep", round_no=3, proposal_kind="knob", summary=keep_question(proposal, verdict),
+                 diff=workspace.diff(3))
     # elsewhere: approve("runs/demo", reject=False, note="looks right")
 """
 
@@ -32,9 +35,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.prompt import Confirm, Prompt
+from rich.syntax import Syntax
+from rich.text import Text
 
 from harness.config import Approvals, ConfigError, parse_config
 from harness.journal import utc_now, write_json
@@ -42,6 +47,8 @@ from harness.journal import utc_now, write_json
 POINTS = ("proposal", "keep")
 PENDING_FILE = "pending.json"
 DECISION_FILE = "decision.json"
+# The terminal shows this many lines of a diff; `researcher diff NAME ROUND` shows all of it.
+DIFF_LINES = 80
 
 
 class ApprovalError(RuntimeError):
@@ -97,6 +104,29 @@ def make_decision(decision: str, *, who: str, note: str, point: str, round_no: i
             "point": point, "round": round_no}
 
 
+def _edit_line(edit: Mapping) -> str:
+    if "knob" in edit:
+        return f"- {edit['knob']} = {json.dumps(edit['value'])}"
+    return f"- {edit['file']}: replace {json.dumps(edit['search'])} with {json.dumps(edit['replace'])}"
+
+
+def proposal_question(proposal) -> str:
+    """What a person approves before a proposal runs: its hypothesis and every edit."""
+    data = proposal.to_dict()
+    return "\n".join([f"Hypothesis: {data['hypothesis']}", "Edits:", *map(_edit_line, data["edits"])])
+
+
+def keep_question(proposal, verdict: Mapping) -> str:
+    """What a person approves before a keep: the change, and the paired accuracy change with its
+    95% interval against the margin (the diff goes to the gate alongside)."""
+    low, high = verdict["ci95"]
+    return "\n".join([proposal_question(proposal),
+                      f"Accuracy change {verdict['delta']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}]) over "
+                      f"{verdict['n_examples']} examples x {verdict['n_seeds']} seeds; margin "
+                      f"{verdict['margin']:+.3f}.",
+                      f"Verdict: {verdict['reason']}"])
+
+
 def current_user() -> str:
     # getpass fails in containers whose uid has no passwd entry; the uid still names someone.
     try:
@@ -113,14 +143,15 @@ class Gate:
     def __init__(self, policy: ApprovalPolicy):
         self.policy = policy
 
-    def ask(self, point: str, *, round_no: int, proposal_kind: str, summary: str) -> dict:
-        """The decision on `point` of round `round_no`; `summary` is what the person is shown."""
+    def ask(self, point: str, *, round_no: int, proposal_kind: str, summary: str, diff: str = "") -> dict:
+        """The decision on `point` of round `round_no`; `summary` (and `diff`, the candidate's
+        patch when there is one) is what the person is shown."""
         if not self.policy.needs(point, round_no=round_no, proposal_kind=proposal_kind):
             return make_decision("approve", who=f"policy:{self.policy.name}", note="",
                                  point=point, round_no=round_no)
-        return self._ask_person(point, round_no, summary)
+        return self._ask_person(point, round_no, summary, diff)
 
-    def _ask_person(self, point: str, round_no: int, summary: str) -> dict:
+    def _ask_person(self, point: str, round_no: int, summary: str, diff: str) -> dict:
         raise NotImplementedError
 
 
@@ -144,13 +175,24 @@ class TerminalGate(Gate):
         self.console = console or Console()
         self.stream = stream
 
-    def _ask_person(self, point: str, round_no: int, summary: str) -> dict:
-        self.console.print(Panel(summary, title=f"round {round_no}: approve the {point}?"))
+    def _ask_person(self, point: str, round_no: int, summary: str, diff: str) -> dict:
+        self.console.print(question_panel(point, round_no, summary, diff))
         approved = Confirm.ask("Approve?", console=self.console, stream=self.stream)
         note = Prompt.ask("Note (optional)", default="", show_default=False,
                           console=self.console, stream=self.stream)
         return make_decision("approve" if approved else "reject", who=current_user(), note=note,
                              point=point, round_no=round_no)
+
+
+def question_panel(point: str, round_no: int, summary: str, diff: str) -> Panel:
+    """The question as a person sees it: the summary, then the diff (its first DIFF_LINES lines)."""
+    parts = [Text(summary)]
+    if diff:
+        lines = diff.splitlines()
+        parts += [Text(""), Syntax("\n".join(lines[:DIFF_LINES]), "diff", theme="ansi_dark", word_wrap=True)]
+        if len(lines) > DIFF_LINES:
+            parts.append(Text(f"... {len(lines) - DIFF_LINES} more lines (`researcher diff` shows them all)"))
+    return Panel(Group(*parts), title=f"round {round_no}: approve the {point}?")
 
 
 class FileGate(Gate):
@@ -166,20 +208,20 @@ class FileGate(Gate):
         self.dir = Path(campaign_dir)
         self.poll_s = poll_s
 
-    def _ask_person(self, point: str, round_no: int, summary: str) -> dict:
+    def _ask_person(self, point: str, round_no: int, summary: str, diff: str) -> dict:
         decision_path = self.dir / DECISION_FILE
         answer = _read_json(decision_path)
         if not _answers(answer, round_no, point):
             decision_path.unlink(missing_ok=True)  # an earlier request's answer
-            answer = self._wait(point, round_no, summary)
+            answer = self._wait(point, round_no, summary, diff)
         (self.dir / PENDING_FILE).unlink(missing_ok=True)
         return answer
 
-    def _wait(self, point: str, round_no: int, summary: str) -> dict:
+    def _wait(self, point: str, round_no: int, summary: str, diff: str) -> dict:
         asked = datetime.now(timezone.utc)
         expires = asked + timedelta(seconds=self.policy.timeout_s)
         write_json(self.dir / PENDING_FILE, {
-            "round": round_no, "point": point, "summary": summary,
+            "round": round_no, "point": point, "summary": summary, "diff": diff,
             "asked_at": asked.isoformat(timespec="seconds"),
             "expires_at": expires.isoformat(timespec="seconds"), "default": self.policy.default})
         decision_path = self.dir / DECISION_FILE
@@ -206,7 +248,7 @@ def make_gate(policy: ApprovalPolicy, campaign_dir: str | Path, interactive: boo
 # ---------------------------------------------------------------- the other shell's side
 
 def pending(campaign_dir: str | Path) -> dict | None:
-    """The request a campaign is waiting on ({round, point, summary, asked_at, ...}), or None."""
+    """The request a campaign is waiting on ({round, point, summary, diff, asked_at, ...}), or None."""
     campaign_dir = Path(campaign_dir)
     request = _read_json(campaign_dir / PENDING_FILE)
     if request is None or _answers(_read_json(campaign_dir / DECISION_FILE),

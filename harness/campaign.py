@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from harness.analyze import Evidence, analyze
-from harness.approvals import ApprovalPolicy, make_gate
+from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
 from harness.compare import decide, merge_results, noise_floor
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
@@ -150,7 +150,7 @@ class Campaign:
     def _to_verdict(self, n: int, out: Path, proposal) -> None:
         """The steps from a valid proposal to a verdict, stopping at the first that says no."""
         step = self._step
-        gate = step(n, "gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal.hypothesis))
+        gate = step(n, "gate_proposal", lambda: self._ask("proposal", n, proposal.kind, proposal_question(proposal)))
         if gate["decision"] == "reject":
             return
         if step(n, "apply", lambda: self._apply(n, proposal)).get("error"):
@@ -161,8 +161,8 @@ class Campaign:
             verdict = step(n, "reeval", lambda: self._reeval(n, out))["verdict"]
         step(n, "critique", lambda: self._critique(out, n, proposal, verdict))
         if verdict["decision"] == "keep":
-            step(n, "gate_keep", lambda: self._ask("keep", n, proposal.kind,
-                                                   f"{proposal.hypothesis}: {verdict['reason']}"))
+            step(n, "gate_keep", lambda: self._ask("keep", n, proposal.kind, keep_question(proposal, verdict),
+                                                   self.workspace.diff(n)))
 
     def _analyze(self, n: int) -> dict:
         j = self.journal
@@ -179,10 +179,11 @@ class Campaign:
         _write_json(out / "proposal.json", proposal.to_dict())
         return {"proposal": proposal.to_dict()}
 
-    def _ask(self, point: str, n: int, kind: str, summary: str) -> dict:
+    def _ask(self, point: str, n: int, kind: str, summary: str, diff: str = "") -> dict:
         if self.policy.needs(point, round_no=n, proposal_kind=kind):
             self.journal.set("status", "pending_approval")
-        decision = self.gate.ask(point, round_no=n, proposal_kind=kind, summary=summary)
+        with self.live.paused():  # the live view would draw over the question and its prompt
+            decision = self.gate.ask(point, round_no=n, proposal_kind=kind, summary=summary, diff=diff)
         self.journal.set("status", "running")
         return decision
 

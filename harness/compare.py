@@ -52,10 +52,21 @@ def paired_differences(candidate: dict, incumbent: dict) -> tuple[np.ndarray, li
 
 
 def metric_deltas(candidate: dict, incumbent: dict) -> dict[str, float]:
-    """Candidate minus incumbent for every scalar metric both results report."""
+    """Candidate minus incumbent for the scalar metrics both results report, on the same seeds.
+
+    Accuracy is the paired change over the common seeds (the verdict's delta). The other metrics
+    are aggregates over each result's own seeds, so they are compared only when both results
+    cover the same seeds: a 3-seed candidate against a 6-seed incumbent gets no rate changes
+    rather than changes that mix seeds.
+    """
     cand, inc = candidate["metrics"], incumbent["metrics"]
-    return {name: float(cand[name] - inc[name]) for name in cand
-            if name in inc and isinstance(cand[name], (int, float)) and isinstance(inc[name], (int, float))}
+    deltas = {}
+    if set(candidate["seeds"]) == set(incumbent["seeds"]):
+        deltas = {name: float(cand[name] - inc[name]) for name in cand
+                  if name in inc and isinstance(cand[name], (int, float)) and isinstance(inc[name], (int, float))}
+    if "per_example" in candidate and "per_example" in incumbent:
+        deltas["accuracy"] = float(paired_differences(candidate, incumbent)[0].mean())
+    return deltas
 
 
 # ---------------------------------------------------------------- the noise floor

@@ -1,9 +1,10 @@
 """Self-critique after a round, and the check that it states no number it was not given.
 
 `critique` writes the round's self-feedback in markdown: what changed, what it did to each metric
-(candidate against incumbent, with the paired verdict), whether that is beyond noise (the
-interval against the margin), and what to try next (a few rules: truncation up means fewer
-tokens, a helpful change is pushed further, a refuted one gives way to another knob).
+(candidate against incumbent on the seeds both ran, so its accuracy change is the paired one of
+the verdict), whether that is beyond noise (the interval against the margin), and what to try
+next (a few rules: truncation up means fewer tokens, a helpful change is pushed further, a
+refuted one gives way to another knob).
 
 `check_critique` extracts every number in a text and returns the ones that match nothing in the
 result, the incumbent or the verdict at the precision printed (a percentage is read as a
@@ -119,6 +120,55 @@ def _advice(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) ->
     return advice
 
 
+def _common_seeds(result: dict, incumbent: dict) -> list[int]:
+    return [s for s in incumbent.get("seeds", []) if s in set(result.get("seeds", []))]
+
+
+def _same_seeds(result: dict, incumbent: dict) -> bool:
+    return set(result.get("seeds", [])) == set(incumbent.get("seeds", []))
+
+
+def _accuracy_on(res: dict, seeds: list[int]) -> float | None:
+    """Mean accuracy of `res` over `seeds` only, from its per-example scores; None without them."""
+    if res.get("status") != "ok":
+        return None
+    if set(seeds) == set(res.get("seeds", [])):
+        return res["metrics"]["accuracy"]
+    if "per_example" not in res or not seeds:
+        return None
+    position = {seed: i for i, seed in enumerate(res["seeds"])}
+    scores = [row[position[s]] for row in res["per_example"].values() for s in seeds]
+    return sum(scores) / len(scores)
+
+
+def _table(result: dict, incumbent: dict, verdict: dict) -> list[str]:
+    """The metrics side by side. Every change in it is on the seeds both results share, so its
+    accuracy change is the paired one stated above it, never a difference that mixes seeds. The
+    other metrics are aggregates over each result's own seeds: when the seeds differ (a 3-seed
+    candidate against a 6-seed incumbent) they are listed without a change."""
+    seeds = _common_seeds(result, incumbent)
+    same = _same_seeds(result, incumbent)
+    names = [m for m in METRICS if m in result["metrics"] and m in incumbent.get("metrics", {})]
+    lines = [f"| metric, on the {len(seeds)} seeds both ran | incumbent | candidate | change |", "|---|---|---|---|"]
+    inc_acc, cand_acc = _accuracy_on(incumbent, seeds), _accuracy_on(result, seeds)
+    if inc_acc is not None and cand_acc is not None:
+        lines.append(f"| accuracy | {_metric('accuracy', inc_acc)} | {_metric('accuracy', cand_acc)} | "
+                     f"{verdict['delta']:+.3f} |")
+    for name in names:
+        if name != "accuracy" and same:
+            inc, cand = incumbent["metrics"][name], result["metrics"][name]
+            lines.append(f"| {name} | {_metric(name, inc)} | {_metric(name, cand)} | "
+                         f"{_metric(name, cand - inc, signed=True)} |")
+    if same:
+        return lines
+    lines += ["", f"| metric, on each one's own seeds | incumbent ({len(incumbent['seeds'])} seeds) | "
+                  f"candidate ({len(result['seeds'])} seeds) |", "|---|---|---|"]
+    for name in (n for n in names if n != "accuracy"):  # accuracy is above, on the common seeds
+        lines.append(f"| {name} | {_metric(name, incumbent['metrics'][name])} | "
+                     f"{_metric(name, result['metrics'][name])} |")
+    return lines
+
+
 def critique(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -> str:
     """Markdown self-feedback on one round; every number in it comes from the arguments."""
     out = ["**What changed.**", *_changes(proposal, result, incumbent), ""]
@@ -130,13 +180,7 @@ def critique(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -
         out += [f"**What it did.** Decision: {verdict['decision']}. Paired accuracy change "
                 f"{verdict['delta']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}]) over {verdict['n_examples']} "
                 f"examples x {verdict['n_seeds']} seeds, against a margin of {verdict['margin']:+.3f}.", "",
-                "| metric | incumbent | candidate | change |", "|---|---|---|---|"]
-        for name in METRICS:
-            if name in result["metrics"] and name in incumbent.get("metrics", {}):
-                inc, cand = incumbent["metrics"][name], result["metrics"][name]
-                out.append(f"| {name} | {_metric(name, inc)} | {_metric(name, cand)} | "
-                           f"{_metric(name, cand - inc, signed=True)} |")
-        out += ["", f"**Beyond noise?** {_noise(verdict)}", ""]
+                *_table(result, incumbent, verdict), "", f"**Beyond noise?** {_noise(verdict)}", ""]
     out += ["**Next.**", *(f"- {line}" for line in _advice(proposal, result, incumbent, verdict))]
     return "\n".join(out) + "\n"
 
@@ -177,10 +221,13 @@ def _given(result: dict, incumbent: dict, verdict: dict) -> list[float]:
         given += [group["count"] for group in res.get("failures", {}).values()]
         given += [len(res.get("seeds", []))] + _numbers(res.get("num_examples"))
     given += _numbers(verdict)
-    for name, value in result.get("metrics", {}).items():
-        other = incumbent.get("metrics", {}).get(name)
-        if isinstance(value, (int, float)) and isinstance(other, (int, float)):
-            given.append(value - other)
+    seeds = _common_seeds(result, incumbent)
+    given += [len(seeds)] + [a for a in (_accuracy_on(result, seeds), _accuracy_on(incumbent, seeds)) if a is not None]
+    if _same_seeds(result, incumbent):  # a difference of aggregates over different seeds is no change
+        for name, value in result.get("metrics", {}).items():
+            other = incumbent.get("metrics", {}).get(name)
+            if isinstance(value, (int, float)) and isinstance(other, (int, float)):
+                given.append(value - other)
     return given + [abs(v) for v in given]
 
 

@@ -1,11 +1,14 @@
 """The live view of a running campaign: round, step, incumbent, last decisions, ETA.
 
 On a terminal it is a rich `Live` panel redrawn in place; elsewhere (logs, CI) each change is
-one plain line, so a campaign's output stays readable when redirected to a file.
+one plain line, so a campaign's output stays readable when redirected to a file. `paused()`
+stops the redrawing while a person is asked something at the terminal (the live panel would
+otherwise draw over the question and the prompt) and resumes it after the answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from rich.console import Console, Group
@@ -28,15 +31,33 @@ class LiveView:
 
     def __enter__(self):
         if self.enabled and self.console.is_terminal:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
-            self._live.__enter__()
+            self._start()
         return self
+
+    def _start(self) -> None:
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self._live.__enter__()
 
     def __exit__(self, *exc):
         if self._live is not None:
             self._live.__exit__(*exc)
             self._live = None
         return False
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Stop redrawing (the last frame stays on screen) so that what is printed and asked in
+        the block is seen and answered; redraw below it afterwards. A new `Live` resumes: the
+        stopped one would move the cursor up over its old frame's height, onto the answer."""
+        if self._live is None:
+            yield
+            return
+        self._live.stop()
+        self._live = None
+        try:
+            yield
+        finally:
+            self._start()
 
     def _render(self):
         s = self.state

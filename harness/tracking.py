@@ -3,7 +3,10 @@
 The parent run holds the whole config (flattened as params, and as `config.json`), the campaign's
 progress metrics (step = round) and the progress plot. Each round is a child run with its knobs as
 params, its scores as metrics, its decision, status and commits as tags, and `diff.patch`,
-`proposal.json`, `verdict.json`, `critique.md` and `memory.md` as artifacts.
+`proposal.json`, `verdict.json`, `critique.md` and `memory.md` as artifacts. MLflow's artifact
+viewer does not preview `.patch` files, so the diff is also logged as `diff.md` (a fenced `diff`
+block, which it renders) and shown in the run's description, under its hypothesis and verdict;
+`diff.patch` stays the file to `git apply`.
 
 Every call is idempotent, so a campaign resumed after a crash re-logs its last round without
 creating a duplicate: the parent is found again by a stored run id, else by its `campaign_id` tag (a
@@ -83,6 +86,44 @@ def flatten(data: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+def diff_markdown(diff: str) -> str:
+    """`diff` as a fenced markdown `diff` block, with a fence no line of the diff can close."""
+    longest = max((len(run) for run in re.findall(r"`+", diff)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}diff\n{diff.rstrip(chr(10))}\n{fence}\n"
+
+
+def round_description(proposal: dict, verdict: dict, diff: str, approval: dict | None = None,
+                      limit: int = MAX_TAG_VALUE) -> str:
+    """A round run's description (markdown): hypothesis, verdict, a person's approval or rejection
+    and the diff, within `limit` characters; a diff too long for it is cut at a line, saying where
+    the rest is."""
+    head = f"{proposal.get('hypothesis', '')}\n\n{verdict.get('reason', '')}".strip()
+    if approval and not str(approval.get("who", "")).startswith("policy:"):
+        note = f": {approval['note']}" if approval.get("note") else ""
+        head += (f"\n\n**Approval:** {approval.get('decision')} of the {approval.get('point')} by "
+                 f"{approval.get('who')}{note}")
+    if not diff:
+        return head[:limit]
+    text = f"{head}\n\n**Diff**\n\n{diff_markdown(diff)}"
+    if len(text) <= limit:
+        return text
+    lines = diff.rstrip("\n").split("\n")
+    room = limit - len(f"{head}\n\n**Diff**\n\n{diff_markdown('')}") - len(_cut_note(len(lines)))
+    kept, used = [], 0
+    for line in lines:
+        used += len(line) + 1
+        if used > room:
+            break
+        kept.append(line)
+    text = f"{head}\n\n**Diff**\n\n{diff_markdown(chr(10).join(kept))}{_cut_note(len(lines) - len(kept))}"
+    return text if len(text) <= limit else head[:limit]
+
+
+def _cut_note(lines: int) -> str:
+    return f"\n_{lines} more lines in `diff.md` and `diff.patch`._\n"
 
 
 def _param_value(value) -> str:
@@ -300,7 +341,7 @@ class MlflowTracker:
         tags = {"decision": verdict.get("decision", "failed" if result.get("status") != "ok" else "none"),
                 "status": result.get("status", "not_run"),
                 "hypothesis": proposal.get("hypothesis", ""),
-                NOTE_TAG: f"{proposal.get('hypothesis', '')}\n\n{verdict.get('reason', '')}".strip()}
+                NOTE_TAG: round_description(proposal, verdict, diff, approval)}
         if verdict.get("reason"):
             tags["reason"] = verdict["reason"]
         if result.get("reason"):
@@ -312,7 +353,9 @@ class MlflowTracker:
         self._mlflow.log_dict(run_id, proposal, "proposal.json")
         if verdict:
             self._mlflow.log_dict(run_id, verdict, "verdict.json")
-        for text, artifact in ((diff, "diff.patch"), (critique, "critique.md"), (memory_snapshot, "memory.md")):
+        patch = diff if not diff or diff.endswith("\n") else diff + "\n"  # git apply wants the last newline
+        for text, artifact in ((patch, "diff.patch"), (diff and diff_markdown(diff), "diff.md"),
+                               (critique, "critique.md"), (memory_snapshot, "memory.md")):
             if text:
                 self._mlflow.log_text(run_id, text, artifact)
         self._mlflow.set_terminated(run_id, status="FINISHED")

@@ -2,6 +2,8 @@
 
 import io
 import json
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,11 +12,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from harness.approvals import (ApprovalError, ApprovalPolicy, FileGate, NullGate, TerminalGate,
-                               approve, make_gate, pending)
+from harness.approvals import (ApprovalError, ApprovalPolicy, FileGate, NullGate, TerminalGate, approve,
+                               keep_question, make_gate, pending, proposal_question)
+from harness.proposal import parse_proposal
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 POLL_S = 0.02
+DIFF = ("--- a/scaffold.yaml\n+++ b/scaffold.yaml\n@@ -5,3 +5,3 @@ sampling:\n"
+        "-  temperature: 1.0\n+  temperature: 0.7\n")
 
 
 def load_policy(name):
@@ -178,8 +183,80 @@ def test_terminal_gate_asks_yes_no_and_a_note():
     policy = ApprovalPolicy(name="keep", when=frozenset({"keep"}))
     console = Console(file=io.StringIO(), width=80)
     gate = TerminalGate(policy, console=console, stream=io.StringIO("y\nnice gain\n"))
-    d = gate.ask("keep", round_no=9, proposal_kind="knob", summary="temperature 0.7: +0.04")
+    d = gate.ask("keep", round_no=9, proposal_kind="knob", summary="temperature 0.7: +0.04", diff=DIFF)
     assert (d["decision"], d["note"], d["point"], d["round"]) == ("approve", "nice gain", "keep", 9)
-    assert "temperature 0.7" in console.file.getvalue()
+    shown = console.file.getvalue()
+    assert "round 9: approve the keep?" in shown and "temperature 0.7" in shown
+    assert "-  temperature: 1.0" in shown and "+  temperature: 0.7" in shown
+    assert shown.index("+  temperature: 0.7") < shown.index("Approve? [y/n]: ") < shown.index("Note (optional): ")
     gate = TerminalGate(policy, console=console, stream=io.StringIO("n\n\n"))
     assert gate.ask("keep", round_no=10, proposal_kind="knob", summary="")["decision"] == "reject"
+
+
+def test_questions_state_the_change_and_the_paired_delta_with_its_interval():
+    proposal = parse_proposal({"hypothesis": "cooler sampling", "edits": [
+        {"knob": "sampling.temperature", "value": 0.7},
+        {"file": "reward.py", "search": "a = 1", "replace": "a = 2"}]})
+    assert proposal_question(proposal) == ('Hypothesis: cooler sampling\nEdits:\n- sampling.temperature = 0.7\n'
+                                           '- reward.py: replace "a = 1" with "a = 2"')
+    verdict = {"delta": 0.0412, "ci95": [0.011, 0.0705], "n_examples": 200, "n_seeds": 3, "margin": 0.0,
+               "reason": "keep: the lower bound is above the margin"}
+    assert keep_question(proposal, verdict).endswith(
+        "Accuracy change +0.041 (95% CI [+0.011, +0.070]) over 200 examples x 3 seeds; margin +0.000.\n"
+        "Verdict: keep: the lower bound is above the margin")
+
+
+# What a person at a terminal sees, played through a VT100 emulator: a live view is running, the
+# gate asks inside `paused()`, the live view comes back after the answer.
+TERMINAL_CHILD = """
+import time
+from harness.approvals import ApprovalPolicy, TerminalGate
+from harness.live import LiveView
+live = LiveView("demo", 3)
+gate = TerminalGate(ApprovalPolicy(name="keep", when=frozenset({"keep"})))
+with live:
+    live.step(1, "gate_keep")
+    time.sleep(0.5)
+    with live.paused():
+        d = gate.ask("keep", round_no=1, proposal_kind="knob", summary="Accuracy change +0.041", diff=%r)
+    live.step(1, "decide")
+    live.decision(1, d["decision"], d["note"])
+    time.sleep(0.5)
+"""
+
+
+def test_terminal_gate_under_a_live_view_is_seen_and_answered_in_a_real_terminal():
+    pexpect = pytest.importorskip("pexpect")
+    pyte = pytest.importorskip("pyte")
+    screen = pyte.Screen(100, 40)
+    stream = pyte.ByteStream(screen)
+    child = pexpect.spawn(sys.executable, ["-c", TERMINAL_CHILD % DIFF], dimensions=(40, 100),
+                          env=os.environ | {"TERM": "xterm-256color", "PYTHONPATH": str(CONF.parent)})
+
+    def expect(pattern):
+        child.expect(pattern, timeout=60)
+        stream.feed(child.before + (child.after if isinstance(child.after, bytes) else b""))
+
+    try:
+        expect(r"Approve\?[^\n]*\[y/n\][^:\n]*: ")
+        deadline = time.monotonic() + 1.5  # a live view still drawing would cover the question now
+        while time.monotonic() < deadline:
+            try:
+                stream.feed(child.read_nonblocking(65536, timeout=0.2))
+            except pexpect.TIMEOUT:
+                pass
+        asked = "\n".join(line.rstrip() for line in screen.display).rstrip()
+        assert "round 1: approve the keep?" in asked and "Accuracy change +0.041" in asked, asked
+        assert "-  temperature: 1.0" in asked and "+  temperature: 0.7" in asked, asked
+        assert asked.splitlines()[-1] == "Approve? [y/n]:", asked
+        child.sendline("n")
+        expect(r"Note \(optional\): ")  # the patterns run to the end of a prompt: nothing is left over
+        child.sendline("not yet")
+        expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    after = "\n".join(line.rstrip() for line in screen.display)
+    assert "+  temperature: 0.7" in after and "Approve? [y/n]: n\nNote (optional): not yet\n" in after, after
+    assert after.index("Note (optional): not yet") < after.index("step: decide"), after
+    assert "│ reject" in after and "not yet" in after.split("step: decide")[1], after

@@ -106,3 +106,37 @@ def test_random_rounds_always_pass_the_check():
             v["n_seeds"], v["n_examples"] = len(incumbent["seeds"]), rng.randint(1, 5000)
         text = critique(proposal, candidate, incumbent, v)
         assert check_critique(text, candidate, incumbent, v) == [], text
+
+
+def scored(columns, seeds):
+    """An ok result from per-seed lists of 0/1 scores over the same 200 examples."""
+    per_example = {f"ex{i:03d}": [col[i] for col in columns] for i in range(200)}
+    flat = [s for col in columns for s in col]
+    return {"status": "ok", "seeds": list(seeds), "num_examples": 200, "knobs": dict(KNOBS), "failures": {},
+            "per_example": per_example,
+            "metrics": {"accuracy": sum(flat) / len(flat), "accuracy_ci95": [0.0, 1.0], "format_valid_rate": 0.9,
+                        "truncation_rate": 0.1 * len(seeds), "repetition_rate": 0.0, "mean_completion_tokens": 6.0}}
+
+
+def test_a_six_seed_incumbent_against_a_three_seed_candidate_states_one_change():
+    """The table and the text give the paired change on the 3 common seeds, not the 6-vs-3 one."""
+    from harness.compare import decide
+
+    right = lambda k: [1] * k + [0] * (200 - k)  # noqa: E731 - the first k examples right
+    incumbent = scored([right(90), right(90), right(90), right(60), right(60), right(60)], range(6))
+    candidate = scored([right(80), right(75), right(80)], range(3))
+    v = decide(candidate, incumbent, margin=0.0, reeval_band=0.0, can_reeval=False).to_dict()
+    paired = (235 / 3 - 90) / 200
+    unpaired = candidate["metrics"]["accuracy"] - incumbent["metrics"]["accuracy"]
+    assert v["delta"] == pytest.approx(paired) and f"{paired:+.3f}" != f"{unpaired:+.3f}"
+    assert v["metric_deltas"] == {"accuracy": pytest.approx(paired)}  # no rate change across seeds
+
+    text = critique(knob_proposal("sampling.temperature", 1.0), candidate, incumbent, v)
+    assert f"Paired accuracy change {paired:+.3f}" in text
+    assert f"| accuracy | {90 / 200:.3f} | {235 / 600:.3f} | {paired:+.3f} |" in text
+    assert f"{unpaired:+.3f}" not in text and "| accuracy | 0.375" not in text
+    # the rates cover each result's own seeds: listed, with no change that mixes seeds
+    assert "| truncation_rate | 0.600 | 0.300 |\n" in text
+    assert "-0.300" not in text
+    assert check_critique(text, candidate, incumbent, v) == []
+    assert check_critique(f"accuracy changed by {unpaired:+.3f}", candidate, incumbent, v) == [f"{unpaired:+.3f}"]

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
 from harness.report import progress_plot
-from harness.tracking import (MAX_PARAM_VALUE, MlflowTracker, NullTracker, default_tracking_uri, make_tracker,
-                              sanitize_key)
+from harness.tracking import (MAX_PARAM_VALUE, MAX_TAG_VALUE, MlflowTracker, NullTracker, default_tracking_uri,
+                              diff_markdown, make_tracker, round_description, sanitize_key)
 
 CONFIG = {"name": "demo", "rounds": 3, "researcher": {"name": "scripted", "file": "p.jsonl"},
           "compare": {"margin": 0.0, "seeds": [0, 1, 2]}, "notes": "x" * 10_000, "odd:key(1)": True}
@@ -52,6 +53,10 @@ ROUNDS = {  # round: (accuracy, temperature, status, decision)
 }
 
 
+def log_diff(temperature) -> str:
+    return f"--- a/knobs.yaml\n+++ b/knobs.yaml\n-temperature: 1.0\n+temperature: {temperature}\n"
+
+
 def log_round(tracker, n, critique=None, temperature=None):
     accuracy, temp, status, decision = ROUNDS[n]
     temp = temperature if temperature is not None else temp
@@ -62,9 +67,10 @@ def log_round(tracker, n, critique=None, temperature=None):
     return tracker.log_round(
         n, proposal={"hypothesis": f"hypothesis {n}", "edits": [{"knob": "sampling.temperature", "value": temp}]},
         result=res, verdict=verdict, critique=critique or f"critique of round {n}",
-        diff=f"--- a/knobs.yaml\n+++ b/knobs.yaml\n-temperature: 1.0\n+temperature: {temp}\n",
+        diff=log_diff(temp),
         commits={"candidate": f"c{n}" * 20, "incumbent": "i" * 40}, memory_snapshot=f"# memory after round {n}",
-        approval={"who": "alice", "when": "2026-01-01T00:00:00", "note": "ok"} if n == 1 else None,
+        approval={"decision": "approve", "who": "alice", "when": "2026-01-01T00:00:00", "note": "ok",
+                  "point": "keep", "round": 1} if n == 1 else None,
         extra_metrics={"round_seconds": 60.0})
 
 
@@ -111,6 +117,7 @@ def test_a_campaign_is_one_parent_with_a_child_per_round(campaign, uri, tmp_path
     assert kept.tags["decision"] == "keep" and kept.tags["status"] == "ok"
     assert kept.tags["commit.candidate"] == "c1" * 20 and kept.tags["commit.incumbent"] == "i" * 40
     assert kept.tags["approval.who"] == "alice" and kept.tags["hypothesis"] == "hypothesis 1"
+    assert "keep: round 1\n\n**Approval:** approve of the keep by alice: ok\n\n**Diff**" in kept.tags["mlflow.note.content"]
     assert failed.tags["status"] == "failed" and failed.tags["failure_reason"] == "training diverged"
     assert failed.params == {"sampling.temperature": "0.9"} and "accuracy" not in failed.metrics
     assert "approval.who" not in runs[2].data.tags
@@ -118,6 +125,9 @@ def test_a_campaign_is_one_parent_with_a_child_per_round(campaign, uri, tmp_path
     rid = runs[2].info.run_id
     assert artifact(rid, "critique.md", uri) == "critique of round 2"
     assert artifact(rid, "diff.patch", uri).endswith("+temperature: 0.5\n")
+    assert artifact(rid, "diff.md", uri) == "```diff\n" + log_diff(0.5) + "```\n"  # the UI previews .md
+    assert runs[2].data.tags["mlflow.note.content"] == ("hypothesis 2\n\nrevert: round 2\n\n**Diff**\n\n"
+                                                        "```diff\n" + log_diff(0.5) + "```\n")
     assert artifact(rid, "memory.md", uri) == "# memory after round 2"
     assert json.loads(artifact(rid, "proposal.json", uri))["hypothesis"] == "hypothesis 2"
     assert json.loads(artifact(rid, "verdict.json", uri))["decision"] == "revert"
@@ -227,3 +237,65 @@ def test_the_tracking_uri_defaults_to_sqlite_under_runs(tmp_path, monkeypatch):
                                          ("ok.key-1 x", "ok.key-1 x"), ("", "_")])
 def test_sanitize_key(key, clean):
     assert sanitize_key(key) == clean
+
+
+def test_a_diff_too_long_for_the_description_is_cut_at_a_line():
+    diff = "".join(f"+line {i} ```` with a fence in it\n" for i in range(2000))
+    text = round_description({"hypothesis": "h"}, {"reason": "keep: +0.1"}, diff)
+    assert len(text) <= MAX_TAG_VALUE and text.startswith("h\n\nkeep: +0.1\n\n**Diff**\n\n`````diff\n+line 0 ")
+    shown = text.split("`````diff\n")[1].split("\n`````\n")[0].split("\n")
+    assert shown == diff.splitlines()[:len(shown)] and len(shown) > 100
+    assert text.endswith(f"_{2000 - len(shown)} more lines in `diff.md` and `diff.patch`._\n")
+    assert diff_markdown("a ``` b\n") == "````diff\na ``` b\n````\n"  # no line closes the fence
+
+
+REAL_PROPOSALS = [
+    {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
+    {"hypothesis": "a comment in the prompt", "edits": [{"file": "prompt.py", "search": 'f"Q: {question}\\nA: "',
+                                                         "replace": 'f"Q: {question}\\nA: "  # same prompt'}]},
+]
+
+
+@pytest.mark.slow
+def test_a_real_campaign_logs_the_real_git_diff_where_the_ui_shows_it(tmp_path):
+    """Each round's run holds `git diff` of its candidate commit in the campaign's scaffold repo:
+    as diff.patch (which `git apply` takes), as diff.md (which MLflow's viewer renders) and in the
+    run's description."""
+    from fast_scaffold import fast_scaffold
+
+    from harness.cli import main
+    from model import build_policy, build_tokenizer, save_policy
+
+    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, tmp_path / "runs" / "models" / "base")
+    script = tmp_path / "proposals.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in REAL_PROPOSALS))
+    args = {"name": "diffs", "rounds": 2, "researcher": "scripted", "researcher.file": str(script),
+            "runs_dir": str(tmp_path / "runs"), "scaffold": str(fast_scaffold(tmp_path / "fast_arith")),
+            "baseline_seeds": "[0,1]", "eval_seeds": "[0]", "reeval_seeds": "[1]", "live": "false"}
+    assert main(["start", *(f"{k}={v}" for k, v in args.items())]) == 0
+
+    repo = tmp_path / "runs" / "diffs" / "scaffold"
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("agentic-researcher").experiment_id
+    runs = {int(r.data.tags["round"]): r for r in client.search_runs([experiment], "tags.campaign = 'diffs'")
+            if "round" in r.data.tags}
+    for n, changed in ((1, "temperature: 0.3"), (2, 'return f"Q: {question}\\nA: "  # same prompt')):
+        run = runs[n]
+        commit = run.data.tags["commit.candidate"]
+        git_diff = subprocess.run(["git", "-C", str(repo), "diff", f"{commit}^", commit], capture_output=True,
+                                  text=True, check=True).stdout
+        assert any(line.startswith("+") and changed in line for line in git_diff.splitlines()), git_diff
+        rid = run.info.run_id
+        patch = artifact(rid, "diff.patch", uri)
+        assert patch == git_diff
+        assert artifact(rid, "diff.md", uri) == "```diff\n" + git_diff + "```\n"
+        assert "**Diff**\n\n```diff\n" + git_diff + "```\n" in run.data.tags["mlflow.note.content"]
+        assert run.data.tags["mlflow.note.content"].startswith(REAL_PROPOSALS[n - 1]["hypothesis"])
+        # the patch applies to the commit the candidate was made from
+        clone = tmp_path / f"clone-{n}"
+        subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+        subprocess.run(["git", "-C", str(clone), "checkout", "-q", f"{commit}^"], check=True)
+        (tmp_path / f"{n}.patch").write_text(patch)
+        subprocess.run(["git", "-C", str(clone), "apply", "--check", str(tmp_path / f"{n}.patch")], check=True)

@@ -1,18 +1,21 @@
 """`researcher ui`: the MLflow UI over the campaigns' tracking store, bound to 127.0.0.1.
 
     researcher ui [runs_dir=runs] [--port 5000]
+
+The server runs as one process tree (`harness.process_tree`): stopping `researcher ui` (Ctrl-C,
+SIGTERM, a closed terminal, even kill -9) stops `mlflow ui`, uvicorn and the huey consumers too.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 
 from rich.console import Console
 
 from harness.campaigns import runs_dir_arg
 from harness.commands import standalone, subcommand
+from harness.process_tree import run_tree
 from harness.tracking import default_tracking_uri
 
 HELP = "the MLflow UI on 127.0.0.1 over our store"
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", "1"]
     Console().print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri}")
-    return subprocess.call(command)
+    return run_tree(command)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
