@@ -69,8 +69,9 @@ def _price(value: Any) -> int | float | None:
     return value
 
 
-def Number(*, gt: float | None = None, ge: float | None = None, le: float | None = None):  # noqa: N802 (a type)
-    """A number kept as written (900 stays 900, as in configs frozen before this schema), with bounds."""
+def Number(*, gt: float | None = None, ge: float | None = None, le: float | None = None):
+    """The type of a number kept as written (900 stays 900, as in configs frozen before this schema),
+    within the given bounds."""
     def check(value: Any) -> int | float:
         if not _is_number(value):
             raise PydanticCustomError("number", "must be a number")
