@@ -1,7 +1,8 @@
 """The `researcher` subcommands, one module each, the leaves of the import graph.
 
 Each module has `add_parser(sub)` (it becomes a subcommand of `researcher`) and `main(argv)` (it
-runs alone: `python -m harness.commands.start name=demo`). Top-level imports stay light, so that
+runs alone: `python -m harness.commands.start name=demo`), both made by `command` from the
+module's name, help, arguments and run function. Top-level imports stay light, so that
 `--help`, a mistyped subcommand or a bad override answer at once; what needs torch, mlflow or
 matplotlib is imported by the library function that uses it, once the arguments are checked.
 """
@@ -46,3 +47,14 @@ def standalone(name: str, help: str, arguments: Arguments, run: Run, argv: list[
     parser = argparse.ArgumentParser(prog=f"researcher {name}", description=help)
     arguments(parser)
     return run_guarded(run, parser.parse_args(argv))
+
+
+def command(name: str, help: str, arguments: Arguments, run: Run):
+    """The `add_parser(sub)` and `main(argv)` of command `name`."""
+    def add_parser(sub: argparse._SubParsersAction) -> None:
+        subcommand(sub, name, help, arguments, run)
+
+    def main(argv: list[str] | None = None) -> int:
+        return standalone(name, help, arguments, run, argv)
+
+    return add_parser, main

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from harness.approvals import ApprovalError, approve, pending, question_panel
 from harness.campaigns import campaign_dir, runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 
 HELP = "answer a campaign's pending approval"
 
@@ -43,12 +43,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "approve", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("approve", HELP, arguments, run, argv)
+add_parser, main = command("approve", HELP, arguments, run)
 
 
 if __name__ == "__main__":

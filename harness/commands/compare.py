@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.campaigns import campaign_dir, runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from harness.journal import Journal
 
 HELP = "campaigns side by side: a table and one plot of their incumbents"
@@ -39,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "compare", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("compare", HELP, arguments, run, argv)
+add_parser, main = command("compare", HELP, arguments, run)
 
 
 if __name__ == "__main__":

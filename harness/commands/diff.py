@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from harness.campaigns import campaign_dir, runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 
 HELP = "the diff a round proposed"
 
@@ -28,12 +28,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "diff", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("diff", HELP, arguments, run, argv)
+add_parser, main = command("diff", HELP, arguments, run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from rl_pipeline.run import run_scaffold
 from rl_pipeline.scaffold import parse_overrides
 
@@ -83,12 +83,7 @@ def arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--timeout", type=float, default=900.0, help="seconds before the run is killed")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "eval", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("eval", HELP, arguments, run, argv)
+add_parser, main = command("eval", HELP, arguments, run)
 
 
 if __name__ == "__main__":

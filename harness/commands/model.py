@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import standalone, subcommand
+from harness.commands import command
 
 console = Console()
 REPO = Path(__file__).resolve().parents[2]
@@ -118,12 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     return args.action(args)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "model", HELP, arguments, _dispatch)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("model", HELP, arguments, _dispatch, argv)
+add_parser, main = command("model", HELP, arguments, _dispatch)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 from rich.console import Console
 
 from harness.campaigns import campaign_dir, runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 
 HELP = "write progress.png and summary.md for a campaign"
 
@@ -31,12 +31,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "report", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("report", HELP, arguments, run, argv)
+add_parser, main = command("report", HELP, arguments, run)
 
 
 if __name__ == "__main__":

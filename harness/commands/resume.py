@@ -15,7 +15,7 @@ import re
 import sys
 
 from harness.campaigns import campaign_dir, run_campaign, runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from harness.config import campaign_config, freeze_config, frozen_config
 from harness.journal import is_locked
 
@@ -63,12 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return run_campaign(config, path)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "resume", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("resume", HELP, arguments, run, argv)
+add_parser, main = command("resume", HELP, arguments, run)
 
 
 if __name__ == "__main__":

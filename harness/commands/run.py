@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.campaigns import create_campaign, run_campaign
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from harness.config import CONFIG_FILE, compose_config, frozen_config
 
 HELP = "the main job: pretrain the base if missing, then the default campaign"
@@ -39,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
     return run_campaign(config, create_campaign(config))
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "run", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("run", HELP, arguments, run, argv)
+add_parser, main = command("run", HELP, arguments, run)
 
 
 if __name__ == "__main__":

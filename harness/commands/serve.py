@@ -6,21 +6,15 @@ package; its arguments are in `serving/cli.py`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from serving.cli import add_arguments, serve
 
 HELP = "serve a checkpoint over an OpenAI-compatible HTTP API"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "serve", HELP, add_arguments, serve)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("serve", HELP, add_arguments, serve, argv)
+add_parser, main = command("serve", HELP, add_arguments, serve)
 
 
 if __name__ == "__main__":

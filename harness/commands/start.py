@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from harness.campaigns import create_campaign, new_campaign_dir, run_campaign
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from harness.config import compose_config
 
 HELP = "start a campaign (hydra overrides: name= rounds= researcher= ...)"
@@ -35,12 +35,7 @@ def run(args: argparse.Namespace) -> int:
     return run_campaign(config, create_campaign(config))
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "start", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("start", HELP, arguments, run, argv)
+add_parser, main = command("start", HELP, arguments, run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from harness.approvals import pending
 from harness.campaigns import campaign_dir, campaign_names, runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from harness.config import frozen_config
 from harness.journal import Journal, incumbent_dir, is_locked
 from rl_pipeline.result import read_result
@@ -68,12 +68,7 @@ def usage_text(usage: dict) -> str:
     return text
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "status", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("status", HELP, arguments, run, argv)
+add_parser, main = command("status", HELP, arguments, run)
 
 
 if __name__ == "__main__":

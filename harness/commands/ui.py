@@ -14,7 +14,7 @@ import sys
 from rich.console import Console
 
 from harness.campaigns import runs_dir_arg
-from harness.commands import standalone, subcommand
+from harness.commands import command
 from harness.process_tree import run_tree
 from harness.tracking import default_tracking_uri
 
@@ -34,12 +34,7 @@ def run(args: argparse.Namespace) -> int:
     return run_tree(command)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    subcommand(sub, "ui", HELP, arguments, run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone("ui", HELP, arguments, run, argv)
+add_parser, main = command("ui", HELP, arguments, run)
 
 
 if __name__ == "__main__":
