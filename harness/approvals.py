@@ -27,7 +27,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from rich.text import Text
 
 from harness.config import Approvals, ConfigError, parse_config
 from harness.journal import utc_now, write_json
+from rl_pipeline.files import write_atomic
 
 POINTS = ("proposal", "keep")
 PENDING_FILE = "pending.json"
@@ -285,20 +285,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _create_once(path: Path, data: dict) -> bool:
-    """Write `data` to `path` only if no file is there; False if one is. Readers see all or nothing.
-
-    The content is written to a temp file and hard-linked into place: link(2) fails if the name
-    exists, which makes "create if absent" atomic across processes, unlike a check then a write.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
+    """Write `data` to `path` only if no file is there; False if one is. Readers see all or nothing,
+    and "create if absent" is atomic across processes (see `write_atomic`'s `exclusive`)."""
+    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True), exclusive=True)

@@ -23,8 +23,8 @@ killed before an upgrade resumes after it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import fcntl
 import json
 import os
 import time
@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rl_pipeline.files import write_atomic
+from rl_pipeline.files import file_lock, write_atomic
 
 SCHEMA_VERSION = 2
 JOURNAL_FILE = "journal.json"
@@ -269,27 +269,22 @@ class CampaignLock:
     def __init__(self, campaign_dir: str | Path):
         self.dir = Path(campaign_dir)
         self.path = self.dir / LOCK_FILE
+        self._held = contextlib.ExitStack()
         self._fd: int | None = None
 
     def __enter__(self) -> CampaignLock:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = self._held.enter_context(file_lock(self.path, blocking=False))
         except BlockingIOError:
-            pid = _holder_pid(fd)
-            os.close(fd)
-            raise CampaignBusy(self.dir, pid) from None
+            raise CampaignBusy(self.dir, _holder_pid(self.path)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
-        # The file stays: deleting a lock file lets two processes lock two different inodes.
         os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        self._held.close()
         self._fd = None
 
 
@@ -299,22 +294,17 @@ def is_locked(campaign_dir: str | Path) -> bool:
     path = Path(campaign_dir) / LOCK_FILE
     if not path.exists():
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        with file_lock(path, shared=True, blocking=False):
+            return False
     except BlockingIOError:
         return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
-def _holder_pid(fd: int) -> int | None:
+def _holder_pid(path: Path) -> int | None:
     # The holder writes its pid just after taking the lock; give it a moment if we came in between.
     for _ in range(20):
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        text = path.read_text(errors="replace").strip()
         if text.isdigit():
             return int(text)
         time.sleep(0.01)

@@ -26,7 +26,6 @@ nothing, so the loop never branches on whether tracking is on.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -34,6 +33,8 @@ import math
 import os
 import re
 from pathlib import Path
+
+from rl_pipeline.files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +210,8 @@ class MlflowTracker:
         if not self.tracking_uri.startswith("sqlite:///"):
             yield
             return
-        lock_path = Path(self.tracking_uri.removeprefix("sqlite:///") + ".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.tracking_uri.removeprefix("sqlite:///") + ".lock"):
+            yield
 
     def _artifact_root(self) -> str | None:
         # MLflow's default for a sqlite store is ./mlruns under whatever folder the process runs in;
