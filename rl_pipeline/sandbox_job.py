@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+import datasets  # noqa: F401 - imported here so the fork server holds it warm
 
 from trl import GRPOConfig, GRPOTrainer  # noqa: F401 - imported here so the fork server holds them warm
 
@@ -45,7 +45,7 @@ def run(job_dir: str, *, threads: int) -> int:
         if request["train"]:
             rows = [json.loads(line) for line in (job / "in" / "train.jsonl").read_text().splitlines()]
             tmp = out / ".policy"
-            summary = train_grpo(scaffold, base_dir=str(job / "in" / "base"), train_split=Dataset.from_list(rows),
+            summary = train_grpo(scaffold, base_dir=str(job / "in" / "base"), train_split=rows,
                                  out_dir=str(tmp), budget_s=request["budget_s"], seed=request["seed"])
             (tmp / "training.json").write_text(json.dumps(summary))
             os.replace(tmp, out / "policy")

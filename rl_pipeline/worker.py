@@ -19,6 +19,7 @@ result.json is written); it stays up across jobs, so torch and the rest are impo
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import math
@@ -137,12 +138,13 @@ class Sandbox:
 
 
 # ----------------------------------------------------------------------------- inputs
-_SPLITS: dict[tuple[str, str], tuple[float, dict, dict]] = {}
+_SPLITS: dict[tuple[str, str], tuple[int, dict, dict, str]] = {}
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def load_data(task: str, data_dir: str) -> tuple[dict, dict]:
-    """The task's splits and their hashes, kept in memory while the manifest is unchanged."""
+def load_data(task: str, data_dir: str) -> tuple[dict, dict, str]:
+    """The task's splits, their hashes and the training split as JSON lines (what the sandbox
+    gets), kept in memory while the manifest is unchanged."""
     from rl_pipeline.data import MANIFEST, load_splits, split_hash
 
     manifest = Path(data_dir) / task / MANIFEST
@@ -152,8 +154,9 @@ def load_data(task: str, data_dir: str) -> tuple[dict, dict]:
         splits = load_splits(task, data_dir=data_dir)
         hashes = {name: split_hash(splits[name]) for name in ("train", "eval", "heldout")}
         stamp = manifest.stat().st_mtime_ns if manifest.exists() else -1
-        cached = _SPLITS[(task, data_dir)] = (stamp, splits, hashes)
-    return cached[1], cached[2]
+        train_jsonl = "".join(json.dumps(row) + "\n" for row in splits["train"].to_list())
+        cached = _SPLITS[(task, data_dir)] = (stamp, splits, hashes, train_jsonl)
+    return cached[1:]
 
 
 def file_hash(path: Path) -> str:
@@ -326,7 +329,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     scaffold = load_scaffold(job["scaffold"], job["overrides"], import_code=False)
-    splits, hashes = load_data(scaffold.task, job["data_dir"])
+    splits, hashes, train_jsonl = load_data(scaffold.task, job["data_dir"])
     budget_s = float(scaffold.surface.get("budget", {}).get("train_seconds", 60))
     base_dir = Path(job["base"])
     key = training_key(scaffold, base_dir, hashes["train"], budget_s, job["train_seed"])
@@ -342,7 +345,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     _copy_in(scaffold.path, inputs / "scaffold", ignore=shutil.ignore_patterns(".git", "__pycache__"))
     if train:
         _copy_in(base_dir, inputs / "base")
-        (inputs / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in splits["train"]))
+        (inputs / "train.jsonl").write_text(train_jsonl)
     timeout_s = job["limits"]["train_s" if train else "prompts_s"]
     (inputs / "request.json").write_text(json.dumps({
         "overrides": job["overrides"], "questions": questions, "train": train, "budget_s": budget_s,
@@ -438,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     import rl_pipeline.data  # noqa: F401
     import model  # noqa: F401
 
+    gc.collect()
+    gc.freeze()  # what the imports made is never garbage: no collection walks it again
     try:
         sandbox.wait_ready()
         replies.write(json.dumps({"ready": True}) + "\n")

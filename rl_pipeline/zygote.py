@@ -95,6 +95,29 @@ def run_one(job_dir: str, request: dict, protocol: tuple[int, int], isolated: bo
     }
 
 
+def _warm_up(job_dir: str) -> None:
+    """Import torch, transformers, trl, datasets and the job code, and save and load a tiny policy
+    once, so that every forked job finds the imports done and the loading path's caches filled.
+    One thread only: no OpenMP thread team may exist when the server forks. Then freeze what is
+    in memory out of the garbage collector's sight, so no job pays to walk it."""
+    import gc
+    import shutil
+
+    import torch
+
+    import rl_pipeline.sandbox_job  # noqa: F401
+    from model import build_policy, build_tokenizer, load_policy, load_tokenizer, save_policy
+
+    torch.set_num_threads(1)
+    folder = os.path.join(job_dir, "tmp", "warm-up")
+    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, folder)
+    load_policy(folder), load_tokenizer(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fork server for sandboxed scaffold jobs")
     parser.add_argument("--job-dir", required=True)
@@ -110,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.isolated:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    import rl_pipeline.sandbox_job  # noqa: F401 - torch, transformers, trl, datasets: once, here
+    _warm_up(args.job_dir)
 
     reader = os.fdopen(requests, "r")
     writer = os.fdopen(replies, "w", buffering=1)
