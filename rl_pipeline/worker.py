@@ -39,7 +39,7 @@ from rl_pipeline.sandbox import JOB_MOUNT, SANDBOX_UID, sandbox_command
 
 TRAIN_CODE_VERSION = "2"  # 2: weights trained in the sandbox and checked by the trusted side
 ZYGOTE_START_S = 600.0  # importing torch and friends on a loaded machine
-ZYGOTE_GRACE_S = 15.0  # beyond the job's own limit, before the whole sandbox is killed
+ZYGOTE_GRACE_S = 30.0  # beyond the job's own limit, before the whole sandbox is killed
 MAX_PROMPTS_BYTES = 64 * 1024 ** 2
 LOG_TAIL = 4000
 # Keys of config.json that saving may legitimately change; every other key must equal the base's.
@@ -350,7 +350,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     (inputs / "request.json").write_text(json.dumps({
         "overrides": job["overrides"], "questions": questions, "train": train, "budget_s": budget_s,
         "seed": job["train_seed"]}))
-    limits = {"memory_gb": job["memory_gb"], "cpu_s": timeout_s * job["threads"] + 10, "processes": 256}
+    limits = {"memory_gb": job["memory_gb"], "cpu_s": timeout_s * job["threads"] + 10, "processes": 64}
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
     report = sandbox.run({"timeout_s": timeout_s, "threads": job["threads"], "limits": limits})

@@ -63,14 +63,25 @@ def _child(job_dir: str, request: dict, protocol: tuple[int, int]) -> None:
 
 def _kill_the_rest(isolated: bool, pid: int) -> None:
     """Kill what the job left behind: inside the sandbox's own pid namespace, every process but
-    this one and the namespace's init; without the sandbox, the child's session only."""
-    try:
-        if isolated:
-            os.kill(-1, signal.SIGKILL)
-        else:
+    this one and the namespace's init, again and again until none is left (a fork bomb refills
+    the slots one kill frees); without the sandbox, the child's session only."""
+    if not isolated:
+        try:
             os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    me = os.getpid()
+    deadline = time.monotonic() + 60  # a process with a large address space takes a while to die
+    while time.monotonic() < deadline:
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # stopped first, so none can fork meanwhile
+            try:
+                os.kill(-1, sig)
+            except ProcessLookupError:
+                pass
+        if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
+            return
+        time.sleep(0.01)
 
 
 def run_one(job_dir: str, request: dict, protocol: tuple[int, int], isolated: bool) -> dict:

@@ -9,6 +9,7 @@ they could do by raising, so the run fails fast with their findings in `reason`.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,13 +37,16 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("sandbox")
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
     save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "base")
-    return {"base": str(root / "base"), "data_dir": str(root / "data"), "cache_dir": str(root / "cache"),
-            "seeds": [0], "timeout_s": 300.0}
+    env = {"base": str(root / "base"), "data_dir": str(root / "data"), "cache_dir": str(root / "cache"),
+           "seeds": [0], "timeout_s": 300.0}
+    # Start the warm worker and sandbox now, so that the time limits below measure runs, not start-up.
+    run_scaffold(scaffold(root / "warm", prompt="raise RuntimeError('warm')\n"), root / "warm-out", **env)
+    return env
 
 
 def scaffold(tmp_path: Path, prompt: str | None = None, reward: str | None = None) -> Path:
     dst = tmp_path / "scaffold"
-    subprocess.run(["cp", "-r", str(ARITH), str(dst)], check=True)
+    shutil.copytree(ARITH, dst, ignore=shutil.ignore_patterns("__pycache__"))
     if prompt is not None:
         (dst / "prompt.py").write_text(textwrap.dedent(prompt) + FORMAT)
     if reward is not None:
@@ -143,8 +147,7 @@ def test_probes_cannot_read_answers_write_outside_or_connect(tmp_path, env):
             found["connect"] = "CONNECTED"
         except OSError:
             found["connect"] = "denied"
-        secret = [k for k in os.environ if "KEY" in k or "TOKEN" in k or "SECRET" in k]
-        found["env"] = "SECRETS" if secret else "denied"
+        found["env"] = "SECRETS" if "sk-secret" in json.dumps(dict(os.environ)) else "denied"
         found["uid"] = "ROOT" if os.getuid() == 0 else "denied"
         found["answers"] = "ANSWERS" if "answer" in open("/job/in/request.json").read() else "denied"
         raise RuntimeError("PROBE" + json.dumps(found) + "END")
@@ -159,7 +162,7 @@ def test_probes_cannot_read_answers_write_outside_or_connect(tmp_path, env):
     assert result["status"] == "failed"
     found = json.loads(result["reason"].split("PROBE", 1)[1].split("END", 1)[0])
     assert set(found) == set(targets) | set(writes) | {"connect", "env", "uid", "answers"}
-    assert all(v == "denied" for v in found.values()), found
+    assert {k: v for k, v in found.items() if v != "denied"} == {}
     assert tree_hash(REPO / "rl_pipeline", REPO / "model", base, data, cache, tmp_path / "first") == before
     assert not (REPO / "rl_pipeline" / "evil.py").exists()
 
@@ -224,7 +227,7 @@ def test_a_patched_module_never_reaches_the_next_job(tmp_path, env):
     a = run_scaffold(scaffold(tmp_path / "a", prompt=first), tmp_path / "a" / "out", overrides=FAST, **env)
     b = run_scaffold(scaffold(tmp_path / "b", prompt=second), tmp_path / "b" / "out", overrides=FAST, **env)
     assert "first job done" in a["reason"]
-    assert b["status"] == "failed" and "RuntimeError: clean" in b["reason"]
+    assert b["status"] == "failed" and b["reason"].endswith("RuntimeError on import: clean")
 
 
 def test_missing_bubblewrap_stops_with_a_clear_message(tmp_path, env, monkeypatch):
