@@ -28,10 +28,12 @@ import sys
 import time
 import traceback
 
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NAME = 1, 4, 15
+# Process names (what `ps -o comm` shows): the fork server's, and its jobs' (inherited by their forks).
+SERVER_NAME, JOB_NAME = b"rl-zygote", b"rl-job"
 
 
-def _prctl(option: int, value: int) -> None:
+def _prctl(option: int, value) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
@@ -42,6 +44,7 @@ def _child(job_dir: str, request: dict, protocol: tuple[int, int]) -> None:
         for fd in protocol:
             os.close(fd)
         os.setsid()
+        _prctl(_PR_SET_NAME, ctypes.c_char_p(JOB_NAME))
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         log = os.open(os.path.join(job_dir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)
     _prctl(_PR_SET_DUMPABLE, 0)  # a job (same uid) cannot ptrace or write this process's memory
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(SERVER_NAME))
     if not args.isolated:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 

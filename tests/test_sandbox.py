@@ -24,6 +24,7 @@ from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.result import integrity_problem
 from rl_pipeline.run import Runner, run_scaffold, time_limits
 from rl_pipeline.sandbox import SANDBOX_UID, SandboxUnavailable, check_sandbox
+from rl_pipeline.zygote import JOB_NAME, SERVER_NAME
 from rl_pipeline.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,18 +65,20 @@ def tree_hash(*roots) -> dict[str, str]:
 
 
 def sandbox_processes() -> list[int]:
-    """Processes of the sandbox's uid other than warm fork servers."""
+    """Processes of the sandbox's uid other than warm fork servers (jobs and what they started)."""
     pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             status = Path(entry.path, "status").read_text()
-            cmdline = Path(entry.path, "cmdline").read_bytes()
+            cmdline = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-        if uid == SANDBOX_UID and b"rl_pipeline.zygote" not in cmdline:
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        starting = "rl_pipeline.zygote" in cmdline
+        if int(fields["Uid"].split()[0]) == SANDBOX_UID and fields["Name"].strip() != SERVER_NAME.decode() \
+                and not (starting and fields["Name"].strip() in ("python", "python3", "setpriv")):
             pids.append(int(entry.name))
     return pids
 
@@ -302,19 +305,29 @@ def test_kill_9_of_the_campaign_leaves_no_process(tmp_path, env):
               f"run_scaffold({str(hang)!r}, {str(tmp_path / 'out')!r}, overrides={FAST!r}, **{env!r})\n")
     campaign = subprocess.Popen([sys.executable, "-c", script], cwd=REPO,
                                 env=os.environ | {"PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (tmp_path / "out" / "job.json").exists():
-        time.sleep(0.5)
-    # Wait for the sandboxed job itself: a process of the sandbox's uid that is no fork server.
-    while time.monotonic() < deadline and not sandbox_processes():
-        time.sleep(0.5)
-    assert sandbox_processes(), "the sandboxed job never started"
-    tree = _descendants(campaign.pid)
-    assert len(tree) >= 3  # worker, bwrap, fork server, job
-    os.kill(campaign.pid, signal.SIGKILL)
-    campaign.wait()
+    try:
+        # Wait for the sandboxed job itself: a process named as a job, in this campaign's tree.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not _jobs(_descendants(campaign.pid)):
+            time.sleep(0.5)
+        tree = _descendants(campaign.pid)
+        assert _jobs(tree), "the sandboxed job never started"
+        assert len(tree) >= 4  # worker, bwrap, fork server, job
+    finally:
+        os.kill(campaign.pid, signal.SIGKILL)
+        campaign.wait()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in tree):
         time.sleep(0.2)
     left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
     assert not left, f"processes left behind: {left}"
+
+
+def _jobs(pids: set[int]) -> list[int]:
+    names = {}
+    for pid in pids:
+        try:
+            names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            pass
+    return [pid for pid, name in names.items() if name == JOB_NAME.decode()]
