@@ -55,12 +55,21 @@ class JobFailed(Exception):
 
 
 # ----------------------------------------------------------------------------- the sandbox
+def _remove_stale_roots() -> None:
+    """Remove the job folders of workers that were killed before they could (named by their pid)."""
+    for root in Path(tempfile.gettempdir()).glob("rl-sandbox-*-*"):
+        pid = root.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and root.is_dir() and not root.is_symlink():
+            shutil.rmtree(root, ignore_errors=True)
+
+
 class Sandbox:
     """The warm untrusted side: the fork server (under bwrap unless opted out) and its job folder."""
 
     def __init__(self, *, isolated: bool):
         self.isolated = isolated
-        self.root = Path(tempfile.mkdtemp(prefix="rl-sandbox-"))
+        _remove_stale_roots()
+        self.root = Path(tempfile.mkdtemp(prefix=f"rl-sandbox-{os.getpid()}-"))
         self.job = self.root / "job"
         self.proc: subprocess.Popen | None = None
         self.ready = False
