@@ -70,7 +70,7 @@ def main() -> int:
         for mode, warm in (("cold", False), ("warm", True)):
             opts = {"base": base, "data_dir": f"{tmp}/data", "cache_dir": f"{tmp}/cache-{mode}", "warm": warm}
             if warm:  # start the warm processes before timing, as a campaign's baseline does
-                timed(args.scaffold, f"{tmp}/{n}", train | {"sampling.temperature": 0.5}, opts, seeds=[0])
+                timed(args.scaffold, f"{tmp}/{n}", train, opts | {"cache_dir": f"{tmp}/cache-start"}, seeds=[0])
                 n += 1
             for label, overrides in (("training round", train), ("eval-only round", train | {"sampling.temperature": 0.9})):
                 wall, result = timed(args.scaffold, f"{tmp}/{n}", overrides, opts)
