@@ -152,8 +152,16 @@ class Runner:
             self.close()
             return why
 
-    def close(self) -> None:
+    def close(self, *, graceful: bool = False) -> None:
+        """Stop the worker: gracefully (end of input; it removes its job folder and stops the
+        sandbox) when asked and it is idle, else, or after 10 s, by SIGKILL to its process group."""
         if self.proc is not None:
+            if graceful and self.proc.poll() is None:
+                self.proc.stdin.close()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
             if self.proc.poll() is None:
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
@@ -181,7 +189,7 @@ def shutdown() -> None:
     """Stop the warm processes (they also stop on their own when this process ends)."""
     with _WARM_LOCK:
         for runner in _WARM.values():
-            runner.close()
+            runner.close(graceful=True)
         _WARM.clear()
 
 
@@ -240,7 +248,7 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
         why = runner.run(job, job["limits"]["total_s"] + WORKER_GRACE_S)
     finally:
         if not opts["warm"]:
-            runner.close()
+            runner.close(graceful=True)
     if why is None and (out / "result.json").is_file():
         result = read_result(out)
         if result["scaffold"]["path"] == job["scaffold"] and result["seeds"] == job["seeds"]:
