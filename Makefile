@@ -9,9 +9,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # torch 2x slower than one thread; passive waiting made two threads the fastest setting.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run test bench clean
+.PHONY: setup sandbox run test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox
+
+# Scaffold code runs under bubblewrap (rl_pipeline/sandbox.py); the runner refuses to run it
+# without, unless told to. Debian's package; user namespaces are not needed when run as root.
+sandbox:
+	@command -v bwrap >/dev/null || { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; }
 
 # torch is pinned and installed first (a CPU wheel); everything else is constrained to it so
 # no dependency can pull a different torch with several GB of CUDA packages.

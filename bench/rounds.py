@@ -1,11 +1,18 @@
-"""Wall time of one research round's evaluation, and where it goes.
+"""Round overhead of the runner: processes started per run (cold) against warm processes.
 
-Runs the sandboxed runner twice on the default scaffold at its default knobs, side by side in
-one process: a train-and-evaluate round (GRPO from the base, then 3 evaluation seeds) and an
-evaluation-only round (a sampling-only change, so the trained policy comes from the cache).
-Prints each round's wall time and its split between rollouts, training steps and scoring.
+Side by side in one process, on the default scaffold: a training round (GRPO from the base, then
+evaluation) and an evaluation-only round (a sampling-only change: the trained policy comes from
+the cache), each run cold (`warm=False`: the trusted worker and the sandbox are started for the
+run and stopped after it, so torch and the rest are imported again, as by the one-process-per-run
+runner this replaced) and warm (started once, kept). Overhead is wall time minus the work:
+training (`trainer.train()`) and evaluation (loading the trained policy, generating, scoring).
+Then keep rounds as a campaign runs them (evaluate 3 seeds, re-evaluate 2 more, score held-out;
+sampling-only changes), per round.
 
-    .venv/bin/python bench/rounds.py [--base runs/models/base]
+    .venv/bin/python bench/rounds.py [--base runs/models/base] [--max-steps 2] [--keep-rounds 5]
+
+Without a base policy at --base, a tiny random one is built (the runner is under test, not the
+policy's skill).
 """
 
 from __future__ import annotations
@@ -18,53 +25,81 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rl_pipeline.run import run_scaffold  # noqa: E402
+from rl_pipeline.run import run_scaffold, shutdown  # noqa: E402
 
 
-def split(result: dict) -> dict[str, float]:
+def work(result: dict) -> float:
     t = result["timings"]
-    return {
-        "total": t.get("total_s", 0.0),
-        "training rollouts": t.get("train_rollout_s", 0.0),
-        "training steps": t.get("train_training_steps_s", 0.0),
-        "eval rollouts": t.get("eval_generate_s", 0.0),
-        "scoring": t.get("eval_score_s", 0.0),
-    }
+    return t.get("train_train_total_s", 0.0) + t.get("eval_s", 0.0) + t.get("heldout_s", 0.0)
+
+
+def timed(scaffold: str, out: str, overrides: dict, opts: dict, **kwargs) -> tuple[float, dict]:
+    start = time.perf_counter()
+    result = run_scaffold(scaffold, out, overrides=overrides, **opts, **kwargs)
+    wall = time.perf_counter() - start
+    if result["status"] != "ok":
+        raise SystemExit(f"{out}: failed: {result['reason']}")
+    return wall, result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
     parser.add_argument("--scaffold", default=str(REPO / "scaffolds/arith"))
+    parser.add_argument("--max-steps", type=int, default=None, help="cap grpo.max_steps (default: the scaffold's)")
+    parser.add_argument("--keep-rounds", type=int, default=5)
     args = parser.parse_args()
-    if not (Path(args.base) / "config.json").is_file():
-        print(f"no base policy at {args.base}: run `researcher model pretrain` first")
-        return 1
 
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
-        opts = {"base": args.base, "cache_dir": f"{tmp}/cache", "data_dir": str(REPO / "runs/data")}
-        rows = {}
-        for label, overrides in (("train + evaluate", {}),
-                                 ("evaluate only", {"sampling.temperature": 0.99})):
-            start = time.perf_counter()
-            result = run_scaffold(args.scaffold, f"{tmp}/{len(rows)}", overrides=overrides, **opts)
-            wall = time.perf_counter() - start
-            if result["status"] != "ok":
-                print(f"{label}: failed: {result['reason']}")
-                return 1
-            rows[label] = split(result) | {"wall (incl. process start)": wall,
-                                           "accuracy": result["metrics"]["accuracy"],
-                                           "steps": result["training"]["steps"]}
+        base = args.base
+        if not (Path(base) / "config.json").is_file():
+            from model import build_policy, build_tokenizer, save_policy
+            tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+            base = f"{tmp}/base"
+            save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, base)
+            print(f"no base policy at {args.base}: using a tiny random one")
+        from rl_pipeline.data import load_splits
+        load_splits("arith", data_dir=f"{tmp}/data")  # built once, before anything is timed
+        train = {} if args.max_steps is None else {"grpo.max_steps": args.max_steps}
+        rows: dict[str, dict[str, float]] = {}
+        n = 0
+        for mode, warm in (("cold", False), ("warm", True)):
+            opts = {"base": base, "data_dir": f"{tmp}/data", "cache_dir": f"{tmp}/cache-{mode}", "warm": warm}
+            if warm:  # start the warm processes before timing, as a campaign's baseline does
+                timed(args.scaffold, f"{tmp}/{n}", train, opts | {"cache_dir": f"{tmp}/cache-start"}, seeds=[0])
+                n += 1
+            for label, overrides in (("training round", train), ("eval-only round", train | {"sampling.temperature": 0.9})):
+                wall, result = timed(args.scaffold, f"{tmp}/{n}", overrides, opts)
+                n += 1
+                rows[f"{label}, {mode}"] = {"wall": wall, "work": work(result), "overhead": wall - work(result),
+                                            "train": result["timings"].get("train_train_total_s", 0.0),
+                                            "eval": result["timings"].get("eval_s", 0.0)}
 
-    names = list(next(iter(rows.values())))
-    print(f"{'':28s}" + "".join(f"{label:>20s}" for label in rows))
-    for name in names:
-        cells = "".join(f"{row[name]:>20.3f}" if isinstance(row[name], float) else f"{row[name]:>20}"
-                        for row in rows.values())
-        print(f"{name:28s}{cells}")
+        print(f"\n{'':26s}{'wall s':>10s}{'train s':>10s}{'eval s':>10s}{'overhead s':>12s}")
+        for label, row in rows.items():
+            print(f"{label:26s}{row['wall']:>10.2f}{row['train']:>10.2f}{row['eval']:>10.2f}{row['overhead']:>12.2f}")
+
+        print("\nkeep rounds (evaluate 3 seeds, re-evaluate 2 more, held-out; training cached), wall s per round:")
+        for mode, warm, rounds in (("cold", False, 1), ("warm", True, args.keep_rounds)):
+            opts = {"base": base, "data_dir": f"{tmp}/data", "cache_dir": f"{tmp}/cache-{mode}", "warm": warm}
+            walls, overheads = [], []
+            for r in range(rounds):
+                knobs = train | {"sampling.temperature": 0.6 + 0.05 * r}
+                start = time.perf_counter()
+                spent = 0.0
+                for seeds, heldout in (([0, 1, 2], False), ([3, 4], False), ([0, 1, 2], True)):
+                    _, result = timed(args.scaffold, f"{tmp}/{n}", knobs, opts, seeds=seeds, heldout=heldout)
+                    n += 1
+                    spent += work(result)
+                walls.append(time.perf_counter() - start)
+                overheads.append(walls[-1] - spent)
+            print(f"  {mode}: " + "  ".join(f"{w:.2f}" for w in walls)
+                  + f"   (overhead " + "  ".join(f"{o:.2f}" for o in overheads) + ")")
+        shutdown()
     return 0
 
 

@@ -29,7 +29,7 @@ from harness.tracking import make_tracker
 from harness.workspace import Workspace
 from memory import Memory, RoundRecord
 from rl_pipeline.files import write_atomic
-from rl_pipeline.result import read_result
+from rl_pipeline.result import integrity_problem, read_result, scaffold_commit, write_result
 from rl_pipeline.run import run_scaffold
 
 
@@ -63,7 +63,18 @@ class Campaign:
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 
     def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False) -> dict:
-        return run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, **self._runner_options())
+        """The runner's result for the scaffold as checked out now; failed when it does not name the
+        commit that was evaluated or the baseline's data (every split's hash), so that no round is
+        ever compared on other data or another scaffold than the one it claims."""
+        commit = scaffold_commit(self.workspace.path)
+        result = run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, **self._runner_options())
+        baseline = self.journal.get("baseline")
+        reference = read_result(self.dir / baseline["result"]) if baseline else result
+        problem = integrity_problem(result, reference, commit=commit)
+        if problem:
+            result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
+            write_result(out, result)
+        return result
 
     def setup(self) -> None:
         """Create the workspace and the researcher, and run the baseline (round 0) once."""

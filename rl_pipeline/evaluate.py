@@ -1,12 +1,13 @@
 """The fixed evaluator: generate with a scaffold's sampling settings, score exactly, summarize.
 
 Scoring is the task's strict scorer (rl_pipeline.tasks); a scaffold only decides the prompt text
-and the sampling knobs. Every example is scored under every seed, and the per-example scores
+and the sampling knobs. The prompts come in as strings (formatted by the scaffold's prompt.py in
+the sandbox): this module never runs scaffold code. Every example is scored under every seed, and the per-example scores
 are kept so a later step can compare two results pair by pair (same examples, same seeds).
 The evaluator always stops a completion at the first newline: the answer protocol reads only
 that line, so what follows could never count.
 
-    result = evaluate(policy, tokenizer, scaffold, dataset, seeds=[0, 1, 2])
+    result = evaluate(policy, tokenizer, scaffold, dataset, prompts, seeds=[0, 1, 2])
     result["metrics"]["accuracy"], result["metrics"]["accuracy_ci95"]
 """
 
@@ -52,14 +53,15 @@ def is_repetitive(token_ids: list[int]) -> bool:
     return False
 
 
-def evaluate(policy, tokenizer, scaffold, dataset, *, seeds: list[int], split: str = "eval") -> dict:
-    """Score `dataset` under each seed; metrics, per-example scores, failures and timings."""
+def evaluate(policy, tokenizer, scaffold, dataset, prompts: list[str], *, seeds: list[int],
+             split: str = "eval") -> dict:
+    """Score `dataset` (prompted with `prompts`, one per example) under each seed; metrics,
+    per-example scores, failures and timings. Of `scaffold` only the task and knobs are read."""
     if not seeds:
         raise ValueError("evaluation needs at least one seed")
     task = get_task(scaffold.task)
     examples = [dict(row) for row in dataset]
-    prompts = [scaffold.prompt.format_prompt(ex["question"]) for ex in examples]
-    if not all(isinstance(p, str) and p for p in prompts):
+    if len(prompts) != len(examples) or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompt.py: format_prompt() must return a non-empty string for every question")
 
     records = []

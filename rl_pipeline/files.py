@@ -70,7 +70,12 @@ def replacing_dir(final: str | os.PathLike, *, replace: bool = True) -> Iterator
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is as readable as its parent
         yield tmp
-        if final.exists() and not replace:
+        if not replace:
+            try:
+                tmp.rename(final)  # fails when another process made `final` meanwhile: theirs stays
+            except OSError:
+                if not final.exists():
+                    raise
             return
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

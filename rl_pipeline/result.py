@@ -9,11 +9,13 @@ The per-completion records are written next to the result (`samples.jsonl`), not
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
+from rl_pipeline.files import write_atomic
+
 SCHEMA_VERSION = 1
+NO_SANDBOX_WARNING = "sandbox disabled: scaffold code ran WITHOUT isolation (it could read answers and edit the scorer)"
 
 
 def scaffold_commit(path: str | Path) -> str | None:
@@ -71,12 +73,8 @@ def write_result(out: str | Path, result: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = result.pop("records", None)
     if records is not None:
-        tmp = out / ".samples.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, out / "samples.jsonl")
-    tmp = out / ".result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "result.json")
+        write_atomic(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
     return out / "result.json"
 
 
@@ -86,3 +84,24 @@ def read_result(out: str | Path) -> dict:
     if result.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {result.get('schema_version')} is not {SCHEMA_VERSION}")
     return result
+
+
+def integrity_problem(result: dict, baseline: dict, *, commit: str | None = None,
+                      content_hash: str | None = None) -> str | None:
+    """Why `result` cannot be compared with `baseline`, or None: every split's data hash must equal
+    the baseline's, and the result must name the scaffold commit and content hash that were asked
+    (when given). A failed result has nothing to check."""
+    if result.get("status") != "ok":
+        return None
+    ours, theirs = result.get("data_hashes") or {}, baseline.get("data_hashes") or {}
+    for split in sorted(set(ours) | set(theirs) | {"train", "eval", "heldout"}):
+        if not ours.get(split) or ours.get(split) != theirs.get(split):
+            return (f"data hash of split {split!r} is {str(ours.get(split))[:12]}, the baseline's is "
+                    f"{str(theirs.get(split))[:12]}: the result was measured on other data")
+    scaffold = result.get("scaffold") or {}
+    if commit is not None and scaffold.get("commit") != commit:
+        return f"the result names scaffold commit {scaffold.get('commit')}, not the {commit} that was evaluated"
+    if content_hash is not None and scaffold.get("content_hash") != content_hash:
+        return (f"the result names scaffold content {str(scaffold.get('content_hash'))[:12]}, not the "
+                f"{content_hash[:12]} that was evaluated")
+    return None

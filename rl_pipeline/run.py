@@ -1,9 +1,16 @@
-"""The runner: evaluate one scaffold in an isolated child process and write `result.json`.
+"""The runner: evaluate one scaffold and write `result.json`, with scaffold code sandboxed.
 
-The child (rl_pipeline.worker) runs in its own process group with a time limit (the whole group
-is killed on timeout), an address-space limit, and an environment scrubbed of API keys, tokens
-and secrets. Whatever happens to the child (a crash, a kill, a hang), the parent writes a
-result: `ok`, or `failed` with a precise reason, and it never hangs.
+Two warm processes serve every run of this process (started on the first run, kept until exit):
+the trusted worker (rl_pipeline.worker: holds the data and the answers, never imports scaffold
+code, scores with the fixed scorer and alone writes result.json) and, under it, the sandbox
+(rl_pipeline.sandbox, rl_pipeline.zygote: bubblewrap namespaces, uid nobody, rlimits; one fresh
+forked process per job runs the scaffold's prompt.py and reward.py). Torch and the rest are
+imported once, not once per round.
+
+Every run has a time limit derived from its scaffold's training budget (`time_limits`), capped by
+`timeout_s`. Whatever happens (a crash, a kill, a hang), this side writes a result: `ok`, or
+`failed` with a precise reason, and it never hangs. If the parent dies, even by kill -9, the
+worker sees its lifeline close and exits, and the sandbox dies with it.
 
     python -m rl_pipeline.run --scaffold scaffolds/arith --out runs/eval/arith [--seeds 0 1 2] [--heldout]
 """
@@ -11,18 +18,23 @@ result: `ok`, or `failed` with a precise reason, and it never hangs.
 from __future__ import annotations
 
 import argparse
-import ctypes
+import atexit
 import json
+import logging
 import os
-import re
 import resource
+import select
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-from rl_pipeline.result import failed_result, read_result, scaffold_commit, write_result
+from rl_pipeline.env import scrubbed_env
+from rl_pipeline.result import NO_SANDBOX_WARNING, failed_result, read_result, scaffold_commit, write_result
+from rl_pipeline.sandbox import SandboxUnavailable, check_sandbox
 
 DEFAULTS = {
     "base": "runs/models/base",
@@ -33,44 +45,140 @@ DEFAULTS = {
     "timeout_s": 900.0,
     "memory_gb": 16.0,
     "threads": 2,
+    "sandbox": True,  # False runs scaffold code WITHOUT isolation, and every result says so
+    "warm": True,  # False starts the worker and the sandbox for this run only (the old cost)
 }
-_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
+# Parts of a run's time limit (seconds), derived from the scaffold's training budget.
+PROMPTS_S = 30.0  # import the scaffold's files and format every question
+TRAIN_MARGIN_S = 60.0  # load the base, set up TRL, save; the budget is checked between steps only
+EVAL_S = 60.0  # load the trained policy
+EVAL_S_PER_SEED = 20.0  # per seed and split scored
+WORKER_GRACE_S = 30.0  # past the run's limit before the trusted worker itself is killed
+WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded machine
+log = logging.getLogger(__name__)
 
 
-# What every child process we start gets: no hub or telemetry traffic, unbuffered output, idle
-# OpenMP threads that sleep.
-CHILD_ENV = {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
-             "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def scrubbed_env() -> dict[str, str]:
-    """The parent's environment less anything that looks like a credential; CHILD_ENV on."""
-    return {k: v for k, v in os.environ.items() if not _SECRET.search(k)} | CHILD_ENV
+def time_limits(budget_s: float, *, seeds: int, heldout: bool, cap: float) -> dict[str, float]:
+    """Seconds allowed to the sandboxed job (with and without training) and to the whole run."""
+    train_s = PROMPTS_S + 1.5 * budget_s + TRAIN_MARGIN_S
+    total = train_s + EVAL_S + EVAL_S_PER_SEED * seeds * (2 if heldout else 1)
+    return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when the thread that started it dies (call it in a
-    child before exec, as a `preexec_fn`)."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _sandbox(memory_gb: float):
-    """Runs in the child before exec: cap its address space, and have the kernel kill it when the
-    parent dies (its own session shields it from the parent's signals, so a kill -9 of a campaign
-    would otherwise leave it running to the end of its time limit)."""
+def _limit_memory(memory_gb: float):
     def apply():
         limit = int(memory_gb * 1024 ** 3)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        die_with_parent()
     return apply
+
+
+class Runner:
+    """The warm trusted worker (and, under it, the sandbox) that evaluates scaffolds one at a time."""
+
+    def __init__(self, *, sandbox: bool = True, memory_gb: float = DEFAULTS["memory_gb"]):
+        self.sandbox, self.memory_gb = sandbox, memory_gb
+        self.proc: subprocess.Popen | None = None
+        self.lifeline: int | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.sandbox:
+            check_sandbox()
+        read_end, self.lifeline = os.pipe()
+        self.log = tempfile.TemporaryFile()
+        project = str(Path(__file__).resolve().parents[1])
+        env = scrubbed_env()
+        env["PYTHONPATH"] = os.pathsep.join([project, *filter(None, [env.get("PYTHONPATH")])])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rl_pipeline.worker", "--lifeline", str(read_end)]
+            + ([] if self.sandbox else ["--no-sandbox"]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, pass_fds=(read_end,),
+            start_new_session=True, preexec_fn=_limit_memory(self.memory_gb))
+        os.close(read_end)
+        reply = self._reply(WORKER_START_S)
+        if not reply or not reply.get("ready"):
+            self.log.seek(0)
+            tail = (reply or {}).get("log") or self.log.read().decode(errors="replace")[-4000:]
+            self.close()
+            raise SandboxUnavailable(f"the runner's worker did not start: {(reply or {}).get('reason', '')}\n{tail}")
+
+    def _reply(self, timeout_s: float) -> dict | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else b""
+        return json.loads(line) if line else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def run(self, job: dict, wait_s: float) -> str | None:
+        """Hand `job` to the worker and wait for it to write result.json; None when it did, else
+        why not (the worker was then killed, and the next run starts a new one)."""
+        with self.lock:
+            if not self.alive():
+                self.start()
+            try:
+                self.proc.stdin.write((json.dumps(job) + "\n").encode())
+                self.proc.stdin.flush()
+                reply = self._reply(wait_s)
+            except OSError as err:
+                reply, why = None, f"the runner's worker is gone ({err})"
+            else:
+                why = (f"timed out after {wait_s:.0f}s; the runner's worker was killed" if self.alive()
+                       else f"the runner's worker died ({_exit_reason(self.proc.returncode, self.memory_gb)})")
+            if reply and reply.get("done"):
+                return None
+            self.close()
+            return why
+
+    def close(self, *, graceful: bool = False) -> None:
+        """Stop the worker: gracefully (end of input; it removes its job folder and stops the
+        sandbox) when asked and it is idle, else, or after 10 s, by SIGKILL to its process group."""
+        if self.proc is not None:
+            if graceful and self.proc.poll() is None:
+                self.proc.stdin.close()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait()
+            for stream in (self.proc.stdin, self.proc.stdout):
+                stream.close()
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+        self.proc, self.lifeline = None, None
+
+
+_WARM: dict[tuple, Runner] = {}
+_WARM_LOCK = threading.Lock()
+
+
+def _warm_runner(sandbox: bool, memory_gb: float) -> Runner:
+    with _WARM_LOCK:
+        return _WARM.setdefault((sandbox, memory_gb), Runner(sandbox=sandbox, memory_gb=memory_gb))
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop the warm processes (they also stop on their own when this process ends)."""
+    with _WARM_LOCK:
+        for runner in _WARM.values():
+            runner.close(graceful=True)
+        _WARM.clear()
 
 
 def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | None = None,
                  heldout: bool = False, **options) -> dict:
-    """Evaluate `scaffold` in a sandboxed child; return the result (also written to `out`)."""
+    """Evaluate `scaffold` (prompt.py and reward.py in the sandbox, scoring outside it); return the
+    result (also written to `out`). Raises SandboxUnavailable when the sandbox cannot be built."""
+    from rl_pipeline.scaffold import ScaffoldError, load_scaffold
+
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown runner options: {', '.join(sorted(unknown))}")
@@ -90,45 +198,54 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
         "seeds": list(opts["seeds"]),
         "train_seed": opts["train_seed"],
         "threads": opts["threads"],
+        "memory_gb": opts["memory_gb"],
     }
-    job_path = out / "job.json"
-    job_path.write_text(json.dumps(job, indent=2))
-    if not Path(job["base"], "config.json").is_file():
-        result = failed_result(job, f"no base policy at {job['base']}: run `researcher model pretrain` first")
+    if not opts["sandbox"]:
+        log.warning(NO_SANDBOX_WARNING)
+        print(f"WARNING: {NO_SANDBOX_WARNING}", file=sys.stderr)
+
+    def failed(reason: str, trace: str | None = None) -> dict:
+        result = failed_result(job, reason, trace)
+        if not opts["sandbox"]:
+            result["warnings"] = [NO_SANDBOX_WARNING]
         write_result(out, result)
         return result
 
-    start = time.perf_counter()
-    with open(out / "worker.log", "wb") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "rl_pipeline.worker", "--job", str(job_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=scrubbed_env(), start_new_session=True,
-            preexec_fn=_sandbox(opts["memory_gb"]),
-        )
-        try:
-            code = child.wait(timeout=opts["timeout_s"])
-            reason = None if code == 0 else _exit_reason(code, opts)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            reason = f"timed out after {opts['timeout_s']:.0f}s; the run's process group was killed"
-    elapsed = time.perf_counter() - start
+    if not Path(job["base"], "config.json").is_file():
+        return failed(f"no base policy at {job['base']}: run `researcher model pretrain` first")
+    try:
+        config = load_scaffold(job["scaffold"], job["overrides"], import_code=False)
+    except ScaffoldError as err:
+        return failed(f"{type(err).__name__}: {err}")
+    budget_s = float(config.surface.get("budget", {}).get("train_seconds", 60))
+    job["limits"] = time_limits(budget_s, seeds=len(job["seeds"]), heldout=heldout, cap=opts["timeout_s"])
+    (out / "job.json").write_text(json.dumps(job, indent=2))
 
-    if reason is None and (out / "result.json").is_file():
-        return read_result(out)
-    tail = (out / "worker.log").read_text(errors="replace")[-4000:]
-    result = failed_result(job, reason or "the worker exited without writing result.json", tail)
-    result["timings"]["total_s"] = round(elapsed, 3)
+    start = time.perf_counter()
+    runner = (_warm_runner(opts["sandbox"], opts["memory_gb"]) if opts["warm"]
+              else Runner(sandbox=opts["sandbox"], memory_gb=opts["memory_gb"]))
+    try:
+        why = runner.run(job, job["limits"]["total_s"] + WORKER_GRACE_S)
+    finally:
+        if not opts["warm"]:
+            runner.close(graceful=True)
+    if why is None and (out / "result.json").is_file():
+        result = read_result(out)
+        if result["scaffold"]["path"] == job["scaffold"] and result["seeds"] == job["seeds"]:
+            return result
+        why = "result.json does not name the scaffold and seeds of this run"
+    result = failed(why or "the worker answered without writing result.json")
+    result["timings"]["total_s"] = round(time.perf_counter() - start, 3)
     write_result(out, result)
     return result
 
 
-def _exit_reason(code: int, opts: dict) -> str:
-    if code < 0:
+def _exit_reason(code: int | None, memory_gb: float) -> str:
+    if code is not None and code < 0:
         name = signal.Signals(-code).name
-        hint = f" (memory limit {opts['memory_gb']:g} GiB?)" if name in ("SIGKILL", "SIGSEGV") else ""
-        return f"the worker was killed by {name}{hint}"
-    return f"the worker exited with code {code}"
+        hint = f" (memory limit {memory_gb:g} GiB?)" if name in ("SIGKILL", "SIGSEGV") else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,11 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULTS["seeds"])
     parser.add_argument("--heldout", action="store_true", help="also score the held-out split")
     parser.add_argument("--base", default=DEFAULTS["base"], help="base policy checkpoint")
-    parser.add_argument("--timeout", type=float, default=DEFAULTS["timeout_s"], help="seconds")
+    parser.add_argument("--timeout", type=float, default=DEFAULTS["timeout_s"], help="cap on the run's seconds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE", help="knob overrides")
+    parser.add_argument("--no-sandbox", action="store_true", help="run scaffold code WITHOUT isolation")
     args = parser.parse_args(argv)
-    result = run_scaffold(args.scaffold, args.out, overrides=parse_overrides(args.set), heldout=args.heldout,
-                          seeds=args.seeds, base=args.base, timeout_s=args.timeout)
+    try:
+        result = run_scaffold(args.scaffold, args.out, overrides=parse_overrides(args.set), heldout=args.heldout,
+                              seeds=args.seeds, base=args.base, timeout_s=args.timeout,
+                              sandbox=not args.no_sandbox)
+    except SandboxUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if result["status"] == "ok":
         low, high = result["metrics"]["accuracy_ci95"]
         print(f"accuracy: {result['metrics']['accuracy']:.4f} [{low:.4f}, {high:.4f}]")
