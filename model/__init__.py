@@ -9,7 +9,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from model.experts import EXPERTS_IMPL  # noqa: E402  (registers the kernel on import)
-from model.presets import PRESETS, build_policy, load_policy, load_tokenizer, save_policy  # noqa: E402
+from model.presets import PRESETS, build_policy, default_device, load_policy, load_tokenizer, save_policy  # noqa: E402
 from model.tokenizer import build_tokenizer  # noqa: E402
 
-__all__ = ["EXPERTS_IMPL", "PRESETS", "build_policy", "build_tokenizer", "load_policy", "load_tokenizer", "save_policy"]
+__all__ = ["EXPERTS_IMPL", "PRESETS", "build_policy", "build_tokenizer", "default_device", "load_policy",
+           "load_tokenizer", "save_policy"]
