@@ -10,6 +10,10 @@ g, gradients for hidden states, routing weights and both expert weights). Routin
 library's own router (sigmoid, top-k, renormalize) on random router weights. The implementations
 take turns inside every repeat, so a burst of load from elsewhere hits all of them alike; the
 table shows median milliseconds, our speed-up and whether it meets the target.
+
+The last column is our kernel's matmul work per second as a share of the dense-matmul rate
+measured in the same process, in the same turns: one (S, D) x (D, 3I) matmul, S the routed pairs,
+the same multiply-adds as the experts forward (three times them for forward+backward).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from transformers.models.minimax_m2.modeling_minimax_m2 import MiniMaxM2Experts,
 
 from model import EXPERTS_IMPL, PRESETS
 
-IMPLEMENTATIONS = [EXPERTS_IMPL, "grouped_mm", "eager"]
+IMPLEMENTATIONS = [EXPERTS_IMPL, "grouped_mm", "eager", "dense"]
 # (name, tokens, least speed-up over grouped_mm), for forward and forward+backward alike
 SHAPES = [("decode", 64, 1.5), ("train", 4096, 1.2)]
 
@@ -65,8 +69,21 @@ def make_inputs(router, num_tokens: int):
 
 # ---- timing --------------------------------------------------------------------------------------
 
+def dense_step(experts, inputs, backward: bool) -> float:
+    """Seconds of the dense matmuls with the experts' multiply-adds (the rate reference)."""
+    x_TD, topk_ids_TK, _, _ = inputs
+    x_SD = x_TD.repeat_interleave(topk_ids_TK.shape[1], 0)
+    w_DJ = torch.randn(x_TD.shape[1], 3 * experts.intermediate_dim)
+    start = time.perf_counter()
+    for _ in range(3 if backward else 1):
+        torch.mm(x_SD, w_DJ)
+    return time.perf_counter() - start
+
+
 def step(experts, implementation: str, inputs, backward: bool) -> float:
     """Seconds for one forward (no grad) or forward+backward under `implementation`."""
+    if implementation == "dense":
+        return dense_step(experts, inputs, backward)
     x_TD, topk_ids_TK, topk_weights_TK, g_TD = inputs
     experts.config._experts_implementation = implementation
     experts.zero_grad(set_to_none=True)
@@ -86,7 +103,8 @@ def median_ms(experts, inputs, backward: bool, repeats: int, warmup: int = 3) ->
     """Median milliseconds of each implementation, the implementations taking turns every repeat."""
     times = {name: [] for name in IMPLEMENTATIONS}
     for i in range(warmup + repeats):
-        order = IMPLEMENTATIONS[i % 3:] + IMPLEMENTATIONS[:i % 3]  # rotate so none always goes first
+        n = len(IMPLEMENTATIONS)
+        order = IMPLEMENTATIONS[i % n:] + IMPLEMENTATIONS[:i % n]  # rotate so none always goes first
         for name in order:
             seconds = step(experts, name, inputs, backward)
             if i >= warmup:
@@ -105,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"K={router.top_k} D={router.hidden_dim} I={experts.intermediate_dim} | fp32 CPU, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     header = (f"{'shape':<14}{'pass':<10}{'ours ms':>9}{'grouped ms':>12}{'eager ms':>10}"
-              f"{'vs grouped':>12}{'vs eager':>10}{'target':>8}  met")
+              f"{'vs grouped':>12}{'vs eager':>10}{'target':>8}  met{'of dense':>10}")
     print(header)
     print("-" * len(header))
     all_met = True
@@ -119,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             all_met &= met
             print(f"{shape + f' T={num_tokens}':<14}{'fwd+bwd' if backward else 'fwd':<10}"
                   f"{ms[EXPERTS_IMPL]:>9.3f}{ms['grouped_mm']:>12.3f}{ms['eager']:>10.3f}"
-                  f"{vs_grouped:>11.2f}x{vs_eager:>9.2f}x{target:>7.1f}x  {'yes' if met else 'NO'}")
+                  f"{vs_grouped:>11.2f}x{vs_eager:>9.2f}x{target:>7.1f}x  {'yes' if met else 'NO ':3s}"
+                  f"{ms['dense'] / ms[EXPERTS_IMPL]:>9.0%}")
     print(f"targets met: {'all' if all_met else 'not all'}")
     return 0
 
