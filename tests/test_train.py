@@ -50,11 +50,18 @@ def test_grpo_config_follows_the_knobs():
     assert not config.bf16 and config.loss_type == "dapo" and config.max_steps == 20
 
 
-def test_training_runs_on_the_gpu_where_there_is_one(monkeypatch):
-    """The device follows `torch.cuda.is_available`; without a GPU, TRL is kept on the CPU."""
+def test_training_runs_on_the_gpu_where_there_is_one(monkeypatch, tmp_path):
+    """The device follows `torch.cuda.is_available`; without a GPU, TRL is kept on the CPU, and
+    `load_policy` puts a checkpoint where it is asked to."""
     import torch
 
     import model.presets
+    from model import build_policy, build_tokenizer, load_policy, save_policy
+
+    tokenizer = build_tokenizer()
+    save_policy(build_policy("tiny", tokenizer), tokenizer, tmp_path / "m")
+    loaded = load_policy(tmp_path / "m", device=model.presets.default_device())
+    assert loaded.device.type == model.presets.default_device() and not loaded.training
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert model.presets.default_device() == "cuda"
