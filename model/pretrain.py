@@ -90,8 +90,8 @@ def make_optimizer(policy, config: PretrainConfig) -> torch.optim.AdamW:
 def train_step(policy, optimizer, scheduler, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
     """One optimizer step on one batch; returns its loss."""
     loss = policy(input_ids=input_ids, labels=labels).loss
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"pretraining diverged: loss={loss.item()}")
+    if not torch.isfinite(loss):  # the scheduler counts the steps taken
+        raise FloatingPointError(f"pretraining diverged at step {scheduler.last_epoch}: loss={loss.item()}")
     loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0, foreach=True)
     optimizer.step()
@@ -138,10 +138,7 @@ def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_tex
         bar = progress.add_task("pretrain", total=config.num_steps, loss=float("nan"))
         for step in range(config.num_steps):
             input_ids, labels = _batch(encoded, next(batches), tokenizer.pad_token_id)
-            try:
-                losses.append(train_step(policy, optimizer, scheduler, input_ids, labels))
-            except FloatingPointError as err:
-                raise FloatingPointError(f"{err} at step {step}") from None
+            losses.append(train_step(policy, optimizer, scheduler, input_ids, labels))
             if on_step is not None:
                 on_step(step + 1, policy, tokenizer)
             progress.update(bar, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))

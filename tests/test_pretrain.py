@@ -1,5 +1,6 @@
-"""The pretraining step: dropping the attention mask over right padding changes no loss or gradient."""
+"""The pretraining step: no mask needed over right padding, the loss goes down, a NaN stops it."""
 
+import pytest
 import torch
 
 from model import build_policy, build_tokenizer
@@ -39,3 +40,17 @@ def test_train_step_lowers_the_loss():
     input_ids, labels = _batch(encode_pairs(tokenizer, PAIRS), [0, 1, 2], tokenizer.pad_token_id)
     losses = [train_step(policy, optimizer, scheduler, input_ids, labels) for _ in range(config.num_steps)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_non_finite_loss_stops_with_the_step():
+    tokenizer = build_tokenizer()
+    config = PretrainConfig(steps=5)
+    policy = build_policy("tiny", tokenizer, seed=0).train()
+    optimizer = make_optimizer(policy, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
+    input_ids, labels = _batch(encode_pairs(tokenizer, PAIRS), [0, 1, 2], tokenizer.pad_token_id)
+    train_step(policy, optimizer, scheduler, input_ids, labels)
+    with torch.no_grad():
+        policy.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged at step 1: loss=nan"):
+        train_step(policy, optimizer, scheduler, input_ids, labels)
