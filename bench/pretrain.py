@@ -15,8 +15,8 @@ Printed: the median seconds per step of each, wall clock and CPU time of this pr
 machine that other jobs share, CPU time is the steadier measure of the work), their ratio (target
 >= 2x: the same base in half the time), the loss of each after the same steps (the math is the
 same up to rounding, so the curves should agree), and the time each took to reach the higher of
-the two final losses: time to the same loss. `--steps` shorter than the real 1500 is enough: the per-step cost does not change with the
-step number.
+the two final losses: time to the same loss. `--steps` shorter than the real 1500 is enough: the
+per-step cost does not change with the step number.
 """
 
 from __future__ import annotations
