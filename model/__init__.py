@@ -5,7 +5,8 @@ Importing this package registers our experts implementation (`EXPERTS_IMPL`) in 
 """
 
 from model.experts import EXPERTS_IMPL  # registers the kernel on import
-from model.presets import PRESETS, build_policy, load_policy, load_tokenizer, save_policy
+from model.presets import PRESETS, build_policy, default_device, load_policy, load_tokenizer, save_policy
 from model.tokenizer import build_tokenizer
 
-__all__ = ["EXPERTS_IMPL", "PRESETS", "build_policy", "build_tokenizer", "load_policy", "load_tokenizer", "save_policy"]
+__all__ = ["EXPERTS_IMPL", "PRESETS", "build_policy", "build_tokenizer", "default_device", "load_policy",
+           "load_tokenizer", "save_policy"]

@@ -8,6 +8,7 @@ trains on two CPU cores.
     from model import build_policy, load_policy
     policy = build_policy("tiny", tokenizer)       # fresh weights, our experts kernel
     policy = load_policy("runs/models/base")       # a saved checkpoint, our experts kernel
+    policy = load_policy(path, device=default_device())   # on the GPU where there is one
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def build_policy(preset: str, tokenizer, *, seed: int = 0,
     return policy.eval()
 
 
+def default_device() -> str:
+    """"cuda" where a GPU is visible, else "cpu": where training, rollouts and evaluation run.
+    `CUDA_VISIBLE_DEVICES=` (empty) keeps a GPU machine on the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _check_checkpoint(path: Path) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
@@ -101,8 +108,9 @@ def load_tokenizer(path: str | Path):
 
 
 def load_policy(path: str | Path, *, experts_implementation: str = EXPERTS_IMPL,
-                dtype: torch.dtype = torch.float32) -> MiniMaxM2ForCausalLM:
-    """A saved checkpoint, with our experts kernel (the library would default to `grouped_mm`)."""
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MiniMaxM2ForCausalLM:
+    """A saved checkpoint, with our experts kernel (the library would default to `grouped_mm`),
+    on `device` (the CPU unless asked: callers that build their inputs on the CPU stay correct)."""
     path = Path(path)
     _check_checkpoint(path)
     policy = AutoModelForCausalLM.from_pretrained(
@@ -110,7 +118,7 @@ def load_policy(path: str | Path, *, experts_implementation: str = EXPERTS_IMPL,
     )
     if not isinstance(policy, MiniMaxM2ForCausalLM):
         raise ValueError(f"{str(path)!r} holds a {type(policy).__name__}, not a MiniMaxM2ForCausalLM")
-    return policy.eval()
+    return policy.to(device).eval()
 
 
 def save_policy(policy, tokenizer, path: str | Path) -> Path:

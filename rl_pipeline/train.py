@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from model import load_policy, load_tokenizer, save_policy
+from model import default_device, load_policy, load_tokenizer, save_policy
 from model.generate import use_fast_generate
 from rl_pipeline.tasks import get_task
 
@@ -98,14 +98,16 @@ def make_reward_func(scaffold):
     return scaffold_reward
 
 
-def grpo_config(scaffold, output_dir: str, seed: int):
-    """TRL's GRPOConfig from the scaffold's knobs; CPU, fp32, no checkpoints, no reporting."""
+def grpo_config(scaffold, output_dir: str, seed: int, device: str | None = None):
+    """TRL's GRPOConfig from the scaffold's knobs; fp32 on `device` (the GPU where there is one,
+    else the CPU), no checkpoints, no reporting."""
     from trl import GRPOConfig
 
     grpo = scaffold.config["grpo"]
+    device = device or default_device()
     return GRPOConfig(
         output_dir=output_dir,
-        use_cpu=True,
+        use_cpu=device == "cpu",
         bf16=False,
         seed=seed,
         learning_rate=grpo["learning_rate"],
@@ -130,9 +132,11 @@ def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: 
     from trl import GRPOTrainer
 
     torch.manual_seed(seed)
+    device = default_device()
     tokenizer = load_tokenizer(base_dir)
     # TRL rebuilds a reference model from config._name_or_path when beta > 0: load from disk.
-    policy = load_policy(base_dir).train()
+    # The trainer moves the policy to its device; loading it there spares a copy through the CPU.
+    policy = load_policy(base_dir, device=device).train()
     use_fast_generate(policy)
     rollout_seconds = _time_rollouts(policy)
 
@@ -146,7 +150,7 @@ def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: 
         trainer = GRPOTrainer(
             model=policy,
             reward_funcs=[make_reward_func(scaffold)],
-            args=grpo_config(scaffold, tmp, seed),
+            args=grpo_config(scaffold, tmp, seed, device),
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[callback],
@@ -157,6 +161,7 @@ def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: 
     history = [h for h in trainer.state.log_history if "loss" in h]
     save_policy(policy.eval(), tokenizer, out_dir)
     return {
+        "device": device,
         "steps": trainer.state.global_step,
         "stopped_by_budget": callback.stopped_by_budget,
         "final_loss": callback.losses[-1] if callback.losses else None,

@@ -326,7 +326,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     """Everything the trusted side does for one job; raises JobFailed (or another error) on failure."""
     import torch
 
-    from model import load_policy, load_tokenizer
+    from model import default_device, load_policy, load_tokenizer
     from rl_pipeline.evaluate import evaluate
     from rl_pipeline.scaffold import load_scaffold
 
@@ -380,7 +380,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     timings["check_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    policy, tokenizer = load_policy(cache_dir), load_tokenizer(cache_dir)
+    policy, tokenizer = load_policy(cache_dir, device=default_device()), load_tokenizer(cache_dir)
     evaluation = evaluate(policy, tokenizer, scaffold, splits["eval"], prompts["eval"], seeds=job["seeds"],
                           split="eval")
     timings["eval_s"] = time.perf_counter() - start

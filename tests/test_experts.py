@@ -71,6 +71,7 @@ def assert_matches_eager(module, x_TD, top_k_index, top_k_weights, seed=0):
 
 # C, the rows per padded expert block, of each forced layout; experts over C get their own matmul
 LAYOUTS = {
+    "streamed": None,  # one expert at a time (many pairs per expert)
     "sorted": lambda counts: 0,
     "padded": lambda counts: max(counts, default=0),
     "mixed": lambda counts: sorted(counts)[len(counts) // 2],
@@ -79,8 +80,13 @@ LAYOUTS = {
 
 @pytest.fixture(params=list(LAYOUTS))
 def layout(request, monkeypatch):
-    """Force one CPU layout: per-expert matmuls, one padded bmm, or a bmm plus matmuls for the rest."""
-    monkeypatch.setattr(experts, "_block_rows", LAYOUTS[request.param])
+    """Force one CPU layout: streamed per expert, per-expert matmuls, one padded bmm, or a bmm plus
+    matmuls for the rest."""
+    if LAYOUTS[request.param] is None:
+        monkeypatch.setattr(experts, "_STREAM_MIN_ROWS", 0)
+    else:
+        monkeypatch.setattr(experts, "_STREAM_MIN_ROWS", 10**9)
+        monkeypatch.setattr(experts, "_block_rows", LAYOUTS[request.param])
     return request.param
 
 
@@ -177,6 +183,28 @@ def test_block_rows_choice():
     assert experts._block_rows([0] * 8) == 0
     assert experts._block_rows([5] * 8) == 5  # one bmm, no padding
     assert experts._block_rows([0] * 7 + [5]) == 0  # one expert: one matmul beats seven empty blocks
+
+
+def test_streamed_only_without_autograd(monkeypatch):
+    """Many pairs per expert stream one expert at a time when no gradient is needed; under autograd
+    the grouped path (with its backward) runs whatever the size."""
+    calls = []
+    streamed = experts._streamed_experts
+    monkeypatch.setattr(experts, "_streamed_experts", lambda *a: calls.append(1) or streamed(*a))
+    gen = torch.Generator().manual_seed(5)
+    module = make_experts(4, 32, 16, 2)
+    module.config._experts_implementation = EXPERTS_IMPL
+    top_k_index, top_k_weights = random_routing(experts._STREAM_MIN_ROWS * 2, 4, 2, gen)
+    x_TD = torch.randn(top_k_index.shape[0], 32, generator=gen)
+    with torch.no_grad():
+        module(x_TD, top_k_index, top_k_weights)
+    assert len(calls) == 1
+    module(x_TD, top_k_index, top_k_weights).sum().backward()
+    assert len(calls) == 1 and module.down_proj.grad is not None
+    with torch.no_grad():
+        module(x_TD[:2], top_k_index[:2], top_k_weights[:2])  # decode-sized: grouped
+    assert len(calls) == 1
+    assert_matches_eager(module, x_TD, top_k_index, top_k_weights)
 
 
 # ---- the whole model -----------------------------------------------------------------------------

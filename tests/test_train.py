@@ -47,4 +47,29 @@ def test_grpo_config_follows_the_knobs():
     scaffold = load_scaffold(ARITH, {"grpo.learning_rate": 3e-5, "grpo.beta": 0.04, "grpo.temperature": 0.7})
     config = grpo_config(scaffold, "/tmp/unused", seed=1)
     assert (config.learning_rate, config.beta, config.temperature) == (3e-5, 0.04, 0.7)
-    assert config.use_cpu and not config.bf16 and config.loss_type == "dapo" and config.max_steps == 20
+    assert not config.bf16 and config.loss_type == "dapo" and config.max_steps == 20
+
+
+def test_training_runs_on_the_gpu_where_there_is_one(monkeypatch, tmp_path):
+    """The device follows `torch.cuda.is_available`; without a GPU, TRL is kept on the CPU, and
+    `load_policy` puts a checkpoint where it is asked to."""
+    import torch
+
+    import model.presets
+    from model import build_policy, build_tokenizer, load_policy, save_policy
+
+    tokenizer = build_tokenizer()
+    save_policy(build_policy("tiny", tokenizer), tokenizer, tmp_path / "m")
+    loaded = load_policy(tmp_path / "m", device=model.presets.default_device())
+    assert loaded.device.type == model.presets.default_device() and not loaded.training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert model.presets.default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert model.presets.default_device() == "cpu"
+    assert grpo_config(load_scaffold(ARITH), "/tmp/unused", seed=0).use_cpu
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_grpo_config_on_the_gpu():
+    assert not grpo_config(load_scaffold(ARITH), "/tmp/unused", seed=0).use_cpu
