@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.analyze import Evidence
-from harness.proposal import KnobEdit, Proposal, ProposalError, validate
+from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, available_moves, render, validate
 from harness.researchers import ResearcherExhausted, make_researcher
 from harness.researchers.base import knob_space
 from harness.researchers.local import build_trie, candidate_text, value_grid
@@ -86,12 +86,19 @@ def test_random_is_valid_reproducible_and_never_a_no_op(tmp_path, scaffold):
     make = lambda seed: make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=seed, base_model="")
     researcher, again, other = make(3), make(3), make(4)
     proposals = [researcher.propose(evidence(n), "", scaffold) for n in range(1, 51)]
+    moves = available_moves(scaffold)
     for proposal in proposals:
         validate(proposal, scaffold)
         (edit,) = proposal.edits
+        if isinstance(edit, MoveEdit):
+            assert edit.move in moves and f"apply move {edit.move}: " in proposal.hypothesis
+            continue
         assert edit.value != current[edit.knob]
         assert type(edit.value) is {"float": float, "int": int, "str": str}[specs[edit.knob]["type"]]
-    assert len({p.edits[0].knob for p in proposals}) >= 10  # the knob is drawn over the whole surface
+    knobs = [p.edits[0].knob for p in proposals if isinstance(p.edits[0], KnobEdit)]
+    drawn_moves = [p.edits[0].move for p in proposals if isinstance(p.edits[0], MoveEdit)]
+    assert len(set(knobs)) >= 10  # the knob is drawn over the whole surface
+    assert 3 <= len(drawn_moves) <= 20 and len(set(drawn_moves)) >= 3  # 5 of 24 choices are moves
     assert [again.propose(evidence(n), "", scaffold) for n in range(50, 0, -1)] == proposals[::-1]
     assert [other.propose(evidence(n), "", scaffold) for n in range(1, 11)] != proposals[:10]
 
@@ -99,8 +106,18 @@ def test_random_is_valid_reproducible_and_never_a_no_op(tmp_path, scaffold):
 def test_random_respects_cross_knob_rules(tmp_path, strict_scaffold):
     researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
     batch = [p.edits[0].value for p in (researcher.propose(evidence(n), "", strict_scaffold) for n in range(1, 121))
-             if p.edits[0].knob == "grpo.per_device_train_batch_size"]
+             if getattr(p.edits[0], "knob", None) == "grpo.per_device_train_batch_size"]
     assert batch and set(batch) == {16}
+
+
+def test_random_draws_only_the_moves_that_apply_now(tmp_path, scaffold):
+    applied = render(Proposal("h", (MoveEdit("prompt_one_shot"), MoveEdit("reward_partial_credit"))), scaffold)
+    for rel, text in applied.items():
+        (scaffold / rel).write_text(text)
+    researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
+    drawn = {p.edits[0].move for p in (researcher.propose(evidence(n), "", scaffold) for n in range(1, 81))
+             if isinstance(p.edits[0], MoveEdit)}
+    assert drawn == {"reward_near_miss_credit", "reward_malformed_penalty"}
 
 
 def test_random_values_follow_the_knob_scale():
