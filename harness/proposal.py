@@ -334,7 +334,8 @@ def _apply_edit(root: Path, scaffold, texts: dict[str, str], index: int, edit: E
     return [_apply_file_edit(root, surface, texts, index, edit)]
 
 
-def _apply_file_edit(root: Path, surface: dict, texts: dict[str, str], index: int | None, edit: FileEdit) -> str:
+def _apply_file_edit(root: Path, surface: dict, texts: dict[str, str], index: int | None,
+                     edit: FileEdit) -> str:
     """Apply one search/replace to the in-memory `texts`; return the file it changed."""
     rel = safe_relpath(root, edit.file, index)
     if rel == SURFACE_FILE:

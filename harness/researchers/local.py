@@ -5,14 +5,16 @@ Propose. The scaffold's surface is turned into a finite set of candidate edits: 
 knob times a grid of values (7 points across its range, log-spaced for `log: true`, every choice
 of a choice knob, integers deduplicated), minus the current value and minus any edit the
 scaffold would reject; plus every code move of the scaffold that applies now. Each candidate is
-the text `{"knob": "<name>", "value": <value>}` or `{"move": "<name>"}` plus EOS, tokenized; the token sequences form a trie, the grammar. The model scores every sentence of
-the grammar: its log-probability with the model's logits renormalized, at each branch of the
-trie, over the tokens that continue some candidate (the prompt runs once, then all candidates in
-one batch over its cache). So every proposal is valid by construction, and the model's only
-freedom is which edit to make.
-An edit already tried against the same incumbent (its knobs and its editable files) is left out of the trie: its verdict is
-known (the same seeds would give it again), so proposing it again would only spend a round. When
-every edit has been tried the whole grid is open again.
+the text `{"knob": "<name>", "value": <value>}` or `{"move": "<name>"}` plus EOS, tokenized; the
+token sequences form a trie, the grammar. The model scores every sentence of the grammar: its
+log-probability with the model's logits renormalized, at each branch of the trie, over the tokens
+that continue some candidate (the prompt runs once, then all candidates in one batch over its
+cache). So every proposal is valid by construction, and the model's only freedom is which edit
+to make.
+An edit already tried against the same incumbent (its knobs and its editable files: a kept move
+changes no knob) is left out of the trie: its verdict is known (the same seeds would give it
+again), so proposing it again would only spend a round. When every edit has been tried the whole
+grid is open again.
 The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
 (old memory goes first, the evidence of this round last).
 
@@ -27,8 +29,9 @@ fade. `credit_weight: 0` leaves the choice to the model alone.
 Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
 running-mean baseline; one Adam step. The round's delta and interval are added to the credit
-model's observations (a move as the choice knob `move:<name>`, from off to on). The checkpoint (weights, tokenizer, optimizer, state with the observations)
-is then saved, so the researcher that runs the loop is the one that learned from it.
+model's observations (a move as the choice knob `move:<name>`, from off to on). The checkpoint
+(weights, tokenizer, optimizer, state with the observations) is then saved, so the researcher that
+runs the loop is the one that learned from it.
 
 Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
 `checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
@@ -88,7 +91,9 @@ def candidate_text(knob: str, value: Any) -> str:
 
 def edit_text(edit: KnobEdit | MoveEdit) -> str:
     """A candidate's text in the grammar, as the model writes it."""
-    return json.dumps({"move": edit.move}) if isinstance(edit, MoveEdit) else candidate_text(edit.knob, edit.value)
+    if isinstance(edit, MoveEdit):
+        return json.dumps({"move": edit.move})
+    return candidate_text(edit.knob, edit.value)
 
 
 MOVE_KNOB = "move:"  # a move in the credit model: the choice knob move:<name>, False (off) or True (on)
@@ -134,7 +139,8 @@ class LocalResearcher(Researcher):
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
         self.counts = {"proposals": 0, "prompt_tokens": 0, "generated_tokens": 0, "learn_steps": 0}
-        self._candidates: dict[str, list[tuple[str, KnobEdit | MoveEdit]]] = {}  # valid candidates per scaffold state
+        # the valid candidates per scaffold content (knobs and code)
+        self._candidates: dict[str, list[tuple[str, KnobEdit | MoveEdit]]] = {}
         self._init_checkpoint(Path(base_model))
         self.load(self.dir)
 
@@ -240,8 +246,9 @@ class LocalResearcher(Researcher):
         specs, current = scaffold_knob_space(scaffold)
         candidates = self._candidate_edits(Path(scaffold_dir), scaffold, specs, current)
         if not candidates:
-            raise ResearcherExhausted("the surface has no knob edit left that the scaffold accepts, and no move applies")
-        files = {name: (Path(scaffold_dir) / name).read_text() for name in scaffold.surface.get("editable_files") or []}
+            raise ResearcherExhausted("no knob edit left that the scaffold accepts, and no move applies")
+        files = {name: (Path(scaffold_dir) / name).read_text()
+                 for name in scaffold.surface.get("editable_files") or []}
         state_key = knob_state_key(current, files)
         tried = set(self.state.get("tried", {}).get(state_key, []))
         candidates = [c for c in candidates if c[0] not in tried] or candidates
@@ -277,7 +284,8 @@ class LocalResearcher(Researcher):
         return proposal
 
     @staticmethod
-    def _hypothesis(evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any, credit: CreditModel) -> str:
+    def _hypothesis(evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any,
+                    credit: CreditModel) -> str:
         knob, value = credit_edit(edit)
         seen = credit.counts.get(knob, 0)
         if seen:

@@ -3,9 +3,10 @@
 Each round picks uniformly among the searchable knobs of the surface and the scaffold's code moves
 that apply now (so a move is drawn with probability moves / (knobs + moves)). A knob gets a value
 uniformly in its range (log-uniform for `log: true`, uniform among choices, integers drawn as
-integers), never the current value; a move is proposed as it is declared. The draw is seeded by (seed, round), so a campaign is reproducible and a resumed
-round draws what it drew before. A draw that breaks a cross-knob rule of the scaffold (say a
-batch size that is not a multiple of the group size) is drawn again, so every proposal is valid.
+integers), never the current value; a move is proposed as it is declared. The draw is seeded by
+(seed, round), so a campaign is reproducible and a resumed round draws what it drew before. A draw
+that breaks a cross-knob rule of the scaffold (say a batch size that is not a multiple of the
+group size) is drawn again, so every proposal is valid.
 
     researcher = RandomResearcher({}, campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
 """
