@@ -107,6 +107,8 @@ def make_decision(decision: str, *, who: str, note: str, point: str, round_no: i
 def _edit_line(edit: Mapping) -> str:
     if "knob" in edit:
         return f"- {edit['knob']} = {json.dumps(edit['value'])}"
+    if "move" in edit:
+        return f"- move {edit['move']} (the scaffold's declared patch; the diff shows it)"
     return f"- {edit['file']}: replace {json.dumps(edit['search'])} with {json.dumps(edit['replace'])}"
 
 

@@ -350,8 +350,9 @@ class Campaign:
                          f"{': ' + approval['note'] if approval.get('note') else ''}") if approval else ""
         record = RoundRecord.from_outcome(
             n, hypothesis=proposal_dict["hypothesis"], change_kind=kind,
-            change="; ".join(json.dumps(e) for e in proposal_dict["edits"])[:300],
-            targets=[e.get("knob") or e.get("file") for e in proposal_dict["edits"]],
+            change="; ".join(f"move {e['move']}" if "move" in e else json.dumps(e)
+                             for e in proposal_dict["edits"])[:300],
+            targets=[e.get("knob") or e.get("file") or f"move {e['move']}" for e in proposal_dict["edits"]],
             result=result or {"status": "failed", "reason": decided["reason"]},
             verdict=final, critique=critique_text, approval=approval_text)
         if heldout is not None:

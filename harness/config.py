@@ -149,7 +149,7 @@ class OpenAIOptions(Section):
 
 
 class RandomOptions(Section):
-    """Knob-search baseline: one knob a round, a uniform (log-uniform where marked) value in its range."""
+    """Random baseline: one knob a round (a uniform, log-uniform where marked, value in its range) or one code move."""
 
     name: Literal["random"] = "random"
 

@@ -22,7 +22,7 @@ import math
 import re
 from typing import Any
 
-from harness.proposal import FileEdit, KnobEdit, Proposal
+from harness.proposal import FileEdit, KnobEdit, MoveEdit, Proposal
 
 METRICS = ("accuracy", "format_valid_rate", "truncation_rate", "repetition_rate", "mean_completion_tokens")
 DIGITS = {"mean_completion_tokens": 2}  # decimals printed; rates get 3
@@ -61,6 +61,9 @@ def _changes(proposal: Proposal, result: dict, incumbent: dict) -> list[str]:
         if isinstance(edit, FileEdit):
             lines.append(f"- edited `{edit.file}` (search and replace)")
             continue
+        if isinstance(edit, MoveEdit):
+            lines.append(f"- applied the move `{edit.move}` (its declared patch)")
+            continue
         old = incumbent.get("knobs", {}).get(edit.knob)
         new = result.get("knobs", {}).get(edit.knob) if result.get("status") == "ok" else None
         if new is None:  # a failed run reports no knobs: its value is not a measured number
@@ -89,11 +92,14 @@ def _noise(verdict: dict) -> str:
 
 def _advice(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -> list[str]:
     edit = proposal.edits[0]
-    target = f"`{edit.knob}`" if isinstance(edit, KnobEdit) else f"the edit to `{edit.file}`"
+    target = (f"`{edit.knob}`" if isinstance(edit, KnobEdit) else f"the move `{edit.move}`"
+              if isinstance(edit, MoveEdit) else f"the edit to `{edit.file}`")
     if result.get("status") != "ok" or verdict.get("delta") is None:
         if "time" in (result.get("reason") or "").lower():
             return ["The run hit a time limit: fewer training steps (`grpo.max_steps`) or shorter completions "
                     "would fit the budget."]
+        if isinstance(edit, MoveEdit):
+            return [f"The run failed with {target}: read the reason above, then try another move or a knob."]
         return [f"The run failed: read the reason above, then try {target} with a smaller step, or another knob."]
     advice = []
     deltas = {m: result["metrics"][m] - incumbent["metrics"][m] for m in METRICS

@@ -1,8 +1,10 @@
 """Proposals: what a researcher asks to change in a scaffold, parsed and checked before any write.
 
 A proposal is JSON `{"hypothesis": str, "edits": [...]}`; an edit is a knob edit
-`{"knob": "sampling.temperature", "value": 0.7}` or a file edit
-`{"file": "reward.py", "search": "exact old text", "replace": "new text"}`.
+`{"knob": "sampling.temperature", "value": 0.7}`, a file edit
+`{"file": "reward.py", "search": "exact old text", "replace": "new text"}`, or a code move
+`{"move": "reward_partial_credit"}`, one of the scaffold's declared moves (`moves.yaml`), which
+expands into its file edits and is checked exactly as they would be.
 
 `parse_proposal` checks the shape; `validate` checks it against a scaffold's surface (knob ranges,
 editable files, safe paths, search text found exactly once, Python that still compiles, a scaffold
@@ -61,7 +63,12 @@ class FileEdit:
     replace: str
 
 
-Edit = KnobEdit | FileEdit
+@dataclass(frozen=True)
+class MoveEdit:
+    move: str
+
+
+Edit = KnobEdit | FileEdit | MoveEdit
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class Proposal:
 
     @property
     def kind(self) -> str:
-        """Either "knob" (knob edits only) or "code" (at least one file edit)."""
+        """Either "knob" (knob edits only) or "code" (at least one file edit or code move)."""
         return "knob" if all(isinstance(e, KnobEdit) for e in self.edits) else "code"
 
     def to_dict(self) -> dict:
@@ -99,16 +106,27 @@ class _FileEditIn(_Shape):
     replace: str
 
 
+class _MoveEditIn(_Shape):
+    move: str = Field(min_length=1)
+
+
+MARKERS = ("knob", "file", "move")
+
+
 def _edit_kind(raw: Any) -> str | None:
-    """"knob" or "file" by the edit's marker key; None for neither or both: no telling what was meant."""
-    if isinstance(raw, dict) and ("knob" in raw) != ("file" in raw):
-        return "knob" if "knob" in raw else "file"
+    """"knob", "file" or "move" by the edit's marker key; None for none or several: no telling what
+    was meant."""
+    if isinstance(raw, dict):
+        present = [m for m in MARKERS if m in raw]
+        if len(present) == 1:
+            return present[0]
     return None
 
 
 class _ProposalIn(_Shape):
     hypothesis: str = Field(pattern=r"\S")
-    edits: list[Annotated[Annotated[_KnobEditIn, Tag("knob")] | Annotated[_FileEditIn, Tag("file")],
+    edits: list[Annotated[Annotated[_KnobEditIn, Tag("knob")] | Annotated[_FileEditIn, Tag("file")]
+                          | Annotated[_MoveEditIn, Tag("move")],
                           Discriminator(_edit_kind)]] = Field(min_length=1)
 
 
@@ -123,7 +141,7 @@ def _edit_error(errors: list[dict], index: int, raw: Any) -> ProposalError:
         if not isinstance(raw, dict):
             return ProposalError(f"expected an object, got {type(raw).__name__}", index)
         return ProposalError(f"unknown edit shape with keys [{_keys(raw)}]; expected "
-                             "{'knob', 'value'} or {'file', 'search', 'replace'}", index)
+                             "{'knob', 'value'}, {'file', 'search', 'replace'} or {'move'}", index)
     marker, field = loc[2], loc[3]
     if kind == "extra_forbidden":
         extra = {e["loc"][3] for e in errors if e["type"] == kind}
@@ -133,6 +151,9 @@ def _edit_error(errors: list[dict], index: int, raw: Any) -> ProposalError:
         return ProposalError(f"{marker} edit is missing {_keys(missing)}", index)
     if field == "knob":
         return ProposalError(f"'knob' must be a non-empty string, got {raw['knob']!r}", index)
+    if field == "move":
+        return ProposalError(f"'move' must be the name of one of the scaffold's moves, got "
+                             f"{json.dumps(raw['move'])}", index)
     if field == "value":
         return ProposalError(f"knob {raw['knob']}: 'value' must be a number or a string, "
                              f"got {json.dumps(raw['value'])}", index)
@@ -177,9 +198,15 @@ def parse_proposal(obj_or_json_text: str | bytes | dict) -> Proposal:
         parsed = _ProposalIn.model_validate(obj)
     except ValidationError as err:
         raise _proposal_error(err, obj) from None
-    edits = tuple(KnobEdit(e.knob, e.value) if isinstance(e, _KnobEditIn) else FileEdit(e.file, e.search, e.replace)
-                  for e in parsed.edits)
-    return Proposal(parsed.hypothesis, edits)
+    return Proposal(parsed.hypothesis, tuple(_edit(e) for e in parsed.edits))
+
+
+def _edit(parsed: _KnobEditIn | _FileEditIn | _MoveEditIn) -> Edit:
+    if isinstance(parsed, _KnobEditIn):
+        return KnobEdit(parsed.knob, parsed.value)
+    if isinstance(parsed, _MoveEditIn):
+        return MoveEdit(parsed.move)
+    return FileEdit(parsed.file, parsed.search, parsed.replace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,15 +287,38 @@ def _quote(text: str) -> str:
     return repr(text if len(text) <= _PREFIX else text[:_PREFIX] + "...")
 
 
+def _target(edit: Edit) -> str:
+    """What an edit names: its knob, its file's name or its move."""
+    if isinstance(edit, KnobEdit):
+        return edit.knob
+    if isinstance(edit, MoveEdit):
+        return edit.move
+    return PurePosixPath(edit.file).name
+
+
 def _blame(proposal: Proposal, message: str) -> int | None:
     """The last edit whose target a load error names, so the researcher knows where to look."""
-    named = [i for i, e in enumerate(proposal.edits)
-             if (e.knob if isinstance(e, KnobEdit) else PurePosixPath(e.file).name) in message]
+    named = [i for i, e in enumerate(proposal.edits) if _target(e) in message]
     return named[-1] if named else None
 
 
-def _apply_edit(root: Path, surface: dict, texts: dict[str, str], index: int, edit: Edit) -> str:
-    """Apply one edit to the in-memory `texts`; return the file it changed."""
+def _apply_edit(root: Path, scaffold, texts: dict[str, str], index: int, edit: Edit) -> list[str]:
+    """Apply one edit to the in-memory `texts`; return the files it changed."""
+    surface = scaffold.surface
+    if isinstance(edit, MoveEdit):
+        moves = scaffold.moves
+        if edit.move not in moves:
+            known = ", ".join(sorted(moves)) or "none (the scaffold declares no moves)"
+            raise ProposalError(f"unknown move {edit.move!r}; moves are: {known}", index)
+        changed = []
+        for patch in moves[edit.move].patches:
+            try:
+                changed.append(_apply_file_edit(root, surface, texts, None, FileEdit(patch.file, patch.search,
+                                                                                      patch.replace)))
+            except ProposalError as err:
+                raise ProposalError(f"move {edit.move} does not apply to this scaffold (its text was already "
+                                    f"changed, by this move or another): {err}", index) from err
+        return changed
     if isinstance(edit, KnobEdit):
         knobs = surface.get("knobs") or {}
         if edit.knob not in knobs:
@@ -280,7 +330,13 @@ def _apply_edit(root: Path, surface: dict, texts: dict[str, str], index: int, ed
             _check_knob_line(before, texts[CONFIG_FILE], edit.knob, value)
         except ScaffoldError as err:
             raise ProposalError(str(err), index) from err
-        return CONFIG_FILE
+        return [CONFIG_FILE]
+    return [_apply_file_edit(root, surface, texts, index, edit)]
+
+
+def _apply_file_edit(root: Path, surface: dict, texts: dict[str, str], index: int | None,
+                     edit: FileEdit) -> str:
+    """Apply one search/replace to the in-memory `texts`; return the file it changed."""
     rel = safe_relpath(root, edit.file, index)
     if rel == SURFACE_FILE:
         raise ProposalError(f"{SURFACE_FILE} defines what may be edited and is never editable itself", index)
@@ -309,11 +365,12 @@ def render(proposal: Proposal, scaffold_dir: str | Path) -> dict[str, str]:
     """Check `proposal` against the scaffold and return `{relative path: new text}` of the files it
     changes. Nothing in `scaffold_dir` is written; a ProposalError says what is wrong."""
     root = Path(scaffold_dir).resolve()
-    surface = load_scaffold(root, import_code=False).surface
+    scaffold = load_scaffold(root, import_code=False)
     texts = {CONFIG_FILE: (root / CONFIG_FILE).read_bytes().decode("utf-8")}
     last_edit: dict[str, int] = {}
     for index, edit in enumerate(proposal.edits):
-        last_edit[_apply_edit(root, surface, texts, index, edit)] = index
+        for rel in _apply_edit(root, scaffold, texts, index, edit):
+            last_edit[rel] = index
     changed = {rel: text for rel, text in texts.items()
                if text != (root / rel).read_bytes().decode("utf-8")}
     if not changed:
@@ -348,3 +405,16 @@ def render(proposal: Proposal, scaffold_dir: str | Path) -> dict[str, str]:
 def validate(proposal: Proposal, scaffold_dir: str | Path) -> None:
     """Raise a ProposalError unless `proposal` applies cleanly to the scaffold; writes nothing."""
     render(proposal, scaffold_dir)
+
+
+def available_moves(scaffold_dir: str | Path) -> list[str]:
+    """The scaffold's moves that apply to it as it is now, in declaration order: a move already
+    applied, or whose text another change has replaced, is not available."""
+    available = []
+    for name in load_scaffold(scaffold_dir, import_code=False).moves:
+        try:
+            validate(Proposal(f"move {name}", (MoveEdit(name),)), scaffold_dir)
+        except ProposalError:
+            continue
+        available.append(name)
+    return available

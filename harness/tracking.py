@@ -337,6 +337,9 @@ class MlflowTracker:
                 "status": result.get("status", "not_run"),
                 "hypothesis": proposal.get("hypothesis", ""),
                 NOTE_TAG: round_description(proposal, verdict, diff, approval)}
+        moves = [e["move"] for e in proposal.get("edits", []) if "move" in e]
+        if moves:  # the code moves the round applied; the diff artifact shows their patches
+            tags["moves"] = ", ".join(moves)
         if verdict.get("reason"):
             tags["reason"] = verdict["reason"]
         if result.get("reason"):

@@ -31,7 +31,7 @@ class RoundRecord:
     change_kind: str  # "knob" | "code"
     change: str  # short description, e.g. "sampling.temperature 1.0 -> 0.7"
     decision: str  # "keep" | "revert"
-    targets: list[str] = field(default_factory=list)  # knob names or files the change touched
+    targets: list[str] = field(default_factory=list)  # knob names, files or "move NAME" the change touched
     accuracy: float | None = None
     accuracy_ci95: tuple[float, float] | None = None
     delta: float | None = None
@@ -107,7 +107,10 @@ def outcome(record: RoundRecord) -> str:
 
 
 def _group_key(record: RoundRecord) -> tuple[str, str]:
-    if record.change_kind == "knob" and record.targets:
+    # A change of knobs and declared moves only ("move NAME" targets) is one line of inquiry per
+    # target set, whatever its hypothesis says; free code edits are grouped by their hypothesis.
+    named = record.targets and all(record.change_kind == "knob" or t.startswith("move ") for t in record.targets)
+    if named:
         return ("knob", ", ".join(sorted(record.targets)))
     normalized = re.sub(r"\s+", " ", record.hypothesis.strip().lower()).rstrip(".!")
     return ("hypothesis", normalized)

@@ -2,9 +2,11 @@
 
 A scaffold is `scaffold.yaml` (knobs), `surface.yaml` (what may change and every knob's range),
 `prompt.py` (`format_prompt(question) -> str`) and `reward.py` (`rewards(completions, examples,
-scores, weights) -> list[float]`). Loading checks every knob's type and range, imports the two
-Python files from their paths (never from `sys.path`), and hashes the whole content, so a result
-can name exactly what it measured.
+scores, weights) -> list[float]`), and optionally `moves.yaml`, its library of code moves: named,
+documented search/replace patches of its editable files that any researcher may propose. Loading
+checks every knob's type and range and every move's shape and targets, imports the two Python
+files from their paths (never from `sys.path`), and hashes the whole content, so a result can name
+exactly what it measured.
 
     scaffold = load_scaffold("scaffolds/arith", overrides={"sampling.temperature": 0.7})
 """
@@ -16,19 +18,40 @@ import functools
 import hashlib
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML, YAMLError
 
 REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", "reward.py")
+MOVES_FILE = "moves.yaml"
 SECTIONS = ("sampling", "grpo", "reward")
 
 
 class ScaffoldError(ValueError):
     """A scaffold that cannot be run as it is: the message names the file or knob and the problem."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One search/replace of a move, on one editable file."""
+
+    file: str
+    search: str
+    replace: str
+
+
+@dataclass(frozen=True)
+class Move:
+    """A named code move: `doc` says in one line what it does and why it might help."""
+
+    name: str
+    doc: str
+    patches: tuple[Patch, ...]
 
 
 @dataclass
@@ -37,6 +60,7 @@ class Scaffold:
     config: dict
     surface: dict
     content_hash: str
+    moves: dict[str, Move] = field(default_factory=dict)
     prompt: ModuleType | None = field(default=None, repr=False)
     reward: ModuleType | None = field(default=None, repr=False)
 
@@ -138,6 +162,47 @@ def _check_config(config: dict, surface: dict) -> None:
             f"of grpo.num_generations={grpo['num_generations']}")
 
 
+class _PatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    file: str = Field(min_length=1)
+    search: str = Field(min_length=1)
+    replace: str
+
+
+class _MoveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    doc: str = Field(pattern=r"^[^\n]*\S[^\n]*$")  # one non-blank line
+    patches: list[_PatchIn] = Field(min_length=1)
+
+
+def _load_moves(path: Path, surface: dict) -> dict[str, Move]:
+    """The moves declared in `moves.yaml` (none without the file), each patch on an editable file."""
+    if not (path / MOVES_FILE).is_file():
+        return {}
+    data = _read_yaml(path / MOVES_FILE)
+    editable = [str(PurePosixPath(p)) for p in surface.get("editable_files") or []]
+    moves = {}
+    for name, raw in data.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ScaffoldError(f"{MOVES_FILE}: move name {name!r} must be lowercase letters, digits and "
+                                "underscores, starting with a letter")
+        try:
+            move = _MoveIn.model_validate(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the move"
+            raise ScaffoldError(f"{MOVES_FILE}: move {name}: {where}: {first['msg']}") from None
+        for i, patch in enumerate(move.patches):
+            if str(PurePosixPath(patch.file)) not in editable:
+                raise ScaffoldError(f"{MOVES_FILE}: move {name}: patch {i} targets {patch.file!r}, which is not "
+                                    f"an editable file; editable files are: {', '.join(editable) or 'none'}")
+            if patch.search == patch.replace:
+                raise ScaffoldError(f"{MOVES_FILE}: move {name}: patch {i} replaces its search text with itself")
+        moves[name] = Move(name, move.doc, tuple(Patch(str(PurePosixPath(p.file)), p.search, p.replace)
+                                                 for p in move.patches))
+    return moves
+
+
 def content_hash(path: Path) -> str:
     """sha256 over the scaffold's files (names and bytes), ignoring caches and git metadata."""
     digest = hashlib.sha256()
@@ -182,7 +247,8 @@ def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
             raise ScaffoldError(f"unknown knob {name!r}; knobs are: {', '.join(sorted(surface.get('knobs', {})))}")
         config[section][key] = value
     _check_config(config, surface)
-    scaffold = Scaffold(path=path, config=config, surface=surface, content_hash=content_hash(path))
+    scaffold = Scaffold(path=path, config=config, surface=surface, content_hash=content_hash(path),
+                        moves=_load_moves(path, surface))
     if import_code:
         scaffold.prompt = import_file(path / "prompt.py", f"scaffold_prompt_{scaffold.content_hash[:8]}")
         scaffold.reward = import_file(path / "reward.py", f"scaffold_reward_{scaffold.content_hash[:8]}")

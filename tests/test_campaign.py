@@ -103,6 +103,32 @@ def test_scripted_campaign(setup, capsys):
     assert "no campaign 'nope'" in capsys.readouterr().err
 
 
+def test_a_scripted_move_is_committed_with_its_diff_and_named_in_memory_and_mlflow(setup):
+    root, scaffold, _ = setup
+    script = root / "move.jsonl"
+    script.write_text(json.dumps({"hypothesis": "apply move reward_malformed_penalty: rank format failures last",
+                                  "edits": [{"move": "reward_malformed_penalty"}]}) + "\n")
+    args = overrides(root, scaffold, name="move", rounds=1, researcher="scripted", **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    camp = root / "runs" / "move"
+    verdict = json.loads((camp / "rounds" / "001" / "verdict.json").read_text())
+    assert verdict["decision"] in ("keep", "revert") and verdict["delta"] is not None  # it ran
+    repo = git.Repo(camp / "scaffold")
+    candidate = repo.commit("cand/001")
+    assert candidate.message.startswith("apply move reward_malformed_penalty")
+    diff = (camp / "rounds" / "001" / "diff.patch").read_text()
+    assert diff == repo.git.diff(candidate.parents[0].hexsha, candidate.hexsha, "--no-color", "--no-ext-diff")
+    assert [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")] == [
+        "-    return out",
+        "+    return [r - 0.5 * (not s.format_ok) for r, s in zip(out, scores)]  # the scorer could not read an integer"]
+    memory = (camp / "memory.md").read_text()
+    assert "move reward_malformed_penalty" in memory
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                              "tags.campaign = 'move' and tags.round = '1'")
+    assert runs[0].data.tags["moves"] == "reward_malformed_penalty"
+
+
 @pytest.mark.slow
 def test_kill_and_resume(setup):
     root, scaffold, _ = setup

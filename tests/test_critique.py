@@ -140,3 +140,16 @@ def test_a_six_seed_incumbent_against_a_three_seed_candidate_states_one_change()
     assert "-0.300" not in text
     assert check_critique(text, candidate, incumbent, v) == []
     assert check_critique(f"accuracy changed by {unpaired:+.3f}", candidate, incumbent, v) == [f"{unpaired:+.3f}"]
+
+
+def test_a_move_is_named_in_the_critique():
+    proposal = parse_proposal({"hypothesis": "h", "edits": [{"move": "reward_partial_credit"}]})
+    for v, advice in ((verdict("keep", 0.05, 0.02, 0.08), "It helped: keep the move `reward_partial_credit`"),
+                      (verdict("revert", -0.08, -0.12, -0.04), "Refuted: the move `reward_partial_credit` this way")):
+        text = critique(proposal, result(0.4 + v["delta"]), result(0.4), v)
+        assert "- applied the move `reward_partial_credit` (its declared patch)" in text
+        assert advice in text
+        assert check_critique(text, result(0.4 + v["delta"]), result(0.4), v) == []
+    broken = FAILED | {"reason": "reward.py: rewards() raised TypeError: bad operand"}
+    text = critique(proposal, broken, result(0.4), FAILED_VERDICT)
+    assert "The run failed with the move `reward_partial_credit`: read the reason above" in text

@@ -173,3 +173,19 @@ def test_record_from_outcome():
                                       result={"status": "failed", "reason": "boom"},
                                       verdict={"decision": "revert", "delta": None, "ci95": None})
     assert failed.failed and failed.failure_reason == "boom" and failed.delta is None
+
+
+def test_rounds_of_one_move_are_one_lesson_whatever_their_hypotheses():
+    records = [
+        record(2, change_kind="code", targets=["move reward_partial_credit"], change="move reward_partial_credit",
+               hypothesis="random search: apply move reward_partial_credit", decision="revert",
+               delta=-0.01, delta_ci95=(-0.03, 0.01)),
+        record(5, change_kind="code", targets=["move reward_partial_credit"], change="move reward_partial_credit",
+               hypothesis="apply move reward_partial_credit: many wrong answers", decision="revert",
+               delta=-0.02, delta_ci95=(-0.04, 0.0)),
+        record(6, change_kind="code", targets=["reward.py"], hypothesis="a free edit", decision="revert"),
+    ]
+    lessons = {tuple(lesson.rounds): lesson for lesson in compact(records)}
+    assert set(lessons) == {(2, 5), (6,)}
+    assert lessons[(2, 5)].hypothesis.startswith("changing move reward_partial_credit: ")
+    assert "r5 move reward_partial_credit: revert, delta -0.020" in lessons[(2, 5)].evidence

@@ -95,6 +95,20 @@ def test_prompt_has_evidence_surface_files_and_the_newest_memory(scaffold):
     assert "Round 199" in user and "Round 1\n" not in user  # the memory's oldest part goes first
 
 
+def test_prompt_lists_the_moves_and_an_answer_may_name_one(scaffold):
+    user = proposal_messages(evidence(), "", scaffold, budget_chars=24000)[1]["content"]
+    assert '{"move": "<move name>"}' in proposal_messages(evidence(), "", scaffold, budget_chars=24000)[0]["content"]
+    assert "- reward_partial_credit: a well-formed but wrong answer earns" in user
+    assert "not available now" not in user
+    (scaffold / "prompt.py").write_text((scaffold / "prompt.py").read_text().replace("Q: {question}", "Q:{question}"))
+    user = proposal_messages(evidence(), "", scaffold, budget_chars=24000)[1]["content"]
+    assert "- prompt_one_shot: one worked example" in user
+    assert user.count("(not available now: already applied, or its text was changed)") == 2  # both prompt moves
+    proposal = extract_proposal('<think>partial credit</think>{"hypothesis": "rank wrong answers", '
+                                '"edits": [{"move": "reward_partial_credit"}]}')
+    assert proposal.kind == "code" and proposal.edits[0].move == "reward_partial_credit"
+
+
 # ---------------------------------------------------------------- a scripted endpoint
 
 class Endpoint:

@@ -14,7 +14,7 @@ from fast_scaffold import fast_scaffold
 
 from harness.analyze import Evidence
 from harness.cli import main
-from harness.proposal import validate
+from harness.proposal import KnobEdit, MoveEdit, available_moves, parse_proposal, render, validate
 from harness.researchers import make_researcher
 from harness.researchers.base import knob_space
 from model import build_policy, build_tokenizer, save_policy
@@ -49,12 +49,15 @@ def test_proposals_are_the_trial_and_trials_are_told_their_score(tmp_path, scaff
     specs, current = knob_space(scaffold)
     researcher = make_researcher({"name": sampler, "n_startup_trials": 4}, campaign_dir=tmp_path, seed=0,
                                  base_model="")
-    told = []
+    told, moves, proposed_moves = [], [], []
     for n in range(1, 13):
         proposal = researcher.propose(evidence(n, accuracy=score(current)), "", scaffold)
         validate(proposal, scaffold)
-        candidate = current | {e.knob: e.value for e in proposal.edits}
-        assert all(e.value != current[e.knob] for e in proposal.edits)
+        knobs = [e for e in proposal.edits if isinstance(e, KnobEdit)]
+        proposed_moves.append([e.move for e in proposal.edits if isinstance(e, MoveEdit)])
+        moves += proposed_moves[-1]
+        candidate = current | {e.knob: e.value for e in knobs}
+        assert all(e.value != current[e.knob] for e in knobs)
         assert all(specs[k].get("min", float("-inf")) <= v <= specs[k].get("max", float("inf"))
                    for k, v in candidate.items() if "choices" not in specs[k])
         delta = score(candidate) - score(current)
@@ -68,6 +71,12 @@ def test_proposals_are_the_trial_and_trials_are_told_their_score(tmp_path, scaff
         # the candidate is the trial's configuration, up to the short rounding of floats
         assert score(current | trial.params) == pytest.approx(told[n - 1], abs=1e-3)
     assert researcher.usage()["complete"] == 12
+    # every move is a parameter, and the scaffold (never changed here) applies each one proposed
+    assert set(moves) == set(available_moves(scaffold))
+    for n, trial in by_round.items():  # a round proposes exactly the moves its trial turned on
+        on = [k.removeprefix("move:") for k, v in trial.params.items() if k.startswith("move:") and v]
+        clash = {"prompt_one_shot", "prompt_instruction"} <= set(on)  # the first declared one goes
+        assert sorted(set(on) - ({"prompt_instruction"} if clash else set())) == sorted(proposed_moves[n - 1])
 
 
 def test_a_failed_round_is_a_failed_trial(tmp_path, scaffold):
@@ -124,3 +133,18 @@ def test_tpe_campaign_from_the_command_line(tmp_path):
     for before, row in zip(history, history[1:]):
         if row["decision"] != "failed":  # the incumbent the round was measured against, plus its delta
             assert told[row["round"]] == pytest.approx(before["incumbent_accuracy"] + row["delta"])
+
+
+def test_a_move_that_no_longer_applies_is_never_proposed(tmp_path, scaffold):
+    applied = render(parse_proposal(
+        {"hypothesis": "h", "edits": [{"move": "reward_partial_credit"}, {"move": "prompt_instruction"}]}), scaffold)
+    for rel, text in applied.items():
+        (scaffold / rel).write_text(text)
+    researcher = make_researcher({"name": "tpe", "n_startup_trials": 4}, campaign_dir=tmp_path, seed=0, base_model="")
+    proposed = set()
+    for n in range(1, 9):
+        proposal = researcher.propose(evidence(n), "", scaffold)
+        validate(proposal, scaffold)
+        proposed |= {e.move for e in proposal.edits if isinstance(e, MoveEdit)}
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.0})
+    assert proposed == {"reward_near_miss_credit", "reward_malformed_penalty"}

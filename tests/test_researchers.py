@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from harness.analyze import Evidence
-from harness.proposal import KnobEdit, Proposal, ProposalError, validate
+from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, available_moves, render, validate
 from harness.researchers import ResearcherExhausted, make_researcher
 from harness.researchers.base import knob_space
-from harness.researchers.local import build_trie, candidate_text, value_grid
+from harness.researchers.local import build_trie, credit_edit, edit_text, value_grid
 from harness.researchers.random_search import draw_value
 from model import build_policy, build_tokenizer, save_policy
 
@@ -86,12 +86,19 @@ def test_random_is_valid_reproducible_and_never_a_no_op(tmp_path, scaffold):
     make = lambda seed: make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=seed, base_model="")
     researcher, again, other = make(3), make(3), make(4)
     proposals = [researcher.propose(evidence(n), "", scaffold) for n in range(1, 51)]
+    moves = available_moves(scaffold)
     for proposal in proposals:
         validate(proposal, scaffold)
         (edit,) = proposal.edits
+        if isinstance(edit, MoveEdit):
+            assert edit.move in moves and f"apply move {edit.move}: " in proposal.hypothesis
+            continue
         assert edit.value != current[edit.knob]
         assert type(edit.value) is {"float": float, "int": int, "str": str}[specs[edit.knob]["type"]]
-    assert len({p.edits[0].knob for p in proposals}) >= 10  # the knob is drawn over the whole surface
+    knobs = [p.edits[0].knob for p in proposals if isinstance(p.edits[0], KnobEdit)]
+    drawn_moves = [p.edits[0].move for p in proposals if isinstance(p.edits[0], MoveEdit)]
+    assert len(set(knobs)) >= 10  # the knob is drawn over the whole surface
+    assert 3 <= len(drawn_moves) <= 20 and len(set(drawn_moves)) >= 3  # 5 of 24 choices are moves
     assert [again.propose(evidence(n), "", scaffold) for n in range(50, 0, -1)] == proposals[::-1]
     assert [other.propose(evidence(n), "", scaffold) for n in range(1, 11)] != proposals[:10]
 
@@ -99,8 +106,18 @@ def test_random_is_valid_reproducible_and_never_a_no_op(tmp_path, scaffold):
 def test_random_respects_cross_knob_rules(tmp_path, strict_scaffold):
     researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
     batch = [p.edits[0].value for p in (researcher.propose(evidence(n), "", strict_scaffold) for n in range(1, 121))
-             if p.edits[0].knob == "grpo.per_device_train_batch_size"]
+             if getattr(p.edits[0], "knob", None) == "grpo.per_device_train_batch_size"]
     assert batch and set(batch) == {16}
+
+
+def test_random_draws_only_the_moves_that_apply_now(tmp_path, scaffold):
+    applied = render(Proposal("h", (MoveEdit("prompt_one_shot"), MoveEdit("reward_partial_credit"))), scaffold)
+    for rel, text in applied.items():
+        (scaffold / rel).write_text(text)
+    researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
+    drawn = {p.edits[0].move for p in (researcher.propose(evidence(n), "", scaffold) for n in range(1, 81))
+             if isinstance(p.edits[0], MoveEdit)}
+    assert drawn == {"reward_near_miss_credit", "reward_malformed_penalty"}
 
 
 def test_random_values_follow_the_knob_scale():
@@ -159,9 +176,12 @@ def test_local_proposals_are_all_valid_and_deterministic(tmp_path, strict_scaffo
     candidates = json.loads((tmp_path / "campaign" / "researcher" / "pending.json").read_text())["candidates"]
     assert '{"knob": "grpo.per_device_train_batch_size", "value": 16}' in candidates
     assert '{"knob": "grpo.per_device_train_batch_size", "value": 12}' not in candidates
+    assert '{"move": "reward_partial_credit"}' in candidates  # the scaffold's moves are in the grammar
     for proposal in proposals:
         validate(proposal, scaffold)
-        assert proposal.hypothesis.startswith(f"set {proposal.edits[0].knob} from ")
+        (edit,) = proposal.edits
+        assert proposal.hypothesis.startswith(f"apply move {edit.move}: " if isinstance(edit, MoveEdit) else
+                                              f"set {edit.knob} from ")
         assert "wrong_answer" in proposal.hypothesis
     assert len({p.edits for p in proposals}) > 5  # it samples, it does not repeat one edit
     assert researcher.propose(evidence(4), MEMORY, scaffold) == proposals[3]
@@ -189,7 +209,7 @@ def steer(campaign_dir, scaffold, base_model, rounds, **config):
     edits = []
     for n in range(1, rounds + 1):
         edit = researcher.propose(evidence(n), MEMORY, scaffold).edits[0]
-        delta = 0.3 * (1.0 - edit.value) if edit.knob == "sampling.top_p" else 0.0
+        delta = 0.3 * (1.0 - edit.value) if getattr(edit, "knob", None) == "sampling.top_p" else 0.0
         researcher.learn(Proposal("", (edit,)), {"decision": "revert", "delta": delta,
                                                  "ci95": [delta - 0.01, delta + 0.01]})
         edits.append(edit)
@@ -199,18 +219,19 @@ def steer(campaign_dir, scaffold, base_model, rounds, **config):
 def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold, base_model):
     guided, edits = steer(tmp_path / "guided", scaffold, base_model, 16)
     _, alone = steer(tmp_path / "alone", scaffold, base_model, 16, credit_weight=0)
-    first = next(i for i, e in enumerate(edits) if e.knob == "sampling.top_p")
+    knobs = [credit_edit(e)[0] for e in edits]
+    first = knobs.index("sampling.top_p")
     # Once top_p has shown an effect, most of its other grid values get tried; without credit, a knob
     # out of 19 comes up about one round in 19.
-    assert [e.knob for e in edits[first + 1:]].count("sampling.top_p") >= 3
-    assert sum(e.knob == "sampling.top_p" for e in alone) <= 2
+    assert knobs[first + 1:].count("sampling.top_p") >= 3
+    assert sum(credit_edit(e)[0] == "sampling.top_p" for e in alone) <= 2
     assert len(guided.state["observations"]) == 16
     assert guided.state["observations"][first] == {"knob": "sampling.top_p", "from": 1.0, "to": edits[first].value,
                                                    "delta": pytest.approx(0.3 * (1 - edits[first].value)),
                                                    "ci95": pytest.approx([0.3 * (1 - edits[first].value) - 0.01,
                                                                           0.3 * (1 - edits[first].value) + 0.01])}
     proposal = guided.propose(evidence(17), MEMORY, scaffold)
-    seen = sum(o["knob"] == proposal.edits[0].knob for o in guided.state["observations"])
+    seen = sum(o["knob"] == credit_edit(proposal.edits[0])[0] for o in guided.state["observations"])
     assert (f"the credit model, from {seen} earlier round" in proposal.hypothesis) == (seen > 0)
 
 
@@ -224,7 +245,7 @@ def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_m
     assert researcher.log_prob(proposal) > before + 0.01
     state = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text())
     assert state["tried"] == {json.loads((tmp_path / "campaign" / "researcher" / "pending.json").read_text())[
-        "state"]: [candidate_text(proposal.edits[0].knob, proposal.edits[0].value)]}
+        "state"]: [edit_text(proposal.edits[0])]}
     assert {k: state[k] for k in ("baseline", "rounds_learned", "last_learned_round")} == {
         "baseline": 1.0, "rounds_learned": 1, "last_learned_round": 1}
 
@@ -245,6 +266,7 @@ def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, sc
     lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
              for line in surface.read_text().splitlines()]
     surface.write_text("\n".join(lines) + "\n")
+    (scaffold / "moves.yaml").unlink()  # the knob's grid alone
     researcher = local(tmp_path / "campaign", base_model)
 
     def offered():  # how many edits the last proposal chose among
@@ -280,3 +302,38 @@ def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_mode
     fresh.load(tmp_path / "copy")
     assert torch.equal(fresh.policy.lm_head.weight, researcher.policy.lm_head.weight)
     assert fresh.state == researcher.state
+
+
+def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold, base_model):
+    """One searchable knob (three values) and the five arith moves: eight candidates, each tried once
+    before any repeats, so every move is proposed within eight rounds; a kept move leaves the grammar."""
+    surface = scaffold / "surface.yaml"
+    lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
+             for line in surface.read_text().splitlines()]
+    surface.write_text("\n".join(lines) + "\n")
+    researcher = local(tmp_path / "campaign", base_model)
+    proposals = []
+    for n in range(1, 9):
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        validate(proposal, scaffold)
+        delta = 0.04 if proposal.edits[0] == MoveEdit("reward_near_miss_credit") else 0.0
+        researcher.learn(proposal, {"decision": "revert", "delta": delta, "ci95": [delta - 0.01, delta + 0.01]})
+        proposals.append(proposal)
+    moves = [p.edits[0].move for p in proposals if isinstance(p.edits[0], MoveEdit)]
+    assert sorted(moves) == sorted(available_moves(scaffold)) and len(moves) == 5
+    near = next(p for p in proposals if p.edits[0] == MoveEdit("reward_near_miss_credit"))
+    assert near.hypothesis.startswith("apply move reward_near_miss_credit: an answer off by a little")
+    assert {"knob": "move:reward_near_miss_credit", "from": False, "to": True, "delta": 0.04,
+            "ci95": [0.03, 0.05]} in researcher.state["observations"]
+    # the credit model now expects the near-miss move to help, and says so when it proposes it again
+    again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(9, 40))
+             if p.edits[0] == MoveEdit("reward_near_miss_credit")]
+    assert again and "(the credit model, from 1 earlier round on this move, expects +0.0" in again[0].hypothesis
+
+    # keep it: its text is in reward.py now, so the move is no longer a candidate
+    for rel, text in render(Proposal("keep", (MoveEdit("reward_near_miss_credit"),)), scaffold).items():
+        (scaffold / rel).write_text(text)
+    researcher.propose(evidence(40), MEMORY, scaffold)
+    candidates = json.loads(researcher.pending_file.read_text())["candidates"]
+    assert '{"move": "reward_near_miss_credit"}' not in candidates and '{"move": "reward_partial_credit"}' in candidates
+    assert len(candidates) == 7  # and nothing was tried against this incumbent yet

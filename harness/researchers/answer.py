@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.analyze import Evidence
 from harness.proposal import Proposal, ProposalError, parse_proposal
-from harness.researchers.base import scaffold_knob_space
+from harness.researchers.base import move_space, scaffold_knob_space
 from rl_pipeline.scaffold import load_scaffold
 
 THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -37,8 +37,9 @@ Answer with exactly one JSON object and nothing else:
 An edit is either
 - a knob edit: {"knob": "<knob name>", "value": <number or string in the knob's range>}, or
 - a file edit: {"file": "<editable file>", "search": "<exact text found once in the file>", \
-"replace": "<new text>"}.
-Only the knobs and files listed under "Surface" may change. A Python file must still compile \
+"replace": "<new text>"}, or
+- a code move: {"move": "<move name>"}, one of the scaffold's declared patches listed under "Surface".
+Only the knobs, files and moves listed under "Surface" may change. A Python file must still compile \
 and keep its entry point. Do not repeat a change the memory shows was already refuted."""
 
 
@@ -98,7 +99,8 @@ def extract_proposal(answer: str) -> Proposal:
 # the prompt
 
 def surface_text(scaffold) -> str:
-    """The knobs (current value and range) and the editable files of a loaded scaffold, one line each."""
+    """The knobs (current value and range), the editable files and the code moves of a loaded
+    scaffold, one line each."""
     specs, current = scaffold_knob_space(scaffold)
     lines = ["knobs (name = current value; allowed values):"]
     for name, spec in sorted(specs.items()):
@@ -106,6 +108,12 @@ def surface_text(scaffold) -> str:
                    f"{spec['type']} in [{spec['min']}, {spec['max']}]" + (" log scale" if spec.get("log") else ""))
         lines.append(f"- {name} = {current.get(name)!r}; {allowed}")
     lines.append("editable files: " + ", ".join(editable_files(scaffold)))
+    if scaffold.moves:
+        available = move_space(scaffold.path)
+        lines.append('code moves ({"move": "<name>"} applies the declared patch; name: what it does):')
+        lines += [f"- {name}: {move.doc}" + ("" if name in available else
+                                              " (not available now: already applied, or its text was changed)")
+                  for name, move in scaffold.moves.items()]
     return "\n".join(lines)
 
 

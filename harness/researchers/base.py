@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.analyze import Evidence
-from harness.proposal import Proposal
+from harness.proposal import Proposal, available_moves
 from rl_pipeline.scaffold import load_scaffold
 
 
@@ -91,6 +91,18 @@ def scaffold_knob_space(scaffold) -> tuple[dict[str, dict], dict[str, Any]]:
     """`knob_space` of an already loaded scaffold."""
     specs = {name: spec for name, spec in (scaffold.surface.get("knobs") or {}).items() if searchable(spec)}
     return specs, scaffold.knobs()
+
+
+def move_space(scaffold_dir: Path) -> dict[str, str]:
+    """The scaffold's code moves that apply to it now (name -> doc), in declaration order: a move
+    already applied, or whose text another change replaced, is left out."""
+    moves = load_scaffold(scaffold_dir, import_code=False).moves
+    return {name: moves[name].doc for name in available_moves(scaffold_dir)}
+
+
+def move_hypothesis(name: str, doc: str) -> str:
+    """How a proposal that applies one move says so: the move's name, then its doc."""
+    return f"apply move {name}: {doc}"
 
 
 def same_value(a: Any, b: Any) -> bool:

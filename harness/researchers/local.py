@@ -1,17 +1,20 @@
-"""The local researcher: our MoE policy proposes knob edits under a grammar, and learns from verdicts.
+"""The local researcher: our MoE policy proposes knob edits and code moves under a grammar, and
+learns from verdicts.
 
 Propose. The scaffold's surface is turned into a finite set of candidate edits: every searchable
 knob times a grid of values (7 points across its range, log-spaced for `log: true`, every choice
 of a choice knob, integers deduplicated), minus the current value and minus any edit the
-scaffold would reject. Each candidate is the text `{"knob": "<name>", "value": <value>}` plus
-EOS, tokenized; the token sequences form a trie, the grammar. The model scores every sentence of
-the grammar: its log-probability with the model's logits renormalized, at each branch of the
-trie, over the tokens that continue some candidate (the prompt runs once, then all candidates in
-one batch over its cache). So every proposal is valid by construction, and the model's only
-freedom is which edit to make.
-An edit already tried against the same incumbent knobs is left out of the trie: its verdict is
-known (the same seeds would give it again), so proposing it again would only spend a round. When
-every edit has been tried the whole grid is open again.
+scaffold would reject; plus every code move of the scaffold that applies now. Each candidate is
+the text `{"knob": "<name>", "value": <value>}` or `{"move": "<name>"}` plus EOS, tokenized; the
+token sequences form a trie, the grammar. The model scores every sentence of the grammar: its
+log-probability with the model's logits renormalized, at each branch of the trie, over the tokens
+that continue some candidate (the prompt runs once, then all candidates in one batch over its
+cache). So every proposal is valid by construction, and the model's only freedom is which edit
+to make.
+An edit already tried against the same incumbent (its knobs and its editable files: a kept move
+changes no knob) is left out of the trie: its verdict is known (the same seeds would give it
+again), so proposing it again would only spend a round. When every edit has been tried the whole
+grid is open again.
 The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
 (old memory goes first, the evidence of this round last).
 
@@ -26,8 +29,9 @@ fade. `credit_weight: 0` leaves the choice to the model alone.
 Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
 running-mean baseline; one Adam step. The round's delta and interval are added to the credit
-model's observations. The checkpoint (weights, tokenizer, optimizer, state with the observations)
-is then saved, so the researcher that runs the loop is the one that learned from it.
+model's observations (a move as the choice knob `move:<name>`, from off to on). The checkpoint
+(weights, tokenizer, optimizer, state with the observations) is then saved, so the researcher that
+runs the loop is the one that learned from it.
 
 Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
 `checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
@@ -51,12 +55,13 @@ import torch
 
 from harness.analyze import Evidence
 from harness.config import LocalOptions, parse_config
-from harness.proposal import KnobEdit, Proposal, ProposalError, validate
-from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
-                                      short_float)
+from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
+from harness.researchers.base import (Researcher, ResearcherExhausted, move_hypothesis, move_space, round_seed,
+                                      same_value, scaffold_knob_space, short_float)
 from harness.researchers.credit import CreditModel
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
+from rl_pipeline.scaffold import load_scaffold
 
 FLOAT_DIGITS = 3  # significant digits of a grid value: 0.667, 4.64e-06
 STATE_FILE = "state.json"
@@ -84,6 +89,21 @@ def candidate_text(knob: str, value: Any) -> str:
     return json.dumps({"knob": knob, "value": value})
 
 
+def edit_text(edit: KnobEdit | MoveEdit) -> str:
+    """A candidate's text in the grammar, as the model writes it."""
+    if isinstance(edit, MoveEdit):
+        return json.dumps({"move": edit.move})
+    return candidate_text(edit.knob, edit.value)
+
+
+MOVE_KNOB = "move:"  # a move in the credit model: the choice knob move:<name>, False (off) or True (on)
+
+
+def credit_edit(edit: KnobEdit | MoveEdit) -> tuple[str, Any]:
+    """(knob, value) of an edit as the credit model sees it."""
+    return (f"{MOVE_KNOB}{edit.move}", True) if isinstance(edit, MoveEdit) else (edit.knob, edit.value)
+
+
 def build_trie(sequences: list[list[int]]) -> dict:
     """Nested dicts token -> subtree; every sequence ends in EOS, so a leaf is exactly one candidate."""
     root: dict = {}
@@ -94,9 +114,11 @@ def build_trie(sequences: list[list[int]]) -> dict:
     return root
 
 
-def knob_state_key(current: dict) -> str:
-    """A short name for a set of incumbent knob values: the edits tried are remembered per state."""
-    return hashlib.sha256(json.dumps(current, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def knob_state_key(current: dict, files: dict[str, str] | None = None) -> str:
+    """A short name for an incumbent, its knob values and its editable files' texts: the edits tried
+    are remembered per incumbent (a kept move changes the files and not the knobs)."""
+    state = current if not files else {"knobs": current, "files": files}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +139,8 @@ class LocalResearcher(Researcher):
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
         self.counts = {"proposals": 0, "prompt_tokens": 0, "generated_tokens": 0, "learn_steps": 0}
-        self._candidates: dict[str, list[tuple[str, KnobEdit]]] = {}  # valid candidates per knob state
+        # the valid candidates per scaffold content (knobs and code)
+        self._candidates: dict[str, list[tuple[str, KnobEdit | MoveEdit]]] = {}
         self._init_checkpoint(Path(base_model))
         self.load(self.dir)
 
@@ -171,10 +194,12 @@ class LocalResearcher(Researcher):
 
     # ------------------------------------------------------------------ propose
 
-    def _candidate_edits(self, scaffold_dir: Path, specs: dict, current: dict) -> list[tuple[str, KnobEdit]]:
-        """(text, edit) of every grid edit the scaffold accepts. Checked with `validate`, so a
-        cross-knob rule is respected too; cached per knob state, which only a keep changes."""
-        key = json.dumps([specs, current], sort_keys=True, default=str)
+    def _candidate_edits(self, scaffold_dir: Path, scaffold, specs: dict,
+                         current: dict) -> list[tuple[str, KnobEdit | MoveEdit]]:
+        """(text, edit) of every grid edit the scaffold accepts and every move that applies. Checked
+        with `validate`, so a cross-knob rule is respected too; cached per scaffold content, which
+        only a keep changes."""
+        key = scaffold.content_hash
         if key not in self._candidates:
             candidates = []
             for name in sorted(specs):
@@ -185,6 +210,7 @@ class LocalResearcher(Researcher):
                     except ProposalError:
                         continue
                     candidates.append((candidate_text(name, value), edit))
+            candidates += [(edit_text(MoveEdit(name)), MoveEdit(name)) for name in move_space(scaffold_dir)]
             self._candidates[key] = candidates
         return self._candidates[key]
 
@@ -216,11 +242,14 @@ class LocalResearcher(Researcher):
                          for i, seq in enumerate(sequences)])
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
-        specs, current = knob_space(Path(scaffold_dir))
-        candidates = self._candidate_edits(Path(scaffold_dir), specs, current)
+        scaffold = load_scaffold(scaffold_dir, import_code=False)
+        specs, current = scaffold_knob_space(scaffold)
+        candidates = self._candidate_edits(Path(scaffold_dir), scaffold, specs, current)
         if not candidates:
-            raise ResearcherExhausted("the surface has no knob edit left that the scaffold accepts")
-        state_key = knob_state_key(current)
+            raise ResearcherExhausted("no knob edit left that the scaffold accepts, and no move applies")
+        files = {name: (Path(scaffold_dir) / name).read_text()
+                 for name in scaffold.surface.get("editable_files") or []}
+        state_key = knob_state_key(current, files)
         tried = set(self.state.get("tried", {}).get(state_key, []))
         candidates = [c for c in candidates if c[0] not in tried] or candidates
         eos = self.tokenizer.eos_token_id
@@ -230,15 +259,20 @@ class LocalResearcher(Researcher):
         prompt_ids = self._prompt_ids(evidence, memory_text, room)
         rng = np.random.default_rng(round_seed(self.seed, evidence.round))
         scores = self._candidate_logprobs(prompt_ids, sequences, build_trie(sequences))
-        edits = [(edit.knob, edit.value) for _, edit in candidates]
-        credit = CreditModel(specs)
+        edits = [credit_edit(edit) for _, edit in candidates]
+        moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
+        credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves})
+        current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
         if self.credit_weight > 0:
             credit.fit(self.state.get("observations", []))
             scores = scores + self.credit_weight * credit.sample(edits, current, rng)
         probs = np.exp(scores - scores.max())
         choice = int(rng.choice(len(candidates), p=probs / probs.sum()))
         edit = candidates[choice][1]
-        proposal = Proposal(self._hypothesis(evidence, edit, current[edit.knob], credit), (edit,))
+        knob, _ = credit_edit(edit)
+        change = (move_hypothesis(edit.move, moves[knob].doc) if isinstance(edit, MoveEdit)
+                  else f"set {edit.knob} from {current[edit.knob]} to {edit.value}")
+        proposal = Proposal(self._hypothesis(evidence, edit, change, current[knob], credit), (edit,))
         self.counts["proposals"] += 1
         self.counts["prompt_tokens"] += len(prompt_ids)
         self.counts["generated_tokens"] += len(sequences[choice])
@@ -246,22 +280,24 @@ class LocalResearcher(Researcher):
         write_atomic(self.pending_file, json.dumps({
             "round": evidence.round, "proposal": proposal.to_dict(), "state": state_key, "prompt_ids": prompt_ids,
             "candidates": [t for t, _ in candidates], "sequences": sequences, "choice": choice,
-            "old_value": current[edit.knob]}))
+            "old_value": current[knob]}))
         return proposal
 
     @staticmethod
-    def _hypothesis(evidence: Evidence, edit: KnobEdit, old: Any, credit: CreditModel) -> str:
-        change = f"set {edit.knob} from {old} to {edit.value}"
-        seen = credit.counts.get(edit.knob, 0)
+    def _hypothesis(evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any,
+                    credit: CreditModel) -> str:
+        knob, value = credit_edit(edit)
+        seen = credit.counts.get(knob, 0)
         if seen:
-            mean, sd = (float(x[0]) for x in credit.predict([(edit.knob, edit.value)], {edit.knob: old}))
-            change += (f" (the credit model, from {seen} earlier round{'s' if seen > 1 else ''} on this knob, "
+            mean, sd = (float(x[0]) for x in credit.predict([(knob, value)], {knob: old}))
+            what = "move" if isinstance(edit, MoveEdit) else "knob"
+            change += (f" (the credit model, from {seen} earlier round{'s' if seen > 1 else ''} on this {what}, "
                        f"expects {mean:+.3f} +/- {sd:.3f})")
         if evidence.failures:
             category, group = next(iter(evidence.failures.items()))
-            return (f"{change}: the incumbent's most common failure is {category} ({group['count']} cases), "
-                    f"and this knob may reduce it")
-        return f"{change}: the incumbent shows no failure category, so look for accuracy elsewhere"
+            return (f"{change}; the incumbent's most common failure is {category} ({group['count']} cases), "
+                    f"and this may reduce it")
+        return f"{change}; the incumbent shows no failure category, so look for accuracy elsewhere"
 
     # ------------------------------------------------------------------ learn
 
@@ -294,8 +330,7 @@ class LocalResearcher(Researcher):
     def log_prob(self, proposal: Proposal) -> float:
         """Log-probability that the current weights propose `proposal`'s edit from the last prompt."""
         pending = json.loads(self.pending_file.read_text())
-        sequence = pending["sequences"][pending["candidates"].index(candidate_text(
-            proposal.edits[0].knob, proposal.edits[0].value))]
+        sequence = pending["sequences"][pending["candidates"].index(edit_text(proposal.edits[0]))]
         with torch.no_grad():
             return float(self._sequence_logprob(pending["prompt_ids"], sequence, build_trie(pending["sequences"])))
 
@@ -326,8 +361,8 @@ class LocalResearcher(Researcher):
         tried[key] = [*tried.get(key, []), pending["candidates"][pending["choice"]]]
         observations = list(self.state.get("observations", []))
         if "old_value" in pending:  # a proposal pending from before the credit model has none
-            edit = proposal.edits[0]
-            observations.append({"knob": edit.knob, "from": pending["old_value"], "to": edit.value,
+            knob, value = credit_edit(proposal.edits[0])
+            observations.append({"knob": knob, "from": pending["old_value"], "to": value,
                                  "delta": verdict.get("delta"), "ci95": verdict.get("ci95")})
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations}

@@ -1,9 +1,11 @@
 """Classical search baselines through Optuna's ask-and-tell API: `tpe` and `cmaes`.
 
 Every round asks the study for one trial over the scaffold's whole knob space (floats, log
-floats, ints and choices from the surface) and proposes the trial's difference from the
-incumbent: every knob whose sampled value differs, so the candidate is exactly the trial's
-configuration. The round's verdict tells the trial its measured accuracy (the incumbent's
+floats, ints and choices from the surface) and its code moves (each a categorical parameter
+`move:NAME` in [off, on]), and proposes the trial's difference from the incumbent: every knob whose
+sampled value differs, and every move that is on, applies now and so is not yet applied (of two
+that is on but clash, as two prompt variants do, the first declared). A move that is off is never
+undone: moves only add code. The round's verdict tells the trial its measured accuracy (the incumbent's
 accuracy when it was proposed plus the paired delta); a round that failed, or a proposal the
 scaffold rejects, is told as a failed trial.
 
@@ -23,8 +25,9 @@ from pathlib import Path
 
 from harness.analyze import Evidence
 from harness.config import RESEARCHERS, CMAESOptions, TPEOptions, parse_config
-from harness.proposal import KnobEdit, Proposal, ProposalError, validate
-from harness.researchers.base import Researcher, ResearcherExhausted, knob_space, same_value, short_float
+from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
+from harness.researchers.base import Researcher, ResearcherExhausted, knob_space, move_space, same_value, short_float
+from rl_pipeline.scaffold import load_scaffold
 from rl_pipeline.files import write_atomic
 
 STUDY = "campaign"
@@ -33,13 +36,15 @@ INCUMBENT_ATTR = "incumbent_accuracy"
 # Trials the scaffold rejects (a cross-knob rule) or that change nothing are asked again, this often.
 MAX_ASKS = 50
 DIGITS = 4  # significant digits of a sampled float, as the random baseline writes them
+MOVE_PREFIX = "move:"  # a move's parameter name: move:reward_partial_credit
 
 
-def distributions(specs: dict[str, dict]) -> dict:
-    """Optuna distributions of the surface's searchable knobs."""
+def distributions(specs: dict[str, dict], moves: list[str] = ()) -> dict:
+    """Optuna distributions of the surface's searchable knobs and of every declared move (off/on;
+    all of them, applied or not, so the space stays the same from round to round)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    out = {}
+    out = {f"{MOVE_PREFIX}{name}": CategoricalDistribution([False, True]) for name in moves}
     for name, spec in sorted(specs.items()):
         if "choices" in spec:
             out[name] = CategoricalDistribution(list(spec["choices"]))
@@ -92,19 +97,21 @@ class OptunaResearcher(Researcher):
         from optuna.trial import TrialState
 
         specs, current = knob_space(scaffold_dir)
-        if not specs:
-            raise ResearcherExhausted("the surface has no searchable knob")
-        space = distributions(specs)
+        declared = list(load_scaffold(scaffold_dir, import_code=False).moves)
+        if not specs and not declared:
+            raise ResearcherExhausted("the surface has no searchable knob and the scaffold no code move")
+        space = distributions(specs, declared)
+        available = move_space(scaffold_dir)
         asked = self._trial_of_round(evidence.round)
         if asked is not None and asked.state == TrialState.RUNNING:  # a resumed round: the same trial
-            proposal = self._proposal(asked.params, specs, current)
+            proposal = self._proposal(asked.params, specs, current, available, scaffold_dir)
             if proposal is not None:
                 return proposal
         for _ in range(MAX_ASKS):
             trial = self.study.ask(space)
             trial.set_user_attr(ROUND_ATTR, evidence.round)
             trial.set_user_attr(INCUMBENT_ATTR, evidence.incumbent_accuracy)
-            proposal = self._proposal(trial.params, specs, current)
+            proposal = self._proposal(trial.params, specs, current, available, scaffold_dir)
             if proposal is None:  # the incumbent itself: its score is known
                 self.study.tell(trial, evidence.incumbent_accuracy)
                 continue
@@ -117,13 +124,30 @@ class OptunaResearcher(Researcher):
             return proposal
         raise ResearcherExhausted(f"no valid trial in {MAX_ASKS} asks for round {evidence.round}")
 
-    def _proposal(self, params: dict, specs: dict, current: dict) -> Proposal | None:
-        edits = tuple(KnobEdit(name, _readable(value, specs[name])) for name, value in sorted(params.items())
-                      if not same_value(_readable(value, specs[name]), current.get(name)))
+    @staticmethod
+    def _composes(moves: list[MoveEdit], scaffold_dir: Path) -> bool:
+        """Whether these moves apply together (two prompt variants rewrite the same line: they do not)."""
+        try:
+            validate(Proposal("moves", tuple(moves)), scaffold_dir)
+        except ProposalError:
+            return False
+        return True
+
+    def _proposal(self, params: dict, specs: dict, current: dict, available: dict,
+                  scaffold_dir: Path) -> Proposal | None:
+        knobs = {name: value for name, value in params.items() if not name.startswith(MOVE_PREFIX)}
+        edits = [KnobEdit(name, _readable(value, specs[name])) for name, value in sorted(knobs.items())
+                 if not same_value(_readable(value, specs[name]), current.get(name))]
+        changes = [f"{e.knob} {current.get(e.knob)} -> {e.value}" for e in edits]
+        moves: list[MoveEdit] = []
+        for name in available:  # declaration order; a move that clashes with an earlier one is left out
+            if params.get(f"{MOVE_PREFIX}{name}") and self._composes([*moves, MoveEdit(name)], scaffold_dir):
+                moves.append(MoveEdit(name))
+                changes.append(f"move {name}")
+        edits += moves
         if not edits:
             return None
-        changes = ", ".join(f"{e.knob} {current.get(e.knob)} -> {e.value}" for e in edits)
-        return Proposal(f"{self.name} trial: {changes}", edits)
+        return Proposal(f"{self.name} trial: {', '.join(changes)}", tuple(edits))
 
     # ------------------------------------------------------------------ learn
 

@@ -1,10 +1,12 @@
-"""The random knob-search baseline: one knob, one new value, uniformly, every round.
+"""The random baseline: one knob and a new value, or one code move, uniformly, every round.
 
-Each round picks one searchable knob of the surface uniformly and a value uniformly in its range
-(log-uniform for `log: true`, uniform among choices, integers drawn as integers), never the
-current value. The draw is seeded by (seed, round), so a campaign is reproducible and a resumed
-round draws what it drew before. A draw that breaks a cross-knob rule of the scaffold (say a
-batch size that is not a multiple of the group size) is drawn again, so every proposal is valid.
+Each round picks uniformly among the searchable knobs of the surface and the scaffold's code moves
+that apply now (so a move is drawn with probability moves / (knobs + moves)). A knob gets a value
+uniformly in its range (log-uniform for `log: true`, uniform among choices, integers drawn as
+integers), never the current value; a move is proposed as it is declared. The draw is seeded by
+(seed, round), so a campaign is reproducible and a resumed round draws what it drew before. A draw
+that breaks a cross-knob rule of the scaffold (say a batch size that is not a multiple of the
+group size) is drawn again, so every proposal is valid.
 
     researcher = RandomResearcher({}, campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
 """
@@ -19,9 +21,9 @@ import numpy as np
 
 from harness.analyze import Evidence
 from harness.config import RandomOptions, parse_config
-from harness.proposal import KnobEdit, Proposal, ProposalError, validate
-from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, round_seed, same_value,
-                                      short_float)
+from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
+from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, move_hypothesis, move_space,
+                                      round_seed, same_value, short_float)
 
 # Significant digits of a drawn float: enough to cover a range finely, short enough to read.
 DIGITS = 4
@@ -67,11 +69,16 @@ class RandomResearcher(Researcher):
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
         specs, current = knob_space(scaffold_dir)
         names = sorted(name for name, spec in specs.items() if has_alternative(spec, current.get(name)))
-        if not names:
-            raise ResearcherExhausted("no knob of the surface can take another value")
+        moves = move_space(scaffold_dir)
+        choices = [(name, None) for name in names] + [(None, move) for move in moves]
+        if not choices:
+            raise ResearcherExhausted("no knob of the surface can take another value, and no code move applies")
         rng = np.random.default_rng(round_seed(self.seed, evidence.round))
         for _ in range(MAX_DRAWS):
-            name = names[rng.integers(len(names))]
+            name, move = choices[rng.integers(len(choices))]
+            if move is not None:  # available moves were validated by move_space
+                self.proposals += 1
+                return Proposal(f"random search: {move_hypothesis(move, moves[move])}", (MoveEdit(move),))
             value = draw_value(rng, specs[name])
             if same_value(value, current[name]):
                 continue
