@@ -39,6 +39,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/experts.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/pretrain.py
 
 clean:
 	rm -rf $(VENV)

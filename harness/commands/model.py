@@ -65,7 +65,7 @@ def _generate(args) -> int:
 
 
 def _bench(args) -> int:
-    for script in ("experts.py", "generate.py"):
+    for script in ("experts.py", "generate.py", "pretrain.py"):
         console.rule(f"bench/{script}")
         runpy.run_path(str(REPO / "bench" / script), run_name="__main__")
     return 0
@@ -103,7 +103,7 @@ def arguments(model: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=None)
     gen.set_defaults(action=_generate)
 
-    bench = msub.add_parser("bench", help="run bench/experts.py and bench/generate.py")
+    bench = msub.add_parser("bench", help="run bench/experts.py, bench/generate.py and bench/pretrain.py")
     bench.set_defaults(action=_bench)
 
     pre = msub.add_parser("pretrain", help="train the base policy on the tasks' supervised corpus")
