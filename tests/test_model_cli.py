@@ -84,12 +84,11 @@ def test_pretraining_is_deterministic(tmp_path):
     # ...and it learned: on all 100 sums the loss fell well below the untrained policy's (about ln
     # of the vocabulary), which two runs that did nothing would share just as well.
     tokenizer = load_tokenizer(tmp_path / "one")
-    input_ids, attention, labels = _batch(encode_pairs(tokenizer, pairs), list(range(len(pairs))),
-                                          tokenizer.pad_token_id)
+    input_ids, labels = _batch(encode_pairs(tokenizer, pairs), list(range(len(pairs))), tokenizer.pad_token_id)
 
     def loss(policy):
         with torch.no_grad():
-            return policy.eval()(input_ids=input_ids, attention_mask=attention, labels=labels).loss.item()
+            return policy.eval()(input_ids=input_ids, labels=labels).loss.item()
 
     untrained = loss(build_policy("tiny", tokenizer, seed=0))
     assert untrained > 5.0 and loss(a) < 0.5 * untrained and summaries[0]["final_loss"] < 0.6 * untrained
