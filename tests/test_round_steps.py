@@ -22,7 +22,7 @@ from harness.config import compose_config
 from harness.journal import STEPS, Journal
 from harness.researchers.scripted import ScriptedResearcher
 from harness.workspace import Workspace
-from rl_pipeline.result import SCHEMA_VERSION
+from rl_pipeline.result import SCHEMA_VERSION, scaffold_commit
 
 N = 200
 PROPOSAL = {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]}
@@ -50,9 +50,14 @@ def split(temperature: float, seeds: list[int]) -> dict:
             "per_example": {f"ex{i:03d}": [int(v) for v in row] for i, row in enumerate(matrix)}}
 
 
+DATA_HASHES = {"train": "t" * 16, "eval": "e" * 16, "heldout": "h" * 16}
+
+
 def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, **options) -> dict:
     temperature = yaml.safe_load((Path(scaffold_dir) / "scaffold.yaml").read_text())["sampling"]["temperature"]
     result = {"schema_version": SCHEMA_VERSION, "status": "ok", "seeds": list(seeds),
+              "scaffold": {"path": str(scaffold_dir), "commit": scaffold_commit(scaffold_dir)},
+              "data_hashes": DATA_HASHES,  # the runner's fields the campaign's integrity check reads
               "knobs": {"sampling.temperature": temperature}, "failures": {}} | split(temperature, seeds)
     if heldout:
         result["heldout"] = split(temperature, seeds) | {"seeds": list(seeds)}
@@ -82,7 +87,8 @@ def outcome(path: Path) -> dict:
             "decide": journal.step_output(1, "decide")["decision"],
             "verdict": journal.step_output(1, "reeval")["verdict"],
             "last_round": journal.step_output(1, "record")["last_round"], "memory": memory,
-            "result": json.loads((path / "rounds" / "001" / "result.json").read_text())}
+            "result": {k: v for k, v in json.loads((path / "rounds" / "001" / "result.json").read_text()).items()
+                       if k != "scaffold"}}  # its folder and commit id differ from campaign to campaign
 
 
 def watch(monkeypatch) -> dict:
