@@ -1,6 +1,9 @@
 """A copy of the arith scaffold cut to one GRPO step and six-token answers, for end-to-end tests:
-each round takes seconds, and what is under test is the loop, not the policy's skill."""
+each round takes seconds, and what is under test is the loop, not the policy's skill.
+`campaign_root` lays out what such a test starts from: a random-weight tiny base, the fast
+scaffold and a proposals file for the scripted researcher."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,3 +20,15 @@ def fast_scaffold(dst: Path) -> Path:
         config[section][key] = value
     (dst / "scaffold.yaml").write_text(yaml.safe_dump(config))
     return dst
+
+
+def campaign_root(root: Path, proposals: list[dict]) -> tuple[Path, Path, Path]:
+    """`root/runs/models/base` (a random-weight tiny policy), `root/fast_arith` and
+    `root/proposals.jsonl` (one proposal a line); returns (root, scaffold, proposals file)."""
+    from model import build_policy, build_tokenizer, save_policy
+
+    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
+    script = root / "proposals.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in proposals))
+    return root, fast_scaffold(root / "fast_arith"), script

@@ -18,10 +18,9 @@ import git
 import pexpect
 import pyte
 import pytest
-from fast_scaffold import fast_scaffold
+from fast_scaffold import campaign_root
 from mlflow.tracking import MlflowClient
 
-from model import build_policy, build_tokenizer, save_policy
 
 PROPOSAL = {"hypothesis": "lower temperature sharpens answers",
             "edits": [{"knob": "sampling.temperature", "value": 0.3}]}
@@ -31,13 +30,7 @@ CAMPAIGN_S = 900  # a baseline and one round on a busy 2-core machine, with room
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("approvals")
-    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
-    scaffold = fast_scaffold(root / "fast_arith")
-    script = root / "proposals.jsonl"
-    script.write_text(json.dumps(PROPOSAL) + "\n")
-    return root, scaffold, script
+    return campaign_root(tmp_path_factory.mktemp("approvals"), [PROPOSAL])
 
 
 def start_args(root, scaffold, script, name, **extra):

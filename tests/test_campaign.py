@@ -14,12 +14,11 @@ import time
 
 import git
 import pytest
-from fast_scaffold import fast_scaffold
+from fast_scaffold import campaign_root
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.journal import STEPS, Journal
-from model import build_policy, build_tokenizer, save_policy
 
 
 PROPOSALS = [
@@ -34,13 +33,7 @@ PROPOSALS = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("campaigns")
-    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
-    scaffold = fast_scaffold(root / "fast_arith")
-    script = root / "proposals.jsonl"
-    script.write_text("".join(json.dumps(p) + "\n" for p in PROPOSALS))
-    return root, scaffold, script
+    return campaign_root(tmp_path_factory.mktemp("campaigns"), PROPOSALS)
 
 
 def overrides(root, scaffold, **extra):

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import git
 import pytest
-from fast_scaffold import fast_scaffold
+from fast_scaffold import campaign_root
 from mlflow.tracking import MlflowClient
 
 import harness.campaign as campaign_module
 from harness.cli import main
 from harness.researchers.scripted import ScriptedResearcher
-from model import build_policy, build_tokenizer, save_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = "04c00bd"  # the last commit that writes version 1 journals
@@ -69,13 +68,7 @@ def old_code(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("old-journal")
-    tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
-    scaffold = fast_scaffold(root / "fast_arith")
-    script = root / "proposals.jsonl"
-    script.write_text("".join(json.dumps(p) + "\n" for p in PROPOSALS))
-    return root, scaffold, script
+    return campaign_root(tmp_path_factory.mktemp("old-journal"), PROPOSALS)
 
 
 @pytest.mark.slow
