@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from rl_pipeline.scaffold import ScaffoldError, check_knob, load_scaffold, read_yaml_text
+from rl_pipeline.scaffold import Patch, ScaffoldError, check_knob, load_scaffold, read_yaml_text
 
 # The entry points the runner calls in a scaffold's code, checked statically (never imported here).
 REQUIRED_FUNCTIONS = {"prompt.py": "format_prompt", "reward.py": "rewards"}
@@ -56,11 +56,8 @@ class KnobEdit:
     value: float | int | str
 
 
-@dataclass(frozen=True)
-class FileEdit:
-    file: str
-    search: str
-    replace: str
+# A free file edit is the same search/replace as one patch of a scaffold's code move.
+FileEdit = Patch
 
 
 @dataclass(frozen=True)
@@ -313,8 +310,7 @@ def _apply_edit(root: Path, scaffold, texts: dict[str, str], index: int, edit: E
         changed = []
         for patch in moves[edit.move].patches:
             try:
-                changed.append(_apply_file_edit(root, surface, texts, None, FileEdit(patch.file, patch.search,
-                                                                                      patch.replace)))
+                changed.append(_apply_file_edit(root, surface, texts, None, patch))
             except ProposalError as err:
                 raise ProposalError(f"move {edit.move} does not apply to this scaffold (its text was already "
                                     f"changed, by this move or another): {err}", index) from err

@@ -38,7 +38,7 @@ class ScaffoldError(ValueError):
 
 @dataclass(frozen=True)
 class Patch:
-    """One search/replace of a move, on one editable file."""
+    """One search/replace on one editable file: a patch of a code move, or a free file edit (`FileEdit`)."""
 
     file: str
     search: str
