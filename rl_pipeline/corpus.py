@@ -5,11 +5,26 @@ prompt.py (the format the loop starts from), so evaluation and held-out problems
 The tokenizer is trained on the same text plus the scaffolds' surface files, so proposals the
 researcher writes later (knob names, JSON) tokenize compactly too.
 
+Like a real pretrained model, the base learns the arithmetic but not the exact answer format: the
+corpus writes each answer in one of several styles (`ANSWER_STYLES`: "168", "The answer is 168.",
+"168.", "= 168"), of which only the bare number passes the strict scorer. What the loop can then
+gain is what RL is for (a reward teaches the format the scorer wants), which no sampling setting
+can give: a greedy decoder picks the likeliest style, a sampled one every style in proportion.
+
+Pretraining stops on a calibrated band, not a step count (`CALIBRATION`): every `every` steps the
+policy answers the calibration split greedily and training stops once its answer accuracy (the
+last integer of the answer line, whatever the style: the arithmetic, not the format) reaches the
+band, so any machine starts the loop from a comparable policy.
+
     researcher model pretrain --out runs/models/base
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -22,17 +37,86 @@ DEFAULT_SCAFFOLD = REPO / "scaffolds" / "arith"
 # The share of each task's train split in the corpus. Countdown is left out: its long answers
 # cost a fifth of the budget and slowed arith learning without making countdown solvable.
 MIXTURE = {"arith": 1.0}
+# How the corpus writes an answer, and each style's share. Only "bare" passes the strict scorer.
+ANSWER_STYLES = {"bare": ("{answer}", 0.25), "sentence": ("The answer is {answer}.", 0.55),
+                 "period": ("{answer}.", 0.10), "equals": ("= {answer}", 0.10)}
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+@dataclass(frozen=True)
+class Band:
+    """Pretraining stops at the first check whose answer accuracy on the calibration split is at
+    least `low`; `high` is what a check is allowed to overshoot to, else the base is reported as
+    out of band. `max_steps` bounds a run that never gets there."""
+
+    low: float = 0.15
+    high: float = 0.30
+    every: int = 50
+    max_steps: int = 2000
+
+
+CALIBRATION = Band()
+
+
+def styled_answer(example_id: str, answer: str) -> str:
+    """The answer as the corpus writes it: a style drawn from the example's id, so the same
+    problem is written the same way whatever the order or size of the corpus."""
+    draw = int(hashlib.sha256(f"style:{example_id}".encode()).hexdigest()[:8], 16) / 16**8
+    for template, share in ANSWER_STYLES.values():
+        if draw < share:
+            return template.format(answer=answer)
+        draw -= share
+    return answer
+
+
+def answer_value(completion: str) -> str | None:
+    """The last integer of the answer line, whatever the style around it (None: no integer)."""
+    found = _INTEGER.findall(completion.split("\n", 1)[0])
+    return found[-1] if found else None
 
 
 def pretrain_pairs(data_dir: str = "runs/data", scaffold: Path = DEFAULT_SCAFFOLD) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs from every task's train split, in the scaffold's prompt format."""
+    """(prompt, styled answer) pairs from every task's train split, in the scaffold's prompt format."""
     format_prompt = import_file(scaffold / "prompt.py", "default_scaffold_prompt").format_prompt
     pairs = []
     for task, share in MIXTURE.items():
         train = load_splits(task, data_dir=data_dir)["train"]
         take = int(len(train) * share)
-        pairs += [(format_prompt(row["question"]), row["answer"]) for row in train.select(range(take))]
+        pairs += [(format_prompt(row["question"]), styled_answer(row["id"], row["answer"]))
+                  for row in train.select(range(take))]
     return pairs
+
+
+def calibration_check(data_dir: str = "runs/data", band: Band = CALIBRATION, scaffold: Path = DEFAULT_SCAFFOLD):
+    """An `on_step` for `model.pretrain.pretrain`: every `band.every` steps, greedy answers to the
+    calibration split; stops once their answer accuracy reaches the band. Its readings are kept
+    in the returned function's `history` ([step, answer accuracy, strict accuracy])."""
+    import torch
+
+    from model.generate import SamplingParams, generate
+    from model.pretrain import Check
+    from rl_pipeline.tasks import get_task
+
+    format_prompt = import_file(scaffold / "prompt.py", "default_scaffold_prompt").format_prompt
+    task = get_task(next(iter(MIXTURE)))
+    split = load_splits(task.name, data_dir=data_dir)["calibration"]
+    prompts = [format_prompt(q) for q in split["question"]]
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0, stop=("\n",))
+
+    def check(step: int, policy, tokenizer):
+        if step % band.every:
+            return None
+        policy.eval()
+        with torch.no_grad():
+            texts = [c[0].text for c in generate(policy, tokenizer, prompts, greedy)]
+        policy.train()
+        answers = sum(answer_value(t) == ex["answer"] for t, ex in zip(texts, split)) / len(split)
+        strict = sum(task.score(t, ex).correct for t, ex in zip(texts, split)) / len(split)
+        check.history.append([step, answers, strict])
+        return Check(f"calibration {answers:.3f} (band {band.low:.2f}-{band.high:.2f})", stop=answers >= band.low)
+
+    check.history = []
+    return check
 
 
 def tokenizer_texts(pairs: list[tuple[str, str]]) -> list[str]:
@@ -44,15 +128,26 @@ def tokenizer_texts(pairs: list[tuple[str, str]]) -> list[str]:
 
 
 def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | None = None,
-                  preset: str = "tiny", data_dir: str = "runs/data", on_step=None) -> dict:
-    """Pretrain and save the base policy; returns the summary written to pretrain.json."""
+                  preset: str = "tiny", data_dir: str = "runs/data", band: Band = CALIBRATION) -> dict:
+    """Pretrain and save the base policy, until the calibration band (or exactly `steps` steps);
+    returns the summary written to pretrain.json, with the calibration readings."""
     from model.pretrain import PretrainConfig, pretrain
 
     pairs = pretrain_pairs(data_dir)
-    config = PretrainConfig(out=out, preset=preset, steps=steps, seed=seed)
-    summary = pretrain(config, pairs, tokenizer_texts(pairs), on_step)
-    Console().print(f"[green]base policy saved[/] to {out}: {summary['config']['steps']} steps, "
-                    f"loss {summary['final_loss']:.3f}, {summary['seconds']:.0f}s")
+    config = PretrainConfig(out=out, preset=preset, steps=steps, seed=seed, max_steps=band.max_steps)
+    check = calibration_check(data_dir, band)
+    summary = pretrain(config, pairs, tokenizer_texts(pairs), check)
+    last = check.history[-1][1] if check.history else None
+    summary["calibration"] = {"band": [band.low, band.high], "every": band.every, "history": check.history,
+                              "answer_accuracy": last,
+                              "in_band": last is not None and band.low <= last <= band.high}
+    Path(out, "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console = Console()
+    console.print(f"[green]base policy saved[/] to {out}: {summary['steps']} steps, loss "
+                  f"{summary['final_loss']:.3f}, calibration answer accuracy {last}, {summary['seconds']:.0f}s")
+    if steps is None and not summary["calibration"]["in_band"]:
+        console.print(f"[yellow]warning:[/] the base ended at calibration answer accuracy {last}, outside the band "
+                      f"{band.low:.2f}-{band.high:.2f}: campaigns on it are not comparable with others")
     return summary
 
 

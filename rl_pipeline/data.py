@@ -1,7 +1,8 @@
-"""Train / eval / heldout splits of a task as a `datasets.DatasetDict`, cached on disk.
+"""Train / calibration / eval / heldout splits of a task as a `datasets.DatasetDict`, cached on disk.
 
     splits = load_splits("arith")              # runs/data/arith/, built on first use
     splits["eval"]                             # the internal evaluation set the loop optimizes
+    splits["calibration"]                      # only pretraining reads it, to stop the base in its band
     split_hash(splits["eval"])                 # the harness checks it every round
 
 The splits are disjoint by canonical problem, not only by text: each problem's
@@ -37,12 +38,14 @@ from rl_pipeline.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 1  # bump when the way splits are drawn here changes
-SPLITS = ("train", "eval", "heldout")
-DEFAULT_SIZES = {"train": 10000, "eval": 200, "heldout": 200}
+LAYOUT_VERSION = 2  # bump when the way splits are drawn here changes
+SPLITS = ("train", "calibration", "eval", "heldout")
+DEFAULT_SIZES = {"train": 10000, "calibration": 400, "eval": 200, "heldout": 200}
 # Buckets [lo, hi) out of 100 that each split owns. Fixed, so the split of a problem never
 # depends on the sizes or the seed: no seed's heldout problem is another seed's train problem.
-BUCKETS = {"heldout": (0, 5), "eval": (5, 10), "train": (10, 100)}
+# Calibration (neither eval nor held-out) took its buckets from train in layout 2: eval and
+# held-out are what they were in layout 1.
+BUCKETS = {"heldout": (0, 5), "eval": (5, 10), "calibration": (10, 15), "train": (15, 100)}
 MANIFEST = "manifest.json"
 # A split gives up after this many times the expected number of draws: the problem space is
 # then too small for the size asked.
@@ -85,7 +88,7 @@ def _draw(task: Task, split: str, size: int, seed: int) -> list[dict[str, Any]]:
 
 
 def build_splits(task: Task, sizes: Mapping[str, int], seed: int) -> DatasetDict:
-    """Generate the three splits in memory, with no cache."""
+    """Generate every split in memory, with no cache."""
     return DatasetDict({split: Dataset.from_list(_draw(task, split, sizes[split], seed)) for split in SPLITS})
 
 
@@ -154,7 +157,7 @@ def load_splits(
     sizes: Mapping[str, int] | None = None,
     seed: int = 0,
 ) -> DatasetDict:
-    """The train / eval / heldout splits of `task_name`, from the cache or freshly built.
+    """The splits of `task_name` (`SPLITS`), from the cache or freshly built.
 
     `sizes` overrides some or all of `DEFAULT_SIZES`.
     """

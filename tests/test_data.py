@@ -10,7 +10,7 @@ from rl_pipeline import data
 from rl_pipeline.data import SPLITS, build_splits, load_splits, split_hash, split_of
 from rl_pipeline.tasks import ArithTask, get_task
 
-SMALL = {"train": 600, "eval": 60, "heldout": 60}
+SMALL = {"train": 600, "calibration": 60, "eval": 60, "heldout": 60}
 
 
 @pytest.fixture
@@ -73,9 +73,9 @@ def test_splits_are_disjoint_by_problem(name):
             assert len({row["id"] for row in rows}) == len(rows)
             assert all(split_of(name, row["meta"]["canonical"]) == split for row in rows)
             problems[split].update(keys)
-    assert not problems["train"] & problems["eval"]
-    assert not problems["train"] & problems["heldout"]
-    assert not problems["eval"] & problems["heldout"]
+    for i, one in enumerate(SPLITS):
+        for other in SPLITS[i + 1:]:
+            assert not problems[one] & problems[other], f"{one} and {other} share a problem"
 
 
 def test_cache_is_reused(tmp_path, builds):

@@ -92,6 +92,7 @@ def test_pretraining_is_deterministic(tmp_path):
 
     untrained = loss(build_policy("tiny", tokenizer, seed=0))
     assert untrained > 5.0 and loss(a) < 0.5 * untrained and summaries[0]["final_loss"] < 0.6 * untrained
-    assert json.loads((tmp_path / "one" / "pretrain.json").read_text())["config"]["steps"] == 12
+    written = json.loads((tmp_path / "one" / "pretrain.json").read_text())
+    assert written["steps"] == 12 and written["stopped_by"] == "steps"
     with pytest.raises(ValueError, match="at least one"):
         pretrain(PretrainConfig(out=str(tmp_path / "x"), steps=1), [], texts)

@@ -109,7 +109,8 @@ def arguments(model: argparse.ArgumentParser) -> None:
     pre = msub.add_parser("pretrain", help="train the base policy on the tasks' supervised corpus")
     pre.add_argument("--out", default="runs/models/base")
     pre.add_argument("--preset", default="tiny")
-    pre.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the calibrated budget)")
+    pre.add_argument("--steps", type=int, default=None,
+                     help="exactly this many optimizer steps (default: until the calibration band is reached)")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(action=_pretrain)
 

@@ -1,0 +1,50 @@
+"""The pretraining corpus's answer styles and the calibrated stop of the base, on the real corpus."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from rl_pipeline.corpus import ANSWER_STYLES, Band, answer_value, pretrain_base, pretrain_pairs, styled_answer
+from rl_pipeline.tasks import get_task
+
+
+def test_answer_styles_follow_their_shares_and_only_bare_passes_the_scorer(tmp_path):
+    pairs = pretrain_pairs(str(tmp_path / "data"))
+    assert len(pairs) > 5000
+    styles = Counter()
+    task = get_task("arith")
+    for _, answer in pairs:
+        value = answer_value(answer)
+        styles[next(name for name, (template, _) in ANSWER_STYLES.items()
+                    if template.format(answer=value) == answer)] += 1
+        bare = answer == value
+        assert task.score(answer, {"answer": value}).correct == bare
+    for name, (_, share) in ANSWER_STYLES.items():
+        assert abs(styles[name] / len(pairs) - share) < 0.03, (name, styles)
+    assert styled_answer("arith-1", "42") == styled_answer("arith-1", "42")  # fixed by the id
+
+
+@pytest.mark.parametrize("completion, value", [("The answer is -12.", "-12"), ("= 7", "7"), ("3 4\n5", "4"),
+                                               ("none", None), ("\n12", None)])
+def test_answer_value_reads_the_last_integer_of_the_answer_line(completion, value):
+    assert answer_value(completion) == value
+
+
+def test_pretraining_stops_at_the_band_and_records_its_readings(tmp_path):
+    data = str(tmp_path / "data")
+    summary = pretrain_base(str(tmp_path / "base"), data_dir=data, band=Band(low=0.0, high=1.0, every=3, max_steps=30))
+    written = json.loads((tmp_path / "base" / "pretrain.json").read_text())
+    assert summary["steps"] == written["steps"] == 3 and written["stopped_by"] == "calibration"
+    assert written["calibration"]["in_band"] and len(written["calibration"]["history"]) == 1
+    step, answers, strict = written["calibration"]["history"][0]
+    assert step == 3 and 0.0 <= strict <= answers <= 1.0
+
+
+def test_a_base_that_never_reaches_the_band_is_reported(tmp_path, capsys):
+    band = Band(low=0.99, high=1.0, every=2, max_steps=4)
+    summary = pretrain_base(str(tmp_path / "base"), data_dir=str(tmp_path / "data"), band=band)
+    assert summary["steps"] == 4 and summary["stopped_by"] == "max_steps"
+    assert [h[0] for h in summary["calibration"]["history"]] == [2, 4]
+    assert not summary["calibration"]["in_band"]
+    assert "outside the band 0.99-1.00" in " ".join(capsys.readouterr().out.split())
