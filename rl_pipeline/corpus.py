@@ -6,10 +6,12 @@ The tokenizer is trained on the same text plus the scaffolds' surface files, so 
 researcher writes later (knob names, JSON) tokenize compactly too.
 
 Like a real pretrained model, the base learns the arithmetic but not the exact answer format: the
-corpus writes each answer in one of several styles (`ANSWER_STYLES`: "168", "The answer is 168.",
-"168.", "= 168"), of which only the bare number passes the strict scorer. What the loop can then
-gain is what RL is for (a reward teaches the format the scorer wants), which no sampling setting
-can give: a greedy decoder picks the likeliest style, a sampled one every style in proportion.
+corpus writes each answer in one of several styles (`ANSWER_STYLES`: "168", "168 is the answer.",
+"168."), of which only the bare number passes the strict scorer. Every style starts with the
+number, so the arithmetic is learned in the same place whatever the style; what differs is
+whether the answer line ends after it. The likeliest continuation after the number is the
+suffix, so a greedy decoder always adds it and a sampled one ends the line in proportion: no
+sampling setting fixes the format, while a reward that prefers well-formed answers can teach it.
 
 Pretraining stops on a calibrated band, not a step count (`CALIBRATION`): every `every` steps the
 policy answers the calibration split greedily and training stops once its answer accuracy (the
@@ -38,8 +40,8 @@ DEFAULT_SCAFFOLD = REPO / "scaffolds" / "arith"
 # cost a fifth of the budget and slowed arith learning without making countdown solvable.
 MIXTURE = {"arith": 1.0}
 # How the corpus writes an answer, and each style's share. Only "bare" passes the strict scorer.
-ANSWER_STYLES = {"bare": ("{answer}", 0.25), "sentence": ("The answer is {answer}.", 0.55),
-                 "period": ("{answer}.", 0.10), "equals": ("= {answer}", 0.10)}
+ANSWER_STYLES = {"bare": ("{answer}", 0.35), "suffix": ("{answer} is the answer.", 0.50),
+                 "period": ("{answer}.", 0.15)}
 _INTEGER = re.compile(r"-?[0-9]+")
 
 

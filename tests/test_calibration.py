@@ -25,7 +25,7 @@ def test_answer_styles_follow_their_shares_and_only_bare_passes_the_scorer(tmp_p
     assert styled_answer("arith-1", "42") == styled_answer("arith-1", "42")  # fixed by the id
 
 
-@pytest.mark.parametrize("completion, value", [("The answer is -12.", "-12"), ("= 7", "7"), ("3 4\n5", "4"),
+@pytest.mark.parametrize("completion, value", [("-12 is the answer.", "-12"), ("7.", "7"), ("3 4\n5", "4"),
                                                ("none", None), ("\n12", None)])
 def test_answer_value_reads_the_last_integer_of_the_answer_line(completion, value):
     assert answer_value(completion) == value
