@@ -96,8 +96,8 @@ def _advice(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) ->
               if isinstance(edit, MoveEdit) else f"the edit to `{edit.file}`")
     if result.get("status") != "ok" or verdict.get("delta") is None:
         if "time" in (result.get("reason") or "").lower():
-            return ["The run hit a time limit: fewer training steps (`grpo.max_steps`) or shorter completions "
-                    "would fit the budget."]
+            return ["The run hit its time limit: shorter completions (`grpo.max_completion_length`) or a "
+                    "reward.py that does less per completion would train its budget in time."]
         if isinstance(edit, MoveEdit):
             return [f"The run failed with {target}: read the reason above, then try another move or a knob."]
         return [f"The run failed: read the reason above, then try {target} with a smaller step, or another knob."]
