@@ -1,6 +1,6 @@
-"""A copy of the arith scaffold cut to one GRPO step (a budget of 8 completions) and six-token
-answers, for end-to-end tests: each round takes seconds, and what is under test is the loop, not
-the policy's skill.
+"""A copy of the arith scaffold cut to a budget of 16 completions (two GRPO steps at the default
+batch, one at the largest) and six-token answers, for end-to-end tests: each round takes seconds,
+and what is under test is the loop, not the policy's skill.
 `campaign_root` lays out what such a test starts from: a random-weight tiny base, the fast
 scaffold and a proposals file for the scripted researcher."""
 
@@ -12,7 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 KNOBS = {("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
-COMPLETIONS = 8  # one optimizer step at the default batch size
+COMPLETIONS = 16  # one optimizer step at the largest batch the surface allows
 
 
 def with_budget(scaffold: Path, completions: int) -> Path:

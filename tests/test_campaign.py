@@ -1,8 +1,8 @@
 """Campaigns end to end through the `researcher` CLI: real runner, real git, real MLflow store.
 
-A random-weight tiny base and a scaffold copy cut to one GRPO step keep each round to seconds;
-what is under test is the loop (rejections, decisions, git, memory, tracking, resume), not
-the policy's skill.
+A random-weight tiny base and a scaffold copy cut to a couple of GRPO steps keep each round to
+seconds; what is under test is the loop (rejections, decisions, git, memory, tracking, resume),
+not the policy's skill.
 """
 
 import json
@@ -14,7 +14,7 @@ import time
 
 import git
 import pytest
-from fast_scaffold import campaign_root
+from fast_scaffold import COMPLETIONS, campaign_root
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -192,7 +192,7 @@ def test_a_change_to_training_is_retrained_on_a_fresh_seed_before_it_is_kept(set
     candidate, incumbent = read_result(retrain_dir(rounds / "001", 1)), read_result(retrain_dir(rounds / "000", 1))
     for fresh, first in ((candidate, read_result(rounds / "001")), (incumbent, read_result(rounds / "000"))):
         assert fresh["training"]["train_seed"] == 1 and not fresh["training"]["cached"]  # really trained
-        assert fresh["training"]["key"] != first["training"]["key"] and fresh["training"]["completions"] == 8
+        assert fresh["training"]["key"] != first["training"]["key"] and fresh["training"]["completions"] == COMPLETIONS
     # Round 3's incumbent is round 2, round 1's training with cooler sampling: its re-training is cached.
     reused = read_result(retrain_dir(rounds / "002", 1))["training"]
     assert reused["cached"] and reused["key"] == candidate["training"]["key"]

@@ -1,8 +1,8 @@
 """The runner end to end: the real warm worker and sandbox, real GRPO steps, real results.
 
 A tiny random-weight base policy stands in for the pretrained one (the runner's behaviour, not
-the policy's skill, is under test); training is cut to a budget of one step (8 completions) to
-keep the suite fast.
+the policy's skill, is under test); training is cut to a budget of 16 completions (two steps at
+the default batch) to keep the suite fast.
 """
 
 import json
@@ -46,7 +46,7 @@ def test_ok_result_and_training_cache(tmp_path, env):
     assert first["schema_version"] == 1 and not first["training"]["cached"]
     training = first["training"]
     assert (training["steps"], training["completions"], training["budget_completions"], training["train_seed"]) \
-        == (1, 8, 8, 0)
+        == (2, 16, 16, 0)
     assert len(first["per_example"]) == first["num_examples"] == 200
     assert all(len(v) == 1 for v in first["per_example"].values())
     m = first["metrics"]
@@ -67,9 +67,9 @@ def test_ok_result_and_training_cache(tmp_path, env):
     with_budget(scaffold, 2 * COMPLETIONS)
     fourth = run_scaffold(scaffold, tmp_path / "d", overrides=FAST, **env)
     assert fourth["status"] == "ok" and not fourth["training"]["cached"]
-    assert (fourth["training"]["steps"], fourth["training"]["completions"]) == (2, 16)
+    assert (fourth["training"]["steps"], fourth["training"]["completions"]) == (4, 32)
     fifth = run_scaffold(scaffold, tmp_path / "e", overrides=FAST | {"grpo.per_device_train_batch_size": 16}, **env)
-    assert (fifth["training"]["steps"], fifth["training"]["completions"]) == (1, 16)
+    assert (fifth["training"]["steps"], fifth["training"]["completions"]) == (2, 32)
 
 
 def test_a_fresh_training_seed_retrains_and_is_reported(tmp_path, env):
