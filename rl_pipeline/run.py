@@ -52,8 +52,8 @@ DEFAULTS = {
 }
 # Parts of a run's time limit (seconds), derived from the scaffold's training budget.
 PROMPTS_S = 30.0  # import the scaffold's files and format every question
-# A completion cost 0.050 s of GRPO training at the default knobs and 0.081 s with 64-token rollouts
-# at temperature 2 (two CPU cores at load 4-6); the allowance leaves room for a machine 6x slower.
+# A completion cost 0.05-0.14 s of GRPO training at the default knobs (two CPU cores, load 4-6) and
+# 0.081 s with 64-token rollouts at temperature 2 (load 4); the allowance leaves room to spare.
 TRAIN_S_PER_COMPLETION = 0.5
 TRAIN_MARGIN_S = 60.0  # load the base, set up TRL, save
 EVAL_S = 60.0  # load the trained policy
