@@ -9,7 +9,7 @@ training (`trainer.train()`) and evaluation (loading the trained policy, generat
 Then keep rounds as a campaign runs them (evaluate 3 seeds, re-evaluate 2 more, score held-out;
 sampling-only changes), per round.
 
-    .venv/bin/python bench/rounds.py [--base runs/models/base] [--max-steps 2] [--keep-rounds 5]
+    .venv/bin/python bench/rounds.py [--base runs/models/base] [--completions 16] [--keep-rounds 5]
 
 Without a base policy at --base, a tiny random one is built (the runner is under test, not the
 policy's skill).
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
 
 from rl_pipeline.run import run_scaffold, shutdown  # noqa: E402
 
@@ -46,11 +49,21 @@ def timed(scaffold: str, out: str, overrides: dict, opts: dict, **kwargs) -> tup
     return wall, result
 
 
+def with_budget(scaffold: str, completions: int, dst: str) -> str:
+    """A copy of `scaffold` whose training budget is `completions`."""
+    shutil.copytree(scaffold, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    surface = yaml.safe_load(Path(dst, "surface.yaml").read_text())
+    surface["budget"]["train_completions"] = completions
+    Path(dst, "surface.yaml").write_text(yaml.safe_dump(surface))
+    return dst
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
     parser.add_argument("--scaffold", default=str(REPO / "scaffolds/arith"))
-    parser.add_argument("--max-steps", type=int, default=None, help="cap grpo.max_steps (default: the scaffold's)")
+    parser.add_argument("--completions", type=int, default=None,
+                        help="training budget in completions (default: the scaffold's)")
     parser.add_argument("--keep-rounds", type=int, default=5)
     args = parser.parse_args()
 
@@ -64,16 +77,17 @@ def main() -> int:
             print(f"no base policy at {args.base}: using a tiny random one")
         from rl_pipeline.data import load_splits
         load_splits("arith", data_dir=f"{tmp}/data")  # built once, before anything is timed
-        train = {} if args.max_steps is None else {"grpo.max_steps": args.max_steps}
+        scaffold = (args.scaffold if args.completions is None
+                    else with_budget(args.scaffold, args.completions, f"{tmp}/scaffold"))
         rows: dict[str, dict[str, float]] = {}
         n = 0
         for mode, warm in (("cold", False), ("warm", True)):
             opts = {"base": base, "data_dir": f"{tmp}/data", "cache_dir": f"{tmp}/cache-{mode}", "warm": warm}
             if warm:  # start the warm processes before timing, as a campaign's baseline does
-                timed(args.scaffold, f"{tmp}/{n}", train, opts | {"cache_dir": f"{tmp}/cache-start"}, seeds=[0])
+                timed(scaffold, f"{tmp}/{n}", {}, opts | {"cache_dir": f"{tmp}/cache-start"}, seeds=[0])
                 n += 1
-            for label, overrides in (("training round", train), ("eval-only round", train | {"sampling.temperature": 0.9})):
-                wall, result = timed(args.scaffold, f"{tmp}/{n}", overrides, opts)
+            for label, overrides in (("training round", {}), ("eval-only round", {"sampling.temperature": 0.9})):
+                wall, result = timed(scaffold, f"{tmp}/{n}", overrides, opts)
                 n += 1
                 rows[f"{label}, {mode}"] = {"wall": wall, "work": work(result), "overhead": wall - work(result),
                                             "train": result["timings"].get("train_train_total_s", 0.0),
@@ -88,11 +102,11 @@ def main() -> int:
             opts = {"base": base, "data_dir": f"{tmp}/data", "cache_dir": f"{tmp}/cache-{mode}", "warm": warm}
             walls, overheads = [], []
             for r in range(rounds):
-                knobs = train | {"sampling.temperature": 0.6 + 0.05 * r}
+                knobs = {"sampling.temperature": 0.6 + 0.05 * r}
                 start = time.perf_counter()
                 spent = 0.0
                 for seeds, heldout in (([0, 1, 2], False), ([3, 4], False), ([0, 1, 2], True)):
-                    _, result = timed(args.scaffold, f"{tmp}/{n}", knobs, opts, seeds=seeds, heldout=heldout)
+                    _, result = timed(scaffold, f"{tmp}/{n}", knobs, opts, seeds=seeds, heldout=heldout)
                     n += 1
                     spent += work(result)
                 walls.append(time.perf_counter() - start)

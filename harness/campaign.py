@@ -1,5 +1,5 @@
 """The campaign loop: rounds of analyze, propose, gate, apply, evaluate, compare, re-evaluate,
-critique, gate, decide, held-out, learn and record (see `harness.journal.STEPS`).
+re-train, critique, gate, decide, held-out, learn and record (see `harness.journal.STEPS`).
 
 Each step does one thing, reads what the steps before wrote (through the journal) and nothing
 else, and runs through `run_step`, so a campaign killed at any moment resumes from the last
@@ -26,6 +26,7 @@ from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
 from harness.tracking import make_tracker
+from harness.training_noise import changes_training, retrain_dir, reusable, training_seed_verdict
 from harness.workspace import Workspace
 from memory import Memory, RoundRecord
 from rl_pipeline.files import write_atomic
@@ -62,12 +63,13 @@ class Campaign:
                 "cache_dir": str(Path(self.config["runs_dir"]) / "cache" / "train"),
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 
-    def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False) -> dict:
+    def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0) -> dict:
         """The runner's result for the scaffold as checked out now; failed when it does not name the
         commit that was evaluated or the baseline's data (every split's hash), so that no round is
         ever compared on other data or another scaffold than the one it claims."""
         commit = scaffold_commit(self.workspace.path)
-        result = run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, **self._runner_options())
+        result = run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, train_seed=train_seed,
+                              **self._runner_options())
         baseline = self.journal.get("baseline")
         reference = read_result(self.dir / baseline["result"]) if baseline else result
         problem = integrity_problem(result, reference, commit=commit)
@@ -170,9 +172,12 @@ class Campaign:
         verdict = step(n, "compare", lambda: self._compare(out))["verdict"]
         if verdict["decision"] == "reeval":
             verdict = step(n, "reeval", lambda: self._reeval(n, out))["verdict"]
+        final = verdict
+        if verdict["decision"] == "keep" and self._changes_training(n, out):
+            final = step(n, "retrain", lambda: self._retrain(n, out))["verdict"]
         step(n, "critique", lambda: self._critique(out, n, proposal, verdict))
-        if verdict["decision"] == "keep":
-            step(n, "gate_keep", lambda: self._ask("keep", n, proposal.kind, keep_question(proposal, verdict),
+        if final["decision"] == "keep":
+            step(n, "gate_keep", lambda: self._ask("keep", n, proposal.kind, keep_question(proposal, final),
                                                    self.workspace.diff(n)))
 
     def _analyze(self, n: int) -> dict:
@@ -255,13 +260,42 @@ class Campaign:
         _write_json(inc_dir / "result.json", merged)
         return merged
 
+    def _changes_training(self, n: int, out: Path) -> bool:
+        """Whether a keep must hold across training seeds: the check is on and the candidate trains
+        another policy than the incumbent. A replay after the keep moved the incumbent finds the
+        step done; a round that an older release took past its critique keeps that release's verdict."""
+        j = self.journal
+        return j.is_done(n, "retrain") or (bool(self.config["retrain_seeds"]) and not j.is_done(n, "critique")
+                                           and changes_training(read_result(out), self._incumbent_result()))
+
+    def _retrain(self, n: int, out: Path) -> dict:
+        """The candidate and the incumbent re-trained with each fresh training seed and evaluated on
+        the same seeds (results already there from a replay, or from an earlier round for the
+        incumbent, are reused); the verdict on the paired change over every training seed."""
+        seeds, inc_dir = self.config["eval_seeds"], self._incumbent_dir()
+        pairs = {read_result(out)["training"]["train_seed"]: (out, inc_dir)}
+        for train_seed in self.config["retrain_seeds"]:
+            cand, inc = pairs[train_seed] = retrain_dir(out, train_seed), retrain_dir(inc_dir, train_seed)
+            if not reusable(cand, commit=self.workspace.candidate_commit(n), seeds=seeds, train_seed=train_seed):
+                self.workspace.checkout(n)
+                try:
+                    self._evaluate(cand, seeds, train_seed=train_seed)
+                finally:
+                    self.workspace.checkout_main()
+            if not reusable(inc, commit=self.journal.get("incumbent")["commit"], seeds=seeds, train_seed=train_seed):
+                self._evaluate(inc, seeds, train_seed=train_seed)
+        return training_seed_verdict(pairs, margin=self.config["margin"])
+
     def _critique(self, out: Path, n: int, proposal, verdict: dict) -> dict:
+        """Self-feedback on the verdict of the evaluation seeds, and on the training seeds' when the
+        round re-trained."""
         result, incumbent = read_result(out), self._incumbent_result()
-        text = critique(proposal, result, incumbent, verdict)
+        training = self.journal.step_output(n, "retrain")
+        text = critique(proposal, result, incumbent, verdict, training)
         own = self.researcher.critique(text, n)  # a model researcher's own reading; checked like the rest
         if own:
             text += f"\n**The researcher's critique.**\n\n{own.strip()}\n"
-        unverified = check_critique(text, result, incumbent, verdict)
+        unverified = check_critique(text, result, incumbent, verdict, training)
         if unverified:
             text += f"\n\n_Unverified numbers (not found in result.json): {', '.join(unverified)}_\n"
         out.mkdir(parents=True, exist_ok=True)
@@ -269,8 +303,10 @@ class Campaign:
         return {"critique": text, "unverified": unverified}
 
     def _verdict(self, n: int) -> dict | None:
-        """The round's last verdict: after re-evaluation if there was one; None if nothing was evaluated."""
-        compared = self.journal.step_output(n, "reeval") or self.journal.step_output(n, "compare")
+        """The round's last verdict: across training seeds, else after re-evaluation, if the round
+        went that far; None if nothing was evaluated."""
+        j = self.journal
+        compared = j.step_output(n, "retrain") or j.step_output(n, "reeval") or j.step_output(n, "compare")
         return compared["verdict"] if compared else None
 
     def _outcome(self, n: int) -> tuple[str, str]:
@@ -370,12 +406,13 @@ class Campaign:
         history = [h for h in j.get("history") if h["round"] != n] + [entry]
         plot = progress_plot(history, self.dir / "progress.png")
         usage = self.researcher.usage()
+        retrained = (j.step_output(n, "retrain") or {}).get("per_seed", [])
         self.tracker.log_round(n, proposal=proposal_dict, result=result, verdict={**verdict, "decision": decision},
                                critique=critique_text, diff=diff,
                                commits=commits | {"incumbent": ws.incumbent_commit()},
                                memory_snapshot=self.memory.snapshot(), approval=approval,
-                               extra_metrics={"usage/" + k: v for k, v in usage.items()
-                                              if isinstance(v, (int, float))})
+                               extra_metrics={"usage/" + k: v for k, v in usage.items() if isinstance(v, (int, float))}
+                               | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained})
         self.tracker.log_campaign_progress(history, plot)
         return {"decision": decision, "history": entry, "last_round": last_round, "researcher_usage": usage}
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError,
-                      model_validator)
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from rl_pipeline.files import write_atomic
@@ -221,6 +221,10 @@ class Campaign(Section):
     baseline_seeds: list[int] = Field([0, 1, 2, 3, 4, 5], description="the initial scaffold, also the noise floor")
     eval_seeds: list[int] = Field([0, 1, 2], description="every candidate")
     reeval_seeds: list[int] = Field([3, 4, 5], description="a promising but uncertain candidate gets these too")
+    retrain_seeds: list[int] = Field([1, 2], description=(
+        "fresh training seeds a change to training is re-trained with, the incumbent too, before a keep: it is "
+        "kept only if the paired gain averaged over these and the first training seed (0) still clears the "
+        "margin; [] disables the check"))
     margin: Number() = Field(0.0, description="keep only if the CI's lower bound of the gain is above this")
     memory_budget_tokens: PositiveInt = Field(600, description="the rendered memory the researcher sees")
     runner: Runner = Runner()
@@ -228,6 +232,14 @@ class Campaign(Section):
     live: bool = True
     researcher: ResearcherOptions = LocalOptions()
     approvals: Approvals = Approvals(name="none")
+
+    @field_validator("retrain_seeds")
+    @classmethod
+    def _fresh_retrain_seeds(cls, seeds: list[int]) -> list[int]:
+        if 0 in seeds or len(set(seeds)) != len(seeds):
+            raise PydanticCustomError("fresh_seeds", "must be distinct training seeds other than 0, which trains "
+                                      "every candidate already")
+        return seeds
 
     @model_validator(mode="after")
     def _base_model(self) -> Campaign:

@@ -2,9 +2,10 @@
 
 `critique` writes the round's self-feedback in markdown: what changed, what it did to each metric
 (candidate against incumbent on the seeds both ran, so its accuracy change is the paired one of
-the verdict), whether that is beyond noise (the interval against the margin), and what to try
-next (a few rules: truncation up means fewer tokens, a helpful change is pushed further, a
-refuted one gives way to another knob).
+the verdict), whether that is beyond noise (the interval against the margin), whether it held on
+fresh training seeds (when the round re-trained a change to training: the change by training seed
+and averaged over them), and what to try next (a few rules: truncation up means fewer tokens, a
+helpful change is pushed further, a refuted one gives way to another knob).
 
 `check_critique` extracts every number in a text and returns the ones that match nothing in the
 result, the incumbent or the verdict at the precision printed (a percentage is read as a
@@ -12,8 +13,8 @@ fraction, seed and example counts and metric differences count as given, and so 
 as in "95% CI"). It works on any text, so a critique written by a model can be checked the same
 way; `critique` passes it by construction, and the tests check that on random rounds.
 
-    text = critique(proposal, result, incumbent, verdict.to_dict())
-    assert check_critique(text, result, incumbent, verdict.to_dict()) == []
+    text = critique(proposal, result, incumbent, verdict.to_dict(), training)  # training: None, or the
+    assert check_critique(text, result, incumbent, verdict.to_dict(), training) == []  # retrain step's output
 """
 
 from __future__ import annotations
@@ -90,14 +91,33 @@ def _noise(verdict: dict) -> str:
             f"cannot be told from noise.")
 
 
+def _across_training_seeds(training: dict) -> str:
+    """What re-training on fresh seeds found: the change by training seed, averaged, and the verdict."""
+    verdict = training["verdict"]
+    if verdict["delta"] is None:
+        return f"No: re-trained with a fresh seed, the candidate failed ({_reason(verdict['reason'])})."
+    low, high = verdict["ci95"]
+    by_seed = ", ".join(f"seed {p['train_seed']} {p['delta']:+.3f}" for p in training["per_seed"])
+    text = (f"Re-trained with fresh training seeds, the incumbent too, the paired accuracy change by training "
+            f"seed was {by_seed}; averaged over them {verdict['delta']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}]). ")
+    if verdict["decision"] == "keep":
+        text += f"Yes: the lower bound {low:+.3f} is above the margin {verdict['margin']:+.3f} across training runs."
+    else:
+        text += (f"No: the lower bound {low:+.3f} does not clear the margin {verdict['margin']:+.3f}; the first "
+                 "training run's gain cannot be told from training noise.")
+    for gone in training.get("left_out", []):
+        text += f" Training seed {gone['train_seed']} is left out: the incumbent failed to train with it."
+    return text
+
+
 def _advice(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -> list[str]:
     edit = proposal.edits[0]
     target = (f"`{edit.knob}`" if isinstance(edit, KnobEdit) else f"the move `{edit.move}`"
               if isinstance(edit, MoveEdit) else f"the edit to `{edit.file}`")
     if result.get("status") != "ok" or verdict.get("delta") is None:
         if "time" in (result.get("reason") or "").lower():
-            return ["The run hit a time limit: fewer training steps (`grpo.max_steps`) or shorter completions "
-                    "would fit the budget."]
+            return ["The run hit its time limit: shorter completions (`grpo.max_completion_length`) or a "
+                    "reward.py that does less per completion would train its budget in time."]
         if isinstance(edit, MoveEdit):
             return [f"The run failed with {target}: read the reason above, then try another move or a knob."]
         return [f"The run failed: read the reason above, then try {target} with a smaller step, or another knob."]
@@ -175,19 +195,25 @@ def _table(result: dict, incumbent: dict, verdict: dict) -> list[str]:
     return lines
 
 
-def critique(proposal: Proposal, result: dict, incumbent: dict, verdict: dict) -> str:
-    """Markdown self-feedback on one round; every number in it comes from the arguments."""
+def critique(proposal: Proposal, result: dict, incumbent: dict, verdict: dict, training: dict | None = None) -> str:
+    """Markdown self-feedback on one round; every number in it comes from the arguments. `verdict` is
+    the comparison on evaluation seeds; `training`, when the round re-trained (the `retrain` step's
+    output), is the one across training seeds, which then has the last word."""
+    final = training["verdict"] if training else verdict
     out = ["**What changed.**", *_changes(proposal, result, incumbent), ""]
     if result.get("status") != "ok" or verdict.get("delta") is None:
         out += [f"**What it did.** Nothing was measured: the run failed ({_reason(result.get('reason'))}). "
                 f"Decision: {verdict['decision']}.", ""]
     else:
         low, high = verdict["ci95"]
-        out += [f"**What it did.** Decision: {verdict['decision']}. Paired accuracy change "
+        out += [f"**What it did.** Decision: {final['decision']}. Paired accuracy change "
                 f"{verdict['delta']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}]) over {verdict['n_examples']} "
-                f"examples x {verdict['n_seeds']} seeds, against a margin of {verdict['margin']:+.3f}.", "",
+                f"examples x {verdict['n_seeds']} seeds{' of the first training run' if training else ''}, "
+                f"against a margin of {verdict['margin']:+.3f}.", "",
                 *_table(result, incumbent, verdict), "", f"**Beyond noise?** {_noise(verdict)}", ""]
-    out += ["**Next.**", *(f"- {line}" for line in _advice(proposal, result, incumbent, verdict))]
+        if training:
+            out += [f"**Across training seeds?** {_across_training_seeds(training)}", ""]
+    out += ["**Next.**", *(f"- {line}" for line in _advice(proposal, result, incumbent, final))]
     return "\n".join(out) + "\n"
 
 
@@ -219,9 +245,9 @@ def _parse(text: str) -> tuple[float, float]:
     return (value / 100, unit / 100) if percent else (value, unit)
 
 
-def _given(result: dict, incumbent: dict, verdict: dict) -> list[float]:
+def _given(result: dict, incumbent: dict, verdict: dict, training: dict | None) -> list[float]:
     """The numbers a critique may state, with the differences and magnitudes it may derive."""
-    given: list[float] = []
+    given: list[float] = _numbers(training)
     for res in (result, incumbent):
         given += _numbers(res.get("metrics", {})) + _numbers(res.get("knobs", {})) + _numbers(res.get("reason"))
         given += [group["count"] for group in res.get("failures", {}).values()]
@@ -237,10 +263,11 @@ def _given(result: dict, incumbent: dict, verdict: dict) -> list[float]:
     return given + [abs(v) for v in given]
 
 
-def check_critique(text: str, result: dict, incumbent: dict, verdict: dict) -> list[str]:
-    """The numbers in `text` (as written) that match no number given in `result`, `incumbent` or
-    `verdict` at the precision they are printed with; an empty list means the text is grounded."""
-    given = _given(result, incumbent, verdict)
+def check_critique(text: str, result: dict, incumbent: dict, verdict: dict, training: dict | None = None) -> list[str]:
+    """The numbers in `text` (as written) that match no number given in `result`, `incumbent`,
+    `verdict` or `training` (the `retrain` step's output, when there is one) at the precision they
+    are printed with; an empty list means the text is grounded."""
+    given = _given(result, incumbent, verdict, training)
     unmatched = []
     for match in NUMBER.finditer(text):
         value, unit = _parse(match.group())

@@ -7,8 +7,10 @@ code, scores with the fixed scorer and alone writes result.json) and, under it, 
 forked process per job runs the scaffold's prompt.py and reward.py). Torch and the rest are
 imported once, not once per round.
 
-Every run has a time limit derived from its scaffold's training budget (`time_limits`), capped by
-`timeout_s`. Whatever happens (a crash, a kill, a hang), this side writes a result: `ok`, or
+Every run has a time limit derived from its scaffold's training budget, a number of completions
+(`time_limits`: a generous allowance per completion), capped by `timeout_s`. It is a safety net,
+not a budget: a run past it fails, it never trains less. Whatever happens (a crash, a kill, a
+hang), this side writes a result: `ok`, or
 `failed` with a precise reason, and it never hangs. If the parent dies, even by kill -9, the
 worker sees its lifeline close and exits, and the sandbox dies with it.
 
@@ -50,7 +52,10 @@ DEFAULTS = {
 }
 # Parts of a run's time limit (seconds), derived from the scaffold's training budget.
 PROMPTS_S = 30.0  # import the scaffold's files and format every question
-TRAIN_MARGIN_S = 60.0  # load the base, set up TRL, save; the budget is checked between steps only
+# A completion cost 0.05-0.14 s of GRPO training at the default knobs (two CPU cores, load 4-6) and
+# 0.081 s with 64-token rollouts at temperature 2 (load 4); the allowance leaves room to spare.
+TRAIN_S_PER_COMPLETION = 0.5
+TRAIN_MARGIN_S = 60.0  # load the base, set up TRL, save
 EVAL_S = 60.0  # load the trained policy
 EVAL_S_PER_SEED = 20.0  # per seed and split scored
 WORKER_GRACE_S = 30.0  # past the run's limit before the trusted worker itself is killed
@@ -58,11 +63,10 @@ WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded 
 log = logging.getLogger(__name__)
 
 
-
-
-def time_limits(budget_s: float, *, seeds: int, heldout: bool, cap: float) -> dict[str, float]:
-    """Seconds allowed to the sandboxed job (with and without training) and to the whole run."""
-    train_s = PROMPTS_S + 1.5 * budget_s + TRAIN_MARGIN_S
+def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float) -> dict[str, float]:
+    """Seconds allowed to the sandboxed job (with and without training on `completions`) and to the
+    whole run."""
+    train_s = PROMPTS_S + TRAIN_S_PER_COMPLETION * completions + TRAIN_MARGIN_S
     total = train_s + EVAL_S + EVAL_S_PER_SEED * seeds * (2 if heldout else 1)
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
@@ -217,8 +221,8 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
         config = load_scaffold(job["scaffold"], job["overrides"], import_code=False)
     except ScaffoldError as err:
         return failed(f"{type(err).__name__}: {err}")
-    budget_s = float(config.surface.get("budget", {}).get("train_seconds", 60))
-    job["limits"] = time_limits(budget_s, seeds=len(job["seeds"]), heldout=heldout, cap=opts["timeout_s"])
+    job["limits"] = time_limits(config.train_completions, seeds=len(job["seeds"]), heldout=heldout,
+                                cap=opts["timeout_s"])
     (out / "job.json").write_text(json.dumps(job, indent=2))
 
     start = time.perf_counter()
@@ -256,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for result.json, samples.jsonl, worker.log")
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULTS["seeds"])
     parser.add_argument("--heldout", action="store_true", help="also score the held-out split")
+    parser.add_argument("--train-seed", type=int, default=DEFAULTS["train_seed"], help="seed of GRPO training")
     parser.add_argument("--base", default=DEFAULTS["base"], help="base policy checkpoint")
     parser.add_argument("--timeout", type=float, default=DEFAULTS["timeout_s"], help="cap on the run's seconds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE", help="knob overrides")
@@ -263,13 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run_scaffold(args.scaffold, args.out, overrides=parse_overrides(args.set), heldout=args.heldout,
-                              seeds=args.seeds, base=args.base, timeout_s=args.timeout,
+                              seeds=args.seeds, train_seed=args.train_seed, base=args.base, timeout_s=args.timeout,
                               sandbox=not args.no_sandbox)
     except SandboxUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result["status"] == "ok":
         low, high = result["metrics"]["accuracy_ci95"]
+        training = result["training"]
+        print(f"training: {training['completions']} completions in {training['steps']} steps"
+              f"{' (cached)' if training['cached'] else ''}")
         print(f"accuracy: {result['metrics']['accuracy']:.4f} [{low:.4f}, {high:.4f}]")
     else:
         print(f"failed: {result['reason']}")

@@ -4,7 +4,7 @@ The only code that imports a scaffold's files. It reads what the trusted side co
 folder and writes data only:
 
     in/request.json    task, knob overrides, the questions to format (no answers), whether to
-                       train, the training budget and seed
+                       train, the training budget (completions) and seed
     in/scaffold/       the scaffold's files
     in/base/           the base policy (only when training)
     in/train.jsonl     the training examples (only when training)
@@ -46,7 +46,7 @@ def run(job_dir: str, *, threads: int) -> int:
             rows = [json.loads(line) for line in (job / "in" / "train.jsonl").read_text().splitlines()]
             tmp = out / ".policy"
             summary = train_grpo(scaffold, base_dir=str(job / "in" / "base"), train_split=rows,
-                                 out_dir=str(tmp), budget_s=request["budget_s"], seed=request["seed"])
+                                 out_dir=str(tmp), completions=request["completions"], seed=request["seed"])
             (tmp / "training.json").write_text(json.dumps(summary))
             os.replace(tmp, out / "policy")
         (out / "prompts.json").write_text(json.dumps(prompts))

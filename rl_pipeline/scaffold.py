@@ -3,8 +3,10 @@
 A scaffold is `scaffold.yaml` (knobs), `surface.yaml` (what may change and every knob's range),
 `prompt.py` (`format_prompt(question) -> str`) and `reward.py` (`rewards(completions, examples,
 scores, weights) -> list[float]`), and optionally `moves.yaml`, its library of code moves: named,
-documented search/replace patches of its editable files that any researcher may propose. Loading
-checks every knob's type and range and every move's shape and targets, imports the two Python
+documented search/replace patches of its editable files that any researcher may propose. The
+surface also fixes the training budget (`budget.train_completions`: GRPO trains on that many
+completions, whatever the knobs). Loading checks every knob's type and range, the budget and every
+move's shape and targets, imports the two Python
 files from their paths (never from `sys.path`), and hashes the whole content, so a result can name
 exactly what it measured.
 
@@ -79,6 +81,11 @@ class Scaffold:
     def training_knobs(self) -> dict[str, Any]:
         """The knobs that change training (GRPO and reward); sampling only changes evaluation."""
         return {k: v for k, v in self.knobs().items() if not k.startswith("sampling.")}
+
+    @property
+    def train_completions(self) -> int:
+        """The training budget: completions GRPO trains on, the same whatever the knobs."""
+        return self.surface["budget"]["train_completions"]
 
 
 def read_yaml_text(text: str) -> Any:
@@ -160,6 +167,20 @@ def _check_config(config: dict, surface: dict) -> None:
         raise ScaffoldError(
             f"knob grpo.per_device_train_batch_size={grpo['per_device_train_batch_size']} must be a multiple "
             f"of grpo.num_generations={grpo['num_generations']}")
+
+
+class _BudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    train_completions: int = Field(gt=0)
+
+
+def _check_budget(surface: dict) -> None:
+    try:
+        _BudgetIn.model_validate(surface.get("budget"))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(['budget', *map(str, e['loc'])])}: {e['msg']}" for e in err.errors())
+        raise ScaffoldError(f"surface.yaml: {problems}; the training budget is "
+                            "`budget: {train_completions: N}`, the completions GRPO trains on") from None
 
 
 class _PatchIn(BaseModel):
@@ -247,6 +268,7 @@ def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
             raise ScaffoldError(f"unknown knob {name!r}; knobs are: {', '.join(sorted(surface.get('knobs', {})))}")
         config[section][key] = value
     _check_config(config, surface)
+    _check_budget(surface)
     scaffold = Scaffold(path=path, config=config, surface=surface, content_hash=content_hash(path),
                         moves=_load_moves(path, surface))
     if import_code:

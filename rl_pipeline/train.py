@@ -2,12 +2,14 @@
 
 The scaffold supplies the hyperparameters (rollouts sample at `grpo.temperature`, TRL's other
 rollout defaults unchanged; the `sampling` knobs are for evaluation only, so changing them never
-retrains), the prompt format and the reward shaping; the fixed scorer supplies correctness. Rollouts go through our fast generation (installed as the policy's
-`generate`, which is what TRL calls). Every run gets the same wall-clock budget: a callback
-stops training when it is spent, whatever `max_steps` says, so a change wins by a better recipe,
-not by more compute. A non-finite loss or reward stops the run with a precise reason.
+retrains), the prompt format and the reward shaping; the fixed scorer supplies correctness.
+Rollouts go through our fast generation (installed as the policy's `generate`, which is what TRL
+calls). Every run gets the same amount of work, whatever the machine or its load: a budget of
+training completions (the scaffold's `budget.train_completions`), from which the number of
+optimizer steps follows, so a change wins by a better recipe, not by more compute. A non-finite
+loss or reward stops the run with a precise reason.
 
-    summary = train_grpo(scaffold, base_dir="runs/models/base", out_dir=..., budget_s=60)
+    summary = train_grpo(scaffold, base_dir="runs/models/base", out_dir=..., completions=768)
 """
 
 from __future__ import annotations
@@ -29,20 +31,11 @@ class TrainingFailed(RuntimeError):
     """Training could not finish: divergence, a broken reward, or the like (message says which)."""
 
 
-class BudgetAndDivergence(TrainerCallback):
-    """Stop at the time budget; fail on a non-finite loss."""
+class Divergence(TrainerCallback):
+    """Fail on a non-finite loss; keep the losses logged."""
 
-    def __init__(self, budget_s: float):
-        self.budget_s = budget_s
-        self.start = time.perf_counter()
-        self.stopped_by_budget = False
+    def __init__(self):
         self.losses: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.start >= self.budget_s:
-            self.stopped_by_budget = True
-            control.should_training_stop = True
-        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -53,19 +46,21 @@ class BudgetAndDivergence(TrainerCallback):
         return control
 
 
-def _time_rollouts(policy) -> list[float]:
-    """Wrap the policy's generate to add up the time TRL spends in rollouts (a one-item list)."""
-    total, inner = [0.0], policy.generate
+def _meter_rollouts(policy) -> dict:
+    """Wrap the policy's generate to add up what TRL's rollouts cost: seconds and completions."""
+    meter, inner = {"seconds": 0.0, "completions": 0}, policy.generate
 
-    def timed_generate(*args, **kwargs):
+    def metered_generate(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return inner(*args, **kwargs)
+            rows = inner(*args, **kwargs)
         finally:
-            total[0] += time.perf_counter() - start
+            meter["seconds"] += time.perf_counter() - start
+        meter["completions"] += len(rows)
+        return rows
 
-    policy.generate = timed_generate
-    return total
+    policy.generate = metered_generate
+    return meter
 
 
 def make_reward_func(scaffold):
@@ -98,14 +93,23 @@ def make_reward_func(scaffold):
     return scaffold_reward
 
 
-def grpo_config(scaffold, output_dir: str, seed: int, device: str | None = None):
-    """TRL's GRPOConfig from the scaffold's knobs; fp32 on `device` (the GPU where there is one,
-    else the CPU), no checkpoints, no reporting."""
+def completions_per_step(config) -> float:
+    """Completions TRL generates per optimizer step under `config` (a GRPOConfig, resolved): one
+    generation batch serves `steps_per_generation` x `num_iterations` micro-batches, and a step
+    takes `gradient_accumulation_steps` of them. With TRL's defaults it is the batch size."""
+    per_micro_batch = config.generation_batch_size / (config.steps_per_generation * config.num_iterations)
+    return per_micro_batch * config.gradient_accumulation_steps
+
+
+def grpo_config(scaffold, output_dir: str, seed: int, completions: int, device: str | None = None):
+    """TRL's GRPOConfig from the scaffold's knobs, with as many optimizer steps as `completions`
+    (the training budget) pays for; fp32 on `device` (the GPU where there is one, else the CPU),
+    no checkpoints, no reporting."""
     from trl import GRPOConfig
 
     grpo = scaffold.config["grpo"]
     device = device or default_device()
-    return GRPOConfig(
+    config = GRPOConfig(
         output_dir=output_dir,
         use_cpu=device == "cpu",
         bf16=False,
@@ -113,7 +117,6 @@ def grpo_config(scaffold, output_dir: str, seed: int, device: str | None = None)
         learning_rate=grpo["learning_rate"],
         beta=grpo["beta"],
         num_generations=grpo["num_generations"],
-        max_steps=grpo["max_steps"],
         per_device_train_batch_size=grpo["per_device_train_batch_size"],
         epsilon=grpo["epsilon"],
         loss_type=grpo["loss_type"],
@@ -125,10 +128,17 @@ def grpo_config(scaffold, output_dir: str, seed: int, device: str | None = None)
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    per_step = completions_per_step(config)
+    config.max_steps = int(completions // per_step)
+    if config.max_steps < 1:
+        raise TrainingFailed(f"the training budget of {completions} completions is less than one optimizer "
+                             f"step ({per_step:g} completions)")
+    return config
 
 
-def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: float, seed: int = 0) -> dict:
-    """Train from `base_dir` on `train_split`; save the policy to `out_dir`; return a summary."""
+def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, completions: int, seed: int = 0) -> dict:
+    """Train from `base_dir` on `train_split` until `completions` rollouts are spent; save the
+    policy to `out_dir`; return a summary (steps and completions trained, losses, rewards, timings)."""
     from trl import GRPOTrainer
 
     torch.manual_seed(seed)
@@ -138,19 +148,19 @@ def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: 
     # The trainer moves the policy to its device; loading it there spares a copy through the CPU.
     policy = load_policy(base_dir, device=device).train()
     use_fast_generate(policy)
-    rollout_seconds = _time_rollouts(policy)
+    rollouts = _meter_rollouts(policy)
 
     dataset = Dataset.from_list([
         {"prompt": scaffold.prompt.format_prompt(row["question"]), "id": row["id"], "task": row["task"],
          "question": row["question"], "answer": row["answer"], "meta": row["meta"]}
         for row in train_split
     ])
-    callback = BudgetAndDivergence(budget_s)
+    callback = Divergence()
     with tempfile.TemporaryDirectory(prefix="grpo-") as tmp:
         trainer = GRPOTrainer(
             model=policy,
             reward_funcs=[make_reward_func(scaffold)],
-            args=grpo_config(scaffold, tmp, seed, device),
+            args=grpo_config(scaffold, tmp, seed, completions, device),
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[callback],
@@ -163,9 +173,9 @@ def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, budget_s: 
     return {
         "device": device,
         "steps": trainer.state.global_step,
-        "stopped_by_budget": callback.stopped_by_budget,
+        "completions": rollouts["completions"],
         "final_loss": callback.losses[-1] if callback.losses else None,
         "mean_reward": [h.get("reward") for h in history],
-        "timings": {"train_total_s": round(train_seconds, 3), "rollout_s": round(rollout_seconds[0], 3),
-                    "training_steps_s": round(train_seconds - rollout_seconds[0], 3)},
+        "timings": {"train_total_s": round(train_seconds, 3), "rollout_s": round(rollouts["seconds"], 3),
+                    "training_steps_s": round(train_seconds - rollouts["seconds"], 3)},
     }

@@ -38,7 +38,7 @@ from rl_pipeline import result as result_schema
 from rl_pipeline.files import replacing_dir
 from rl_pipeline.sandbox import JOB_MOUNT, SANDBOX_UID, sandbox_command
 
-TRAIN_CODE_VERSION = "2"  # 2: weights trained in the sandbox and checked by the trusted side
+TRAIN_CODE_VERSION = "3"  # 2: weights trained in the sandbox, checked here; 3: a budget of completions
 ZYGOTE_START_S = 600.0  # importing torch and friends on a loaded machine
 ZYGOTE_GRACE_S = 30.0  # beyond the job's own limit, before the whole sandbox is killed
 MAX_PROMPTS_BYTES = 64 * 1024 ** 2
@@ -178,8 +178,9 @@ def file_hash(path: Path) -> str:
     return _HASHES[key]
 
 
-def training_key(scaffold, base_dir: Path, train_hash: str, budget_s: float, seed: int) -> str:
-    """Hash of everything that changes the trained policy; sampling knobs are not in it."""
+def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
+    """Hash of everything that changes the trained policy, the training budget included; sampling
+    knobs are not in it."""
     base = json.loads((base_dir / "pretrain.json").read_text()) if (base_dir / "pretrain.json").exists() else {}
     weights = base_dir / "model.safetensors"
     parts = {
@@ -189,7 +190,7 @@ def training_key(scaffold, base_dir: Path, train_hash: str, budget_s: float, see
         "reward.py": (scaffold.path / "reward.py").read_text(),
         "prompt.py": (scaffold.path / "prompt.py").read_text(),
         "train": train_hash,
-        "budget_s": budget_s,
+        "train_completions": scaffold.train_completions,
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -271,7 +272,7 @@ def check_policy(job: Path, base_dir: Path) -> tuple[Path, dict]:
     rewards = raw.get("mean_reward") if isinstance(raw.get("mean_reward"), list) else []
     summary = {
         "steps": _number(raw.get("steps"), int),
-        "stopped_by_budget": raw.get("stopped_by_budget") is True,
+        "completions": _number(raw.get("completions"), int),
         "final_loss": _number(raw.get("final_loss")),
         "mean_reward": [_number(r) for r in rewards[:10000]],
         "timings": {k: _number(timings.get(k)) for k in ("train_total_s", "rollout_s", "training_steps_s")},
@@ -291,13 +292,13 @@ def cache_policy(weights: Path, summary: dict, base_dir: Path, cache_dir: Path) 
 
 
 # ----------------------------------------------------------------------------- one job
-def _sandbox_failure(job_dir: Path, report: dict, limits: dict, timeout_s: float) -> JobFailed:
+def _sandbox_failure(job_dir: Path, report: dict, limits: dict, timeout_s: float, work: str) -> JobFailed:
     log = job_dir / "log.txt"
     tail = log.read_text(errors="replace")[-LOG_TAIL:] if log.is_file() and not log.is_symlink() else ""
     error = job_dir / "out" / "error.json"
     if report["timed_out"]:
-        return JobFailed(f"scaffold code timed out after {timeout_s:.0f}s (this run's limit: training budget "
-                         "plus margin); every process of the sandboxed job was killed", tail)
+        return JobFailed(f"scaffold code timed out after {timeout_s:.0f}s, the safety limit for {work}; the run "
+                         "failed rather than train less, and every process of the sandboxed job was killed", tail)
     if error.is_file() and not error.is_symlink() and error.stat().st_size < 2 ** 20:
         try:
             data = json.loads(error.read_text())
@@ -335,9 +336,8 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     start = time.perf_counter()
     scaffold = load_scaffold(job["scaffold"], job["overrides"], import_code=False)
     splits, hashes, train_jsonl = load_data(scaffold.task, job["data_dir"])
-    budget_s = float(scaffold.surface.get("budget", {}).get("train_seconds", 60))
     base_dir = Path(job["base"])
-    key = training_key(scaffold, base_dir, hashes["train"], budget_s, job["train_seed"])
+    key = training_key(scaffold, base_dir, hashes["train"], job["train_seed"])
     cache_dir = Path(job["cache_dir"]) / key
     train = not cache_dir.is_dir()
     questions = {"eval": list(splits["eval"]["question"])}
@@ -353,8 +353,8 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         (inputs / "train.jsonl").write_text(train_jsonl)
     timeout_s = job["limits"]["train_s" if train else "prompts_s"]
     (inputs / "request.json").write_text(json.dumps({
-        "overrides": job["overrides"], "questions": questions, "train": train, "budget_s": budget_s,
-        "seed": job["train_seed"]}))
+        "overrides": job["overrides"], "questions": questions, "train": train,
+        "completions": scaffold.train_completions, "seed": job["train_seed"]}))
     limits = {"memory_gb": job["memory_gb"], "cpu_s": timeout_s * job["threads"] + 10, "processes": 64}
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -366,7 +366,9 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
             src.seek(max(0, log.stat().st_size - 2 ** 20))
             (Path(job["out"]) / "sandbox.log").write_bytes(src.read())
     if report["exit_code"] != 0 or report["timed_out"]:
-        raise _sandbox_failure(sandbox.job, report, limits, timeout_s)
+        work = (f"training on {scaffold.train_completions} completions and formatting the prompts" if train
+                else "formatting the prompts")
+        raise _sandbox_failure(sandbox.job, report, limits, timeout_s, work)
 
     # What came back, checked before it is used.
     start = time.perf_counter()
@@ -375,7 +377,9 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         weights, summary = check_policy(sandbox.job, base_dir)
         cache_policy(weights, summary, base_dir, cache_dir)
         timings.update({f"train_{k}": v for k, v in summary["timings"].items() if v is not None})
-    training = {"key": key, "cached": not train} | json.loads((cache_dir / "training.json").read_text())
+    training = ({"key": key, "cached": not train, "train_seed": job["train_seed"],
+                 "budget_completions": scaffold.train_completions}
+                | json.loads((cache_dir / "training.json").read_text()))
     sandbox.reset()
     timings["check_s"] = time.perf_counter() - start
 

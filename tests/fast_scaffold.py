@@ -1,5 +1,6 @@
-"""A copy of the arith scaffold cut to one GRPO step and six-token answers, for end-to-end tests:
-each round takes seconds, and what is under test is the loop, not the policy's skill.
+"""A copy of the arith scaffold cut to a budget of 16 completions (two GRPO steps at the default
+batch, one at the largest) and six-token answers, for end-to-end tests: each round takes seconds,
+and what is under test is the loop, not the policy's skill.
 `campaign_root` lays out what such a test starts from: a random-weight tiny base, the fast
 scaffold and a proposals file for the scripted researcher."""
 
@@ -10,7 +11,16 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-KNOBS = {("grpo", "max_steps"): 1, ("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
+KNOBS = {("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
+COMPLETIONS = 16  # one optimizer step at the largest batch the surface allows
+
+
+def with_budget(scaffold: Path, completions: int) -> Path:
+    """Set the training budget in `scaffold`'s surface.yaml (the runner's time limits follow it)."""
+    surface = yaml.safe_load((scaffold / "surface.yaml").read_text())
+    surface["budget"]["train_completions"] = completions
+    (scaffold / "surface.yaml").write_text(yaml.safe_dump(surface))
+    return scaffold
 
 
 def fast_scaffold(dst: Path) -> Path:
@@ -19,7 +29,7 @@ def fast_scaffold(dst: Path) -> Path:
     for (section, key), value in KNOBS.items():
         config[section][key] = value
     (dst / "scaffold.yaml").write_text(yaml.safe_dump(config))
-    return dst
+    return with_budget(dst, COMPLETIONS)
 
 
 def campaign_root(root: Path, proposals: list[dict]) -> tuple[Path, Path, Path]:

@@ -1,8 +1,8 @@
 """Campaigns end to end through the `researcher` CLI: real runner, real git, real MLflow store.
 
-A random-weight tiny base and a scaffold copy cut to one GRPO step keep each round to seconds;
-what is under test is the loop (rejections, decisions, git, memory, tracking, resume), not
-the policy's skill.
+A random-weight tiny base and a scaffold copy cut to a couple of GRPO steps keep each round to
+seconds; what is under test is the loop (rejections, decisions, git, memory, tracking, resume),
+not the policy's skill.
 """
 
 import json
@@ -14,11 +14,13 @@ import time
 
 import git
 import pytest
-from fast_scaffold import campaign_root
+from fast_scaffold import COMPLETIONS, campaign_root
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.journal import STEPS, Journal
+from harness.training_noise import retrain_dir, training_seed_verdict
+from rl_pipeline.result import read_result
 
 
 PROPOSALS = [
@@ -161,6 +163,51 @@ def test_kill_and_resume(setup):
                               "tags.campaign = 'killed'")
     rounds = sorted(int(r.data.tags["round"]) for r in runs if "round" in r.data.tags)
     assert rounds == [0, 1, 2, 3, 4]
+
+
+def test_a_change_to_training_is_retrained_on_a_fresh_seed_before_it_is_kept(setup):
+    """A margin of -0.5 makes every tie a keep (the random-weight policy scores 0 however it is
+    trained), so each change gets as far as a keep: a change to training is re-trained with a fresh
+    training seed, the incumbent too, and the step's verdict is the round's; a sampling change is
+    not re-trained; and the next change to training finds the incumbent's re-training cached."""
+    root, scaffold, _ = setup
+    script = root / "retrain.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in [
+        {"hypothesis": "learn faster", "edits": [{"knob": "grpo.learning_rate", "value": 1e-5}]},
+        {"hypothesis": "sample cooler", "edits": [{"knob": "sampling.temperature", "value": 0.5}]},
+        {"hypothesis": "clip wider", "edits": [{"knob": "grpo.epsilon", "value": 0.3}]}]))
+    args = overrides(root, scaffold, name="retrain", rounds=3, researcher="scripted", margin=-0.5,
+                     retrain_seeds="[1]", **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    camp = root / "runs" / "retrain"
+    journal = Journal(camp)
+    assert [journal.step_output(n, "decide")["decision"] for n in (1, 2, 3)] == ["keep"] * 3
+    assert [journal.is_done(n, "retrain") for n in (1, 2, 3)] == [True, False, True]
+
+    retrained = journal.step_output(1, "retrain")
+    assert [(p["train_seed"], p["delta"]) for p in retrained["per_seed"]] == [(0, 0.0), (1, 0.0)]
+    assert retrained["verdict"]["decision"] == "keep" and retrained["left_out"] == []
+    assert "by training seed: 0 +0.000, 1 +0.000" in retrained["verdict"]["reason"]
+    rounds = camp / "rounds"
+    candidate, incumbent = read_result(retrain_dir(rounds / "001", 1)), read_result(retrain_dir(rounds / "000", 1))
+    for fresh, first in ((candidate, read_result(rounds / "001")), (incumbent, read_result(rounds / "000"))):
+        assert fresh["training"]["train_seed"] == 1 and not fresh["training"]["cached"]  # really trained
+        assert fresh["training"]["key"] != first["training"]["key"] and fresh["training"]["completions"] == COMPLETIONS
+    # Round 3's incumbent is round 2, round 1's training with cooler sampling: its re-training is cached.
+    reused = read_result(retrain_dir(rounds / "002", 1))["training"]
+    assert reused["cached"] and reused["key"] == candidate["training"]["key"]
+    # The step's verdict, from the result files alone, is the round's: verdict, critique, memory, MLflow.
+    again = training_seed_verdict({0: (rounds / "001", rounds / "000"),
+                                   1: (retrain_dir(rounds / "001", 1), retrain_dir(rounds / "000", 1))}, margin=-0.5)
+    assert json.loads(json.dumps(again)) == retrained
+    assert json.loads((rounds / "001" / "verdict.json").read_text()) == retrained["verdict"]
+    critique = (rounds / "001" / "critique.md").read_text()
+    assert "**Across training seeds?** Re-trained with fresh training seeds" in critique
+    assert "seed 0 +0.000, seed 1 +0.000" in (camp / "memory.md").read_text()
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    run = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                             "tags.campaign = 'retrain' and tags.round = '1'")[0]
+    assert run.data.metrics["delta_by_train_seed/1"] == 0.0 and "training seed" in run.data.tags["reason"]
 
 
 def test_second_process_is_refused(setup, tmp_path):

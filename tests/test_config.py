@@ -122,8 +122,8 @@ def one_line_error(capsys) -> str:
 def test_defaults_come_from_the_schema(tmp_path):
     config = compose_config(["name=demo", f"runs_dir={tmp_path}"])
     schema = Campaign().model_dump()
-    for key in ("rounds", "seed", "baseline_seeds", "eval_seeds", "reeval_seeds", "margin", "memory_budget_tokens",
-                "runner", "tracking", "live"):
+    for key in ("rounds", "seed", "baseline_seeds", "eval_seeds", "reeval_seeds", "retrain_seeds", "margin",
+                "memory_budget_tokens", "runner", "tracking", "live"):
         assert config[key] == schema[key], key
     assert config["researcher"] == LocalOptions().model_dump() == {
         "name": "local", "temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768,
@@ -146,8 +146,8 @@ def test_every_researcher_has_a_schema_and_a_backend():
                                   "temperature, learning_rate, grid_points, context_tokens, reward_scale, "
                                   "credit_weight"),
     (["rounds_=5"], "rounds_: unknown key; valid keys of the campaign: name, rounds, scaffold, runs_dir, seed, "
-                    "base_model, baseline_seeds, eval_seeds, reeval_seeds, margin, memory_budget_tokens, runner, "
-                    "tracking, live, researcher, approvals"),
+                    "base_model, baseline_seeds, eval_seeds, reeval_seeds, retrain_seeds, margin, "
+                    "memory_budget_tokens, runner, tracking, live, researcher, approvals"),
     (["runner.memory=8"], "runner.memory: unknown key; valid keys of runner: timeout_s, memory_gb"),
     (["researcher=random", "researcher.temperature=1"],
      "researcher.temperature: unknown key; valid keys of researcher (random): name"),
@@ -167,6 +167,9 @@ def test_every_researcher_has_a_schema_and_a_backend():
     (["approvals.when=[always]"], "approvals.when.0 must be one of 'keep', 'code' or 'every_n', got 'always'"),
     (["researcher.credit_weight=-1"], "researcher.credit_weight must be >= 0"),
     (["name=a/b"], "campaign name 'a/b': use letters, digits"),
+    (["retrain_seeds=[0,1]"], "retrain_seeds must be distinct training seeds other than 0, which trains every "
+                              "candidate already, got [0, 1] (from retrain_seeds=[0,1])"),
+    (["retrain_seeds=[2,2]"], "retrain_seeds must be distinct training seeds other than 0"),
 ])
 def test_bad_overrides_are_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -153,3 +153,40 @@ def test_a_move_is_named_in_the_critique():
     broken = FAILED | {"reason": "reward.py: rewards() raised TypeError: bad operand"}
     text = critique(proposal, broken, result(0.4), FAILED_VERDICT)
     assert "The run failed with the move `reward_partial_credit`: read the reason above" in text
+
+
+def retrained(decision, per_seed, delta, low, high, left_out=()):
+    """The `retrain` step's output: the change by training seed and the verdict on their average."""
+    return {"verdict": verdict(decision, delta, low, high) | {"n_seeds": 6},
+            "per_seed": [{"train_seed": s, "delta": d, "ci95": [d - 0.03, d + 0.03], "n_seeds": 2}
+                         for s, d in per_seed],
+            "left_out": [{"train_seed": s, "reason": "timed out"} for s in left_out]}
+
+
+def test_a_gain_that_did_not_hold_across_training_seeds_is_said_so():
+    incumbent = result(0.4)
+    candidate = result(0.44, knobs=KNOBS | {"grpo.learning_rate": 1e-5})
+    first = verdict("keep", 0.04, 0.012, 0.068)
+    training = retrained("revert", [(0, 0.04), (1, -0.005), (2, 0.002)], 0.0123, -0.008, 0.033, left_out=[3])
+    text = critique(knob_proposal("grpo.learning_rate", 1e-5), candidate, incumbent, first, training)
+    assert "**What it did.** Decision: revert. Paired accuracy change +0.040" in text
+    assert "x 2 seeds of the first training run" in text and "Beyond noise?** Yes" in text
+    assert ("the paired accuracy change by training seed was seed 0 +0.040, seed 1 -0.005, seed 2 +0.002; "
+            "averaged over them +0.012 (95% CI [-0.008, +0.033]). No: the lower bound -0.008 does not clear "
+            "the margin +0.000") in text
+    assert "Training seed 3 is left out: the incumbent failed to train with it." in text
+    assert "Promising but within noise" in text  # the advice follows the verdict across training seeds
+    assert check_critique(text, candidate, incumbent, first, training) == []
+    assert check_critique(text, candidate, incumbent, first) != []  # those numbers come from the re-training
+
+
+def test_a_candidate_that_failed_a_fresh_training_seed():
+    incumbent, candidate = result(0.4), result(0.45, knobs=KNOBS | {"grpo.learning_rate": 1e-5})
+    first = verdict("keep", 0.05, 0.02, 0.08)
+    training = {"verdict": FAILED_VERDICT | {"reason": "revert: the candidate failed with training seed 2 "
+                                                       "(training diverged: loss=nan at step 17)."},
+                "per_seed": [], "left_out": []}
+    text = critique(knob_proposal("grpo.learning_rate", 1e-5), candidate, incumbent, first, training)
+    assert "Decision: revert" in text and "re-trained with a fresh seed, the candidate failed (revert: the " \
+        "candidate failed with training seed 2 (training diverged: loss=nan at step 17).)" in text
+    assert check_critique(text, candidate, incumbent, first, training) == []

@@ -118,6 +118,7 @@ def test_render_returns_new_texts_and_writes_nothing(scaffold):
     ({"knob": "grpo.loss_type", "value": "ppo"}, "edit 1: knob grpo.loss_type: 'ppo' is not one of"),
     ({"knob": "sampling.top_k", "value": "many"}, "edit 1: knob sampling.top_k: expected an integer"),
     ({"knob": "sampling.warmth", "value": 1.0}, "edit 1: unknown knob 'sampling.warmth'"),
+    ({"knob": "grpo.max_steps", "value": 20}, "edit 1: unknown knob 'grpo.max_steps'"),  # the budget sets the steps
     ({"file": "README.md", "search": "a", "replace": "b"}, "edit 1: file 'README.md' is not in the surface"),
     ({"file": "scaffold.yaml", "search": "task", "replace": "b"}, "file 'scaffold.yaml' is not in the surface"),
     ({"file": "surface.yaml", "search": "max: 2.0", "replace": "max: 9.0"}, "surface.yaml defines what may be edited"),

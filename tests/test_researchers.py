@@ -61,7 +61,7 @@ def scripted(tmp_path, lines):
 
 def test_scripted_replays_lines_by_round_and_skips_blank_lines(tmp_path, scaffold):
     first = {"hypothesis": "cooler", "edits": [{"knob": "sampling.temperature", "value": 0.7}]}
-    second = {"hypothesis": "more steps", "edits": [{"knob": "grpo.max_steps", "value": 30}]}
+    second = {"hypothesis": "larger batches", "edits": [{"knob": "grpo.per_device_train_batch_size", "value": 16}]}
     researcher = scripted(tmp_path, [json.dumps(first), "", "   ", json.dumps(second)])
     assert researcher.propose(evidence(2), "", scaffold).to_dict() == second
     assert researcher.propose(evidence(1), "", scaffold).to_dict() == first  # stateless: any order

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import git
 import pytest
+import yaml
 from fast_scaffold import campaign_root
 from mlflow.tracking import MlflowClient
 
@@ -66,9 +67,22 @@ def old_code(tmp_path_factory):
     return tree
 
 
+def runnable_by_both(scaffold: Path) -> Path:
+    """The fast scaffold with the knob the old code trains by, `grpo.max_steps` (1 step); today's
+    code trains on the scaffold's budget of completions and never reads the knob."""
+    config = yaml.safe_load((scaffold / "scaffold.yaml").read_text())
+    config["grpo"]["max_steps"] = 1
+    (scaffold / "scaffold.yaml").write_text(yaml.safe_dump(config))
+    surface = yaml.safe_load((scaffold / "surface.yaml").read_text())
+    surface["knobs"]["grpo.max_steps"] = {"type": "int", "min": 1, "max": 40}
+    (scaffold / "surface.yaml").write_text(yaml.safe_dump(surface))
+    return scaffold
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    return campaign_root(tmp_path_factory.mktemp("old-journal"), PROPOSALS)
+    root, scaffold, script = campaign_root(tmp_path_factory.mktemp("old-journal"), PROPOSALS)
+    return root, runnable_by_both(scaffold), script
 
 
 @pytest.mark.slow
@@ -109,8 +123,11 @@ def test_a_round_killed_under_version_1_resumes(old_code, setup, point, monkeypa
     assert main(["resume", name, f"runs_dir={runs}"]) == 0
 
     # Round 1 went on from where it was killed: nothing evaluated or scored again; it learned
-    # only if the old code had not. Round 2 ran whole under today's steps.
-    assert evaluated == ["rounds/002", "rounds/002/heldout"]
+    # only if the old code had not. Round 2 ran whole under today's steps: its candidate is trained
+    # by today's code, its incumbent was by the old code, so its keep is checked on fresh training
+    # seeds, both trained by today's code.
+    retrained = [f"rounds/{n:03d}/retrain/seed-{seed}" for seed in (1, 2) for n in (2, 1)]
+    assert evaluated == ["rounds/002", *retrained, "rounds/002/heldout"]
     assert learned == ([] if point == "learned" else [(PROPOSALS[0]["hypothesis"], "keep")]) + \
         [(PROPOSALS[1]["hypothesis"], "keep")]
     journal = json.loads((camp / "journal.json").read_text())
@@ -121,8 +138,8 @@ def test_a_round_killed_under_version_1_resumes(old_code, setup, point, monkeypa
     assert round1["decide"]["output"]["commits"]["candidate"] == candidate
     assert {"learn", "record"} <= set(round1)
     assert set(journal["rounds"]["2"]["steps"]) == {"analyze", "propose", "gate_proposal", "apply", "evaluate",
-                                                     "compare", "critique", "gate_keep", "decide", "heldout",
-                                                     "learn", "record"}
+                                                     "compare", "retrain", "critique", "gate_keep", "decide",
+                                                     "heldout", "learn", "record"}
     history = journal["state"]["history"]
     assert [(h["round"], h["decision"]) for h in history] == [(0, "baseline"), (1, "keep"), (2, "keep")]
     assert history[1]["heldout_accuracy"] == heldout

@@ -1,11 +1,13 @@
 """A round killed at every step resumes to the same end, doing each step's work once.
 
 The runner is replaced by a fake that writes a synthetic `result.json` in a blink (scores set by
-the scaffold's temperature knob), so a round can be run, killed and resumed many times: real git,
-journal, memory and researcher, no training. The one round is a keep that needs re-evaluation
-first, so it goes through every step of `STEPS`; with a gate that rejects, it is a revert.
+the scaffold's temperature knob and the training seed), so a round can be run, killed and resumed
+many times: real git, journal, memory and researcher, no training. The one round is a keep of a
+change to training that needs re-evaluation first and then holds on a fresh training seed, so it
+goes through every step of `STEPS`; with a gate that rejects, it is a revert.
 """
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -25,40 +27,47 @@ from harness.workspace import Workspace
 from rl_pipeline.result import SCHEMA_VERSION, scaffold_commit
 
 N = 200
-PROPOSAL = {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]}
+PROPOSAL = {"hypothesis": "lower temperature, faster learning", "edits": [
+    {"knob": "sampling.temperature", "value": 0.3}, {"knob": "grpo.learning_rate", "value": 1e-5}]}
 
 
 class Killed(BaseException):
     """Stands for a kill -9: nothing in the campaign catches it."""
 
 
-def scores(temperature: float, seed: int) -> np.ndarray:
+def scores(temperature: float, seed: int, train_seed: int) -> np.ndarray:
     """Half the examples right, a few flipping with the seed; at temperature 0.3 a small gain that
-    one seed cannot tell from noise (a re-evaluation) and two seeds can (a keep)."""
+    one seed cannot tell from noise (a re-evaluation) and two seeds can (a keep), larger when
+    trained with a fresh seed (so it holds across training seeds)."""
     column = np.zeros(N, dtype=int)
     column[:100] = 1
     if seed % 2:
         column[96:100], column[100:104] = 0, 1
     if temperature < 1.0:
-        column[110:116 + 10 * seed], column[0:2] = 1, 0
+        column[110:116 + 10 * (seed + train_seed)], column[0:2] = 1, 0
     return column
 
 
-def split(temperature: float, seeds: list[int]) -> dict:
-    matrix = np.stack([scores(temperature, s) for s in seeds], axis=1)
+def split(temperature: float, seeds: list[int], train_seed: int = 0) -> dict:
+    matrix = np.stack([scores(temperature, s, train_seed) for s in seeds], axis=1)
     return {"metrics": {"accuracy": float(matrix.mean()), "accuracy_ci95": [0.0, 1.0]},
             "per_example": {f"ex{i:03d}": [int(v) for v in row] for i, row in enumerate(matrix)}}
 
 
 DATA_HASHES = {"train": "t" * 16, "eval": "e" * 16, "heldout": "h" * 16}
+# The candidate re-trained with the fresh seed, then the incumbent (the baseline) with the same seed.
+RETRAINED = ["rounds/001/retrain/seed-1", "rounds/000/retrain/seed-1"]
 
 
-def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, **options) -> dict:
-    temperature = yaml.safe_load((Path(scaffold_dir) / "scaffold.yaml").read_text())["sampling"]["temperature"]
+def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, train_seed, **options) -> dict:
+    config = yaml.safe_load((Path(scaffold_dir) / "scaffold.yaml").read_text())
+    temperature = config["sampling"]["temperature"]
+    trained = json.dumps([config["grpo"], config["reward"], train_seed], sort_keys=True)  # what the cache key hashes
     result = {"schema_version": SCHEMA_VERSION, "status": "ok", "seeds": list(seeds),
               "scaffold": {"path": str(scaffold_dir), "commit": scaffold_commit(scaffold_dir)},
               "data_hashes": DATA_HASHES,  # the runner's fields the campaign's integrity check reads
-              "knobs": {"sampling.temperature": temperature}, "failures": {}} | split(temperature, seeds)
+              "training": {"key": hashlib.sha256(trained.encode()).hexdigest()[:24], "train_seed": train_seed},
+              "knobs": {"sampling.temperature": temperature}, "failures": {}} | split(temperature, seeds, train_seed)
     if heldout:
         result["heldout"] = split(temperature, seeds) | {"seeds": list(seeds)}
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -74,7 +83,8 @@ def new_campaign(tmp_path, name, *overrides) -> tuple[dict, Path]:
         fast_scaffold(scaffold)
     config = compose_config([f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"scaffold={scaffold}",
                              "rounds=1", "researcher=scripted", f"researcher.file={script}", "baseline_seeds=[0,1]",
-                             "eval_seeds=[0]", "reeval_seeds=[1]", "live=false", "tracking.enabled=false", *overrides])
+                             "eval_seeds=[0]", "reeval_seeds=[1]", "retrain_seeds=[1]", "live=false",
+                             "tracking.enabled=false", *overrides])
     return config, create_campaign(config)
 
 
@@ -85,7 +95,7 @@ def outcome(path: Path) -> dict:
     return {"history": journal.get("history"), "incumbent_round": journal.get("incumbent")["round"],
             "steps": [s for s in STEPS if journal.is_done(1, s)],
             "decide": journal.step_output(1, "decide")["decision"],
-            "verdict": journal.step_output(1, "reeval")["verdict"],
+            "verdict": journal.step_output(1, "reeval")["verdict"], "retrain": journal.step_output(1, "retrain"),
             "last_round": journal.step_output(1, "record")["last_round"], "memory": memory,
             "result": {k: v for k, v in json.loads((path / "rounds" / "001" / "result.json").read_text()).items()
                        if k != "scaffold"}}  # its folder and commit id differ from campaign to campaign
@@ -130,11 +140,13 @@ def test_an_uninterrupted_round_goes_through_every_step(reference):
     assert status == "finished"
     assert end["steps"] == list(STEPS)
     assert Journal(path).step_output(1, "compare")["verdict"]["decision"] == "reeval"
-    assert end["decide"] == end["verdict"]["decision"] == "keep" and end["incumbent_round"] == 1
+    assert end["decide"] == end["verdict"]["decision"] == end["retrain"]["verdict"]["decision"] == "keep"
+    assert end["incumbent_round"] == 1
+    assert [p["train_seed"] for p in end["retrain"]["per_seed"]] == [0, 1]
     assert end["result"]["seeds"] == [0, 1]  # the re-evaluation's seed merged into the candidate's result
     assert end["history"][1]["heldout_accuracy"] == split(0.3, [0])["metrics"]["accuracy"]
     # (the baseline was evaluated on the re-evaluation's seed already: no `rounds/000/seeds-1`)
-    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval", "rounds/001/heldout"],
+    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval", *RETRAINED, "rounds/001/heldout"],
                        "kept": [1], "reverted": [], "learned": ["keep"]}
 
 
@@ -160,7 +172,7 @@ def test_a_kill_after_any_step_resumes_without_redoing_it(tmp_path, reference, e
     assert effects == reference_effects  # every evaluation, git change and update happened once
 
 
-@pytest.mark.parametrize("step", ["reeval", "decide", "heldout", "learn", "record"])
+@pytest.mark.parametrize("step", ["reeval", "retrain", "decide", "heldout", "learn", "record"])
 def test_a_kill_inside_a_step_redoes_only_that_step(tmp_path, reference, effects, monkeypatch, step):
     """Killed after its work and before its record: the step runs again, to the same end."""
     config, path = new_campaign(tmp_path, "killed")
@@ -180,12 +192,14 @@ def test_a_kill_inside_a_step_redoes_only_that_step(tmp_path, reference, effects
     assert outcome(path) == reference[2]
 
 
-@pytest.mark.parametrize("approvals, steps, reason", [
-    ("keep", ["analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "reeval", "critique",
-              "gate_keep", "decide", "learn", "record"], "keep rejected by timeout: no answer within"),
-    ("every_n", ["analyze", "propose", "gate_proposal", "decide", "learn", "record"], "proposal rejected by timeout"),
+@pytest.mark.parametrize("approvals, steps, evaluated, reason", [
+    ("keep", ["analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "reeval", "retrain", "critique",
+              "gate_keep", "decide", "learn", "record"], ["rounds/000", "rounds/001", "rounds/001/reeval", *RETRAINED],
+     "keep rejected by timeout: no answer within"),
+    ("every_n", ["analyze", "propose", "gate_proposal", "decide", "learn", "record"], ["rounds/000"],
+     "proposal rejected by timeout"),
 ])
-def test_a_rejection_at_a_gate_is_a_revert(tmp_path, effects, approvals, steps, reason):
+def test_a_rejection_at_a_gate_is_a_revert(tmp_path, effects, approvals, steps, evaluated, reason):
     """Nobody answers the approval in time and the policy's default, reject, applies."""
     config, path = new_campaign(tmp_path, approvals, f"approvals={approvals}", "approvals.n=1",
                                 "approvals.timeout_s=0.01")
@@ -195,6 +209,5 @@ def test_a_rejection_at_a_gate_is_a_revert(tmp_path, effects, approvals, steps, 
     assert [s for s in STEPS if journal.is_done(1, s)] == steps
     assert decided["decision"] == "revert" and decided["reason"].startswith(reason)
     assert journal.get("incumbent")["round"] == 0 and journal.get("history")[1]["heldout_accuracy"] is None
-    evaluated = steps.count("evaluate")  # a rejected proposal is never applied, so there is nothing to revert
-    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval"][:1 + 2 * evaluated],
-                       "kept": [], "reverted": [1] * evaluated, "learned": ["revert"]}
+    applied = steps.count("apply")  # a rejected proposal is never applied, so there is nothing to revert
+    assert effects == {"evaluated": evaluated, "kept": [], "reverted": [1] * applied, "learned": ["revert"]}

@@ -1,7 +1,8 @@
 """The runner end to end: the real warm worker and sandbox, real GRPO steps, real results.
 
 A tiny random-weight base policy stands in for the pretrained one (the runner's behaviour, not
-the policy's skill, is under test); training is cut to one step to keep the suite fast.
+the policy's skill, is under test); training is cut to a budget of 16 completions (two steps at
+the default batch) to keep the suite fast.
 """
 
 import json
@@ -11,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from fast_scaffold import COMPLETIONS, with_budget
 
 from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.run import run_scaffold
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
-FAST = {"grpo.max_steps": 1, "sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
+FAST = {"sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def env(tmp_path_factory):
 def scaffold_with(tmp_path, reward_body: str | None = None) -> Path:
     dst = tmp_path / "scaffold"
     shutil.copytree(ARITH, dst)
+    with_budget(dst, COMPLETIONS)
     if reward_body is not None:
         (dst / "reward.py").write_text(reward_body)
     return dst
@@ -41,7 +44,9 @@ def test_ok_result_and_training_cache(tmp_path, env):
     first = run_scaffold(scaffold, tmp_path / "a", overrides=FAST, **env)
     assert first["status"] == "ok", first.get("reason")
     assert first["schema_version"] == 1 and not first["training"]["cached"]
-    assert first["training"]["steps"] == 1
+    training = first["training"]
+    assert (training["steps"], training["completions"], training["budget_completions"], training["train_seed"]) \
+        == (2, 16, 16, 0)
     assert len(first["per_example"]) == first["num_examples"] == 200
     assert all(len(v) == 1 for v in first["per_example"].values())
     m = first["metrics"]
@@ -56,6 +61,28 @@ def test_ok_result_and_training_cache(tmp_path, env):
     assert second["training"]["key"] == first["training"]["key"]
     third = run_scaffold(scaffold, tmp_path / "c", overrides=FAST | {"grpo.learning_rate": 1e-5}, **env)
     assert third["status"] == "ok" and not third["training"]["cached"]
+
+    # The budget is work, not time: twice the completions is twice the steps at the same batch, and
+    # a batch twice as large spends the same budget in half the steps. It is in the cache key too.
+    with_budget(scaffold, 2 * COMPLETIONS)
+    fourth = run_scaffold(scaffold, tmp_path / "d", overrides=FAST, **env)
+    assert fourth["status"] == "ok" and not fourth["training"]["cached"]
+    assert (fourth["training"]["steps"], fourth["training"]["completions"]) == (4, 32)
+    fifth = run_scaffold(scaffold, tmp_path / "e", overrides=FAST | {"grpo.per_device_train_batch_size": 16}, **env)
+    assert (fifth["training"]["steps"], fifth["training"]["completions"]) == (2, 32)
+
+
+def test_a_fresh_training_seed_retrains_and_is_reported(tmp_path, env):
+    scaffold = scaffold_with(tmp_path)
+    first = run_scaffold(scaffold, tmp_path / "a", overrides=FAST, **env)
+    again = run_scaffold(scaffold, tmp_path / "b", overrides=FAST, **env | {"train_seed": 1})
+    assert again["status"] == "ok" and not again["training"]["cached"] and again["training"]["train_seed"] == 1
+    assert again["training"]["key"] != first["training"]["key"]
+
+
+def test_max_steps_is_no_longer_a_knob(tmp_path, env):
+    result = run_scaffold(scaffold_with(tmp_path), tmp_path / "out", overrides={"grpo.max_steps": 20}, **env)
+    assert result["status"] == "failed" and "unknown knob 'grpo.max_steps'" in result["reason"]
 
 
 BROKEN_REWARDS = {

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fast_scaffold import COMPLETIONS, with_budget
 
 from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.result import integrity_problem
@@ -29,7 +30,7 @@ from rl_pipeline.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 ARITH = REPO / "scaffolds" / "arith"
-FAST = {"grpo.max_steps": 1, "sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
+FAST = {"sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
 FORMAT = "\ndef format_prompt(question):\n    return f'Q: {question}\\nA: '\n"
 
 
@@ -48,6 +49,7 @@ def env(tmp_path_factory):
 def scaffold(tmp_path: Path, prompt: str | None = None, reward: str | None = None) -> Path:
     dst = tmp_path / "scaffold"
     shutil.copytree(ARITH, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    with_budget(dst, COMPLETIONS)
     if prompt is not None:
         (dst / "prompt.py").write_text(textwrap.dedent(prompt) + FORMAT)
     if reward is not None:
@@ -256,21 +258,21 @@ def test_integrity_problem():
 
 
 def test_time_limit_comes_from_the_training_budget():
-    limits = time_limits(60, seeds=3, heldout=False, cap=900)
-    assert limits["train_s"] < 200 and limits["total_s"] < 900 and limits["prompts_s"] <= 30
-    assert time_limits(60, seeds=3, heldout=True, cap=45)["total_s"] == 45
+    limits = time_limits(768, seeds=3, heldout=False, cap=900)
+    assert 400 < limits["train_s"] < 500 and limits["total_s"] < 900 and limits["prompts_s"] <= 30
+    assert time_limits(8, seeds=3, heldout=False, cap=900)["train_s"] < 100  # proportional to the work
+    assert time_limits(768, seeds=3, heldout=True, cap=45)["total_s"] == 45
 
 
 @pytest.mark.slow
 def test_hanging_reward_fails_within_the_budget_derived_limit(tmp_path, env):
     dst = scaffold(tmp_path, reward="import time\ndef rewards(c, e, s, w):\n    time.sleep(3600)\n")
-    surface = (dst / "surface.yaml").read_text().replace("train_seconds: 60", "train_seconds: 2")
-    (dst / "surface.yaml").write_text(surface)
-    limit = time_limits(2, seeds=1, heldout=False, cap=900)["train_s"]
+    limit = time_limits(COMPLETIONS, seeds=1, heldout=False, cap=900)["train_s"]
     start = time.monotonic()
     result = run_scaffold(dst, tmp_path / "out", overrides=FAST, **env | {"timeout_s": 900.0})
     assert time.monotonic() - start < limit + 30
-    assert result["status"] == "failed" and f"timed out after {limit:.0f}s" in result["reason"]
+    assert result["status"] == "failed" and f"timed out after {limit:.0f}s, the safety limit for training on " \
+        f"{COMPLETIONS} completions" in result["reason"]
 
 
 @pytest.mark.slow

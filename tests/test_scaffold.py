@@ -25,6 +25,7 @@ def test_default_scaffold_loads_with_library_defaults():
     assert scaffold.prompt.format_prompt("1 + 2") == "Q: 1 + 2\nA: "
     assert set(scaffold.surface["knobs"]) == set(scaffold.knobs())
     assert "sampling.temperature" not in scaffold.training_knobs()
+    assert scaffold.train_completions == 768
 
 
 @pytest.mark.parametrize("override, message", [
@@ -33,6 +34,7 @@ def test_default_scaffold_loads_with_library_defaults():
     ({"grpo.loss_type": "ppo"}, "is not one of"),
     ({"grpo.learning_rate": "fast"}, "expected a number"),
     ({"sampling.nonsense": 1}, "unknown knob"),
+    ({"grpo.max_steps": 20}, "unknown knob 'grpo.max_steps'"),  # the budget sets the steps now
     ({"grpo.num_generations": 4, "grpo.per_device_train_batch_size": 8}, None),
 ])
 def test_overrides_are_checked(override, message):
@@ -48,6 +50,20 @@ def test_batch_must_hold_whole_groups(scaffold_copy):
     surface.write_text(surface.read_text().replace("choices: [8, 16]", "choices: [8, 12, 16]"))
     with pytest.raises(ScaffoldError, match="multiple of grpo.num_generations=8"):
         load_scaffold(scaffold_copy, {"grpo.per_device_train_batch_size": 12})
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("train_seconds: 60", r"budget.train_completions: Field required; budget.train_seconds: Extra inputs are "
+                          r"not permitted; the training budget is `budget: \{train_completions: N\}`"),
+    ("train_completions: 0", "budget.train_completions: Input should be greater than 0"),
+    ("train_completions: 7.5", "budget.train_completions: Input should be a valid integer"),
+    ("{}", "budget.train_completions: Field required"),
+])
+def test_the_training_budget_is_a_number_of_completions(scaffold_copy, budget, message):
+    surface = scaffold_copy / "surface.yaml"
+    surface.write_text(surface.read_text().replace("train_completions: 768", budget))
+    with pytest.raises(ScaffoldError, match=message):
+        load_scaffold(scaffold_copy)
 
 
 def test_missing_file_and_syntax_error(scaffold_copy):

@@ -1,30 +1,25 @@
-"""GRPO training guards: the time budget, divergence detection, and the reward bridge to TRL."""
+"""GRPO training guards: the budget of completions, divergence detection, and the reward bridge to TRL."""
 
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from rl_pipeline.scaffold import load_scaffold
-from rl_pipeline.train import BudgetAndDivergence, TrainingFailed, grpo_config, make_reward_func
+from rl_pipeline.train import Divergence, TrainingFailed, completions_per_step, grpo_config, make_reward_func
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 COLUMNS = {"id": ["a", "b"], "task": ["arith", "arith"], "question": ["2 + 3", "4 * 5"],
            "answer": ["5", "20"], "meta": [{}, {}]}
 
 
-def test_budget_stops_training_and_nan_loss_fails():
-    callback = BudgetAndDivergence(budget_s=0.05)
+def test_nan_loss_fails():
+    callback = Divergence()
     control = SimpleNamespace(should_training_stop=False)
     state = SimpleNamespace(global_step=3)
-    callback.on_step_end(None, state, control)
-    assert not control.should_training_stop
-    time.sleep(0.06)
-    callback.on_step_end(None, state, control)
-    assert control.should_training_stop and callback.stopped_by_budget
     callback.on_log(None, state, control, logs={"loss": 0.5})
+    assert callback.losses == [0.5]
     with pytest.raises(TrainingFailed, match="diverged: loss=nan at step 3"):
         callback.on_log(None, state, control, logs={"loss": float("nan")})
 
@@ -45,10 +40,31 @@ def test_reward_that_returns_the_wrong_type(tmp_path):
 
 def test_grpo_config_follows_the_knobs():
     scaffold = load_scaffold(ARITH, {"grpo.learning_rate": 3e-5, "grpo.beta": 0.04, "grpo.temperature": 0.7})
-    config = grpo_config(scaffold, "/tmp/unused", seed=1)
+    config = grpo_config(scaffold, "/tmp/unused", seed=1, completions=768)
     assert (config.learning_rate, config.beta, config.temperature) == (3e-5, 0.04, 0.7)
-    assert not config.bf16 and config.loss_type == "dapo" and config.max_steps == 20
+    assert not config.bf16 and config.loss_type == "dapo"
 
+
+@pytest.mark.parametrize("batch, generations, completions, steps", [
+    (8, 8, 768, 96), (16, 8, 768, 48), (8, 2, 768, 96), (16, 4, 100, 6)])
+def test_the_budget_of_completions_sets_the_steps(batch, generations, completions, steps):
+    """Whatever the batch and the group size, the steps spend the budget and never more."""
+    scaffold = load_scaffold(ARITH, {"grpo.per_device_train_batch_size": batch, "grpo.num_generations": generations})
+    config = grpo_config(scaffold, "/tmp/unused", seed=0, completions=completions)
+    assert config.max_steps == steps and completions_per_step(config) == batch
+    with pytest.raises(TrainingFailed, match="budget of 4 completions is less than one optimizer step"):
+        grpo_config(scaffold, "/tmp/unused", seed=0, completions=4)
+
+
+def test_completions_per_step_follows_trl_semantics():
+    """One generation batch serves steps_per_generation x num_iterations micro-batches; an
+    optimizer step takes gradient_accumulation_steps of them."""
+    from trl import GRPOConfig
+
+    common = {"output_dir": "/tmp/unused", "use_cpu": True, "per_device_train_batch_size": 8, "num_generations": 8}
+    assert completions_per_step(GRPOConfig(**common, gradient_accumulation_steps=2)) == 16
+    assert completions_per_step(GRPOConfig(**common, gradient_accumulation_steps=2, num_iterations=2)) == 8
+    assert completions_per_step(GRPOConfig(**common, generation_batch_size=32)) == 8
 
 def test_training_runs_on_the_gpu_where_there_is_one(monkeypatch, tmp_path):
     """The device follows `torch.cuda.is_available`; without a GPU, TRL is kept on the CPU, and
@@ -67,9 +83,9 @@ def test_training_runs_on_the_gpu_where_there_is_one(monkeypatch, tmp_path):
     assert model.presets.default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert model.presets.default_device() == "cpu"
-    assert grpo_config(load_scaffold(ARITH), "/tmp/unused", seed=0).use_cpu
+    assert grpo_config(load_scaffold(ARITH), "/tmp/unused", seed=0, completions=768).use_cpu
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_grpo_config_on_the_gpu():
-    assert not grpo_config(load_scaffold(ARITH), "/tmp/unused", seed=0).use_cpu
+    assert not grpo_config(load_scaffold(ARITH), "/tmp/unused", seed=0, completions=768).use_cpu

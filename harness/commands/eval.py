@@ -42,7 +42,8 @@ def show_result(result: dict) -> None:
     for name in ("format_valid_rate", "mean_completion_tokens", "truncation_rate", "repetition_rate"):
         table.add_row(name.replace("_", " "), f"{m[name]:.3f}")
     training = result["training"]
-    table.add_row("training", f"{'cached' if training['cached'] else 'trained'}: {training['steps']} steps")
+    table.add_row("training", f"{'cached' if training['cached'] else 'trained'}: {training['completions']} "
+                              f"completions in {training['steps']} steps")
     table.add_row("time", f"{result['timings'].get('total_s', 0):.1f}s")
     console.print(table)
 
