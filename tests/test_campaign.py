@@ -224,7 +224,7 @@ def test_local_researcher_campaign(setup):
     assert [h["round"] for h in history] == [0, 1, 2]
     for n in (1, 2):  # grammar-constrained: every proposal passed validation and was evaluated
         proposal = json.loads((camp / "rounds" / f"{n:03d}" / "proposal.json").read_text())
-        assert proposal["edits"] and "knob" in proposal["edits"][0]
+        assert len(proposal["edits"]) == 1 and set(proposal["edits"][0]) in ({"knob", "value"}, {"move"})
         assert json.loads((camp / "rounds" / f"{n:03d}" / "result.json").read_text())["status"] == "ok"
     assert (camp / "researcher" / "checkpoint" / "config.json").is_file()
 
