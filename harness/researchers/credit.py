@@ -136,17 +136,16 @@ class CreditModel:
         for obs in usable:
             squares[obs["knob"]] += float(obs["delta"]) ** 2
             self.counts[obs["knob"]] += 1
-        precision = self._prior_precision({name: (PRIOR_WEIGHT * PRIOR_SCALE ** 2 + squares[name])
-                                           / (PRIOR_WEIGHT + self.counts[name]) for name in self.specs})
-        moment = precision @ self.prior_mean
-        for obs in usable:
-            row = self.design(obs["knob"], obs["from"], obs["to"], obs.get("context"))
-            low, high = obs.get("ci95") or (obs["delta"], obs["delta"])
-            noise = max((float(high) - float(low)) / (2 * 1.96), NOISE_FLOOR)
-            precision += np.outer(row, row) / noise ** 2
-            moment += row * float(obs["delta"]) / noise ** 2
-        self.precision = precision
-        self.mean = np.linalg.solve(precision, moment)
+        prior = self._prior_precision({name: (PRIOR_WEIGHT * PRIOR_SCALE ** 2 + squares[name])
+                                       / (PRIOR_WEIGHT + self.counts[name]) for name in self.specs})
+        rows = np.array([self.design(o["knob"], o["from"], o["to"], o.get("context"))
+                         for o in usable]).reshape(-1, self.width)
+        deltas = np.array([float(o["delta"]) for o in usable])
+        intervals = [o.get("ci95") or (o["delta"], o["delta"]) for o in usable]
+        weights = np.array([1.0 / max((float(high) - float(low)) / (2 * 1.96), NOISE_FLOOR) ** 2
+                            for low, high in intervals])  # 1 / noise^2, the noise read off each interval
+        self.precision = prior + (rows * weights[:, None]).T @ rows
+        self.mean = np.linalg.solve(self.precision, prior @ self.prior_mean + rows.T @ (weights * deltas))
         self._root = None
 
     def _rows(self, edits: list[tuple[str, Any]], current: dict, context: dict[str, float] | None) -> np.ndarray:
