@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
-from harness.compare import decide, merge_results, noise_floor
+from harness.compare import decide, heldout_change, merge_results, noise_floor
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
 from harness.live import LiveView
@@ -152,7 +152,7 @@ class Campaign:
                                                          "commit": self.workspace.incumbent_commit()}}
                                           if o["decision"] == "keep" else {}))
         if decided["decision"] == "keep":
-            step(n, "heldout", lambda: self._heldout(out))
+            step(n, "heldout", lambda: self._heldout(n, out))
         if proposal is not None:
             step(n, "learn", lambda: self._learn(n, proposal))
         step(n, "record", lambda: self._record(n, out),
@@ -340,11 +340,27 @@ class Campaign:
             ws.revert(n, reason)
         return {"decision": decision, "reason": reason, "commits": commits}
 
-    def _heldout(self, out: Path) -> dict:
-        """Held-out accuracy of the new incumbent: reported, never shown to the researcher."""
+    def _heldout(self, n: int, out: Path) -> dict:
+        """Held-out accuracy of the new incumbent and its change from the incumbent it replaced (a
+        false keep when not positive): reported, never shown to the researcher, never decides."""
         self.workspace.checkout_main()
         held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
-        return {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"] if held["status"] == "ok" else None}
+        if held["status"] != "ok":
+            return {"heldout_accuracy": None}
+        before = self._heldout_before(n)
+        return {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"],
+                **(heldout_change(held, before) if before else {})}
+
+    def _heldout_before(self, n: int) -> dict | None:
+        """The held-out result of the incumbent that round `n`'s keep replaced (the baseline or the last
+        keep before it); None when that one has no held-out score."""
+        previous = max((h for h in self.journal.get("history")
+                        if h["round"] < n and h["decision"] in ("keep", "baseline")), key=lambda h: h["round"])
+        if previous.get("heldout_accuracy") is None:
+            return None
+        if previous["round"] == 0:
+            return read_result(self.dir / self.journal.get("baseline")["result"])
+        return read_result(self.rounds_dir / f"{previous['round']:03d}" / "heldout")
 
     def _verdicts(self, n: int) -> tuple[dict, dict]:
         """The round's last verdict (for a round that never reached a comparison, its decision and
@@ -366,7 +382,8 @@ class Campaign:
         j, ws = self.journal, self.workspace
         proposed, decided = j.step_output(n, "propose"), j.step_output(n, "decide")
         result = read_result(out) if j.is_done(n, "evaluate") else None
-        heldout = (j.step_output(n, "heldout") or {}).get("heldout_accuracy")
+        held = j.step_output(n, "heldout") or {}
+        heldout = held.get("heldout_accuracy")
         verdict, final = self._verdicts(n)
         proposal_dict = proposed.get("proposal") or {"hypothesis": "(no valid proposal)", "edits": []}
         decision = decided["decision"]
@@ -398,7 +415,8 @@ class Campaign:
         entry = {"round": n, "decision": "failed" if failed and decision != "keep" else decision,
                  "accuracy": None if failed else result["metrics"]["accuracy"],
                  "incumbent_accuracy": incumbent["metrics"]["accuracy"],
-                 "heldout_accuracy": heldout,
+                 "heldout_accuracy": heldout, "heldout_delta": held.get("heldout_delta"),
+                 "false_keep": held.get("false_keep"),
                  "hypothesis": proposal_dict["hypothesis"], "delta": verdict.get("delta")}
         last_round = {"round": n, "hypothesis": proposal_dict["hypothesis"], "decision": decision,
                       "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
@@ -410,7 +428,7 @@ class Campaign:
         self.tracker.log_round(n, proposal=proposal_dict, result=result, verdict={**verdict, "decision": decision},
                                critique=critique_text, diff=diff,
                                commits=commits | {"incumbent": ws.incumbent_commit()},
-                               memory_snapshot=self.memory.snapshot(), approval=approval,
+                               memory_snapshot=self.memory.snapshot(), approval=approval, heldout=held,
                                extra_metrics={"usage/" + k: v for k, v in usage.items() if isinstance(v, (int, float))}
                                | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained})
         self.tracker.log_campaign_progress(history, plot)

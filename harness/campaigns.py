@@ -66,12 +66,15 @@ def interactive() -> bool:
 def run_campaign(config: dict, path: Path) -> int:
     """Run (or resume) the campaign in `path` under its lock; print where the report is."""
     from harness.campaign import Campaign  # heavy (plots, tracking): only once a campaign really runs
+    from harness.report import false_keeps
 
     with CampaignLock(path):
         outcome = Campaign(config, path, interactive=interactive()).run()
     history = outcome["history"] or []
     kept = sum(h["decision"] == "keep" for h in history)
-    console.print(f"campaign {config['name']}: {outcome['status']}, {len(history) - 1} rounds, {kept} kept; "
+    false = len(false_keeps(history)[0])
+    console.print(f"campaign {config['name']}: {outcome['status']}, {len(history) - 1} rounds, {kept} kept "
+                  f"({false} false: held-out change not positive); "
                   f"report: {path / 'summary.md'}, {path / 'progress.png'}")
     if outcome.get("stop_reason"):
         console.print(f"stopped: {outcome['stop_reason']}")

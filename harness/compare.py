@@ -9,6 +9,7 @@ differences with a seeded paired-bootstrap 95% interval.
     verdict = decide(candidate, incumbent, margin=0.0, reeval_band=floor["halfwidth"], can_reeval=True)
     if verdict.decision == "reeval":
         candidate = merge_results(candidate, more_seeds_of_the_candidate)
+    change = heldout_change(new_incumbent_heldout_result, previous_incumbent_heldout_result)  # for the record
 """
 
 from __future__ import annotations
@@ -168,6 +169,31 @@ def decide(candidate: dict, incumbent: dict, *, margin: float, reeval_band: floa
         decision, why = "revert", f"the estimate is not above the margin {margin:+.3f}"
     return Verdict(decision, delta, (low, high), margin, len(ids), len(seeds), f"{decision}: {numbers}; {why}.",
                    metric_deltas(candidate, incumbent))
+
+
+# ---------------------------------------------------------------- a keep on held-out, for the record
+
+def _heldout_part(result: dict) -> dict:
+    """The held-out split of a result as a result of its own: its scores and the seeds they cover."""
+    held = result["heldout"]
+    return held | {"seeds": list(held.get("seeds", result["seeds"]))}
+
+
+def heldout_change(new: dict, old: dict) -> dict:
+    """How a keep moved the held-out score: the new incumbent's held-out accuracy minus the previous
+    incumbent's. Paired per example over the common seeds when both carry per-example scores of the
+    same examples on a shared seed (the noise they share cancels, as in `decide`), else the plain
+    difference of accuracies. A change that is not positive makes the keep a false keep: what won on
+    eval did not carry over. Recorded only: held-out decides nothing.
+    """
+    a, b = _heldout_part(new), _heldout_part(old)
+    delta, paired = float(a["metrics"]["accuracy"] - b["metrics"]["accuracy"]), False
+    if "per_example" in a and "per_example" in b:
+        try:
+            delta, paired = float(paired_differences(a, b)[0].mean()), True
+        except ValueError:  # other examples or no common seed: the plain difference is all there is
+            pass
+    return {"heldout_delta": delta, "heldout_paired": paired, "false_keep": delta <= 0}
 
 
 # ---------------------------------------------------------------- merging re-evaluations

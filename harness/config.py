@@ -113,6 +113,8 @@ class LocalOptions(Section):
     reward_scale: Number() = Field(10.0, description="accuracy delta -> REINFORCE reward, before clipping to [-1, 1]")
     credit_weight: Number(ge=0) = Field(100.0, description=(
         "nats of preference per unit of accuracy gain the credit model predicts; 0 leaves the choice to the model"))
+    evidence: bool = Field(True, description=(
+        "false blanks the evidence: no summary in the prompt and a zero context for the credit model (an ablation)"))
 
 
 class Budget(Section):

@@ -3,11 +3,15 @@
 A history row is one round:
 
     {"round": 3, "decision": "keep" | "revert" | "failed" | "baseline", "accuracy": 0.41 | None,
-     "incumbent_accuracy": 0.41, "heldout_accuracy": 0.39 | None, "hypothesis": "...", "delta": 0.03 | None}
+     "incumbent_accuracy": 0.41, "heldout_accuracy": 0.39 | None, "heldout_delta": -0.01 | None,
+     "false_keep": True | None, "hypothesis": "...", "delta": 0.03 | None}
 
 Round 0 is the baseline (the initial scaffold). `accuracy` is the candidate's score (None when it
 failed to run), `incumbent_accuracy` the incumbent's after the round's decision, and
-`heldout_accuracy` the held-out score, measured for the baseline and for kept rounds.
+`heldout_accuracy` the held-out score, measured for the baseline and for kept rounds. A kept round
+also has `heldout_delta`, its held-out change from the incumbent it replaced, and `false_keep`,
+whether that change was not positive (both None when held-out could not be scored, and absent in
+campaigns from before they were recorded).
 
     progress_plot(history, "runs/arith-100/progress.png", title="arith-100")
     Path("runs/arith-100/summary.md").write_text(summary_markdown("arith-100", history, floor))
@@ -100,8 +104,19 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _delta(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def false_keeps(history: list[dict]) -> tuple[list[int], int]:
+    """The rounds kept on eval whose held-out change was not positive, and how many keeps were scored."""
+    scored = [r for r in history if r["decision"] == KEPT and r.get("false_keep") is not None]
+    return sorted(r["round"] for r in scored if r["false_keep"]), len(scored)
+
+
 def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict | None = None) -> str:
-    """Rounds done, decisions, initial vs final accuracy (internal and held-out), and the kept changes."""
+    """Rounds done, decisions, initial vs final accuracy (internal and held-out), false keeps, and
+    the kept changes."""
     rows = sorted(history, key=lambda r: r["round"])
     rounds = [r for r in rows if r["round"] > 0]
     counts = {d: sum(r["decision"] == d for r in rounds) for d in (KEPT, REVERTED, FAILED)}
@@ -123,6 +138,11 @@ def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict 
         f"- held-out accuracy: {_score(heldout_initial)} -> {_score(heldout_final)} "
         f"({_relative(heldout_initial, heldout_final)})",
     ]
+    false, scored = false_keeps(rounds)
+    if scored:
+        which = f" (round{'s' if len(false) > 1 else ''} {', '.join(map(str, false))})" if false else ""
+        lines.append(f"- false keeps (held-out change not positive): {len(false)} of {scored} kept rounds "
+                     f"scored on held-out{which}")
     if noise_floor:
         parts = [f"{key} {noise_floor[key]:.4f}" for key in ("seed_std", "seed_range", "halfwidth")
                  if key in noise_floor]
@@ -132,10 +152,11 @@ def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict 
     lines += ["", "## Kept changes", ""]
     kept = [r for r in rounds if r["decision"] == KEPT]
     if kept:
-        lines += ["| round | hypothesis | delta | accuracy | held-out |", "|---:|---|---:|---:|---:|"]
-        lines += [f"| {r['round']} | {_cell(r.get('hypothesis', ''))} | "
-                  f"{'n/a' if r.get('delta') is None else format(r['delta'], '+.4f')} | "
-                  f"{_score(r.get('accuracy'))} | {_score(r.get('heldout_accuracy'))} |" for r in kept]
+        lines += ["| round | hypothesis | delta | accuracy | held-out | held-out change |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['round']} | {_cell(r.get('hypothesis', ''))} | {_delta(r.get('delta'))} | "
+                  f"{_score(r.get('accuracy'))} | {_score(r.get('heldout_accuracy'))} | "
+                  f"{_delta(r.get('heldout_delta'))}{' (false keep)' if r.get('false_keep') else ''} |" for r in kept]
     else:
         lines.append("No change was kept.")
     return "\n".join(lines) + "\n"
@@ -161,7 +182,8 @@ def campaign_stats(history: list[dict]) -> dict:
     rounds = [r for r in rows if r["round"] > 0]
     kept = [r for r in rounds if r["decision"] == KEPT]
     scored = [r for r in rows if r["decision"] in (KEPT, "baseline") and r.get("heldout_accuracy") is not None]
-    return {"rounds": len(rounds), "kept": len(kept), "failed": sum(r["decision"] == FAILED for r in rounds),
+    return {"rounds": len(rounds), "kept": len(kept), "false_keeps": len(false_keeps(rounds)[0]),
+            "failed": sum(r["decision"] == FAILED for r in rounds),
             "initial": rows[0]["incumbent_accuracy"] if rows else None,
             "final": rows[-1]["incumbent_accuracy"] if rows else None,
             "heldout_final": scored[-1]["heldout_accuracy"] if scored else None,
@@ -170,20 +192,20 @@ def campaign_stats(history: list[dict]) -> dict:
 
 
 def comparison_markdown(histories: dict[str, list[dict]]) -> str:
-    """One row per campaign: rounds, keeps, failures, final and held-out accuracy, last keep, the
-    first round whose incumbent came within NEAR_BEST of the best final incumbent of all of them
-    (how soon each got where the best one ended), and the mean incumbent."""
+    """One row per campaign: rounds, keeps, false keeps, failures, final and held-out accuracy, last
+    keep, the first round whose incumbent came within NEAR_BEST of the best final incumbent of all
+    of them (how soon each got where the best one ended), and the mean incumbent."""
     stats = {name: campaign_stats(history) for name, history in histories.items()}
     target = max((s["final"] for s in stats.values() if s["final"] is not None), default=None)
     target = None if target is None else target - NEAR_BEST
-    lines = [f"| campaign | rounds | kept | failed | accuracy | held-out | last keep at round | "
+    lines = [f"| campaign | rounds | kept | false keeps | failed | accuracy | held-out | last keep at round | "
              f"reached {_score(target)} at round | mean incumbent |",
-             "|---|---:|---:|---:|---|---|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for name, history in histories.items():
         s = stats[name]
         reached = next((r["round"] for r in sorted(history, key=lambda r: r["round"])
                         if target is not None and r["incumbent_accuracy"] >= target - 1e-9), None)
-        lines.append(f"| {_cell(name)} | {s['rounds']} | {s['kept']} | {s['failed']} | "
+        lines.append(f"| {_cell(name)} | {s['rounds']} | {s['kept']} | {s['false_keeps']} | {s['failed']} | "
                      f"{_score(s['initial'])} -> {_score(s['final'])} | {_score(s['heldout_final'])} | "
                      f"{s['last_keep_round'] if s['last_keep_round'] is not None else '-'} | "
                      f"{reached if reached is not None else '-'} | {_score(s['mean_incumbent'])} |")

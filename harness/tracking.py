@@ -1,8 +1,10 @@
 """MLflow tracking of a campaign: one parent run per campaign, one child run per round.
 
 The parent run holds the whole config (flattened as params, and as `config.json`), the campaign's
-progress metrics (step = round) and the progress plot. Each round is a child run with its knobs as
-params, its scores as metrics, its decision, status and commits as tags, and `diff.patch`,
+progress metrics (step = round; `false_keeps` counts the keeps whose held-out change was not
+positive, so far) and the progress plot. Each round is a child run with its knobs as params, its
+scores as metrics (a keep's held-out score and change as `heldout/accuracy` and `heldout/delta`),
+its decision, status, commits and, for a keep, `false_keep` as tags, and `diff.patch`,
 `proposal.json`, `verdict.json`, `critique.md` and `memory.md` as artifacts. MLflow's artifact
 viewer does not preview `.patch` files, so the diff is also logged as `diff.md` (a fenced `diff`
 block, which it renders) and shown in the run's description, under its hypothesis and verdict;
@@ -284,7 +286,8 @@ class MlflowTracker:
 
     @_guarded
     def log_campaign_progress(self, history: list[dict], plot_path: str | Path | None = None) -> None:
-        """Per-round incumbent, candidate and held-out accuracy on the parent (step = round), and the plot.
+        """Per-round incumbent, candidate and held-out accuracy, a keep's held-out change and the count
+        of false keeps so far on the parent (step = round), and the plot.
 
         `history` is the whole campaign so far; rounds already logged are skipped, so calling this
         every round writes each step once.
@@ -293,12 +296,14 @@ class MlflowTracker:
         # Every row has an incumbent score, so its steps say which rounds are already logged.
         done = {m.step for m in self._mlflow.get_metric_history(run_id, "incumbent_accuracy")}
         columns = {"incumbent_accuracy": "incumbent_accuracy", "candidate_accuracy": "accuracy",
-                   "heldout_accuracy": "heldout_accuracy"}
-        metrics = []
-        for row in history:
+                   "heldout_accuracy": "heldout_accuracy", "heldout_delta": "heldout_delta"}
+        metrics, false_keeps = [], 0
+        for row in sorted(history, key=lambda r: r["round"]):
+            false_keeps += bool(row.get("false_keep"))
             if row["round"] not in done:
                 metrics += [(name, row[key], row["round"]) for name, key in columns.items()
                             if _is_number(row.get(key))]
+                metrics.append(("false_keeps", false_keeps, row["round"]))
         self._log_batch(run_id, metrics)
         if plot_path is not None and Path(plot_path).exists():
             self._mlflow.log_artifact(run_id, str(plot_path))
@@ -318,8 +323,10 @@ class MlflowTracker:
     @_guarded
     def log_round(self, round_no: int, *, proposal: dict, result: dict | None, verdict: dict | None,
                   critique: str, diff: str, commits: dict, memory_snapshot: str,
-                  approval: dict | None = None, extra_metrics: dict | None = None) -> str | None:
-        """Log one round as a child run of the campaign; logging the same round again updates it."""
+                  approval: dict | None = None, heldout: dict | None = None,
+                  extra_metrics: dict | None = None) -> str | None:
+        """Log one round as a child run of the campaign; logging the same round again updates it.
+        `heldout` is a keep's held-out record ({"heldout_accuracy", "heldout_delta", "false_keep"})."""
         parent = self._require_campaign()
         result, verdict = result or {}, verdict or {}
         params = result.get("knobs") or {e["knob"]: e["value"] for e in proposal.get("edits", []) if "knob" in e}
@@ -331,6 +338,9 @@ class MlflowTracker:
         metrics |= numeric_metrics({"delta": verdict.get("delta"), "delta_ci95": verdict.get("ci95")})
         metrics |= numeric_metrics(verdict.get("metric_deltas"), "delta/")
         metrics |= numeric_metrics(result.get("timings"), "time/")
+        heldout = heldout or {}
+        metrics |= numeric_metrics({"accuracy": heldout.get("heldout_accuracy"),
+                                    "delta": heldout.get("heldout_delta")}, "heldout/")
         metrics |= numeric_metrics(extra_metrics)
 
         tags = {"decision": verdict.get("decision", "failed" if result.get("status") != "ok" else "none"),
@@ -340,6 +350,8 @@ class MlflowTracker:
         moves = [e["move"] for e in proposal.get("edits", []) if "move" in e]
         if moves:  # the code moves the round applied; the diff artifact shows their patches
             tags["moves"] = ", ".join(moves)
+        if heldout.get("false_keep") is not None:
+            tags["false_keep"] = str(heldout["false_keep"]).lower()
         if verdict.get("reason"):
             tags["reason"] = verdict["reason"]
         if result.get("reason"):
@@ -392,5 +404,6 @@ class NullTracker:
 
     def log_round(self, round_no: int, *, proposal: dict, result: dict | None, verdict: dict | None,
                   critique: str, diff: str, commits: dict, memory_snapshot: str,
-                  approval: dict | None = None, extra_metrics: dict | None = None) -> str | None:
+                  approval: dict | None = None, heldout: dict | None = None,
+                  extra_metrics: dict | None = None) -> str | None:
         return None

@@ -3,7 +3,8 @@
 A scaffold is `scaffold.yaml` (knobs), `surface.yaml` (what may change and every knob's range),
 `prompt.py` (`format_prompt(question) -> str`) and `reward.py` (`rewards(completions, examples,
 scores, weights) -> list[float]`), and optionally `moves.yaml`, its library of code moves: named,
-documented search/replace patches of its editable files that any researcher may propose. The
+documented search/replace patches of its editable files that any researcher may propose, each
+optionally naming the failure categories it `targets` (a hint for a researcher, never a rule). The
 surface also fixes the training budget (`budget.train_completions`: GRPO trains on that many
 completions, whatever the knobs). Loading checks every knob's type and range, the budget and every
 move's shape and targets, imports the two Python
@@ -24,13 +25,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML, YAMLError
 
+from rl_pipeline.tasks import CATEGORIES
+
 REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", "reward.py")
 MOVES_FILE = "moves.yaml"
+FAILURE_CATEGORIES = tuple(c for c in CATEGORIES if c != "correct")  # what a move's `targets` may name
 SECTIONS = ("sampling", "grpo", "reward")
 
 
@@ -49,11 +53,13 @@ class Patch:
 
 @dataclass(frozen=True)
 class Move:
-    """A named code move: `doc` says in one line what it does and why it might help."""
+    """A named code move: `doc` says in one line what it does and why it might help; `targets` names
+    the failure categories (rl_pipeline.tasks.CATEGORIES) it means to reduce, if the scaffold says."""
 
     name: str
     doc: str
     patches: tuple[Patch, ...]
+    targets: tuple[str, ...] = ()
 
 
 @dataclass
@@ -194,6 +200,7 @@ class _MoveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     doc: str = Field(pattern=r"^[^\n]*\S[^\n]*$")  # one non-blank line
     patches: list[_PatchIn] = Field(min_length=1)
+    targets: list[Literal[FAILURE_CATEGORIES]] = []
 
 
 def _load_moves(path: Path, surface: dict) -> dict[str, Move]:
@@ -220,7 +227,7 @@ def _load_moves(path: Path, surface: dict) -> dict[str, Move]:
             if patch.search == patch.replace:
                 raise ScaffoldError(f"{MOVES_FILE}: move {name}: patch {i} replaces its search text with itself")
         moves[name] = Move(name, move.doc, tuple(Patch(str(PurePosixPath(p.file)), p.search, p.replace)
-                                                 for p in move.patches))
+                                                 for p in move.patches), tuple(move.targets))
     return moves
 
 

@@ -124,6 +124,38 @@ def test_a_scripted_move_is_committed_with_its_diff_and_named_in_memory_and_mlfl
     assert runs[0].data.tags["moves"] == "reward_malformed_penalty"
 
 
+def test_keeps_are_scored_on_heldout_and_false_keeps_counted(setup, capsys):
+    """A margin below zero keeps a tie: both keeps change nothing on held-out, so both are false
+    keeps (the first paired against the baseline's held-out, the second against the first keep's),
+    and the summary, the printed line and MLflow say so."""
+    root, scaffold, _ = setup
+    script = root / "ties.jsonl"
+    script.write_text("".join(json.dumps({"hypothesis": h, "edits": [{"knob": k, "value": v}]}) + "\n" for h, k, v in (
+        ("cooler", "sampling.temperature", 0.3), ("narrower", "sampling.top_p", 0.5))))
+    args = overrides(root, scaffold, name="ties", rounds=2, researcher="scripted", margin=-0.01,
+                     **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    assert "2 kept (2 false: held-out change not positive)" in " ".join(capsys.readouterr().out.split())
+    camp = root / "runs" / "ties"
+    history = Journal(camp).get("history")
+    assert [(h["decision"], h["heldout_delta"], h["false_keep"]) for h in history[1:]] == [("keep", 0.0, True)] * 2
+    assert Journal(camp).step_output(2, "heldout")["heldout_paired"]
+    for n in (1, 2):  # the baseline's result holds held-out scores; the evidence the researcher sees does not
+        assert "heldout" not in json.dumps(Journal(camp).step_output(n, "analyze"))
+    summary = (camp / "summary.md").read_text()
+    assert "- false keeps (held-out change not positive): 2 of 2 kept rounds scored on held-out (rounds 1, 2)" in summary
+    assert "| 2 | narrower | +0.0000 | 0.0000 | 0.0000 | +0.0000 (false keep) |" in summary
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                              "tags.campaign = 'ties'")
+    parent = next(r for r in runs if r.data.tags.get("role") == "campaign")
+    assert [(m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "false_keeps")] == [
+        (0, 0), (1, 1), (2, 2)]
+    rounds = {int(r.data.tags["round"]): r.data for r in runs if "round" in r.data.tags}
+    assert rounds[1].tags["false_keep"] == rounds[2].tags["false_keep"] == "true"
+    assert rounds[2].metrics["heldout/delta"] == 0.0 and "false_keep" not in rounds[0].tags
+
+
 @pytest.mark.slow
 def test_kill_and_resume(setup):
     root, scaffold, _ = setup
@@ -239,7 +271,7 @@ def test_local_researcher_campaign(setup):
     assert [h["round"] for h in history] == [0, 1, 2]
     for n in (1, 2):  # grammar-constrained: every proposal passed validation and was evaluated
         proposal = json.loads((camp / "rounds" / f"{n:03d}" / "proposal.json").read_text())
-        assert proposal["edits"] and "knob" in proposal["edits"][0]
+        assert len(proposal["edits"]) == 1 and set(proposal["edits"][0]) in ({"knob", "value"}, {"move"})
         assert json.loads((camp / "rounds" / f"{n:03d}" / "result.json").read_text())["status"] == "ok"
     assert (camp / "researcher" / "checkpoint" / "config.json").is_file()
 

@@ -1,4 +1,5 @@
-"""The paired comparison, the keep/revert/reeval rule, merging re-evaluations and the noise floor.
+"""The paired comparison, the keep/revert/reeval rule, merging re-evaluations, the noise floor and
+a keep's held-out change.
 
 Results are synthetic: a per-example score matrix turned into the `result.json` shape.
 """
@@ -6,7 +7,7 @@ Results are synthetic: a per-example score matrix turned into the `result.json` 
 import numpy as np
 import pytest
 
-from harness.compare import Verdict, decide, merge_results, noise_floor
+from harness.compare import Verdict, decide, heldout_change, merge_results, noise_floor
 from rl_pipeline.stats import bootstrap_mean_ci
 
 N = 200
@@ -184,3 +185,37 @@ def test_bootstrap_matches_the_normal_approximation():
     half = 1.96 * values.std() / np.sqrt(values.size)
     assert (high - low) / 2 == pytest.approx(half, rel=0.1)
     assert bootstrap_mean_ci([]) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------- a keep's held-out change
+
+def with_heldout(scores, seeds=SEEDS) -> dict:
+    """A result whose held-out part has these scores (its own seeds only when they differ, as after a merge)."""
+    held = make_result(scores, seeds)
+    return make_result(base_scores(100)) | {"heldout": {"metrics": held["metrics"], "per_example": held["per_example"]}
+                                            | ({"seeds": list(seeds)} if list(seeds) != SEEDS else {})}
+
+
+def test_the_heldout_change_is_paired_on_the_common_seeds():
+    # The baseline's held-out ran on six seeds, the keep's on three. Over all of them the keep looks
+    # 0.20 better (seeds 3-5 were bad luck for the baseline); on the seeds both have it is 0.05 worse.
+    baseline = np.zeros((N, 6), dtype=int)
+    baseline[:100, :3] = 1
+    before = with_heldout(baseline, seeds=[0, 1, 2, 3, 4, 5])
+    after = with_heldout(base_scores(90))
+    assert after["heldout"]["metrics"]["accuracy"] - before["heldout"]["metrics"]["accuracy"] == pytest.approx(0.2)
+    change = heldout_change(after, before)
+    assert change == {"heldout_delta": pytest.approx(-0.05), "heldout_paired": True, "false_keep": True}
+    assert heldout_change(with_heldout(base_scores(110)), before) == {
+        "heldout_delta": pytest.approx(0.05), "heldout_paired": True, "false_keep": False}
+
+
+def test_a_heldout_change_of_zero_is_a_false_keep_and_unpaired_scores_give_the_plain_difference():
+    same = with_heldout(base_scores(100))
+    assert heldout_change(same, same) == {"heldout_delta": 0.0, "heldout_paired": True, "false_keep": True}
+    scores_only = make_result(base_scores(100)) | {"heldout": {"metrics": {"accuracy": 0.4}}}
+    assert heldout_change(same, scores_only) == {"heldout_delta": pytest.approx(0.1), "heldout_paired": False,
+                                                 "false_keep": False}
+    other_seeds = with_heldout(base_scores(60, 2), seeds=[7, 8])
+    assert heldout_change(other_seeds, same) == {"heldout_delta": pytest.approx(-0.2), "heldout_paired": False,
+                                                 "false_keep": True}

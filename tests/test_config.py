@@ -127,7 +127,7 @@ def test_defaults_come_from_the_schema(tmp_path):
         assert config[key] == schema[key], key
     assert config["researcher"] == LocalOptions().model_dump() == {
         "name": "local", "temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768,
-        "reward_scale": 10.0, "credit_weight": 100.0}
+        "reward_scale": 10.0, "credit_weight": 100.0, "evidence": True}
     assert config["approvals"] == {"name": "none", "when": [], "n": 10, "timeout_s": 3600.0, "default": "reject"}
     assert config["base_model"] == f"{tmp_path}/models/base"
     assert config["scaffold"] == str(ARITH)
@@ -144,7 +144,7 @@ def test_every_researcher_has_a_schema_and_a_backend():
 @pytest.mark.parametrize("overrides, message", [
     (["researcher.temprature=1"], "researcher.temprature: unknown key; valid keys of researcher (local): name, "
                                   "temperature, learning_rate, grid_points, context_tokens, reward_scale, "
-                                  "credit_weight"),
+                                  "credit_weight, evidence"),
     (["rounds_=5"], "rounds_: unknown key; valid keys of the campaign: name, rounds, scaffold, runs_dir, seed, "
                     "base_model, baseline_seeds, eval_seeds, reeval_seeds, retrain_seeds, margin, "
                     "memory_budget_tokens, runner, tracking, live, researcher, approvals"),
@@ -208,6 +208,7 @@ def test_a_config_frozen_by_the_previous_version_reads_unchanged(tmp_path, text)
     if config["researcher"]["name"] == "local":
         # A key the old file lacks gets the default the old code used for it (credit_weight 100).
         assert config["researcher"]["credit_weight"] == 100.0 and config["researcher"]["learning_rate"] == 1e-4
+        assert config["researcher"]["evidence"] is True  # as before the option: the evidence was always seen
         assert config["approvals"]["when"] == ["keep", "code"] and config["runner"]["timeout_s"] == 900
     else:
         assert config["researcher"]["budget"]["tokens"] == 2000000

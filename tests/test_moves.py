@@ -8,7 +8,7 @@ import pytest
 
 from harness.proposal import MoveEdit, ProposalError, available_moves, parse_proposal, render, validate
 from harness.workspace import Workspace
-from rl_pipeline.scaffold import ScaffoldError, load_scaffold
+from rl_pipeline.scaffold import FAILURE_CATEGORIES, ScaffoldError, load_scaffold
 from rl_pipeline.tasks import get_task
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
@@ -36,6 +36,8 @@ def test_arith_declares_its_moves_with_docs():
     for m in moves.values():
         assert m.doc.strip() and "\n" not in m.doc
         assert {p.file for p in m.patches} <= {"reward.py", "prompt.py"}
+        assert m.targets and set(m.targets) <= set(FAILURE_CATEGORIES)  # every arith move says what it aims at
+    assert moves["reward_near_miss_credit"].targets == ("off_by_small", "sign_error")
 
 
 def test_a_scaffold_without_moves_yaml_has_no_moves(scaffold):
@@ -60,6 +62,10 @@ def test_a_scaffold_without_moves_yaml_has_no_moves(scaffold):
     ("Bad-Name:\n  doc: d\n  patches:\n    - {file: reward.py, search: a, replace: b}\n",
      "move name 'Bad-Name' must be lowercase letters"),
     ("- just a list\n", "moves.yaml: expected a mapping at the top level"),
+    ("m:\n  doc: d\n  targets: [correct]\n  patches:\n    - {file: reward.py, search: a, replace: b}\n",
+     "moves.yaml: move m: targets.0: Input should be 'wrong_answer', 'off_by_small'"),
+    ("m:\n  doc: d\n  targets: bad_format\n  patches:\n    - {file: reward.py, search: a, replace: b}\n",
+     "moves.yaml: move m: targets: Input should be a valid list"),
 ])
 def test_malformed_moves_are_load_errors(scaffold, text, message):
     (scaffold / "moves.yaml").write_text(text)

@@ -10,13 +10,13 @@ HISTORY = [
     {"round": 0, "decision": "baseline", "accuracy": 0.30, "incumbent_accuracy": 0.30, "heldout_accuracy": 0.28,
      "hypothesis": "", "delta": None},
     {"round": 1, "decision": "keep", "accuracy": 0.36, "incumbent_accuracy": 0.36, "heldout_accuracy": 0.33,
-     "hypothesis": "cooler sampling | fewer wild answers", "delta": 0.06},
+     "heldout_delta": 0.05, "false_keep": False, "hypothesis": "cooler sampling | fewer wild answers", "delta": 0.06},
     {"round": 2, "decision": "revert", "accuracy": 0.34, "incumbent_accuracy": 0.36, "heldout_accuracy": None,
      "hypothesis": "higher lr", "delta": -0.02},
     {"round": 3, "decision": "failed", "accuracy": None, "incumbent_accuracy": 0.36, "heldout_accuracy": None,
      "hypothesis": "broken reward", "delta": None},
-    {"round": 4, "decision": "keep", "accuracy": 0.42, "incumbent_accuracy": 0.42, "heldout_accuracy": 0.35,
-     "hypothesis": "a length penalty\nin the reward", "delta": 0.061},
+    {"round": 4, "decision": "keep", "accuracy": 0.42, "incumbent_accuracy": 0.42, "heldout_accuracy": 0.32,
+     "heldout_delta": -0.01, "false_keep": True, "hypothesis": "a length penalty\nin the reward", "delta": 0.061},
 ]
 
 
@@ -40,10 +40,11 @@ def test_summary_states_the_numbers():
     assert "- rounds done: 4" in text
     assert "- kept: 2, reverted: 1, failed: 1" in text
     assert "- incumbent accuracy: 0.3000 -> 0.4200 (+40.0%)" in text
-    assert "- held-out accuracy: 0.2800 -> 0.3500 (+25.0%)" in text
+    assert "- held-out accuracy: 0.2800 -> 0.3200 (+14.3%)" in text
+    assert "- false keeps (held-out change not positive): 1 of 2 kept rounds scored on held-out (round 4)" in text
     assert "- noise floor over 4 seeds: seed_std 0.0120, seed_range 0.0300, halfwidth 0.0210" in text
-    assert "| 1 | cooler sampling \\| fewer wild answers | +0.0600 | 0.3600 | 0.3300 |" in text
-    assert "| 4 | a length penalty in the reward | +0.0610 | 0.4200 | 0.3500 |" in text
+    assert "| 1 | cooler sampling \\| fewer wild answers | +0.0600 | 0.3600 | 0.3300 | +0.0500 |" in text
+    assert "| 4 | a length penalty in the reward | +0.0610 | 0.4200 | 0.3200 | -0.0100 (false keep) |" in text
     assert "higher lr" not in text and "broken reward" not in text
 
 
@@ -53,22 +54,22 @@ def test_summary_without_kept_rounds():
     assert "- rounds done: 2" in text and "- kept: 0, reverted: 1, failed: 1" in text
     assert "- incumbent accuracy: 0.3000 -> 0.3000 (+0.0%)" in text
     assert "- held-out accuracy: 0.2800 -> 0.2800 (+0.0%)" in text
-    assert "No change was kept." in text and "noise floor" not in text
+    assert "No change was kept." in text and "noise floor" not in text and "false keeps" not in text
 
 
 def test_comparison_of_two_campaigns():
     slower = [dict(r, incumbent_accuracy=0.30 if r["round"] < 4 else 0.42,
                    decision="revert" if r["round"] == 1 else r["decision"]) for r in HISTORY]
     stats = campaign_stats(HISTORY)
-    assert stats == {"rounds": 4, "kept": 2, "failed": 1, "initial": 0.30, "final": 0.42, "heldout_final": 0.35,
-                     "last_keep_round": 4, "mean_incumbent": (0.36 + 0.36 + 0.36 + 0.42) / 4}
+    assert stats == {"rounds": 4, "kept": 2, "false_keeps": 1, "failed": 1, "initial": 0.30, "final": 0.42,
+                     "heldout_final": 0.32, "last_keep_round": 4, "mean_incumbent": (0.36 + 0.36 + 0.36 + 0.42) / 4}
     assert campaign_stats(slower)["mean_incumbent"] == (0.30 * 3 + 0.42) / 4
     stuck = [dict(r, incumbent_accuracy=0.30, decision="revert") for r in HISTORY[1:]]
     table = comparison_markdown({"fast": HISTORY, "slow": slower, "stuck": HISTORY[:1] + stuck})
     assert "| reached 0.4000 at round | mean incumbent |" in table  # the best final, 0.42, less 0.02
-    assert "| fast | 4 | 2 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 4 | 0.3750 |" in table
-    assert "| slow | 4 | 1 | 1 | 0.3000 -> 0.4200 | 0.3500 | 4 | 4 | 0.3300 |" in table
-    assert "| stuck | 4 | 0 | 0 | 0.3000 -> 0.3000 | 0.2800 | - | - | 0.3000 |" in table
+    assert "| fast | 4 | 2 | 1 | 1 | 0.3000 -> 0.4200 | 0.3200 | 4 | 4 | 0.3750 |" in table
+    assert "| slow | 4 | 1 | 1 | 1 | 0.3000 -> 0.4200 | 0.3200 | 4 | 4 | 0.3300 |" in table
+    assert "| stuck | 4 | 0 | 0 | 0 | 0.3000 -> 0.3000 | 0.2800 | - | - | 0.3000 |" in table
 
 
 def test_comparison_plot_writes_a_png(tmp_path):

@@ -13,6 +13,7 @@ from harness.analyze import Evidence
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, available_moves, render, validate
 from harness.researchers import ResearcherExhausted, make_researcher
 from harness.researchers.base import knob_space
+from harness.researchers.context import evidence_context
 from harness.researchers.local import build_trie, credit_edit, edit_text, value_grid
 from harness.researchers.random_search import draw_value
 from model import build_policy, build_tokenizer, save_policy
@@ -154,7 +155,7 @@ def test_local_rejects_unknown_options(tmp_path, base_model):
     with pytest.raises(ValueError) as err:
         local(tmp_path, base_model, lr=1e-3)
     assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
-                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight")
+                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
     with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
@@ -229,7 +230,8 @@ def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold,
     assert guided.state["observations"][first] == {"knob": "sampling.top_p", "from": 1.0, "to": edits[first].value,
                                                    "delta": pytest.approx(0.3 * (1 - edits[first].value)),
                                                    "ci95": pytest.approx([0.3 * (1 - edits[first].value) - 0.01,
-                                                                          0.3 * (1 - edits[first].value) + 0.01])}
+                                                                          0.3 * (1 - edits[first].value) + 0.01]),
+                                                   "context": evidence_context(evidence(first + 1))}
     proposal = guided.propose(evidence(17), MEMORY, scaffold)
     seen = sum(o["knob"] == credit_edit(proposal.edits[0])[0] for o in guided.state["observations"])
     assert (f"the credit model, from {seen} earlier round" in proposal.hypothesis) == (seen > 0)
@@ -304,6 +306,66 @@ def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_mode
     assert fresh.state == researcher.state
 
 
+def one_knob_and_the_moves(scaffold: Path) -> Path:
+    """arith with one searchable knob (grpo.loss_type: three values besides the current one) and its
+    five moves: eight candidates, each tried once against an incumbent before any repeats."""
+    surface = scaffold / "surface.yaml"
+    lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
+             for line in surface.read_text().splitlines()]
+    surface.write_text("\n".join(lines) + "\n")
+    return scaffold
+
+
+def incumbent_evidence(round_no: int, malformed: bool) -> Evidence:
+    """An incumbent whose failures are mostly malformed answers (format_valid_rate 0.3), or mostly
+    well-formed wrong ones (0.98); no near misses either way, so no move's declared target tells
+    them apart except the format ones."""
+    failures = {"bad_format": 60, "wrong_answer": 10} if malformed else {"wrong_answer": 60, "bad_format": 1}
+    return Evidence(round=round_no, incumbent_accuracy=0.3, incumbent_ci95=(0.25, 0.35),
+                    incumbent_metrics={"format_valid_rate": 0.3 if malformed else 0.98, "truncation_rate": 0.0},
+                    knobs={}, failures={c: {"count": n, "examples": []} for c, n in failures.items()})
+
+
+def test_the_evidence_steers_the_local_researcher_and_blanking_it_does_not(tmp_path, scaffold, base_model):
+    """The near-miss move pays +0.08 where answers are malformed and costs 0.04 where they are not
+    (outcomes against its declared target, so only they can teach it). Each incumbent gets every
+    candidate once: eight rounds on a malformed incumbent, a keep, eight on a tidy one. Then, over
+    the same rounds and seeds, the researcher that sees the evidence proposes the move on a malformed
+    incumbent and avoids it on a tidy one; blanked, it cannot tell them apart."""
+    scaffold = one_knob_and_the_moves(scaffold)
+    move = MoveEdit("reward_near_miss_credit")
+    config = scaffold / "scaffold.yaml"
+    original = config.read_text()
+
+    def trained(name, **options):
+        config.write_text(original)
+        researcher = local(tmp_path / name, base_model, **options)
+        for n in range(1, 17):
+            if n == 9:  # a keep: another incumbent, whose failures are well-formed
+                config.write_text(original.replace("loss_type: dapo", "loss_type: grpo"))
+            malformed = n <= 8
+            proposal = researcher.propose(incumbent_evidence(n, malformed), MEMORY, scaffold)
+            delta = (0.08 if malformed else -0.04) if proposal.edits[0] == move else 0.0
+            researcher.learn(proposal, {"decision": "revert", "delta": delta, "ci95": [delta - 0.01, delta + 0.01]})
+        return researcher
+
+    def proposed(researcher, malformed):
+        return [researcher.propose(incumbent_evidence(n, malformed), MEMORY, scaffold).edits[0]
+                for n in range(17, 37)]
+
+    seeing, blind = trained("seeing"), trained("blind", evidence=False)
+    assert [o["context"]["format_failure"] for o in seeing.state["observations"]] == [
+        pytest.approx(0.7)] * 8 + [pytest.approx(0.02)] * 8
+    assert all(set(o["context"].values()) == {0.0} for o in blind.state["observations"])
+    on_malformed, on_tidy = proposed(seeing, True), proposed(seeing, False)
+    blind_malformed, blind_tidy = proposed(blind, True), proposed(blind, False)
+    assert blind_malformed == blind_tidy  # without the evidence the two incumbents look the same
+    assert on_malformed.count(move) >= 16 and on_tidy.count(move) <= 2  # of 20 rounds each
+    assert on_tidy.count(move) <= blind_tidy.count(move) < on_malformed.count(move)
+    hypothesis = blind.propose(incumbent_evidence(37, True), MEMORY, scaffold).hypothesis
+    assert "without the evidence" in hypothesis and "bad_format" not in hypothesis
+
+
 def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold, base_model):
     """One searchable knob (three values) and the five arith moves: eight candidates, each tried once
     before any repeats, so every move is proposed within eight rounds; a kept move leaves the grammar."""
@@ -324,7 +386,7 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
     near = next(p for p in proposals if p.edits[0] == MoveEdit("reward_near_miss_credit"))
     assert near.hypothesis.startswith("apply move reward_near_miss_credit: an answer off by a little")
     assert {"knob": "move:reward_near_miss_credit", "from": False, "to": True, "delta": 0.04,
-            "ci95": [0.03, 0.05]} in researcher.state["observations"]
+            "ci95": [0.03, 0.05], "context": evidence_context(evidence(1))} in researcher.state["observations"]
     # the credit model now expects the near-miss move to help, and says so when it proposes it again
     again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(9, 40))
              if p.edits[0] == MoveEdit("reward_near_miss_credit")]

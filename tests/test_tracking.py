@@ -71,6 +71,8 @@ def log_round(tracker, n, critique=None, temperature=None):
         commits={"candidate": f"c{n}" * 20, "incumbent": "i" * 40}, memory_snapshot=f"# memory after round {n}",
         approval={"decision": "approve", "who": "alice", "when": "2026-01-01T00:00:00", "note": "ok",
                   "point": "keep", "round": 1} if n == 1 else None,
+        heldout={"heldout_accuracy": 0.38, "heldout_delta": -0.01, "heldout_paired": True,
+                 "false_keep": True} if decision == "keep" else None,
         extra_metrics={"round_seconds": 60.0})
 
 
@@ -111,7 +113,8 @@ def test_a_campaign_is_one_parent_with_a_child_per_round(campaign, uri, tmp_path
     assert kept.params == {"sampling.temperature": "0.7", "train.lr": "1e-05"}
     assert kept.metrics["accuracy"] == 0.40 and kept.metrics["accuracy_ci95_lo"] == pytest.approx(0.35)
     assert kept.metrics["accuracy_by_seed/1"] == pytest.approx(0.41)
-    assert kept.metrics["heldout/accuracy"] == pytest.approx(0.38)
+    assert kept.metrics["heldout/accuracy"] == pytest.approx(0.38) and kept.metrics["heldout/delta"] == -0.01
+    assert kept.tags["false_keep"] == "true" and "false_keep" not in runs[2].data.tags
     assert kept.metrics["delta"] == pytest.approx(0.10) and kept.metrics["delta_ci95_hi"] == 0.09
     assert kept.metrics["delta/format_valid_rate"] == 0.02 and kept.metrics["round_seconds"] == 60.0
     assert kept.tags["decision"] == "keep" and kept.tags["status"] == "ok"
@@ -138,7 +141,9 @@ def test_progress_metrics_and_plot_land_on_the_parent(campaign, uri, tmp_path):
                 "heldout_accuracy": 0.28, "hypothesis": "", "delta": None}]
     history += [{"round": n, "decision": "failed" if s != "ok" else d, "accuracy": a,
                  "incumbent_accuracy": 0.4 if n else 0.3, "heldout_accuracy": 0.38 if d == "keep" else None,
+                 "heldout_delta": 0.1 if d == "keep" else None, "false_keep": False if d == "keep" else None,
                  "hypothesis": f"hypothesis {n}", "delta": None} for n, (a, _, s, d) in ROUNDS.items()]
+    history[1] |= {"heldout_delta": -0.01, "false_keep": True}  # kept on eval, worse on held-out
     plot = progress_plot(history, tmp_path / "progress.png")
     campaign.log_campaign_progress(history[:2], plot)
     campaign.log_campaign_progress(history, plot)  # rounds 0 and 1 again: not logged twice
@@ -149,6 +154,9 @@ def test_progress_metrics_and_plot_land_on_the_parent(campaign, uri, tmp_path):
     assert [(m.step, m.value) for m in incumbent] == [(0, 0.3), (1, 0.4), (2, 0.4), (3, 0.4)]
     assert [m.step for m in client.get_metric_history(campaign.run_id, "candidate_accuracy")] == [0, 1, 2]
     assert [m.step for m in client.get_metric_history(campaign.run_id, "heldout_accuracy")] == [0, 1]
+    assert [(m.step, m.value) for m in client.get_metric_history(campaign.run_id, "heldout_delta")] == [(1, -0.01)]
+    false_keeps = client.get_metric_history(campaign.run_id, "false_keeps")  # so far, at each round
+    assert [(m.step, m.value) for m in false_keeps] == [(0, 0), (1, 1), (2, 1), (3, 1)]
     assert [f.path for f in client.list_artifacts(campaign.run_id)] == ["config.json", "progress.png"]
     assert client.get_run(campaign.run_id).info.status == "FINISHED"
 

@@ -1,4 +1,5 @@
-"""Value-level credit for knob edits: an additive Bayesian model of what each knob value does.
+"""Value-level credit for knob edits: a Bayesian model of what each knob value does, and how that
+depends on the evidence.
 
 Every knob k adds g_k(x) to the score. A round that moved knob k from u to v and measured a paired
 delta d (with its 95% interval) is one observation d = g_k(v) - g_k(u) + noise, the noise read off
@@ -9,13 +10,30 @@ The weights have a Gaussian prior whose scale is per knob and grows with the del
 knob: a knob whose edits never moved the score gets a small scale and is explored less, one whose
 edits moved it a lot is explored more. The posterior is closed-form (Bayesian linear regression).
 
-`sample` draws one posterior sample of the weights (Thompson sampling) and gives, per candidate
-edit, the gain it predicts over the incumbent's value; `predict` gives the posterior mean and
-standard deviation of that gain, for the hypothesis text.
+Context. The same edit need not do the same everywhere: a move against malformed answers helps when
+many answers are malformed and little when few are. Each observation carries the context of the
+round it was measured in (`context.py`: format failures, truncation, ..., each in [0, 1]), and an
+edit's effect is g_k(v) - g_k(u) plus, for every context feature c_j, c_j (h_kj(v) - h_kj(u)): an
+interaction on the same features of the value, with its own prior, INTERACTION_SCALE times the
+knob's. So the gain predicted for an edit moves with the current evidence, as far as the outcomes
+measured in other contexts say it should. Where every context is 0 (blanked evidence) the
+interactions never meet data and the model is the additive one.
 
-    model = CreditModel(specs)
-    model.fit([{"knob": "sampling.top_p", "from": 1.0, "to": 0.683, "delta": 0.085, "ci95": [0.053, 0.117]}])
-    gains = model.sample([("sampling.top_p", 0.367), ("reward.format", 0.5)], current, np.random.default_rng(0))
+Targets. A move (the choice knob `move:<name>`, off -> on) that the scaffold says targets some
+failures (moves.yaml `targets`, read as the context features that measure them) starts with a prior
+mean of TARGET_GAIN per unit of each such feature on its interaction: before any outcome it is
+expected to help where those failures are common. It is a mean with the interaction's prior spread,
+not a rule: the outcomes of the rounds the move is tried in overturn it.
+
+`sample` draws one posterior sample of the weights (Thompson sampling) and gives, per candidate
+edit, the gain it predicts over the incumbent's value in a context; `predict` gives the posterior
+mean and standard deviation of that gain, for the hypothesis text.
+
+    model = CreditModel(specs, targets={"move:reward_malformed_penalty": ("format_failure",)})
+    model.fit([{"knob": "sampling.top_p", "from": 1.0, "to": 0.683, "delta": 0.085, "ci95": [0.053, 0.117],
+                "context": {"format_failure": 0.3, "truncation": 0.0}}])
+    gains = model.sample([("sampling.top_p", 0.367), ("reward.format", 0.5)], current, np.random.default_rng(0),
+                         context=evidence_context(evidence))
 """
 
 from __future__ import annotations
@@ -25,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.researchers.context import FEATURES
+
 BUMPS = np.linspace(0.0, 1.0, 5)  # centres of the bump features, in the knob's normalised range
 BUMP_WIDTH = 0.15
 TREND_SCALE = 3.0                 # the trend's prior scale over a bump's: most effects are monotone over
@@ -32,6 +52,10 @@ TREND_SCALE = 3.0                 # the trend's prior scale over a bump's: most 
 PRIOR_SCALE = 0.05                # prior standard deviation of a knob's effect, in score units
 PRIOR_WEIGHT = 1.0                # how many observations the prior scale counts for
 NOISE_FLOOR = 0.005               # a delta measured as exactly 0 (an interval of width 0) is still not exact
+INTERACTION_SCALE = 0.5           # an interaction's prior scale, relative to its knob's: most of an effect is
+                                  # the edit's own, and the context shifts it
+TARGET_GAIN = 0.05                # a targeted move's prior gain per unit of a targeted feature: +0.025 where
+                                  # the failures it aims at are half the answers
 
 
 def position(spec: dict, value: Any) -> float:
@@ -42,10 +66,19 @@ def position(spec: dict, value: Any) -> float:
     return float(np.clip((x - low) / (high - low), 0.0, 1.0)) if high > low else 0.0
 
 
-class CreditModel:
-    """The additive model over the knobs of one surface; `fit` it, then `sample` or `predict`."""
+def context_vector(context: dict[str, float] | None) -> np.ndarray:
+    """A context by name as a vector in FEATURES order; a feature it does not name (or no context) is 0."""
+    return np.array([float((context or {}).get(name, 0.0)) for name in FEATURES])
 
-    def __init__(self, specs: dict[str, dict]):
+
+class CreditModel:
+    """The model over the knobs of one surface; `fit` it, then `sample` or `predict`.
+
+    The weights are laid out as the main block (every knob's features, `dim` of them) followed by
+    one block of the same layout per context feature (the interactions).
+    """
+
+    def __init__(self, specs: dict[str, dict], targets: dict[str, tuple[str, ...]] | None = None):
         self.specs = dict(specs)
         self.offsets: dict[str, tuple[int, int]] = {}
         start = 0
@@ -54,12 +87,28 @@ class CreditModel:
             self.offsets[name] = (start, start + size)
             start += size
         self.dim = start
-        self.mean = np.zeros(self.dim)
-        self.precision = np.eye(self.dim) / PRIOR_SCALE ** 2
+        self.width = self.dim * (1 + len(FEATURES))
+        self.prior_mean = np.zeros(self.width)
+        for knob, features in (targets or {}).items():
+            on = self.offsets[knob][0] + list(self.specs[knob]["choices"]).index(True)
+            for feature in features:
+                self.prior_mean[self.dim * (1 + FEATURES.index(feature)) + on] = TARGET_GAIN
+        self.mean = self.prior_mean.copy()
+        self.precision = self._prior_precision(dict.fromkeys(self.specs, PRIOR_SCALE ** 2))
         self.counts = dict.fromkeys(self.specs, 0)
+        self._root: np.ndarray | None = None  # the posterior covariance's square root, for `sample`
+
+    def _prior_precision(self, variances: dict[str, float]) -> np.ndarray:
+        """Diagonal: a knob's prior variance on its main weights, INTERACTION_SCALE^2 times it on its interactions."""
+        prior = np.zeros(self.width)
+        for name, (start, end) in self.offsets.items():
+            for block in range(1 + len(FEATURES)):
+                scale = 1.0 if block == 0 else INTERACTION_SCALE ** 2
+                prior[block * self.dim + start:block * self.dim + end] = 1.0 / (scale * variances[name])
+        return np.diag(prior)
 
     def features(self, knob: str, value: Any) -> np.ndarray:
-        """The knob's block of features of `value`, placed in a full-length vector."""
+        """The knob's block of features of `value`, placed in a main-block-length vector."""
         spec, (start, end) = self.specs[knob], self.offsets[knob]
         phi = np.zeros(self.dim)
         if "choices" in spec:
@@ -71,11 +120,15 @@ class CreditModel:
             phi[start + 1:end] = np.exp(-0.5 * ((u - BUMPS) / BUMP_WIDTH) ** 2)
         return phi
 
-    def change(self, knob: str, old: Any, new: Any) -> np.ndarray:
-        return self.features(knob, new) - self.features(knob, old)
+    def design(self, knob: str, old: Any, new: Any, context: dict[str, float] | None) -> np.ndarray:
+        """The regression row of an edit in a context: its change of features, then that change
+        times each context feature."""
+        change = self.features(knob, new) - self.features(knob, old)
+        return np.concatenate([change, np.outer(context_vector(context), change).ravel()])
 
     def fit(self, observations: list[dict]) -> None:
-        """The posterior given every observation {"knob", "from", "to", "delta", "ci95"}. Rounds whose
+        """The posterior given every observation {"knob", "from", "to", "delta", "ci95", "context"}
+        (an observation without a context counts as measured in the zero context). Rounds whose
         run failed (delta None) and knobs no longer on the surface are left out."""
         usable = [o for o in observations if o.get("delta") is not None and o["knob"] in self.specs]
         squares = dict.fromkeys(self.specs, 0.0)
@@ -83,31 +136,34 @@ class CreditModel:
         for obs in usable:
             squares[obs["knob"]] += float(obs["delta"]) ** 2
             self.counts[obs["knob"]] += 1
-        prior = np.zeros(self.dim)
-        for name, (start, end) in self.offsets.items():
-            variance = (PRIOR_WEIGHT * PRIOR_SCALE ** 2 + squares[name]) / (PRIOR_WEIGHT + self.counts[name])
-            prior[start:end] = 1.0 / variance
-        precision, moment = np.diag(prior), np.zeros(self.dim)
-        for obs in usable:
-            phi = self.change(obs["knob"], obs["from"], obs["to"])
-            low, high = obs.get("ci95") or (obs["delta"], obs["delta"])
-            noise = max((float(high) - float(low)) / (2 * 1.96), NOISE_FLOOR)
-            precision += np.outer(phi, phi) / noise ** 2
-            moment += phi * float(obs["delta"]) / noise ** 2
-        self.precision = precision
-        self.mean = np.linalg.solve(precision, moment)
+        prior = self._prior_precision({name: (PRIOR_WEIGHT * PRIOR_SCALE ** 2 + squares[name])
+                                       / (PRIOR_WEIGHT + self.counts[name]) for name in self.specs})
+        rows = np.array([self.design(o["knob"], o["from"], o["to"], o.get("context"))
+                         for o in usable]).reshape(-1, self.width)
+        deltas = np.array([float(o["delta"]) for o in usable])
+        intervals = [o.get("ci95") or (o["delta"], o["delta"]) for o in usable]
+        weights = np.array([1.0 / max((float(high) - float(low)) / (2 * 1.96), NOISE_FLOOR) ** 2
+                            for low, high in intervals])  # 1 / noise^2, the noise read off each interval
+        self.precision = prior + (rows * weights[:, None]).T @ rows
+        self.mean = np.linalg.solve(self.precision, prior @ self.prior_mean + rows.T @ (weights * deltas))
+        self._root = None
 
-    def _changes(self, edits: list[tuple[str, Any]], current: dict) -> np.ndarray:
-        return np.array([self.change(knob, current[knob], value) for knob, value in edits]).reshape(-1, self.dim)
+    def _rows(self, edits: list[tuple[str, Any]], current: dict, context: dict[str, float] | None) -> np.ndarray:
+        return np.array([self.design(knob, current[knob], value, context)
+                         for knob, value in edits]).reshape(-1, self.width)
 
-    def predict(self, edits: list[tuple[str, Any]], current: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation of each edit's gain over the incumbent `current`."""
-        changes = self._changes(edits, current)
-        covariance = np.linalg.solve(self.precision, changes.T)
-        return changes @ self.mean, np.sqrt(np.maximum(np.einsum("ij,ji->i", changes, covariance), 0.0))
+    def predict(self, edits: list[tuple[str, Any]], current: dict,
+                context: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of each edit's gain over the incumbent `current`, in `context`."""
+        rows = self._rows(edits, current, context)
+        covariance = np.linalg.solve(self.precision, rows.T)
+        return rows @ self.mean, np.sqrt(np.maximum(np.einsum("ij,ji->i", rows, covariance), 0.0))
 
-    def sample(self, edits: list[tuple[str, Any]], current: dict, rng: np.random.Generator) -> np.ndarray:
-        """Each edit's gain under one draw of the weights from the posterior (Thompson sampling)."""
-        lower = np.linalg.cholesky(self.precision)  # precision = L L^T, so L^-T z has the posterior covariance
-        weights = self.mean + np.linalg.solve(lower.T, rng.standard_normal(self.dim))
-        return self._changes(edits, current) @ weights
+    def sample(self, edits: list[tuple[str, Any]], current: dict, rng: np.random.Generator,
+               context: dict[str, float] | None = None) -> np.ndarray:
+        """Each edit's gain in `context` under one draw of the weights from the posterior (Thompson sampling)."""
+        if self._root is None:  # once per fit: a campaign samples once a round, a test thousands of times
+            lower = np.linalg.cholesky(self.precision)  # precision = L L^T, so L^-T z has the posterior covariance
+            self._root = np.linalg.inv(lower.T)
+        weights = self.mean + self._root @ rng.standard_normal(self.width)
+        return self._rows(edits, current, context) @ weights

@@ -18,27 +18,35 @@ grid is open again.
 The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
 (old memory goes first, the evidence of this round last).
 
-Value-level credit. The model's choice is guided by a credit model (`credit.py`): an additive
-Bayesian model of each knob value's effect, fitted to every delta this campaign has measured.
-One posterior draw (Thompson sampling) gives each candidate a predicted gain, and the edit is
-sampled from the model's log-probability plus `credit_weight` times that gain. The model alone
-learns slowly which knob to touch (one REINFORCE step per round); the credit model says which
-value, and in which direction, from the same outcomes, and lets knobs that never moved the score
-fade. `credit_weight: 0` leaves the choice to the model alone.
+Value-level credit. The model's choice is guided by a credit model (`credit.py`): a Bayesian model
+of each knob value's effect, fitted to every delta this campaign has measured. One posterior draw
+(Thompson sampling) gives each candidate a predicted gain, and the edit is sampled from the model's
+log-probability plus `credit_weight` times that gain. The model alone learns slowly which knob to
+touch (one REINFORCE step per round); the credit model says which value, and in which direction,
+from the same outcomes, and lets knobs that never moved the score fade. `credit_weight: 0` leaves
+the choice to the model alone.
+
+Evidence that steers. An edit's predicted gain depends on the evidence: the incumbent's format
+failures, truncation, repetition and kinds of wrong answers, as a context vector (`context.py`).
+Each observation is saved with the context of the round it was measured in, and the credit model
+learns from the outcomes how each edit's effect moves with it (a move that paid off where answers
+were malformed is expected to pay off again where they are). A move's `targets` in moves.yaml give
+that a weak start, a prior the outcomes overturn. `evidence: false` blanks it all, for the
+ablation: no summary in the prompt and the zero context, now and in the observations it saves.
 
 Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
 running-mean baseline; one Adam step. The round's delta and interval are added to the credit
-model's observations (a move as the choice knob `move:<name>`, from off to on). The checkpoint
-(weights, tokenizer, optimizer, state with the observations) is then saved, so the researcher that
-runs the loop is the one that learned from it.
+model's observations (a move as the choice knob `move:<name>`, from off to on), with the context
+the proposal was made in. The checkpoint (weights, tokenizer, optimizer, state with the
+observations) is then saved, so the researcher that runs the loop is the one that learned from it.
 
 Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
 `checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
 atomically; and `pending.json`, the prompt and candidates of the last proposal, so `learn` works
-after a crash between propose and learn.
+after a crash between propose and learn (its context included).
 
-    researcher = LocalResearcher({"temperature": 1.0, "learning_rate": 1e-4, "credit_weight": 100.0},
+    researcher = LocalResearcher({"temperature": 1.0, "learning_rate": 1e-4, "credit_weight": 100.0, "evidence": True},
                                  campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
 """
 
@@ -58,6 +66,7 @@ from harness.config import LocalOptions, parse_config
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, move_hypothesis, move_space, round_seed,
                                       same_value, scaffold_knob_space, short_float)
+from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
@@ -135,6 +144,7 @@ class LocalResearcher(Researcher):
         self.context_tokens = options.context_tokens
         self.reward_scale = options.reward_scale
         self.credit_weight = options.credit_weight
+        self.evidence = options.evidence
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
@@ -215,7 +225,8 @@ class LocalResearcher(Researcher):
         return self._candidates[key]
 
     def _prompt_ids(self, evidence: Evidence, memory_text: str, room: int) -> list[int]:
-        text = f"{memory_text.strip()}\n\n{evidence.summary()}\nproposal: "
+        summary = f"{evidence.summary()}\n" if self.evidence else ""
+        text = f"{memory_text.strip()}\n\n{summary}proposal: "
         # verbose=False: the memory may exceed the model's length before it is cut, which is expected
         ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         return [self.tokenizer.bos_token_id] + ids[-(room - 1):]
@@ -261,18 +272,20 @@ class LocalResearcher(Researcher):
         scores = self._candidate_logprobs(prompt_ids, sequences, build_trie(sequences))
         edits = [credit_edit(edit) for _, edit in candidates]
         moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
-        credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves})
+        credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves},
+                             targets={name: target_features(move.targets) for name, move in moves.items()})
         current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
+        context = evidence_context(evidence) if self.evidence else blank_context()
         if self.credit_weight > 0:
             credit.fit(self.state.get("observations", []))
-            scores = scores + self.credit_weight * credit.sample(edits, current, rng)
+            scores = scores + self.credit_weight * credit.sample(edits, current, rng, context)
         probs = np.exp(scores - scores.max())
         choice = int(rng.choice(len(candidates), p=probs / probs.sum()))
         edit = candidates[choice][1]
         knob, _ = credit_edit(edit)
         change = (move_hypothesis(edit.move, moves[knob].doc) if isinstance(edit, MoveEdit)
                   else f"set {edit.knob} from {current[edit.knob]} to {edit.value}")
-        proposal = Proposal(self._hypothesis(evidence, edit, change, current[knob], credit), (edit,))
+        proposal = Proposal(self._hypothesis(evidence, edit, change, current[knob], credit, context), (edit,))
         self.counts["proposals"] += 1
         self.counts["prompt_tokens"] += len(prompt_ids)
         self.counts["generated_tokens"] += len(sequences[choice])
@@ -280,19 +293,20 @@ class LocalResearcher(Researcher):
         write_atomic(self.pending_file, json.dumps({
             "round": evidence.round, "proposal": proposal.to_dict(), "state": state_key, "prompt_ids": prompt_ids,
             "candidates": [t for t, _ in candidates], "sequences": sequences, "choice": choice,
-            "old_value": current[knob]}))
+            "old_value": current[knob], "context": context}))
         return proposal
 
-    @staticmethod
-    def _hypothesis(evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any,
-                    credit: CreditModel) -> str:
+    def _hypothesis(self, evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any,
+                    credit: CreditModel, context: dict[str, float]) -> str:
         knob, value = credit_edit(edit)
         seen = credit.counts.get(knob, 0)
         if seen:
-            mean, sd = (float(x[0]) for x in credit.predict([(knob, value)], {knob: old}))
+            mean, sd = (float(x[0]) for x in credit.predict([(knob, value)], {knob: old}, context))
             what = "move" if isinstance(edit, MoveEdit) else "knob"
             change += (f" (the credit model, from {seen} earlier round{'s' if seen > 1 else ''} on this {what}, "
                        f"expects {mean:+.3f} +/- {sd:.3f})")
+        if not self.evidence:
+            return f"{change}; chosen without the evidence (evidence: false)"
         if evidence.failures:
             category, group = next(iter(evidence.failures.items()))
             return (f"{change}; the incumbent's most common failure is {category} ({group['count']} cases), "
@@ -363,7 +377,8 @@ class LocalResearcher(Researcher):
         if "old_value" in pending:  # a proposal pending from before the credit model has none
             knob, value = credit_edit(proposal.edits[0])
             observations.append({"knob": knob, "from": pending["old_value"], "to": value,
-                                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95")})
+                                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
+                                 "context": pending.get("context")})
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations}
         self.counts["learn_steps"] += 1

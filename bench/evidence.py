@@ -1,0 +1,156 @@
+"""Evidence that steers: the same local-researcher campaigns with the evidence present and blanked.
+
+For each seed, two campaigns of the local researcher on the arith scaffold that differ only in
+`researcher.evidence` (true: the evidence summary in its prompt and the evidence as the credit
+model's context; false: neither). They share one runs folder, so the base policy, the data and
+the training cache are common to both. Per condition it prints, over the seeds:
+
+  - final level at: the median first round whose incumbent was at its final accuracy (0 when it
+    never rose above the baseline's)
+  - pair's best at: the median first round at which the incumbent came within NEAR_BEST of the
+    better final incumbent of that seed's two campaigns (not reached: rounds + 1, shown as ">N"),
+    so a campaign that stops early at a lower level does not look fast
+  - the median final incumbent accuracy and its held-out accuracy
+  - keeps and false keeps (keeps whose held-out change was not positive), summed over seeds
+
+then every campaign's row (`researcher compare`'s table). Trailing KEY=VALUE items set the
+campaign config of both conditions. A campaign already in the runs folder is resumed, not
+restarted, so a long comparison can be stopped and picked up again.
+
+    .venv/bin/python bench/evidence.py --rounds 2 --seeds 1 --fast      # a smoke run of the bench itself
+    .venv/bin/python bench/evidence.py --rounds 2 --seeds 1 --fast margin=-0.01   # ties are kept: false keeps
+    .venv/bin/python bench/evidence.py --rounds 100 --seeds 4 --runs-dir runs/bench-evidence
+                                        # the full comparison: a pretrained base at runs/models/base
+                                        # (`researcher model pretrain`), hours per campaign
+
+`--fast` (and a missing base) runs the end-to-end tests' set-up instead: a random-weight tiny base
+and the arith scaffold cut to one GRPO step (tests/fast_scaffold.py). Its accuracy is 0 whatever
+the researcher does, so it checks that the bench runs, not which condition wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from rl_pipeline.env import use_offline_env  # noqa: E402
+
+use_offline_env()
+
+from harness.campaigns import create_campaign, run_campaign  # noqa: E402
+from harness.config import CONFIG_FILE, compose_config, freeze_config, frozen_config  # noqa: E402
+from harness.journal import Journal  # noqa: E402
+from harness.report import NEAR_BEST, campaign_stats, comparison_markdown  # noqa: E402
+
+CONDITIONS = {"present": "true", "blanked": "false"}
+
+
+# the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
+FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
+
+
+def fast_setup(runs: Path) -> list[str]:
+    """The tests' tiny random base and fast scaffold under `runs/fast/` (made once); the overrides
+    that use them."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fast_scaffold import campaign_root
+
+    root = runs / "fast"
+    if not (root / "fast_arith").is_dir():
+        campaign_root(root, [])
+    return [f"base_model={root / 'runs' / 'models' / 'base'}", f"scaffold={root / 'fast_arith'}", *FAST_OVERRIDES]
+
+
+def real_setup(runs: Path, base: Path) -> list[str]:
+    """The pretrained base linked into `runs/models/base` and the data copied; the arith scaffold."""
+    (runs / "models").mkdir(parents=True, exist_ok=True)
+    if not (runs / "models" / "base").exists():
+        os.symlink(base.resolve(), runs / "models" / "base")
+    if (REPO / "runs" / "data").is_dir() and not (runs / "data").exists():
+        shutil.copytree(REPO / "runs" / "data", runs / "data")
+    return ["scaffold=arith"]
+
+
+def run(runs: Path, setup: list[str], condition: str, seed: int, rounds: int) -> list[dict]:
+    """One campaign (created with the `setup` overrides, or resumed with `rounds` if the runs folder
+    has it); its history."""
+    name = f"evidence-{condition}-s{seed}"
+    path = runs / name
+    if (path / CONFIG_FILE).is_file():
+        config = frozen_config(path) | {"rounds": rounds}
+        freeze_config(path, config)
+    else:
+        config = compose_config([f"runs_dir={runs}", f"name={name}", f"rounds={rounds}", f"seed={seed}",
+                                 "researcher=local", f"researcher.evidence={CONDITIONS[condition]}", "live=false",
+                                 *setup])
+        path = create_campaign(config)
+    run_campaign(config, path)
+    return Journal(path).get("history") or []
+
+
+def reached(history: list[dict], level: float | None) -> int | None:
+    """The first round whose incumbent is at `level` or above; None if none is."""
+    return next((r["round"] for r in sorted(history, key=lambda r: r["round"])
+                 if level is not None and r["incumbent_accuracy"] >= level - 1e-9), None)
+
+
+def median(values: list) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.4g}" if known else "n/a"
+
+
+def report(histories: dict[tuple[str, int], list[dict]], seeds: list[int], rounds: int) -> None:
+    print("\n| evidence | final level at round | pair's best at round | final accuracy | held-out | kept | "
+          "false keeps |\n|---|---:|---:|---:|---:|---:|---:|")
+    for condition in CONDITIONS:
+        own, best, finals, heldout, kept, false = [], [], [], [], 0, 0
+        for seed in seeds:
+            history = histories[condition, seed]
+            stats = campaign_stats(history)
+            pair = max(campaign_stats(histories[c, seed])["final"] for c in CONDITIONS)
+            own.append(reached(history, stats["final"]))
+            at = reached(history, pair - NEAR_BEST)
+            best.append(rounds + 1 if at is None else at)
+            finals.append(stats["final"])
+            heldout.append(stats["heldout_final"])
+            kept += stats["kept"]
+            false += stats["false_keeps"]
+        censored = ">" if statistics.median(best) > rounds else ""
+        print(f"| {condition} | {median(own)} | {censored}{median(best)} | {median(finals)} | {median(heldout)} | "
+              f"{kept} | {false} |")
+    print(f"\nmedians over seeds {seeds}, {rounds} rounds each\n")
+    print(comparison_markdown({f"{c}-s{s}": histories[c, s] for s in seeds for c in CONDITIONS}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=4, help="campaign seeds 0..N-1, one pair each")
+    parser.add_argument("--base", default=str(REPO / "runs/models/base"))
+    parser.add_argument("--runs-dir", default=None, help="keep the campaigns here (default: a temporary folder)")
+    parser.add_argument("--fast", action="store_true", help="the tests' tiny random base and one-step scaffold")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for both conditions")
+    args = parser.parse_args()
+    fast = args.fast or not (Path(args.base) / "config.json").is_file()
+    if fast and not args.fast:
+        print(f"no base policy at {args.base}: running the fast set-up (tiny random base, one-step scaffold)")
+    seeds = list(range(args.seeds))
+
+    with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
+        runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
+        setup = (fast_setup(runs) if fast else real_setup(runs, Path(args.base))) + args.overrides
+        histories = {(condition, seed): run(runs, setup, condition, seed, args.rounds)
+                     for seed in seeds for condition in CONDITIONS}
+        report(histories, seeds, args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

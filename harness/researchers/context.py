@@ -1,0 +1,61 @@
+"""The evidence as a context: the few numbers the credit model conditions an edit's effect on.
+
+Each feature is read off the incumbent's evaluation (harness.analyze.Evidence) and lies in [0, 1]:
+
+    format_failure   1 - format_valid_rate: answers the strict parse could not read
+    truncation       truncation_rate: completions cut at the token limit
+    repetition       repetition_rate: completions that repeat themselves
+    wrong_answer     the share of failures that were well-formed but wrong (wrong_answer, wrong_numbers)
+    near_miss        the share of failures that were nearly right (off_by_small, sign_error)
+
+The names and their order are fixed: observations saved in a checkpoint carry their context by name,
+so one written by an older version still reads. A name missing from a saved context counts as 0,
+which is also what blanked evidence (the local researcher's `evidence: false`) is everywhere.
+The last round's delta and interval are not features: each round's delta is an observation of its
+own in the credit model. Held-out scores are never in the evidence, so never in a context.
+
+`CATEGORY_FEATURES` says which failure categories a feature measures, so that a move's declared
+`targets` (moves.yaml) can be read as the features under which it is expected to help.
+
+    context = evidence_context(evidence)     # {"format_failure": 0.31, "truncation": 0.0, ...}
+    targeted = target_features(("bad_format", "no_answer"))    # ("format_failure",)
+"""
+
+from __future__ import annotations
+
+from harness.analyze import Evidence
+
+FEATURES = ("format_failure", "truncation", "repetition", "wrong_answer", "near_miss")
+CATEGORY_FEATURES = {"format_failure": ("bad_format", "no_answer", "invalid_expression"),
+                     "wrong_answer": ("wrong_answer", "wrong_numbers"),
+                     "near_miss": ("off_by_small", "sign_error")}
+
+
+def _unit(x: float) -> float:
+    return min(max(float(x), 0.0), 1.0)
+
+
+def evidence_context(evidence: Evidence) -> dict[str, float]:
+    """The context of `evidence`: every feature of FEATURES, 0 where the evidence does not say."""
+    metrics = evidence.incumbent_metrics
+    counts = {category: group["count"] for category, group in evidence.failures.items()}
+    failed = sum(counts.values())
+
+    def share(feature: str) -> float:
+        return sum(counts.get(c, 0) for c in CATEGORY_FEATURES[feature]) / failed if failed else 0.0
+
+    return {"format_failure": _unit(1.0 - metrics.get("format_valid_rate", 1.0)),
+            "truncation": _unit(metrics.get("truncation_rate", 0.0)),
+            "repetition": _unit(metrics.get("repetition_rate", 0.0)),
+            "wrong_answer": _unit(share("wrong_answer")),
+            "near_miss": _unit(share("near_miss"))}
+
+
+def blank_context() -> dict[str, float]:
+    """The context of blanked evidence: nothing known, every feature 0."""
+    return dict.fromkeys(FEATURES, 0.0)
+
+
+def target_features(categories: tuple[str, ...]) -> tuple[str, ...]:
+    """The features that measure any of these failure categories, in FEATURES order."""
+    return tuple(f for f, covered in CATEGORY_FEATURES.items() if set(covered) & set(categories))
