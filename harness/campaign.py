@@ -54,6 +54,7 @@ class Campaign:
         self.live = LiveView(config["name"], config["rounds"], enabled=config.get("live", True))
         self.workspace: Workspace | None = None
         self.researcher = None
+        self.pool = None  # the Ray actors of `runner=ray`, from setup to the end of run
 
     # ----------------------------------------------------------------------------- setup
     def _runner_options(self) -> dict:
@@ -63,18 +64,40 @@ class Campaign:
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 
     def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False) -> dict:
-        """The runner's result for the scaffold as checked out now; failed when it does not name the
-        commit that was evaluated or the baseline's data (every split's hash), so that no round is
-        ever compared on other data or another scaffold than the one it claims."""
-        commit = scaffold_commit(self.workspace.path)
-        result = run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, **self._runner_options())
+        """The runner's result for the scaffold as checked out now (see `_evaluate_all`)."""
+        return self._evaluate_all([(self.workspace.path, out)], seeds, heldout=heldout)[0]
+
+    def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False) -> list[dict]:
+        """The runner's result for every (scaffold folder, out folder): one after another on this
+        machine, or at once on Ray (`runner=ray`). A result is failed when it does not name the commit
+        that was evaluated or the baseline's data (every split's hash), so that no round is ever
+        compared on other data or another scaffold than the one it claims."""
+        commits = [scaffold_commit(scaffold) for scaffold, _ in targets]
+        jobs = [{"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout} for scaffold, out in targets]
+        if self.pool is not None:
+            results = self.pool.run(jobs)
+        else:
+            results = [run_scaffold(job["scaffold"], job["out"], heldout=heldout, seeds=seeds, **self._runner_options())
+                       for job in jobs]
         baseline = self.journal.get("baseline")
-        reference = read_result(self.dir / baseline["result"]) if baseline else result
-        problem = integrity_problem(result, reference, commit=commit)
-        if problem:
-            result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
-            write_result(out, result)
-        return result
+        checked = []
+        for result, commit, (_, out) in zip(results, commits, targets):
+            reference = read_result(self.dir / baseline["result"]) if baseline else result
+            problem = integrity_problem(result, reference, commit=commit)
+            if problem:
+                result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
+                write_result(out, result)
+            checked.append(result)
+        return checked
+
+    def _start_runner(self) -> None:
+        """The Ray pool when `runner=ray` (ray is imported only then); the local runner needs nothing."""
+        runner = self.config["runner"]
+        if runner.get("name") == "ray" and self.pool is None:
+            from harness.ray_runner import RayPool
+
+            self.pool = RayPool(self._runner_options(), address=runner["address"], cpus=runner["cpus"],
+                                gpus=runner["gpus"], workers=runner["workers"])
 
     def setup(self) -> None:
         """Create the workspace and the researcher, and run the baseline (round 0) once."""
@@ -90,6 +113,7 @@ class Campaign:
                                              self.journal.get("campaign_id"))
         if run_id:
             self.journal.set("mlflow_run_id", run_id)
+        self._start_runner()
         if self.journal.get("baseline") is None:
             self._baseline()
 
@@ -382,6 +406,14 @@ class Campaign:
     # ----------------------------------------------------------------------------- the loop
     def run(self) -> dict:
         """Run (or resume) rounds until the configured number is done or the researcher runs out."""
+        try:
+            return self._run()
+        finally:
+            if self.pool is not None:  # however the campaign ends, no Ray process of ours is left
+                self.pool.close()
+                self.pool = None
+
+    def _run(self) -> dict:
         self.journal.set("status", "running")
         self.journal.set("stop_reason", None)
         status = "finished"
