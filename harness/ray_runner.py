@@ -5,8 +5,9 @@ local one is (`rl_pipeline.run.run_scaffold`: the warm trusted worker, the bubbl
 it, the time limits, a `failed` result for any crash inside), kept warm across rounds. What can go
 wrong on the Ray side becomes a failed result too: an actor that dies (killed, out of memory, its
 node lost) fails the candidate it held, and is replaced for the next one; an actor that outlives the
-runner's own limits is killed. Only a sandbox that cannot be built stops the campaign, as it does
-with the local runner.
+runner's own limits is killed. A job whose actor had died before the job began (while it was idle)
+is given once to a new one. Only a sandbox that cannot be built stops the campaign, as it does with
+the local runner.
 
 Without an address the pool starts its own Ray on this machine, bound to 127.0.0.1 and sized by
 Ray's detection of its CPUs and GPUs. `ray start` runs under `harness.process_tree`'s guard, a
@@ -155,15 +156,20 @@ class RayPool:
         results: list[dict | None] = [None] * len(jobs)
         queue = list(enumerate(jobs))
         running: dict = {}  # object ref -> (index, actor, started)
+        retried: set[int] = set()
         while queue or running:
             while queue and len(running) < self.workers:
                 index, job = queue.pop(0)
                 actor = self._actor()
+                Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
                 running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
                 index, actor, _ = running.pop(ref)
-                results[index] = self._collect(ref, jobs[index], actor)
+                results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
+                if results[index] is None:  # its actor had died before the job began (while idle): a new one
+                    retried.add(index)
+                    queue.insert(0, (index, jobs[index]))
             for ref, (index, actor, started) in list(running.items()):
                 if time.monotonic() - started > self.deadline_s:
                     running.pop(ref)
@@ -171,8 +177,9 @@ class RayPool:
                     results[index] = failed(jobs[index], f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
         return results
 
-    def _collect(self, ref, job: dict, actor) -> dict:
-        """The job's result; a failed one when its actor died or raised (the actor is then dropped)."""
+    def _collect(self, ref, job: dict, actor, *, retry: bool) -> dict | None:
+        """The job's result; a failed one when its actor died or raised (the actor is then dropped),
+        or None to `retry` a job whose actor was dead before it began."""
         ray = self.ray
         try:
             result = ray.get(ref)
@@ -183,6 +190,8 @@ class RayPool:
             return failed(job, f"the Ray actor raised {type(err.cause).__name__}: {err.cause}")
         except ray.exceptions.RayError as err:  # the actor's process or node died
             ray.kill(actor)
+            if retry and not Path(job["out"], "job.json").exists():
+                return None
             return failed(job, f"the Ray worker died ({type(err).__name__}: {str(err).splitlines()[0][:300]})")
         self.idle.append(actor)
         return result

@@ -1,6 +1,6 @@
-"""The Ray runner on a real local Ray (no mock): jobs at once in sandboxed actors, a killed worker as
-one failed job, nothing of ours left running after a close or a kill -9 of the process that
-started it (checked in the process table).
+"""The Ray runner on a real local Ray (no mock): jobs at once in sandboxed actors, a worker killed in
+a job as that one failed job (and one killed while idle as nothing), nothing of ours left running
+after a close or a kill -9 of the process that started it (checked in the process table).
 
 A random-weight tiny base and a scaffold cut to one GRPO step keep each evaluation to seconds.
 """
@@ -90,6 +90,9 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         assert failed["reason"].startswith("the Ray worker died")
         out = next(job["out"] for job, r in zip(second, results) if r["status"] == "failed")
         assert json.loads((out / "result.json").read_text())["reason"] == failed["reason"]
+        # A worker that dies while idle fails nothing: its next job goes to a new one.
+        (idle,) = pool.idle
+        os.kill(pool.ray.get(idle.pid.remote()), signal.SIGKILL)
         assert [r["status"] for r in pool.run(jobs(root, scaffold, "third", 2))] == ["ok", "ok"]
         running = ours(os.getpid())
     finally:
