@@ -165,10 +165,7 @@ class Campaign:
         self.live.round(n, j.get("history"))
 
         evidence = step(n, "analyze", lambda: self._analyze(n))["evidence"]
-        proposed = step(n, "propose", lambda: self._propose(n, evidence, out))
-        proposal = parse_proposal(proposed["proposal"]) if proposed.get("proposal") else None
-        if proposal is not None:
-            self._to_verdict(n, out, proposal)
+        proposal, out = self._propose_and_judge(n, evidence, out)
         decided = step(n, "decide", lambda: self._decide(n),
                        updates=lambda o: ({"incumbent": {"round": n, "result": self._stored(out),
                                                          "commit": self.workspace.incumbent_commit()}}
@@ -181,6 +178,23 @@ class Campaign:
              updates=lambda o: {"history": [h for h in j.get("history") if h["round"] != n] + [o["history"]],
                                 "last_round": o["last_round"], "researcher_usage": o["researcher_usage"]})
         self.live.decision(n, decided["decision"], decided["reason"])
+
+    def _propose_and_judge(self, n: int, evidence: dict, out: Path) -> tuple:
+        """The steps from propose to the keep gate; the round's proposal (None without a valid one)
+        and the folder of its result. A round of several candidates (harness.candidates) overrides it."""
+        proposed = self._step(n, "propose", lambda: self._propose(n, evidence, out))
+        proposal = parse_proposal(proposed["proposal"]) if proposed.get("proposal") else None
+        if proposal is not None:
+            self._to_verdict(n, out, proposal)
+        return proposal, out
+
+    def _round_proposal(self, n: int) -> dict | None:
+        """The proposal the round is recorded under (its only one here)."""
+        return self.journal.step_output(n, "propose").get("proposal")
+
+    def _chosen(self, n: int) -> int | None:
+        """Which of several candidates the round is recorded under (None: it has one)."""
+        return None
 
     def _to_verdict(self, n: int, out: Path, proposal) -> None:
         """The steps from a valid proposal to a verdict, stopping at the first that says no."""
@@ -352,11 +366,11 @@ class Campaign:
     def _record(self, n: int, out: Path) -> dict:
         """Memory, the round's files, the plot and MLflow, from what the round's steps wrote."""
         j, ws = self.journal, self.workspace
-        proposed, decided = j.step_output(n, "propose"), j.step_output(n, "decide")
+        decided, proposed = j.step_output(n, "decide"), self._round_proposal(n)
         result = read_result(out) if j.is_done(n, "evaluate") else None
         heldout = (j.step_output(n, "heldout") or {}).get("heldout_accuracy")
         verdict, final = self._verdicts(n)
-        proposal_dict = proposed.get("proposal") or {"hypothesis": "(no valid proposal)", "edits": []}
+        proposal_dict = proposed or {"hypothesis": "(no valid proposal)", "edits": []}
         decision = decided["decision"]
         failed = result is None or result.get("status") != "ok"
         critique_text = j.step_output(n, "critique")["critique"] if j.is_done(n, "critique") else \
@@ -368,7 +382,7 @@ class Campaign:
         diff = ws.diff(n) if commits["candidate"] else ""
         write_atomic(out / "diff.patch", diff)
         _write_json(out / "verdict.json", verdict)
-        kind = parse_proposal(proposal_dict).kind if proposed.get("proposal") else "knob"
+        kind = parse_proposal(proposal_dict).kind if proposed else "knob"
         approval = j.step_output(n, "gate_keep") or j.step_output(n, "gate_proposal")
         approval_text = (f"{approval['decision']} ({approval['point']}) by {approval['who']} at {approval['when']}"
                          f"{': ' + approval['note'] if approval.get('note') else ''}") if approval else ""
@@ -397,7 +411,7 @@ class Campaign:
         self.tracker.log_round(n, proposal=proposal_dict, result=result, verdict={**verdict, "decision": decision},
                                critique=critique_text, diff=diff,
                                commits=commits | {"incumbent": ws.incumbent_commit()},
-                               memory_snapshot=self.memory.snapshot(), approval=approval,
+                               memory_snapshot=self.memory.snapshot(), approval=approval, candidate=self._chosen(n),
                                extra_metrics={"usage/" + k: v for k, v in usage.items()
                                               if isinstance(v, (int, float))})
         self.tracker.log_campaign_progress(history, plot)

@@ -175,6 +175,8 @@ class CMAESOptions(Section):
     n_startup_trials: PositiveInt = Field(10, description="random trials before the evolution strategy starts")
 
 
+# The researchers that propose several distinct candidates a round (`Researcher.propose_many`).
+MANY_CANDIDATES = ("random", "tpe", "cmaes", "scripted")
 RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
                                           "scripted": ScriptedOptions, "tpe": TPEOptions, "cmaes": CMAESOptions}
 ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions | TPEOptions
@@ -256,11 +258,27 @@ class Campaign(Section):
     live: bool = True
     researcher: ResearcherOptions = LocalOptions()
     approvals: Approvals = Approvals(name="none")
+    candidates_per_round: PositiveInt = Field(1, description=(
+        "edits proposed and evaluated a round; above 1, the best of them is re-tested on fresh seeds before a keep"))
 
     @model_validator(mode="after")
     def _base_model(self) -> Campaign:
         if self.base_model is None:
             self.base_model = f"{self.runs_dir}/models/base"
+        return self
+
+    @model_validator(mode="after")
+    def _several_candidates(self) -> Campaign:
+        """Several candidates a round need a researcher that proposes several, and fresh seeds to
+        re-test the best of them on (seeds it was chosen on would keep the luck that chose it)."""
+        if self.candidates_per_round == 1:
+            return self
+        if self.researcher.name not in MANY_CANDIDATES:
+            raise PydanticCustomError("rule", f"candidates_per_round > 1 needs researcher "
+                                      f"{', '.join(MANY_CANDIDATES)}; {self.researcher.name} proposes one a round")
+        if not self.reeval_seeds or set(self.reeval_seeds) & set(self.eval_seeds):
+            raise PydanticCustomError("rule", "candidates_per_round > 1 needs reeval_seeds, none of them "
+                                      "in eval_seeds: the best candidate is re-tested on them before a keep")
         return self
 
 
@@ -313,6 +331,8 @@ def _describe(error: dict, model: type[BaseModel], prefix: str, typed: dict[str,
         key = ".".join([prefix, *path, str(loc[-1])] if prefix else [*path, str(loc[-1])])
         valid = ", ".join(parent.model_fields) if parent else "none"
         return f"{key}: unknown key; valid keys of {owner}: {valid}"
+    if kind == "rule":  # a rule across keys (a model validator): its message names them
+        return error["msg"]
     _, path = _model_at(model, loc)
     key = ".".join([prefix, *path] if prefix else path) or "the config"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
