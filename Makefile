@@ -19,13 +19,14 @@ sandbox:
 	@command -v bwrap >/dev/null || { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; }
 
 # torch is pinned and installed first (a CPU wheel); everything else is constrained to it so
-# no dependency can pull a different torch with several GB of CUDA packages.
+# no dependency can pull a different torch with several GB of CUDA packages. Ray (`runner=ray`) is
+# an extra: the tests run a real local Ray.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test,ray]"
 	touch $(STAMP)
 
 run: setup

@@ -55,6 +55,7 @@ class Campaign:
         self.live = LiveView(config["name"], config["rounds"], enabled=config.get("live", True))
         self.workspace: Workspace | None = None
         self.researcher = None
+        self.pool = None  # the Ray actors of `runner=ray`, from setup to the end of run
 
     # ----------------------------------------------------------------------------- setup
     def _runner_options(self) -> dict:
@@ -64,19 +65,42 @@ class Campaign:
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 
     def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0) -> dict:
-        """The runner's result for the scaffold as checked out now; failed when it does not name the
-        commit that was evaluated or the baseline's data (every split's hash), so that no round is
-        ever compared on other data or another scaffold than the one it claims."""
-        commit = scaffold_commit(self.workspace.path)
-        result = run_scaffold(self.workspace.path, out, heldout=heldout, seeds=seeds, train_seed=train_seed,
-                              **self._runner_options())
+        """The runner's result for the scaffold as checked out now (see `_evaluate_all`)."""
+        return self._evaluate_all([(self.workspace.path, out)], seeds, heldout=heldout, train_seed=train_seed)[0]
+
+    def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False,
+                      train_seed: int = 0) -> list[dict]:
+        """The runner's result for every (scaffold folder, out folder): one after another on this
+        machine, or at once on Ray (`runner=ray`). A result is failed when it does not name the commit
+        that was evaluated or the baseline's data (every split's hash), so that no round is ever
+        compared on other data or another scaffold than the one it claims."""
+        commits = [scaffold_commit(scaffold) for scaffold, _ in targets]
+        jobs = [{"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed}
+                for scaffold, out in targets]
+        if self.pool is not None:
+            results = self.pool.run(jobs)
+        else:
+            results = [run_scaffold(job["scaffold"], job["out"], heldout=heldout, seeds=seeds, train_seed=train_seed,
+                                    **self._runner_options()) for job in jobs]
         baseline = self.journal.get("baseline")
-        reference = read_result(self.dir / baseline["result"]) if baseline else result
-        problem = integrity_problem(result, reference, commit=commit)
-        if problem:
-            result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
-            write_result(out, result)
-        return result
+        checked = []
+        for result, commit, (_, out) in zip(results, commits, targets):
+            reference = read_result(self.dir / baseline["result"]) if baseline else result
+            problem = integrity_problem(result, reference, commit=commit)
+            if problem:
+                result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
+                write_result(out, result)
+            checked.append(result)
+        return checked
+
+    def _start_runner(self) -> None:
+        """The Ray pool when `runner=ray` (ray is imported only then); the local runner needs nothing."""
+        runner = self.config["runner"]
+        if runner.get("name") == "ray" and self.pool is None:
+            from harness.ray_runner import RayPool
+
+            self.pool = RayPool(self._runner_options(), address=runner["address"], cpus=runner["cpus"],
+                                gpus=runner["gpus"], workers=runner["workers"])
 
     def setup(self) -> None:
         """Create the workspace and the researcher, and run the baseline (round 0) once."""
@@ -92,6 +116,7 @@ class Campaign:
                                              self.journal.get("campaign_id"))
         if run_id:
             self.journal.set("mlflow_run_id", run_id)
+        self._start_runner()
         if self.journal.get("baseline") is None:
             self._baseline()
 
@@ -143,10 +168,7 @@ class Campaign:
         self.live.round(n, j.get("history"))
 
         evidence = step(n, "analyze", lambda: self._analyze(n))["evidence"]
-        proposed = step(n, "propose", lambda: self._propose(n, evidence, out))
-        proposal = parse_proposal(proposed["proposal"]) if proposed.get("proposal") else None
-        if proposal is not None:
-            self._to_verdict(n, out, proposal)
+        proposal, out = self._propose_and_judge(n, evidence, out)
         decided = step(n, "decide", lambda: self._decide(n),
                        updates=lambda o: ({"incumbent": {"round": n, "result": self._stored(out),
                                                          "commit": self.workspace.incumbent_commit()}}
@@ -159,6 +181,23 @@ class Campaign:
              updates=lambda o: {"history": [h for h in j.get("history") if h["round"] != n] + [o["history"]],
                                 "last_round": o["last_round"], "researcher_usage": o["researcher_usage"]})
         self.live.decision(n, decided["decision"], decided["reason"])
+
+    def _propose_and_judge(self, n: int, evidence: dict, out: Path) -> tuple:
+        """The steps from propose to the keep gate; the round's proposal (None without a valid one)
+        and the folder of its result. A round of several candidates (harness.candidates) overrides it."""
+        proposed = self._step(n, "propose", lambda: self._propose(n, evidence, out))
+        proposal = parse_proposal(proposed["proposal"]) if proposed.get("proposal") else None
+        if proposal is not None:
+            self._to_verdict(n, out, proposal)
+        return proposal, out
+
+    def _round_proposal(self, n: int) -> dict | None:
+        """The proposal the round is recorded under (its only one here)."""
+        return self.journal.step_output(n, "propose").get("proposal")
+
+    def _chosen(self, n: int) -> int | None:
+        """Which of several candidates the round is recorded under (None: it has one)."""
+        return None
 
     def _to_verdict(self, n: int, out: Path, proposal) -> None:
         """The steps from a valid proposal to a verdict, stopping at the first that says no."""
@@ -380,12 +419,12 @@ class Campaign:
     def _record(self, n: int, out: Path) -> dict:
         """Memory, the round's files, the plot and MLflow, from what the round's steps wrote."""
         j, ws = self.journal, self.workspace
-        proposed, decided = j.step_output(n, "propose"), j.step_output(n, "decide")
+        decided, proposed = j.step_output(n, "decide"), self._round_proposal(n)
         result = read_result(out) if j.is_done(n, "evaluate") else None
         held = j.step_output(n, "heldout") or {}
         heldout = held.get("heldout_accuracy")
         verdict, final = self._verdicts(n)
-        proposal_dict = proposed.get("proposal") or {"hypothesis": "(no valid proposal)", "edits": []}
+        proposal_dict = proposed or {"hypothesis": "(no valid proposal)", "edits": []}
         decision = decided["decision"]
         failed = result is None or result.get("status") != "ok"
         critique_text = j.step_output(n, "critique")["critique"] if j.is_done(n, "critique") else \
@@ -397,7 +436,7 @@ class Campaign:
         diff = ws.diff(n) if commits["candidate"] else ""
         write_atomic(out / "diff.patch", diff)
         _write_json(out / "verdict.json", verdict)
-        kind = parse_proposal(proposal_dict).kind if proposed.get("proposal") else "knob"
+        kind = parse_proposal(proposal_dict).kind if proposed else "knob"
         approval = j.step_output(n, "gate_keep") or j.step_output(n, "gate_proposal")
         approval_text = (f"{approval['decision']} ({approval['point']}) by {approval['who']} at {approval['when']}"
                          f"{': ' + approval['note'] if approval.get('note') else ''}") if approval else ""
@@ -429,6 +468,7 @@ class Campaign:
                                critique=critique_text, diff=diff,
                                commits=commits | {"incumbent": ws.incumbent_commit()},
                                memory_snapshot=self.memory.snapshot(), approval=approval, heldout=held,
+                               candidate=self._chosen(n),
                                extra_metrics={"usage/" + k: v for k, v in usage.items() if isinstance(v, (int, float))}
                                | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained})
         self.tracker.log_campaign_progress(history, plot)
@@ -437,6 +477,14 @@ class Campaign:
     # ----------------------------------------------------------------------------- the loop
     def run(self) -> dict:
         """Run (or resume) rounds until the configured number is done or the researcher runs out."""
+        try:
+            return self._run()
+        finally:
+            if self.pool is not None:  # however the campaign ends, no Ray process of ours is left
+                self.pool.close()
+                self.pool = None
+
+    def _run(self) -> dict:
         self.journal.set("status", "running")
         self.journal.set("stop_reason", None)
         status = "finished"

@@ -66,10 +66,12 @@ def interactive() -> bool:
 def run_campaign(config: dict, path: Path) -> int:
     """Run (or resume) the campaign in `path` under its lock; print where the report is."""
     from harness.campaign import Campaign  # heavy (plots, tracking): only once a campaign really runs
+    from harness.candidates import CandidatesCampaign
     from harness.report import false_keeps
 
+    kind = CandidatesCampaign if config["candidates_per_round"] > 1 else Campaign
     with CampaignLock(path):
-        outcome = Campaign(config, path, interactive=interactive()).run()
+        outcome = kind(config, path, interactive=interactive()).run()
     history = outcome["history"] or []
     kept = sum(h["decision"] == "keep" for h in history)
     false = len(false_keeps(history)[0])

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainValidator, Tag,
+                      ValidationError, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from rl_pipeline.files import write_atomic
@@ -177,6 +177,8 @@ class CMAESOptions(Section):
     n_startup_trials: PositiveInt = Field(10, description="random trials before the evolution strategy starts")
 
 
+# The researchers that propose several distinct candidates a round (`Researcher.propose_many`).
+MANY_CANDIDATES = ("random", "tpe", "cmaes", "scripted")
 RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
                                           "scripted": ScriptedOptions, "tpe": TPEOptions, "cmaes": CMAESOptions}
 ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions | TPEOptions
@@ -200,10 +202,38 @@ class Approvals(Section):
 # the campaign
 
 class Runner(Section):
-    """The sandboxed child that evaluates one candidate (rl_pipeline/run.py)."""
+    """`runner=local` (the default): the sandboxed child on this machine that evaluates one candidate
+    at a time (rl_pipeline/run.py)."""
 
     timeout_s: Number(gt=0) = Field(900, description="wall-clock limit of one evaluation, training included")
     memory_gb: Number(gt=0) = Field(16, description="address-space limit of the child")
+
+
+class RayRunner(Runner):
+    """`runner=ray`: a round's candidates evaluated at once as Ray actors with resource requests, each
+    running the same sandboxed child (harness/ray_runner.py). A cluster joined by address must see
+    the project and the runs folder at the same paths as this machine (a shared file system)."""
+
+    name: Literal["ray"] = "ray"
+    address: str | None = Field(None, description=(
+        "null: start a local Ray bound to 127.0.0.1, sized to this machine; 'auto' or 'ray://HOST:PORT': join it"))
+    workers: PositiveInt | None = Field(None, description="evaluations at once; null: the cluster's CPUs / cpus")
+    cpus: PositiveInt = Field(1, description="CPUs requested per candidate, also its torch threads")
+    gpus: Number(ge=0) = Field(0, description="GPUs requested per candidate")
+
+
+RUNNERS: dict[str, type[Section]] = {"local": Runner, "ray": RayRunner}
+
+
+def _runner_kind(value: Any) -> str:
+    """The runner a section describes: its `name`, and the local one when it names none (as configs
+    frozen before `runner=ray` existed, and `conf/runner/local.yaml`, do)."""
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return name or "local"
+
+
+RunnerOptions = Annotated[Annotated[Runner, Tag("local")] | Annotated[RayRunner, Tag("ray")],
+                          Discriminator(_runner_kind)]
 
 
 class Tracking(Section):
@@ -229,11 +259,13 @@ class Campaign(Section):
         "margin; [] disables the check"))
     margin: Number() = Field(0.0, description="keep only if the CI's lower bound of the gain is above this")
     memory_budget_tokens: PositiveInt = Field(600, description="the rendered memory the researcher sees")
-    runner: Runner = Runner()
+    runner: RunnerOptions = Runner()
     tracking: Tracking = Tracking()
     live: bool = True
     researcher: ResearcherOptions = LocalOptions()
     approvals: Approvals = Approvals(name="none")
+    candidates_per_round: PositiveInt = Field(1, description=(
+        "edits proposed and evaluated a round; above 1, the best of them is re-tested on fresh seeds before a keep"))
 
     @field_validator("retrain_seeds")
     @classmethod
@@ -249,6 +281,20 @@ class Campaign(Section):
             self.base_model = f"{self.runs_dir}/models/base"
         return self
 
+    @model_validator(mode="after")
+    def _several_candidates(self) -> Campaign:
+        """Several candidates a round need a researcher that proposes several, and fresh seeds to
+        re-test the best of them on (seeds it was chosen on would keep the luck that chose it)."""
+        if self.candidates_per_round == 1:
+            return self
+        if self.researcher.name not in MANY_CANDIDATES:
+            raise PydanticCustomError("rule", f"candidates_per_round > 1 needs researcher "
+                                      f"{', '.join(MANY_CANDIDATES)}; {self.researcher.name} proposes one a round")
+        if not self.reeval_seeds or set(self.reeval_seeds) & set(self.eval_seeds):
+            raise PydanticCustomError("rule", "candidates_per_round > 1 needs reeval_seeds, none of them "
+                                      "in eval_seeds: the best candidate is re-tested on them before a keep")
+        return self
+
 
 # ---------------------------------------------------------------------------------------------
 # errors: one line naming the key and what it accepts
@@ -260,19 +306,28 @@ _WANTED = {"int_type": "must be an integer", "float_type": "must be a number", "
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
+# The sections chosen by a tag (conf/ groups): a validation error's location names the tag after the key.
+UNIONS: dict[str, dict[str, type[Section]]] = {"researcher": RESEARCHERS, "runner": RUNNERS}
+
+
+def _union(annotation: Any) -> dict[str, type[Section]] | None:
+    """The tagged union (one of UNIONS) an annotation is, or None."""
+    members = {typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a for a in typing.get_args(annotation)}
+    return next((union for union in UNIONS.values() if members == set(union.values())), None)
+
+
 def _model_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, list[str]]:
     """Walk `loc` (pydantic's error location) through the schema: the model it ends in (None past
-    the models), and the path as a user writes it (the researcher union's tag dropped)."""
+    the models), and the path as a user writes it (a tagged union's tag dropped)."""
     path: list[str] = []
     current: Any = model
     for part in loc:
         if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
             path.append(str(part))
             current = current.model_fields[part].annotation
-            if set(typing.get_args(current)) == set(RESEARCHERS.values()):  # the researcher union: a tag follows
-                current = RESEARCHERS
-        elif current is RESEARCHERS and part in RESEARCHERS:
-            current = RESEARCHERS[part]
+            current = _union(current) or current  # a tagged union: its tag follows
+        elif isinstance(current, dict) and part in current:
+            current = current[part]
         else:
             path.append(str(part))
             current = None
@@ -285,16 +340,18 @@ def _describe(error: dict, model: type[BaseModel], prefix: str, typed: dict[str,
     if kind == "extra_forbidden":
         parent, path = _model_at(model, loc[:-1])
         owner = ".".join([prefix, *path] if prefix else path) or "the campaign"
-        if parent in RESEARCHERS.values():  # which researcher's options these are
-            owner += f" ({parent.model_fields['name'].default})"
+        if any(parent in union.values() for union in UNIONS.values()) and "name" in parent.model_fields:
+            owner += f" ({parent.model_fields['name'].default})"  # which researcher's (or runner's) options
         key = ".".join([prefix, *path, str(loc[-1])] if prefix else [*path, str(loc[-1])])
         valid = ", ".join(parent.model_fields) if parent else "none"
         return f"{key}: unknown key; valid keys of {owner}: {valid}"
+    if kind == "rule":  # a rule across keys (a model validator): its message names them
+        return error["msg"]
     _, path = _model_at(model, loc)
     key = ".".join([prefix, *path] if prefix else path) or "the config"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         name = value.get("name") if isinstance(value, dict) else value
-        return f"{key}.name must be one of {', '.join(RESEARCHERS)}, got {name!r}"
+        return f"{key}.name must be one of {', '.join(UNIONS.get(path[-1], RESEARCHERS))}, got {name!r}"
     if kind == "missing":
         return f"{key} is required ({key}=...)"
     if kind in _BOUNDS:

@@ -1,4 +1,5 @@
-"""MLflow tracking of a campaign: one parent run per campaign, one child run per round.
+"""MLflow tracking of a campaign: one parent run per campaign, one child run per round (per
+candidate, in a round of several).
 
 The parent run holds the whole config (flattened as params, and as `config.json`), the campaign's
 progress metrics (step = round; `false_keeps` counts the keeps whose held-out change was not
@@ -13,7 +14,7 @@ block, which it renders) and shown in the run's description, under its hypothesi
 Every call is idempotent, so a campaign resumed after a crash re-logs its last round without
 creating a duplicate: the parent is found again by a stored run id, else by its `campaign_id` tag (a
 campaign folder's own id, so a new campaign that reuses a deleted one's name gets its own run), a
-child by its parent and `round` tag. Tracking never stops a campaign: a failing call logs a warning and
+child by its parent and `round` (and `candidate`) tag. Tracking never stops a campaign: a failing call logs a warning and
 returns None (`strict=True` re-raises, for tests). `NullTracker` has the same methods and does
 nothing, so the loop never branches on whether tracking is on.
 
@@ -324,14 +325,15 @@ class MlflowTracker:
     def log_round(self, round_no: int, *, proposal: dict, result: dict | None, verdict: dict | None,
                   critique: str, diff: str, commits: dict, memory_snapshot: str,
                   approval: dict | None = None, heldout: dict | None = None,
-                  extra_metrics: dict | None = None) -> str | None:
-        """Log one round as a child run of the campaign; logging the same round again updates it.
-        `heldout` is a keep's held-out record ({"heldout_accuracy", "heldout_delta", "false_keep"})."""
+                  extra_metrics: dict | None = None, candidate: int | None = None) -> str | None:
+        """Log one round (candidate `candidate` of a round of several) as a child run of the campaign;
+        logging the same round again updates it. `heldout` is a keep's held-out record
+        ({"heldout_accuracy", "heldout_delta", "false_keep"})."""
         parent = self._require_campaign()
         result, verdict = result or {}, verdict or {}
         params = result.get("knobs") or {e["knob"]: e["value"] for e in proposal.get("edits", []) if "knob" in e}
         params = {sanitize_key(k): _param_value(v) for k, v in params.items()}
-        run_id = self._round_run(parent, round_no, params)
+        run_id = self._round_run(parent, round_no, params, candidate)
 
         metrics = numeric_metrics(result.get("metrics"))
         metrics |= numeric_metrics((result.get("heldout") or {}).get("metrics"), "heldout/")
@@ -371,22 +373,26 @@ class MlflowTracker:
         self._mlflow.set_terminated(run_id, status="FINISHED")
         return run_id
 
-    def _round_run(self, parent: str, round_no: int, params: dict[str, str]) -> str:
-        """The child run of a round: the existing one when its params agree, else a fresh one.
+    def _round_run(self, parent: str, round_no: int, params: dict[str, str], candidate: int | None = None) -> str:
+        """The child run of a round (or of one candidate): the existing one when its params agree,
+        else a fresh one.
 
         A round re-run after a crash normally has the same knobs, so its run is reused. Params
         cannot be overwritten in MLflow, so a round that came back with other knobs replaces its
         old run (deleted, not duplicated).
         """
-        run = self._find(f"tags.`{PARENT_TAG}` = '{parent}' AND tags.round = '{round_no}'")
+        which = f" AND tags.candidate = '{candidate}'" if candidate is not None else ""
+        run = self._find(f"tags.`{PARENT_TAG}` = '{parent}' AND tags.round = '{round_no}'{which}")
         if run is not None:
             logged = run.data.params
             if all(logged.get(k, v) == v for k, v in params.items()):
                 return run.info.run_id
             self._mlflow.delete_run(run.info.run_id)
-        run = self._mlflow.create_run(self._experiment(), run_name=f"round-{round_no:03d}",
-                                      tags={PARENT_TAG: parent, "campaign": self.campaign, "round": str(round_no)})
-        return run.info.run_id
+        tags = {PARENT_TAG: parent, "campaign": self.campaign, "round": str(round_no)}
+        name = f"round-{round_no:03d}"
+        if candidate is not None:
+            tags["candidate"], name = str(candidate), f"{name}-{candidate}"
+        return self._mlflow.create_run(self._experiment(), run_name=name, tags=tags).info.run_id
 
 
 class NullTracker:
@@ -405,5 +411,5 @@ class NullTracker:
     def log_round(self, round_no: int, *, proposal: dict, result: dict | None, verdict: dict | None,
                   critique: str, diff: str, commits: dict, memory_snapshot: str,
                   approval: dict | None = None, heldout: dict | None = None,
-                  extra_metrics: dict | None = None) -> str | None:
+                  extra_metrics: dict | None = None, candidate: int | None = None) -> str | None:
         return None

@@ -7,17 +7,26 @@ work tree is clean on main. Every operation is idempotent, so a resumed campaign
 step it was killed in: apply finds its own commit again (the proposal's hash is a commit trailer),
 keep and revert done twice change nothing.
 
+A round of several candidates commits candidate k on `cand/NNN-k` (reverted as `refs/rejected/NNN-k`),
+evaluates each from a snapshot of its commit (a detached `git worktree`, so they can run at once while
+the work tree stays on main), and names the one it chose `cand/NNN`, which then goes the usual way.
+
     ws = Workspace.create("runs/demo", "arith")
     sha = ws.apply(1, proposal)      # cand/001
     ws.checkout(1); ...evaluate ws.path...; ws.checkout_main()
     ws.keep(1)                       # or ws.revert(1, "no better than noise")
+    ws.apply(2, proposal_a, candidate=1); ws.apply(2, proposal_b, candidate=2)   # cand/002-1, cand/002-2
+    with ws.snapshot(2, 1, "runs/demo/snapshots/002-1") as path: ...evaluate path...
+    ws.choose(2, 1); ws.revert(2, "not the best", candidate=2); ws.keep(2)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import git
@@ -41,10 +50,13 @@ def proposal_digest(proposal: Proposal) -> str:
     return hashlib.sha256(proposal.to_json().encode("utf-8")).hexdigest()
 
 
-def _name(round_no: int) -> str:
+def _name(round_no: int, candidate: int | None = None) -> str:
+    """NNN for a round's one candidate, NNN-k for candidate k of several."""
     if isinstance(round_no, bool) or not isinstance(round_no, int) or round_no < 0:
         raise WorkspaceError(f"round number must be a non-negative integer, got {round_no!r}")
-    return f"{round_no:03d}"
+    if candidate is not None and (isinstance(candidate, bool) or not isinstance(candidate, int) or candidate < 1):
+        raise WorkspaceError(f"candidate number must be a positive integer, got {candidate!r}")
+    return f"{round_no:03d}" if candidate is None else f"{round_no:03d}-{candidate}"
 
 
 def _commit(repo: git.Repo, message: str) -> git.Commit:
@@ -110,24 +122,24 @@ class Workspace:
     def incumbent_commit(self) -> str:
         return self.repo.heads[MAIN].commit.hexsha
 
-    def candidate_commit(self, round_no: int) -> str | None:
+    def candidate_commit(self, round_no: int, candidate: int | None = None) -> str | None:
         """The candidate commit of a round, or None when the round has not been applied."""
-        branch = f"cand/{_name(round_no)}"
+        branch = f"cand/{_name(round_no, candidate)}"
         return self.repo.heads[branch].commit.hexsha if branch in self.repo.heads else None
 
-    def _candidate(self, round_no: int) -> git.Commit:
-        sha = self.candidate_commit(round_no)
+    def _candidate(self, round_no: int, candidate: int | None = None) -> git.Commit:
+        sha = self.candidate_commit(round_no, candidate)
         if sha is None:
-            raise WorkspaceError(f"round {round_no} has no candidate (branch cand/{_name(round_no)})")
+            raise WorkspaceError(f"round {round_no} has no candidate (branch cand/{_name(round_no, candidate)})")
         return self.repo.commit(sha)
 
-    def _rejected(self, round_no: int) -> git.Reference | None:
-        ref = f"refs/rejected/{_name(round_no)}"
+    def _rejected(self, round_no: int, candidate: int | None = None) -> git.Reference | None:
+        ref = f"refs/rejected/{_name(round_no, candidate)}"
         return git.Reference(self.repo, ref) if ref in {r.path for r in self.repo.refs} else None
 
-    def diff(self, round_no: int) -> str:
+    def diff(self, round_no: int, candidate: int | None = None) -> str:
         """The candidate's patch against its parent (the incumbent it was made from)."""
-        commit = self._candidate(round_no)
+        commit = self._candidate(round_no, candidate)
         return self.repo.git.diff(commit.parents[0].hexsha, commit.hexsha, "--no-color", "--no-ext-diff")
 
     # -----------------------------------------------------------------------------------------
@@ -151,12 +163,12 @@ class Workspace:
     # -----------------------------------------------------------------------------------------
     # one round
 
-    def apply(self, round_no: int, proposal: Proposal) -> str:
-        """Validate `proposal` and commit it on cand/NNN from main; return the commit sha. A
-        rejection raises ProposalError with nothing written. Applying the same proposal to the same
-        round again returns the existing commit; a different one is an error."""
-        name, digest = _name(round_no), proposal_digest(proposal)
-        existing = self.candidate_commit(round_no)
+    def apply(self, round_no: int, proposal: Proposal, candidate: int | None = None) -> str:
+        """Validate `proposal` and commit it on cand/NNN (cand/NNN-k for `candidate` k) from main;
+        return the commit sha. A rejection raises ProposalError with nothing written. Applying the
+        same proposal to the same round again returns the existing commit; a different one is an error."""
+        name, digest = _name(round_no, candidate), proposal_digest(proposal)
+        existing = self.candidate_commit(round_no, candidate)
         if existing is not None:
             found = re.search(rf"^{_TRAILER}: (\w+)$", self.repo.commit(existing).message, re.MULTILINE)
             if found and found[1] == digest:
@@ -164,7 +176,8 @@ class Workspace:
             raise WorkspaceError(f"round {round_no}: cand/{name} already holds a different proposal")
         self.checkout_main()
         changed = render(proposal, self.path)  # every check happens here, before any write
-        message = f"{proposal.hypothesis.strip()}\n\nRound: {round_no}\n{_TRAILER}: {digest}\n"
+        numbered = f"Round: {round_no}\n" + (f"Candidate: {candidate}\n" if candidate is not None else "")
+        message = f"{proposal.hypothesis.strip()}\n\n{numbered}{_TRAILER}: {digest}\n"
         try:
             # Commit on a detached HEAD and name the branch last: the branch exists only once its
             # commit is complete, which is what makes the lookup above a safe resume check.
@@ -191,14 +204,14 @@ class Workspace:
                                  "keeping it would not be a fast-forward")
         self.repo.git.merge("--ff-only", commit.hexsha)
 
-    def revert(self, round_no: int, reason: str) -> None:
-        """Main stays; the candidate is pinned under refs/rejected/NNN with `reason` as its note."""
-        commit = self._candidate(round_no)
+    def revert(self, round_no: int, reason: str, candidate: int | None = None) -> None:
+        """Main stays; the candidate is pinned under refs/rejected/NNN (NNN-k) with `reason` as its note."""
+        commit = self._candidate(round_no, candidate)
         self.checkout_main()
         if self.repo.is_ancestor(commit, self.repo.heads[MAIN].commit):
             raise WorkspaceError(f"round {round_no} was kept; it cannot be reverted")
-        if self._rejected(round_no) is None:
-            git.Reference.create(self.repo, f"refs/rejected/{_name(round_no)}", commit)
+        if self._rejected(round_no, candidate) is None:
+            git.Reference.create(self.repo, f"refs/rejected/{_name(round_no, candidate)}", commit)
         self.repo.git.notes("--ref", NOTES_REF, "add", "--force", "--allow-empty", "-m", reason, commit.hexsha)
 
     def rejection_reason(self, round_no: int) -> str | None:
@@ -207,3 +220,36 @@ class Workspace:
         if ref is None:
             return None
         return self.repo.git.notes("--ref", NOTES_REF, "show", ref.commit.hexsha)
+
+    # -----------------------------------------------------------------------------------------
+    # a round of several candidates
+
+    def choose(self, round_no: int, candidate: int) -> None:
+        """Name candidate k the round's candidate (cand/NNN), which keep and revert then act on."""
+        commit = self._candidate(round_no, candidate)
+        chosen = self.candidate_commit(round_no)
+        if chosen is None:
+            self.repo.create_head(f"cand/{_name(round_no)}", commit)
+        elif chosen != commit.hexsha:
+            raise WorkspaceError(f"round {round_no}: cand/{_name(round_no)} already names another candidate")
+
+    @contextlib.contextmanager
+    def snapshot(self, round_no: int, candidate: int, path: str | Path) -> Iterator[Path]:
+        """Candidate k's commit checked out at `path` (a detached worktree) for the `with` block;
+        one left by a killed campaign is replaced."""
+        commit, path = self._candidate(round_no, candidate), Path(path).resolve()
+        self._drop_worktree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.repo.git.worktree("add", "--detach", str(path), commit.hexsha)
+        try:
+            yield path
+        finally:
+            self._drop_worktree(path)
+
+    def _drop_worktree(self, path: Path) -> None:
+        if path.exists():
+            try:
+                self.repo.git.worktree("remove", "--force", str(path))
+            except git.GitCommandError:  # a folder git never finished registering
+                shutil.rmtree(path)
+        self.repo.git.worktree("prune")

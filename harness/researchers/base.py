@@ -1,7 +1,8 @@
 """The researcher interface every backend implements, and the helpers they share.
 
 A researcher turns what the analyze step saw (`Evidence`) and the rendered memory into one
-`Proposal` per round, may learn from the round's verdict, and may keep a checkpoint:
+`Proposal` per round (or several distinct ones, `propose_many`), may learn from the round's
+verdict, and may keep a checkpoint:
 
     proposal = researcher.propose(evidence, memory.render(2000), Path("runs/demo/scaffold"))
     researcher.learn(proposal, verdict.to_dict())
@@ -48,6 +49,13 @@ class Researcher:
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
         """One proposal for round `evidence.round` on the scaffold at `scaffold_dir`."""
         raise NotImplementedError
+
+    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
+        """`count` distinct proposals for one round (fewer when the researcher has no more), each
+        learned from on its own; the backends in `harness.config.MANY_CANDIDATES` implement it."""
+        if count == 1:
+            return [self.propose(evidence, memory_text, scaffold_dir)]
+        raise NotImplementedError(f"researcher {self.name} proposes one candidate a round")
 
     def learn(self, proposal: Proposal, verdict: dict) -> None:
         """Online update from the final verdict of the round that `proposal` was made for."""

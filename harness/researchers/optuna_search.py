@@ -1,8 +1,8 @@
 """Classical search baselines through Optuna's ask-and-tell API: `tpe` and `cmaes`.
 
-Every round asks the study for one trial over the scaffold's whole knob space (floats, log
-floats, ints and choices from the surface) and its code moves (each a categorical parameter
-`move:NAME` in [off, on]), and proposes the trial's difference from the incumbent: every knob whose
+Every round asks the study for one trial (K at once for K candidates) over the scaffold's whole
+knob space (floats, log floats, ints and choices from the surface) and its code moves (each a
+categorical parameter `move:NAME` in [off, on]), and proposes the trial's difference from the incumbent: every knob whose
 sampled value differs, and every move that is on, applies now and so is not yet applied (of two
 that is on but clash, as two prompt variants do, the first declared). A move that is off is never
 undone: moves only add code. The round's verdict tells the trial its measured accuracy (the incumbent's
@@ -11,8 +11,8 @@ scaffold rejects, is told as a failed trial.
 
 The study lives in the campaign folder (`researcher/optuna.db`, its own sqlite), with the round
 each trial was asked for as a trial attribute, so a kill -9 loses nothing: a resumed round finds
-its trial still running and proposes it again, and a round whose trial was already told is not
-told twice.
+its trials still running and proposes them again, and a round whose trials were already told is
+not told twice.
 
     researcher start name=tpe-s0 researcher=tpe seed=0
 """
@@ -88,12 +88,12 @@ class OptunaResearcher(Researcher):
 
     # ------------------------------------------------------------------ propose
 
-    def _trial_of_round(self, round_no: int):
-        """The trial asked for `round_no` (the last one, when the scaffold rejected earlier ones)."""
-        trials = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(ROUND_ATTR) == round_no]
-        return trials[-1] if trials else None
-
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        return self.propose_many(evidence, memory_text, scaffold_dir, 1)[0]
+
+    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
+        """`count` trials asked at once, as distinct proposals; a resumed round gets the trials it
+        asked before (still running) again, and asks only for what is missing."""
         from optuna.trial import TrialState
 
         specs, current = knob_space(scaffold_dir)
@@ -102,12 +102,15 @@ class OptunaResearcher(Researcher):
             raise ResearcherExhausted("the surface has no searchable knob and the scaffold no code move")
         space = distributions(specs, declared)
         available = move_space(scaffold_dir)
-        asked = self._trial_of_round(evidence.round)
-        if asked is not None and asked.state == TrialState.RUNNING:  # a resumed round: the same trial
-            proposal = self._proposal(asked.params, specs, current, available, scaffold_dir)
-            if proposal is not None:
-                return proposal
-        for _ in range(MAX_ASKS):
+        chosen: dict[str, tuple[Proposal, int]] = {}  # proposal json -> (proposal, trial number)
+        for asked in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            proposal = (self._proposal(asked.params, specs, current, available, scaffold_dir)
+                        if asked.user_attrs.get(ROUND_ATTR) == evidence.round else None)
+            if proposal is not None and len(chosen) < count and proposal.to_json() not in chosen:
+                chosen[proposal.to_json()] = (proposal, asked.number)
+        for _ in range(MAX_ASKS * count):
+            if len(chosen) == count:
+                break
             trial = self.study.ask(space)
             trial.set_user_attr(ROUND_ATTR, evidence.round)
             trial.set_user_attr(INCUMBENT_ATTR, evidence.incumbent_accuracy)
@@ -120,9 +123,15 @@ class OptunaResearcher(Researcher):
             except ProposalError:
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
-            write_atomic(self.pending_file, json.dumps({"round": evidence.round, "trial": trial.number}))
-            return proposal
-        raise ResearcherExhausted(f"no valid trial in {MAX_ASKS} asks for round {evidence.round}")
+            if proposal.to_json() in chosen:  # another candidate of this round already: nothing new to score
+                self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            chosen[proposal.to_json()] = (proposal, trial.number)
+        if not chosen:
+            raise ResearcherExhausted(f"no valid trial in {MAX_ASKS} asks for round {evidence.round}")
+        write_atomic(self.pending_file, json.dumps({"round": evidence.round,
+                                                    "trials": [[key, number] for key, (_, number) in chosen.items()]}))
+        return [proposal for proposal, _ in chosen.values()]
 
     @staticmethod
     def _composes(moves: list[MoveEdit], scaffold_dir: Path) -> bool:
@@ -157,7 +166,11 @@ class OptunaResearcher(Researcher):
 
         if not self.pending_file.is_file():
             return
-        number = json.loads(self.pending_file.read_text())["trial"]
+        pending = json.loads(self.pending_file.read_text())
+        # {"trial": n} was written before several candidates a round existed
+        number = pending["trial"] if "trial" in pending else dict(pending["trials"]).get(proposal.to_json())
+        if number is None:
+            return
         trial = self.study.get_trials(deepcopy=False)[number]
         if trial.state != TrialState.RUNNING:
             return

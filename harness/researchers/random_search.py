@@ -1,4 +1,5 @@
-"""The random baseline: one knob and a new value, or one code move, uniformly, every round.
+"""The random baseline: one knob and a new value, or one code move, uniformly, every round (or
+several distinct ones: the round's first draws).
 
 Each round picks uniformly among the searchable knobs of the surface and the scaffold's code moves
 that apply now (so a move is drawn with probability moves / (knobs + moves)). A knob gets a value
@@ -14,6 +15,7 @@ group size) is drawn again, so every proposal is valid.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +69,34 @@ class RandomResearcher(Researcher):
         self.proposals = 0
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        return self.propose_many(evidence, memory_text, scaffold_dir, 1)[0]
+
+    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
+        """The round's first `count` distinct draws (the first is what `propose` gives)."""
+        proposals: dict[str, Proposal] = {}
+        for proposal in self._draws(evidence.round, scaffold_dir, MAX_DRAWS * count):
+            proposals.setdefault(proposal.to_json(), proposal)
+            if len(proposals) == count:
+                break
+        if not proposals:
+            raise ResearcherExhausted(f"no valid knob edit in {MAX_DRAWS} draws for round {evidence.round}")
+        self.proposals += len(proposals)
+        return list(proposals.values())
+
+    def _draws(self, round_no: int, scaffold_dir: Path, draws: int) -> Iterator[Proposal]:
+        """Valid proposals drawn one after another from the round's seeded stream, in `draws` draws."""
         specs, current = knob_space(scaffold_dir)
         names = sorted(name for name, spec in specs.items() if has_alternative(spec, current.get(name)))
         moves = move_space(scaffold_dir)
         choices = [(name, None) for name in names] + [(None, move) for move in moves]
         if not choices:
             raise ResearcherExhausted("no knob of the surface can take another value, and no code move applies")
-        rng = np.random.default_rng(round_seed(self.seed, evidence.round))
-        for _ in range(MAX_DRAWS):
+        rng = np.random.default_rng(round_seed(self.seed, round_no))
+        for _ in range(draws):
             name, move = choices[rng.integers(len(choices))]
             if move is not None:  # available moves were validated by move_space
-                self.proposals += 1
-                return Proposal(f"random search: {move_hypothesis(move, moves[move])}", (MoveEdit(move),))
+                yield Proposal(f"random search: {move_hypothesis(move, moves[move])}", (MoveEdit(move),))
+                continue
             value = draw_value(rng, specs[name])
             if same_value(value, current[name]):
                 continue
@@ -88,9 +106,7 @@ class RandomResearcher(Researcher):
                 validate(proposal, scaffold_dir)
             except ProposalError:
                 continue
-            self.proposals += 1
-            return proposal
-        raise ResearcherExhausted(f"no valid knob edit in {MAX_DRAWS} draws for round {evidence.round}")
+            yield proposal
 
     def usage(self) -> dict:
         return {"proposals": self.proposals}

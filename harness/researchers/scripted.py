@@ -1,8 +1,8 @@
 """The scripted researcher: replays proposals from a JSONL file, one per line, for tests and reproductions.
 
-Round n (1-based) gets the n-th non-blank line; past the last one the researcher is exhausted
-and the campaign ends cleanly. Nothing is remembered between rounds, so a resumed campaign asks
-for round n again and gets line n again.
+Round n (1-based) gets the n-th non-blank line (with K candidates a round, the n-th K lines); past
+the last one the researcher is exhausted and the campaign ends cleanly. Nothing is remembered
+between rounds, so a resumed campaign asks for round n again and gets line n again.
 
     researcher = ScriptedResearcher({"file": "tests/data/proposals.jsonl"}, campaign_dir=Path("runs/demo"), seed=0,
                                     base_model="runs/models/base")
@@ -30,16 +30,23 @@ class ScriptedResearcher(Researcher):
                       if text.strip()]
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        return self.propose_many(evidence, memory_text, scaffold_dir, 1)[0]
+
+    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
+        """Round n's `count` lines: lines (n-1)*count+1 to n*count (fewer at the end of the file)."""
         if evidence.round < 1:
             raise ValueError(f"rounds are numbered from 1, got {evidence.round}")
-        if evidence.round > len(self.lines):
+        lines = self.lines[(evidence.round - 1) * count:evidence.round * count]
+        if not lines:
             raise ResearcherExhausted(f"{self.path} has {len(self.lines)} proposal(s); round {evidence.round} "
                                       "has none")
-        number, text = self.lines[evidence.round - 1]
-        try:
-            return parse_proposal(text)
-        except ProposalError as err:
-            raise ProposalError(f"{self.path}, line {number}: {err}") from err
+        proposals = []
+        for number, text in lines:
+            try:
+                proposals.append(parse_proposal(text))
+            except ProposalError as err:
+                raise ProposalError(f"{self.path}, line {number}: {err}") from err
+        return proposals
 
     def usage(self) -> dict:
         return {"proposals_in_file": len(self.lines)}

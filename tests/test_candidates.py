@@ -1,0 +1,157 @@
+"""Rounds of several candidates: every candidate applied, evaluated from its own commit and
+compared; the best re-tested on fresh seeds, at the level K candidates call for, before its keep; the others reverted; git,
+memory, files and the researcher's trials handling all of them; a kill after any step resumes to
+the same end, doing each evaluation once.
+
+The runner is test_round_steps' fake (scores set by the scaffold's temperature knob: 0.3 is a small
+gain, 1.2 none), so rounds take a blink; git, journal, memory and researchers are real.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import git
+import optuna
+import pytest
+from fast_scaffold import fast_scaffold
+from test_round_steps import Killed, fake_run_scaffold
+
+import harness.campaign as campaign_module
+from harness.campaigns import create_campaign
+from harness.candidates import CandidatesCampaign
+from harness.config import ConfigError, compose_config
+from harness.journal import STEPS, Journal
+from harness.researchers.scripted import ScriptedResearcher
+from harness.workspace import Workspace
+
+PROPOSALS = [
+    {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
+    {"hypothesis": "higher temperature", "edits": [{"knob": "sampling.temperature", "value": 1.2}]},
+]
+
+
+def new_campaign(tmp_path, name, *overrides, proposals=PROPOSALS) -> tuple[dict, object]:
+    script = tmp_path / "proposals.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in proposals))
+    scaffold = tmp_path / "fast_arith"
+    if not scaffold.exists():
+        fast_scaffold(scaffold)
+    scripted = [] if any(o.startswith("researcher=") for o in overrides) else [
+        "researcher=scripted", f"researcher.file={script}"]
+    config = compose_config([f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"scaffold={scaffold}", "rounds=1",
+                             *scripted, "baseline_seeds=[0,1]",
+                             "eval_seeds=[0]", "reeval_seeds=[1]", "live=false", "tracking.enabled=false",
+                             "candidates_per_round=2", *overrides])
+    return config, create_campaign(config)
+
+
+def watch(monkeypatch) -> dict:
+    """Every evaluation (its folder under rounds/), git decision and learning the campaign does."""
+    done = {"evaluated": [], "kept": [], "reverted": [], "learned": []}
+
+    def run(scaffold_dir, out, **kwargs):
+        parts = Path(out).parts
+        done["evaluated"].append("/".join(parts[len(parts) - 1 - parts[::-1].index("rounds"):]))
+        return fake_run_scaffold(scaffold_dir, out, **kwargs)
+
+    keep, revert = Workspace.keep, Workspace.revert
+    monkeypatch.setattr(campaign_module, "run_scaffold", run)
+    monkeypatch.setattr(Workspace, "keep", lambda self, n: done["kept"].append(n) or keep(self, n))
+    monkeypatch.setattr(Workspace, "revert", lambda self, n, why, candidate=None: done["reverted"].append(
+        (n, candidate)) or revert(self, n, why, candidate))
+    monkeypatch.setattr(ScriptedResearcher, "learn", lambda self, proposal, verdict: done["learned"].append(
+        (proposal.hypothesis, verdict["decision"])), raising=False)
+    return done
+
+
+def outcome(path) -> dict:
+    journal = Journal(path)
+    return {"history": journal.get("history"), "incumbent": journal.get("incumbent")["result"],
+            "steps": [s for s in STEPS if journal.is_done(1, s)],
+            "compare": journal.step_output(1, "compare"), "reeval": journal.step_output(1, "reeval")["verdict"],
+            "decide": journal.step_output(1, "decide")["decision"],
+            "memory": re.sub(r" at \d{4}-\d\d-\d\dT\S+", "", (path / "memory.md").read_text()),  # approval times
+            "candidates": [{k: v for k, v in c.items() if k != "commit"}
+                           for c in json.loads((path / "rounds" / "001" / "candidates.json").read_text())]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        done = watch(monkeypatch)
+        config, path = new_campaign(tmp_path, "whole")
+        status = CandidatesCampaign(config, path).run()["status"]
+    return status, path, outcome(path), done
+
+
+def test_the_best_of_two_is_kept_only_after_its_retest_on_fresh_seeds(reference):
+    status, path, end, effects = reference
+    assert status == "finished" and end["steps"] == list(STEPS)
+    compared = end["compare"]
+    assert compared["chosen"] == 1 and [v["delta"] for v in compared["candidates"]] == [0.02, 0.0]
+    assert compared["verdict"]["decision"] == "reeval" and "the best of 2 candidates" in compared["verdict"]["reason"]
+    # The keep is decided after the fresh seed (1), on both seeds, at the 97.5% level two candidates call for.
+    assert end["reeval"]["decision"] == end["decide"] == "keep" and end["reeval"]["n_seeds"] == 2
+    assert end["reeval"]["delta"] == pytest.approx(0.045) and "97.50% CI" in end["reeval"]["reason"]
+    assert end["incumbent"] == "rounds/001/cand-1"
+    assert json.loads((path / "rounds" / "001" / "cand-1" / "result.json").read_text())["seeds"] == [0, 1]
+    assert effects == {"evaluated": ["rounds/000", "rounds/001/cand-1", "rounds/001/cand-2", "rounds/001/cand-1/retest",
+                                     "rounds/001/cand-1/heldout"], "kept": [1], "reverted": [(1, 2)],
+                       "learned": [("lower temperature", "keep"), ("higher temperature", "revert")]}
+    # git: the chosen one is cand/001 and main; the other is pinned as rejected, with why
+    repo = git.Repo(path / "scaffold")
+    assert repo.heads["main"].commit == repo.heads["cand/001"].commit == repo.heads["cand/001-1"].commit
+    assert repo.git.notes("--ref", "rejected", "show", "refs/rejected/001-2").startswith(
+        "revert: not the best of the round (revert: accuracy +0.000")
+    assert not repo.is_dirty(untracked_files=True) and not any((path / "snapshots").iterdir())
+    assert repo.git.worktree("list").count("\n") == 0  # the snapshots are gone from git too
+    assert [c["chosen"] for c in end["candidates"]] == [True, False]
+    assert [c["verdict"]["decision"] for c in end["candidates"]] == ["keep", "revert"]
+    assert "candidate 2: higher temperature: not the best of the round" in end["memory"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_kill_after_any_step_resumes_to_the_same_end(tmp_path, reference, monkeypatch, step):
+    _, _, end, reference_effects = reference
+    effects = watch(monkeypatch)
+    config, path = new_campaign(tmp_path, "killed")
+    step_done = Journal.step_done
+
+    def killed_after(self, n, name, output, **kwargs):
+        step_done(self, n, name, output, **kwargs)
+        if name == step:
+            raise Killed(step)
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "step_done", killed_after)
+        with pytest.raises(Killed):
+            CandidatesCampaign(config, path).run()
+    assert CandidatesCampaign(config, path).run()["status"] == "finished"
+    assert outcome(path) == end
+    assert effects == reference_effects
+
+
+def test_tpe_asks_k_trials_a_round_and_tells_each_its_own_score(tmp_path, monkeypatch):
+    watch(monkeypatch)
+    config, path = new_campaign(tmp_path, "tpe", "researcher=tpe", "rounds=3")
+    assert CandidatesCampaign(config, path).run()["status"] == "finished"
+    study = optuna.load_study(study_name="campaign", storage=f"sqlite:///{path / 'researcher' / 'optuna.db'}")
+    proposed = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert sorted(t.user_attrs["round"] for t in proposed) == [1, 1, 2, 2, 3, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in proposed)  # none left running
+    for n in (1, 2, 3):
+        summary = json.loads((path / "rounds" / f"{n:03d}" / "candidates.json").read_text())
+        told = sorted(t.value for t in proposed if t.user_attrs["round"] == n)
+        incumbent = next(h for h in Journal(path).get("history") if h["round"] == n - 1)["incumbent_accuracy"]
+        assert told == pytest.approx(sorted(incumbent + c["verdict"]["delta"] for c in summary))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["researcher=local"], "candidates_per_round > 1 needs researcher random, tpe, cmaes, scripted"),
+    (["reeval_seeds=[0]"], "candidates_per_round > 1 needs reeval_seeds, none of them in eval_seeds"),
+])
+def test_several_candidates_need_a_researcher_and_seeds_for_them(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        new_campaign(tmp_path, "bad", *overrides)

@@ -1,0 +1,142 @@
+"""Campaigns of two candidates a round on a real local Ray (no mock), through the `researcher` CLI:
+real runner and sandbox, git, MLflow and Optuna. A Ray worker killed in the middle of a round is
+one failed candidate and the campaign goes on; a kill -9 of the campaign leaves no process of its
+Ray, and the resumed campaign has exactly one MLflow child run per candidate and the study's trials
+told once each.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import git
+import optuna
+import psutil
+import pytest
+from fast_scaffold import campaign_root
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from harness.journal import Journal
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+
+PROPOSALS = [
+    {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
+    {"hypothesis": "narrower nucleus", "edits": [{"knob": "sampling.top_p", "value": 0.8}]},
+    {"hypothesis": "higher temperature", "edits": [{"knob": "sampling.temperature", "value": 1.3}]},
+    {"hypothesis": "top-k sampling", "edits": [{"knob": "sampling.top_k", "value": 20}]},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return campaign_root(tmp_path_factory.mktemp("ray-campaigns"), PROPOSALS)
+
+
+def overrides(root, scaffold, **extra) -> list[str]:
+    base = {"runs_dir": str(root / "runs"), "scaffold": str(scaffold), "baseline_seeds": "[0,1]",
+            "eval_seeds": "[0]", "reeval_seeds": "[1]", "live": "false", "rounds": 2, "runner": "ray",
+            "runner.workers": 2, "candidates_per_round": 2}
+    return [f"{k}={v}" for k, v in (base | extra).items()]
+
+
+def cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def evaluating(camp, n: int) -> bool:
+    """Whether round n's two candidates are both in the runner (each wrote its job.json)."""
+    return all((camp / "rounds" / f"{n:03d}" / f"cand-{k}" / "job.json").exists() for k in (1, 2))
+
+
+def child_runs(root, name: str) -> list[tuple[int, int | None]]:
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                              f"tags.campaign = '{name}'")
+    return sorted((int(r.data.tags["round"]), int(r.data.tags.get("candidate", 0))) for r in runs
+                  if "round" in r.data.tags)
+
+
+def test_two_candidates_a_round_on_ray_and_a_killed_worker_is_one_failed_candidate(setup):
+    root, scaffold, script = setup
+    camp = root / "runs" / "ray2"
+    killed = []
+
+    def kill_a_worker_in_round_1():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not evaluating(camp, 1):
+            time.sleep(0.1)
+        actors = [p for p in psutil.Process().children(recursive=True) if cmdline(p).startswith("ray::Evaluator")]
+        if actors:  # the newest: it started for this round, so its runner is still starting up
+            victim = max(actors, key=lambda p: p.create_time())
+            victim.kill()
+            killed.append(victim.pid)
+
+    killer = threading.Thread(target=kill_a_worker_in_round_1)
+    killer.start()
+    args = overrides(root, scaffold, name="ray2", researcher="scripted", **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    killer.join()
+    assert killed, "no Ray worker was found evaluating round 1"
+    journal = Journal(camp)
+    assert [h["round"] for h in journal.get("history")] == [0, 1, 2]
+    first = journal.step_output(1, "evaluate")["candidates"]
+    assert sorted(c["status"] for c in first) == ["failed", "ok"]
+    failed = next(k for k, c in enumerate(first, 1) if c["status"] == "failed")
+    reason = json.loads((camp / "rounds" / "001" / f"cand-{failed}" / "result.json").read_text())["reason"]
+    assert reason.startswith("the Ray worker died")
+    assert [c["status"] for c in journal.step_output(2, "evaluate")["candidates"]] == ["ok", "ok"]  # it went on
+    # The random-weight policy scores 0 whatever the knobs: every candidate ties, none is kept.
+    repo = git.Repo(camp / "scaffold")
+    assert repo.heads["main"].commit.hexsha == repo.git.rev_list("--max-parents=0", "main")
+    for n in (1, 2):
+        chosen = journal.step_output(n, "compare")["chosen"]
+        assert repo.heads[f"cand/{n:03d}"].commit == repo.heads[f"cand/{n:03d}-{chosen}"].commit
+        assert {r.path for r in repo.refs} >= {f"refs/rejected/{n:03d}", f"refs/rejected/{n:03d}-{3 - chosen}"}
+    assert child_runs(root, "ray2") == [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2)]
+    assert not [p for p in psutil.Process().children(recursive=True) if "ray" in cmdline(p)]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_tpe_campaign_on_ray_and_resume(setup):
+    root, scaffold, _ = setup
+    camp = root / "runs" / "tpe2"
+    args = overrides(root, scaffold, name="tpe2", researcher="tpe", seed=3)
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "harness.cli", "start", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and child.poll() is None and not evaluating(camp, 1):
+        time.sleep(0.1)
+    assert evaluating(camp, 1), "round 1 did not reach its evaluation in time"
+    running = psutil.Process(child.pid).children(recursive=True)
+    assert any("raylet" in cmdline(p) for p in running) and any("rl_pipeline.worker" in cmdline(p) for p in running)
+    os.kill(child.pid, signal.SIGKILL)  # the campaign process alone: its Ray must go with it
+    assert child.wait() == -signal.SIGKILL
+    _, alive = psutil.wait_procs(running, timeout=60)
+    assert not alive, f"left running after the kill: {[cmdline(p)[:80] for p in alive]}"
+    assert Journal(camp).current_round() == 1 and not Journal(camp).is_done(1, "evaluate")
+    storage = f"sqlite:///{camp / 'researcher' / 'optuna.db'}"
+    asked = [t.number for t in optuna.load_study(study_name="campaign", storage=storage).trials
+             if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(asked) == 2
+
+    resumed = subprocess.run([sys.executable, "-m", "harness.cli", "resume", "tpe2", f"runs_dir={root / 'runs'}"],
+                             env=env, capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [h["round"] for h in Journal(camp).get("history")] == [0, 1, 2]
+    assert child_runs(root, "tpe2") == [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2)]  # one run per candidate
+    trials = optuna.load_study(study_name="campaign", storage=storage).trials
+    proposed = [t for t in trials if t.state != optuna.trial.TrialState.FAIL]
+    assert [t.number for t in proposed if t.user_attrs["round"] == 1] == asked  # the same trials, resumed
+    assert sorted(t.user_attrs["round"] for t in proposed) == [1, 1, 2, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in proposed)

@@ -1,0 +1,125 @@
+"""The Ray runner on a real local Ray (no mock): jobs at once in sandboxed actors, a worker killed in
+a job as that one failed job (and one killed while idle as nothing), nothing of ours left running
+after a close or a kill -9 of the process that started it (checked in the process table).
+
+A random-weight tiny base and a scaffold cut to one GRPO step keep each evaluation to seconds.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from fast_scaffold import campaign_root
+
+from harness.ray_runner import RayPool
+
+# Not importorskip: ray must not be imported before the pool starts its local Ray (see RayPool).
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root, scaffold, _ = campaign_root(tmp_path_factory.mktemp("ray"), [])
+    return root, scaffold
+
+
+def options(root) -> dict:
+    runs = root / "runs"
+    return {"base": str(runs / "models" / "base"), "data_dir": str(runs / "data"),
+            "cache_dir": str(runs / "cache" / "train"), "timeout_s": 600, "memory_gb": 8}
+
+
+def jobs(root, scaffold, name: str, count: int) -> list[dict]:
+    return [{"scaffold": scaffold, "out": root / name / str(i), "seeds": [0], "heldout": False} for i in range(count)]
+
+
+def ours(pid: int) -> list[psutil.Process]:
+    """Every process under `pid` now (Ray's, the actors', the runners' workers and sandboxes)."""
+    return psutil.Process(pid).children(recursive=True)
+
+
+def cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie, since it was listed
+        return ""
+
+
+def assert_all_gone(processes: list[psutil.Process], timeout: float = 60) -> None:
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    assert not alive, f"left running: {[(p.pid, cmdline(p)[:80]) for p in alive]}"
+
+
+def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing(root):
+    root, scaffold = root
+    pool = RayPool(options(root), address=None, cpus=1, gpus=0, workers=2)
+    try:
+        assert pool.workers == min(2, int(pool.ray.cluster_resources()["CPU"]))
+        first = pool.run(jobs(root, scaffold, "first", 2))
+        assert [r["status"] for r in first] == ["ok", "ok"]
+        assert all(r["seeds"] == [0] and "warnings" not in r for r in first)  # sandboxed, as the local runner is
+        assert len(pool.idle) == pool.workers  # warm actors, one per job at once
+        running = ours(os.getpid())
+        names = " ".join(map(cmdline, running))
+        assert "gcs_server" in names and "rl_pipeline.worker" in names and "rl_pipeline.zygote" in names
+        listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN
+                     and c.pid in {p.pid for p in running}]
+        assert listening and all(c.laddr.ip in LOOPBACK for c in listening), listening
+
+        # A worker killed in the middle of a job: that job fails, the others and the pool go on.
+        victim = pool.ray.get(pool.idle[0].pid.remote())
+        results: list = []
+        second = jobs(root, scaffold, "second", 2)
+        thread = threading.Thread(target=lambda: results.extend(pool.run(second)))
+        thread.start()
+        while not all((job["out"] / "job.json").exists() for job in second):
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=600)
+        assert sorted(r["status"] for r in results) == ["failed", "ok"]
+        failed = next(r for r in results if r["status"] == "failed")
+        assert failed["reason"].startswith("the Ray worker died")
+        out = next(job["out"] for job, r in zip(second, results) if r["status"] == "failed")
+        assert json.loads((out / "result.json").read_text())["reason"] == failed["reason"]
+        # A worker that dies while idle fails nothing: its next job goes to a new one.
+        (idle,) = pool.idle
+        os.kill(pool.ray.get(idle.pid.remote()), signal.SIGKILL)
+        assert [r["status"] for r in pool.run(jobs(root, scaffold, "third", 2))] == ["ok", "ok"]
+        running = ours(os.getpid())
+    finally:
+        pool.close()
+    assert_all_gone(running)
+
+
+DRIVER = """
+import sys
+from harness.ray_runner import RayPool
+pool = RayPool({options!r}, address=None, cpus=1, gpus=0, workers=1)
+assert pool.run([{{"scaffold": {scaffold!r}, "out": {out!r}, "seeds": [0], "heldout": False}}])[0]["status"] == "ok"
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_kill_9_of_the_driver_leaves_no_process_of_its_ray(root):
+    root, scaffold = root
+    code = DRIVER.format(options=options(root), scaffold=str(scaffold), out=str(root / "driver"))
+    driver = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "ready"
+        running = ours(driver.pid)
+        assert any("raylet" in cmdline(p) for p in running)
+        assert any("rl_pipeline.worker" in cmdline(p) for p in running)
+    finally:
+        driver.kill()  # SIGKILL: no handler, no atexit, no `finally` runs in it
+        driver.wait()
+    assert_all_gone(running)
