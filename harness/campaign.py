@@ -307,16 +307,18 @@ class Campaign:
         return j.is_done(n, "retrain") or (bool(self.config["retrain_seeds"]) and not j.is_done(n, "critique")
                                            and changes_training(read_result(out), self._incumbent_result()))
 
-    def _retrain(self, n: int, out: Path) -> dict:
-        """The candidate and the incumbent re-trained with each fresh training seed and evaluated on
-        the same seeds (results already there from a replay, or from an earlier round for the
-        incumbent, are reused); the verdict on the paired change over every training seed."""
+    def _retrain(self, n: int, out: Path, candidate: int | None = None) -> dict:
+        """The candidate (candidate k of a round of several) and the incumbent re-trained with each
+        fresh training seed and evaluated on the same seeds (results already there from a replay, or
+        from an earlier round for the incumbent, are reused); the verdict on the paired change over
+        every training seed."""
         seeds, inc_dir = self.config["eval_seeds"], self._incumbent_dir()
         pairs = {read_result(out)["training"]["train_seed"]: (out, inc_dir)}
         for train_seed in self.config["retrain_seeds"]:
             cand, inc = pairs[train_seed] = retrain_dir(out, train_seed), retrain_dir(inc_dir, train_seed)
-            if not reusable(cand, commit=self.workspace.candidate_commit(n), seeds=seeds, train_seed=train_seed):
-                self.workspace.checkout(n)
+            if not reusable(cand, commit=self.workspace.candidate_commit(n, candidate), seeds=seeds,
+                            train_seed=train_seed):
+                self.workspace.checkout(n, candidate)
                 try:
                     self._evaluate(cand, seeds, train_seed=train_seed)
                 finally:

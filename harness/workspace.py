@@ -154,9 +154,10 @@ class Workspace:
             self.repo.git.reset("--hard", MAIN)
             self.repo.git.clean("-fd")
 
-    def checkout(self, round_no: int) -> None:
-        """Put a round's candidate in the work tree (detached) so the runner can evaluate it."""
-        commit = self._candidate(round_no)
+    def checkout(self, round_no: int, candidate: int | None = None) -> None:
+        """Put a round's candidate (candidate k of a round of several) in the work tree (detached)
+        so the runner can evaluate it."""
+        commit = self._candidate(round_no, candidate)
         self.checkout_main()
         self.repo.git.checkout("--detach", commit.hexsha)
 
