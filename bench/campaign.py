@@ -1,13 +1,19 @@
-"""Campaign throughput: rounds per hour and where a round's time goes.
+"""Campaign throughput: rounds and candidates per hour, and where a round's time goes.
 
 Runs a short campaign (default: 5 rounds of the `random` researcher on the arith scaffold at its
 default knobs) in a temporary runs folder that shares the base policy and the data, then reads
-the journal's per-step timings and prints rounds/hour and the split per step (propose, apply,
-evaluate, compare, record and the rest).
+the journal's per-step timings and prints rounds/hour, candidates evaluated/hour, the split per
+step (propose, apply, evaluate, compare, record and the rest) and the round overhead: a round's
+time less the evaluation work in it (training and scoring, as bench/rounds.py counts it), which is
+what the runner and the loop add when evaluations run one at a time.
 
-    .venv/bin/python bench/campaign.py [--rounds 5] [--researcher random|local]
+    .venv/bin/python bench/campaign.py [--rounds 5] [--researcher random|local] [--scaffold PATH]
+    .venv/bin/python bench/campaign.py --runner ray --workers 2 --cpus 1 --candidates 2
     .venv/bin/python bench/campaign.py --from-campaign runs/default    # the same numbers, read from
                                                                        # a campaign that already ran
+
+Without a base policy at --base, a tiny random one is built (the loop and the runner are under
+test, not the policy's skill).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ use_offline_env()
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
 from harness.config import compose_config  # noqa: E402
 from harness.journal import STEPS, Journal  # noqa: E402
+from rl_pipeline.result import read_result  # noqa: E402
+from rounds import work  # noqa: E402  (bench/rounds.py: training and scoring time of a result)
 
 
 def main() -> int:
@@ -37,42 +45,77 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--researcher", default="random")
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
+    parser.add_argument("--scaffold", default="arith", help="a folder under scaffolds/, or a path")
+    parser.add_argument("--runner", choices=["local", "ray"], default="local")
+    parser.add_argument("--workers", type=int, default=None, help="ray: evaluations at once (default: all CPUs)")
+    parser.add_argument("--cpus", type=int, default=1, help="ray: CPUs (and torch threads) per candidate")
+    parser.add_argument("--candidates", type=int, default=1, help="candidates_per_round")
     parser.add_argument("--from-campaign", default=None, help="read the timings of this campaign folder instead")
     args = parser.parse_args()
     if args.from_campaign:
         journal = Journal(Path(args.from_campaign))
         rounds = journal.last_finished_round()
-        report(journal, rounds, Path(args.from_campaign).name)
+        report(journal, Path(args.from_campaign), rounds, Path(args.from_campaign).name)
         return 0
-    if not (Path(args.base) / "config.json").is_file():
-        print(f"no base policy at {args.base}: run `researcher model pretrain` first")
-        return 1
 
     with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
         runs = Path(tmp) / "runs"
         (runs / "models").mkdir(parents=True)
-        os.symlink(Path(args.base).resolve(), runs / "models" / "base")
+        if (Path(args.base) / "config.json").is_file():
+            os.symlink(Path(args.base).resolve(), runs / "models" / "base")
+        else:
+            from model import build_policy, build_tokenizer, save_policy
+            tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
+            save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, runs / "models" / "base")
+            print(f"no base policy at {args.base}: using a tiny random one")
         if (REPO / "runs" / "data").is_dir():
             shutil.copytree(REPO / "runs" / "data", runs / "data")
-        config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}",
-                                 f"researcher={args.researcher}", "live=false", "tracking.enabled=true"])
+        runner = [f"runner={args.runner}"] + ([f"runner.cpus={args.cpus}"] if args.runner == "ray" else [])
+        runner += [f"runner.workers={args.workers}"] if args.runner == "ray" and args.workers else []
+        config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}", f"scaffold={args.scaffold}",
+                                 f"researcher={args.researcher}", "live=false", "tracking.enabled=true",
+                                 f"candidates_per_round={args.candidates}", *runner])
         start = time.perf_counter()
         run_campaign(config, create_campaign(config))
         wall = time.perf_counter() - start
-        journal = Journal(runs / "bench")
-        report(journal, args.rounds, args.researcher, wall_s=wall)
+        label = (f"{args.researcher}, {args.candidates} candidate(s)/round, " +
+                 (f"ray: {args.workers or 'all'} workers x {args.cpus} CPU" if args.runner == "ray" else "local runner"))
+        report(Journal(runs / "bench"), runs / "bench", args.rounds, label, wall_s=wall)
     return 0
 
 
-def report(journal: Journal, rounds: int, label: str, *, wall_s: float | None = None) -> None:
-    """Rounds/hour and seconds per step over rounds 1..`rounds` of a campaign's journal."""
+def evaluated(journal: Journal, n: int) -> int:
+    """Candidates round n evaluated (one, or each of several)."""
+    output = journal.step_output(n, "evaluate")
+    return 0 if output is None else len([c for c in output.get("candidates", [output]) if c])
+
+
+def evaluation_work(round_dir: Path) -> float:
+    """Training and scoring seconds of every evaluation in a round's folder (each wrote a job.json);
+    a result that a later one was merged into counts only its own part."""
+    total = 0.0
+    for job in round_dir.rglob("job.json"):
+        if (job.parent / "result.json").is_file():
+            total += work(read_result(job.parent))
+            for merged in ("reeval", "retest"):
+                if (job.parent / merged / "result.json").is_file():
+                    total -= work(read_result(job.parent / merged))
+    return total
+
+
+def report(journal: Journal, campaign: Path, rounds: int, label: str, *, wall_s: float | None = None) -> None:
+    """Rounds and candidates per hour, seconds per step and the round overhead over rounds 1..`rounds`."""
     per_step: dict[str, float] = defaultdict(float)
     for n in range(1, rounds + 1):
         for step in STEPS:
             per_step[step] += journal.step_seconds(n, step) or 0.0
     rounds_s = sum(per_step.values())
+    candidates = sum(evaluated(journal, n) for n in range(1, rounds + 1))
+    overhead = rounds_s - sum(evaluation_work(campaign / "rounds" / f"{n:03d}") for n in range(1, rounds + 1))
     setup = f" after a {wall_s - rounds_s:.1f}s setup (base checks, baseline evaluation)" if wall_s else ""
-    print(f"{rounds} rounds ({label}) in {rounds_s:.1f}s{setup}: {3600 * rounds / rounds_s:.1f} rounds/hour")
+    print(f"{rounds} rounds ({label}) in {rounds_s:.1f}s{setup}: {3600 * rounds / rounds_s:.1f} rounds/hour, "
+          f"{3600 * candidates / rounds_s:.1f} candidates evaluated/hour")
+    print(f"round overhead (round time less evaluation work): {overhead / rounds:.2f}s/round")
     print(f"{'step':16s}{'seconds/round':>15s}{'share':>8s}")
     for step in STEPS:
         print(f"{step:16s}{per_step[step] / rounds:15.2f}{per_step[step] / rounds_s:8.1%}")

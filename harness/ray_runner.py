@@ -2,7 +2,8 @@
 
 Each actor (`Evaluator`) asks Ray for `cpus` CPUs and `gpus` GPUs and runs the very runner the
 local one is (`rl_pipeline.run.run_scaffold`: the warm trusted worker, the bubblewrap sandbox under
-it, the time limits, a `failed` result for any crash inside), kept warm across rounds. What can go
+it, the time limits, a `failed` result for any crash inside), started with the pool and kept warm
+across rounds. What can go
 wrong on the Ray side becomes a failed result too: an actor that dies (killed, out of memory, its
 node lost) fails the candidate it held, and is replaced for the next one; an actor that outlives the
 runner's own limits is killed. A job whose actor had died before the job began (while it was idle)
@@ -63,6 +64,11 @@ class Evaluator:
         return run_scaffold(job["scaffold"], job["out"], seeds=job["seeds"], heldout=job["heldout"],
                             train_seed=job.get("train_seed", 0), **self.options)
 
+    def warm(self) -> None:
+        from rl_pipeline.run import start_warm
+
+        start_warm(**{key: self.options[key] for key in ("sandbox", "memory_gb") if key in self.options})
+
     def close(self) -> None:
         from rl_pipeline.run import shutdown
 
@@ -119,7 +125,11 @@ class RayPool:
             raise RuntimeError(f"the Ray cluster has {resources.get('CPU', 0)} CPUs and {resources.get('GPU', 0)} "
                                f"GPUs: not enough for one candidate ({cpus} CPUs, {gpus} GPUs)")
         self.workers = min(workers or fits, fits)
-        self.idle: list = []
+        # Every actor starts its runner now, side by side, rather than in the first round that needs it;
+        # a start that fails is tried again, and reported, by the actor's first job.
+        self.idle = [self.actor_class.remote(self.actor_options) for _ in range(self.workers)]
+        for actor in self.idle:
+            actor.warm.remote()
 
     # ------------------------------------------------------------------ the local cluster
 

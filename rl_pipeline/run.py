@@ -168,6 +168,14 @@ def _warm_runner(sandbox: bool, memory_gb: float) -> Runner:
         return _WARM.setdefault((sandbox, memory_gb), Runner(sandbox=sandbox, memory_gb=memory_gb))
 
 
+def start_warm(*, sandbox: bool = DEFAULTS["sandbox"], memory_gb: float = DEFAULTS["memory_gb"]) -> None:
+    """Start the warm processes now instead of at the first run (a pool of runners starts them all at once)."""
+    runner = _warm_runner(sandbox, memory_gb)
+    with runner.lock:
+        if not runner.alive():
+            runner.start()
+
+
 @atexit.register
 def shutdown() -> None:
     """Stop the warm processes (they also stop on their own when this process ends)."""
