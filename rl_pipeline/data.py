@@ -43,9 +43,12 @@ SPLITS = ("train", "calibration", "eval", "heldout")
 DEFAULT_SIZES = {"train": 10000, "calibration": 400, "eval": 200, "heldout": 200}
 # Buckets [lo, hi) out of 100 that each split owns. Fixed, so the split of a problem never
 # depends on the sizes or the seed: no seed's heldout problem is another seed's train problem.
-# Calibration (neither eval nor held-out) took its buckets from train in layout 2: eval and
-# held-out are what they were in layout 1.
-BUCKETS = {"heldout": (0, 5), "eval": (5, 10), "calibration": (10, 15), "train": (15, 100)}
+# Calibration (layout 2) has no buckets of its own: it draws from train's buckets, on its own
+# stream, the problems the train split does not hold, so train, eval and held-out are exactly what
+# they were in layout 1 (results of older campaigns keep their data hashes) and calibration shares
+# no problem with any of them.
+BUCKETS = {"heldout": (0, 5), "eval": (5, 10), "train": (10, 100)}
+BUCKETS_OF = {"calibration": "train"}
 MANIFEST = "manifest.json"
 # A split gives up after this many times the expected number of draws: the problem space is
 # then too small for the size asked.
@@ -65,9 +68,10 @@ def split_hash(dataset: Dataset) -> str:
     return hashlib.sha256(rows.encode()).hexdigest()
 
 
-def _draw(task: Task, split: str, size: int, seed: int) -> list[dict[str, Any]]:
+def _draw(task: Task, split: str, size: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     rng = random.Random(f"{task.name}:{split}:{seed}")
-    lo, hi = BUCKETS[split]
+    owner = BUCKETS_OF.get(split, split)
+    lo, hi = BUCKETS[owner]
     max_draws = _MAX_DRAW_FACTOR * size * 100 // (hi - lo) + 1000
     examples: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -81,7 +85,7 @@ def _draw(task: Task, split: str, size: int, seed: int) -> list[dict[str, Any]]:
         draws += 1
         example = task.make(rng)
         canonical = example["meta"]["canonical"]
-        if canonical not in seen and split_of(task.name, canonical) == split:
+        if canonical not in seen and canonical not in exclude and split_of(task.name, canonical) == owner:
             seen.add(canonical)
             examples.append(example)
     return examples
@@ -89,7 +93,10 @@ def _draw(task: Task, split: str, size: int, seed: int) -> list[dict[str, Any]]:
 
 def build_splits(task: Task, sizes: Mapping[str, int], seed: int) -> DatasetDict:
     """Generate every split in memory, with no cache."""
-    return DatasetDict({split: Dataset.from_list(_draw(task, split, sizes[split], seed)) for split in SPLITS})
+    drawn = {split: _draw(task, split, sizes[split], seed) for split in SPLITS if split != "calibration"}
+    train = frozenset(example["meta"]["canonical"] for example in drawn["train"])
+    drawn["calibration"] = _draw(task, "calibration", sizes["calibration"], seed, exclude=train)
+    return DatasetDict({split: Dataset.from_list(drawn[split]) for split in SPLITS})
 
 
 def _resolve_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
@@ -112,6 +119,7 @@ def _cache_key(task: Task, sizes: dict[str, int], seed: int) -> dict[str, Any]:
         "sizes": sizes,
         "seed": seed,
         "buckets": BUCKETS,
+        "buckets_of": BUCKETS_OF,
     }
     # Through JSON once so it compares equal to the manifest read back (tuples become lists).
     return json.loads(json.dumps(key))
