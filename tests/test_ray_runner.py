@@ -42,9 +42,10 @@ def jobs(root, scaffold, name: str, count: int) -> list[dict]:
     return [{"scaffold": scaffold, "out": root / name / str(i), "seeds": [0], "heldout": False} for i in range(count)]
 
 
-def ours(pid: int) -> list[psutil.Process]:
-    """Every process under `pid` now (Ray's, the actors', the runners' workers and sandboxes)."""
-    return psutil.Process(pid).children(recursive=True)
+def ours(pid: int, before: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """Every process under `pid` now (Ray's, the actors', the runners' workers and sandboxes), less
+    those in `before` (an earlier test's warm local runner lives until pytest exits, by design)."""
+    return [p for p in psutil.Process(pid).children(recursive=True) if p.pid not in before]
 
 
 def cmdline(process: psutil.Process) -> str:
@@ -61,6 +62,7 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float = 60) -> Non
 
 def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing(root):
     root, scaffold = root
+    before = frozenset(p.pid for p in ours(os.getpid()))
     pool = RayPool(options(root), address=None, cpus=1, gpus=0, workers=2)
     try:
         assert pool.workers == min(2, int(pool.ray.cluster_resources()["CPU"]))
@@ -68,7 +70,7 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         assert [r["status"] for r in first] == ["ok", "ok"]
         assert all(r["seeds"] == [0] and "warnings" not in r for r in first)  # sandboxed, as the local runner is
         assert len(pool.idle) == pool.workers  # warm actors, one per job at once
-        running = ours(os.getpid())
+        running = ours(os.getpid(), before)
         names = " ".join(map(cmdline, running))
         assert "gcs_server" in names and "rl_pipeline.worker" in names and "rl_pipeline.zygote" in names
         listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN
@@ -94,7 +96,7 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         (idle,) = pool.idle
         os.kill(pool.ray.get(idle.pid.remote()), signal.SIGKILL)
         assert [r["status"] for r in pool.run(jobs(root, scaffold, "third", 2))] == ["ok", "ok"]
-        running = ours(os.getpid())
+        running = ours(os.getpid(), before)
     finally:
         pool.close()
     assert_all_gone(running)
