@@ -9,21 +9,17 @@ gain, 1.2 none), so rounds take a blink; git, journal, memory and researchers ar
 
 import json
 import re
-from pathlib import Path
 
 import git
 import optuna
 import pytest
 from fast_scaffold import fast_scaffold
-from test_round_steps import Killed, fake_run_scaffold
+from test_round_steps import Killed, watch
 
-import harness.campaign as campaign_module
 from harness.campaigns import create_campaign
 from harness.candidates import CandidatesCampaign
 from harness.config import ConfigError, compose_config
 from harness.journal import STEPS, Journal
-from harness.researchers.scripted import ScriptedResearcher
-from harness.workspace import Workspace
 
 PROPOSALS = [
     {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
@@ -44,25 +40,6 @@ def new_campaign(tmp_path, name, *overrides, proposals=PROPOSALS) -> tuple[dict,
                              "eval_seeds=[0]", "reeval_seeds=[1]", "live=false", "tracking.enabled=false",
                              "candidates_per_round=2", *overrides])
     return config, create_campaign(config)
-
-
-def watch(monkeypatch) -> dict:
-    """Every evaluation (its folder under rounds/), git decision and learning the campaign does."""
-    done = {"evaluated": [], "kept": [], "reverted": [], "learned": []}
-
-    def run(scaffold_dir, out, **kwargs):
-        parts = Path(out).parts
-        done["evaluated"].append("/".join(parts[len(parts) - 1 - parts[::-1].index("rounds"):]))
-        return fake_run_scaffold(scaffold_dir, out, **kwargs)
-
-    keep, revert = Workspace.keep, Workspace.revert
-    monkeypatch.setattr(campaign_module, "run_scaffold", run)
-    monkeypatch.setattr(Workspace, "keep", lambda self, n: done["kept"].append(n) or keep(self, n))
-    monkeypatch.setattr(Workspace, "revert", lambda self, n, why, candidate=None: done["reverted"].append(
-        (n, candidate)) or revert(self, n, why, candidate))
-    monkeypatch.setattr(ScriptedResearcher, "learn", lambda self, proposal, verdict: done["learned"].append(
-        (proposal.hypothesis, verdict["decision"])), raising=False)
-    return done
 
 
 def outcome(path) -> dict:

@@ -113,9 +113,10 @@ def watch(monkeypatch) -> dict:
     keep, revert = Workspace.keep, Workspace.revert
     monkeypatch.setattr(campaign_module, "run_scaffold", run)
     monkeypatch.setattr(Workspace, "keep", lambda self, n: done["kept"].append(n) or keep(self, n))
-    monkeypatch.setattr(Workspace, "revert", lambda self, n, why: done["reverted"].append(n) or revert(self, n, why))
+    monkeypatch.setattr(Workspace, "revert", lambda self, n, why, candidate=None: done["reverted"].append(
+        (n, candidate)) or revert(self, n, why, candidate))
     monkeypatch.setattr(ScriptedResearcher, "learn", lambda self, proposal, verdict: done["learned"].append(
-        verdict["decision"]), raising=False)
+        (proposal.hypothesis, verdict["decision"])), raising=False)
     return done
 
 
@@ -147,7 +148,7 @@ def test_an_uninterrupted_round_goes_through_every_step(reference):
     assert end["history"][1]["heldout_accuracy"] == split(0.3, [0])["metrics"]["accuracy"]
     # (the baseline was evaluated on the re-evaluation's seed already: no `rounds/000/seeds-1`)
     assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval", *RETRAINED, "rounds/001/heldout"],
-                       "kept": [1], "reverted": [], "learned": ["keep"]}
+                       "kept": [1], "reverted": [], "learned": [(PROPOSAL["hypothesis"], "keep")]}
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -210,4 +211,5 @@ def test_a_rejection_at_a_gate_is_a_revert(tmp_path, effects, approvals, steps, 
     assert decided["decision"] == "revert" and decided["reason"].startswith(reason)
     assert journal.get("incumbent")["round"] == 0 and journal.get("history")[1]["heldout_accuracy"] is None
     applied = steps.count("apply")  # a rejected proposal is never applied, so there is nothing to revert
-    assert effects == {"evaluated": evaluated, "kept": [], "reverted": [1] * applied, "learned": ["revert"]}
+    assert effects == {"evaluated": evaluated, "kept": [], "reverted": [(1, None)] * applied,
+                       "learned": [(PROPOSAL["hypothesis"], "revert")]}
