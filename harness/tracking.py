@@ -191,7 +191,10 @@ class MlflowTracker:
 
             if self.tracking_uri.startswith("sqlite:///"):
                 Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(self.tracking_uri)
+            with self._store_lock():  # the store's first touch creates and migrates its tables
+                client = MlflowClient(self.tracking_uri)
+                client.search_experiments(max_results=1)
+            self._client = client
         return self._client
 
     def _experiment(self) -> str:
@@ -207,7 +210,7 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def _store_lock(self):
-        """Serialize the first touch of a sqlite store: two campaigns starting together would
+        """Serialize the first touches of a sqlite store: two campaigns starting together would
         otherwise race in MLflow's schema migration (seen: 'Online migration expected to match one
         row'), and one of them would lose its tracking."""
         if not self.tracking_uri.startswith("sqlite:///"):

@@ -9,6 +9,8 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -307,3 +309,31 @@ def test_a_real_campaign_logs_the_real_git_diff_where_the_ui_shows_it(tmp_path):
         subprocess.run(["git", "-C", str(clone), "checkout", "-q", f"{commit}^"], check=True)
         (tmp_path / f"{n}.patch").write_text(patch)
         subprocess.run(["git", "-C", str(clone), "apply", "--check", str(tmp_path / f"{n}.patch")], check=True)
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from harness.tracking import make_tracker
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+tracker = make_tracker(enabled=True, runs_dir=sys.argv[1])
+print(tracker.start_campaign(f"campaign-{sys.argv[3]}", {"n": sys.argv[3]}))
+"""
+
+
+def test_campaigns_that_start_together_on_a_fresh_store_all_get_their_run(tmp_path):
+    """The first touches of a new sqlite store migrate its tables: done at once by several processes,
+    they raced (seen: 'table _alembic_tmp_params already exists'), and the losers went untracked."""
+    go = tmp_path / "go"
+    starters = [subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path / "runs"), str(go), str(i)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    time.sleep(8)  # each has imported the tracker and waits for the signal
+    go.touch()
+    outputs = [p.communicate(timeout=300) for p in starters]
+    assert [p.returncode for p in starters] == [0, 0, 0]
+    run_ids = [out.strip() for out, _ in outputs]
+    assert all(len(r) == 32 for r in run_ids), [err[-2000:] for _, err in outputs]
+    client = MlflowClient(default_tracking_uri(tmp_path / "runs"))
+    assert {client.get_run(r).data.tags["campaign"] for r in run_ids} == {"campaign-0", "campaign-1", "campaign-2"}
