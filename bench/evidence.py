@@ -31,79 +31,23 @@ the researcher does, so it checks that the bench runs, not which condition wins.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from rl_pipeline.env import use_offline_env  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from campaign_runs import REPO, median, reached, run, setup  # noqa: E402
 
-use_offline_env()
-
-from harness.campaigns import create_campaign, run_campaign  # noqa: E402
-from harness.config import CONFIG_FILE, compose_config, freeze_config, frozen_config  # noqa: E402
-from harness.journal import Journal  # noqa: E402
 from harness.report import NEAR_BEST, campaign_stats, comparison_markdown  # noqa: E402
 
 CONDITIONS = {"present": "true", "blanked": "false"}
 
 
-# the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
-FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
-
-
-def fast_setup(runs: Path) -> list[str]:
-    """The tests' tiny random base and fast scaffold under `runs/fast/` (made once); the overrides
-    that use them."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from fast_scaffold import campaign_root
-
-    root = runs / "fast"
-    if not (root / "fast_arith").is_dir():
-        campaign_root(root, [])
-    return [f"base_model={root / 'runs' / 'models' / 'base'}", f"scaffold={root / 'fast_arith'}", *FAST_OVERRIDES]
-
-
-def real_setup(runs: Path, base: Path) -> list[str]:
-    """The pretrained base linked into `runs/models/base` and the data copied; the arith scaffold."""
-    (runs / "models").mkdir(parents=True, exist_ok=True)
-    if not (runs / "models" / "base").exists():
-        os.symlink(base.resolve(), runs / "models" / "base")
-    if (REPO / "runs" / "data").is_dir() and not (runs / "data").exists():
-        shutil.copytree(REPO / "runs" / "data", runs / "data")
-    return ["scaffold=arith"]
-
-
-def run(runs: Path, setup: list[str], condition: str, seed: int, rounds: int) -> list[dict]:
-    """One campaign (created with the `setup` overrides, or resumed with `rounds` if the runs folder
-    has it); its history."""
-    name = f"evidence-{condition}-s{seed}"
-    path = runs / name
-    if (path / CONFIG_FILE).is_file():
-        config = frozen_config(path) | {"rounds": rounds}
-        freeze_config(path, config)
-    else:
-        config = compose_config([f"runs_dir={runs}", f"name={name}", f"rounds={rounds}", f"seed={seed}",
-                                 "researcher=local", f"researcher.evidence={CONDITIONS[condition]}", "live=false",
-                                 *setup])
-        path = create_campaign(config)
-    run_campaign(config, path)
-    return Journal(path).get("history") or []
-
-
-def reached(history: list[dict], level: float | None) -> int | None:
-    """The first round whose incumbent is at `level` or above; None if none is."""
-    return next((r["round"] for r in sorted(history, key=lambda r: r["round"])
-                 if level is not None and r["incumbent_accuracy"] >= level - 1e-9), None)
-
-
-def median(values: list) -> str:
-    known = [v for v in values if v is not None]
-    return f"{statistics.median(known):.4g}" if known else "n/a"
+def campaign(runs: Path, common: list[str], condition: str, seed: int, rounds: int) -> list[dict]:
+    """One condition's campaign for `seed`; its history."""
+    return run(runs, f"evidence-{condition}-s{seed}", rounds,
+               [f"seed={seed}", "researcher=local", f"researcher.evidence={CONDITIONS[condition]}", *common])
 
 
 def report(histories: dict[tuple[str, int], list[dict]], seeds: list[int], rounds: int) -> None:
@@ -138,15 +82,12 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="the tests' tiny random base and one-step scaffold")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for both conditions")
     args = parser.parse_args()
-    fast = args.fast or not (Path(args.base) / "config.json").is_file()
-    if fast and not args.fast:
-        print(f"no base policy at {args.base}: running the fast set-up (tiny random base, one-step scaffold)")
     seeds = list(range(args.seeds))
 
     with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
-        setup = (fast_setup(runs) if fast else real_setup(runs, Path(args.base))) + args.overrides
-        histories = {(condition, seed): run(runs, setup, condition, seed, args.rounds)
+        common = setup(runs, Path(args.base), args.fast) + args.overrides
+        histories = {(condition, seed): campaign(runs, common, condition, seed, args.rounds)
                      for seed in seeds for condition in CONDITIONS}
         report(histories, seeds, args.rounds)
     return 0

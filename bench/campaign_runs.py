@@ -1,0 +1,85 @@
+"""What the campaign benchmarks share: a runs folder set up once, campaigns created or resumed in
+it by name, and the rounds at which an incumbent reached a level.
+
+Two set-ups: `real_setup` links a pretrained base and copies the data into the runs folder (the
+arith scaffold at its defaults); `fast_setup` builds the end-to-end tests' tiny random base and the
+arith scaffold cut to one GRPO step (tests/fast_scaffold.py), whose accuracy is 0 whatever the
+researcher does, so it checks that a benchmark runs, not who wins.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from rl_pipeline.env import use_offline_env  # noqa: E402
+
+use_offline_env()
+
+from harness.campaigns import create_campaign, run_campaign  # noqa: E402
+from harness.config import CONFIG_FILE, compose_config, freeze_config, frozen_config  # noqa: E402
+from harness.journal import Journal  # noqa: E402
+
+# the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
+FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
+
+
+def fast_setup(runs: Path) -> list[str]:
+    """The tests' tiny random base and fast scaffold under `runs/fast/` (made once); the overrides
+    that use them."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fast_scaffold import campaign_root
+
+    root = runs / "fast"
+    if not (root / "fast_arith").is_dir():
+        campaign_root(root, [])
+    return [f"base_model={root / 'runs' / 'models' / 'base'}", f"scaffold={root / 'fast_arith'}", *FAST_OVERRIDES]
+
+
+def real_setup(runs: Path, base: Path) -> list[str]:
+    """The pretrained base linked into `runs/models/base` and the data copied; the arith scaffold."""
+    (runs / "models").mkdir(parents=True, exist_ok=True)
+    if not (runs / "models" / "base").exists():
+        os.symlink(base.resolve(), runs / "models" / "base")
+    if (REPO / "runs" / "data").is_dir() and not (runs / "data").exists():
+        shutil.copytree(REPO / "runs" / "data", runs / "data")
+    return ["scaffold=arith"]
+
+
+def setup(runs: Path, base: Path, fast: bool) -> list[str]:
+    """`fast_setup`, or `real_setup` when there is a base policy at `base` (else fast, saying so)."""
+    if not fast and not (base / "config.json").is_file():
+        print(f"no base policy at {base}: running the fast set-up (tiny random base, one-step scaffold)")
+        fast = True
+    return fast_setup(runs) if fast else real_setup(runs, base)
+
+
+def run(runs: Path, name: str, rounds: int, overrides: list[str]) -> list[dict]:
+    """The campaign `name` in `runs`: created with `overrides`, or resumed with `rounds` if the runs
+    folder has it (a long benchmark can be stopped and picked up again); its history."""
+    path = runs / name
+    if (path / CONFIG_FILE).is_file():
+        config = frozen_config(path) | {"rounds": rounds}
+        freeze_config(path, config)
+    else:
+        config = compose_config([f"runs_dir={runs}", f"name={name}", f"rounds={rounds}", "live=false", *overrides])
+        path = create_campaign(config)
+    run_campaign(config, path)
+    return Journal(path).get("history") or []
+
+
+def reached(history: list[dict], level: float | None) -> int | None:
+    """The first round whose incumbent is at `level` or above; None if none is."""
+    return next((r["round"] for r in sorted(history, key=lambda r: r["round"])
+                 if level is not None and r["incumbent_accuracy"] >= level - 1e-9), None)
+
+
+def median(values: list) -> str:
+    """The median of the known values, printed; n/a when none is."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.4g}" if known else "n/a"

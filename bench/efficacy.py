@@ -1,0 +1,144 @@
+"""Efficacy: the researchers against each other, on one scaffold, with the same round budget.
+
+For each researcher (default: local, random, tpe, cmaes) and each seed, one campaign of `--rounds`
+rounds on the arith scaffold at its defaults. All share one runs folder, so the base policy, the
+data and the training cache are common. Per researcher it prints, over the seeds:
+
+  - the median final held-out accuracy (the last keep's, or the baseline's when nothing was kept)
+  - the median final incumbent accuracy (eval)
+  - near best at: the median first round at which the incumbent came within NEAR_BEST of the best
+    final incumbent of that seed's campaigns, all researchers together (not reached: rounds + 1,
+    shown as ">N"), so a campaign that stops early at a lower level does not look fast
+  - the median mean incumbent over the rounds (the area under its curve: sooner counts)
+  - keeps, and false keeps (keeps whose held-out change was not positive), summed over seeds
+
+then every campaign's row (`researcher compare`'s table), and writes one plot of every campaign's
+incumbent by round (`--plot`). Trailing KEY=VALUE items set the campaign config of every campaign.
+A campaign already in the runs folder is resumed, not restarted, so a long comparison can be
+stopped and picked up again.
+
+`--ray` runs the campaigns at once as Ray tasks, `--cpus` CPUs reserved for each (a local Ray
+bound to 127.0.0.1 sized to this machine, or `--ray-address` to join a cluster that sees this
+project and the runs folder at the same paths). Each campaign evaluates with its own local runner.
+
+    .venv/bin/python bench/efficacy.py --rounds 2 --seeds 1 --fast          # a smoke run of the bench itself
+    .venv/bin/python bench/efficacy.py --rounds 2 --seeds 1 --fast --ray --researchers random tpe
+    .venv/bin/python bench/efficacy.py --rounds 100 --seeds 3 --runs-dir runs/bench-efficacy
+                                        # the full comparison: a pretrained base at runs/models/base
+                                        # (`researcher model pretrain`), about an hour per campaign here
+
+`--fast` (and a missing base) runs the end-to-end tests' set-up instead (bench/campaign_runs.py):
+its accuracy is 0 whatever the researcher does, so it checks that the bench runs, not who wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from campaign_runs import REPO, median, reached, run, setup  # noqa: E402
+
+from harness.report import NEAR_BEST, campaign_stats, comparison_markdown, comparison_plot  # noqa: E402
+
+RESEARCHERS = ["local", "random", "tpe", "cmaes"]
+
+
+def campaign_name(researcher: str, seed: int) -> str:
+    return f"efficacy-{researcher}-s{seed}"
+
+
+def overrides(researcher: str, seed: int, common: list[str]) -> list[str]:
+    return [f"seed={seed}", f"researcher={researcher}", *common]
+
+
+def run_all(runs: Path, researchers: list[str], seeds: list[int], rounds: int, common: list[str]) -> dict:
+    """Every campaign, one after another; their histories by (researcher, seed)."""
+    return {(r, s): run(runs, campaign_name(r, s), rounds, overrides(r, s, common)) for s in seeds for r in researchers}
+
+
+def run_all_on_ray(runs: Path, researchers: list[str], seeds: list[int], rounds: int, common: list[str],
+                   *, address: str | None, cpus: int) -> dict:
+    """Every campaign as a Ray task reserving `cpus` CPUs, at once as the cluster allows."""
+    from harness.ray_runner import LOCAL_ONLY_ENV
+
+    os.environ.update(LOCAL_ONLY_ENV)
+    import ray
+
+    bench = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), bench, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # "local": a new cluster even where a stale /tmp/ray names an old one
+    local = {} if address else {"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1"}
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, logging_level="WARNING",
+             runtime_env={"env_vars": env}, **local)
+    try:
+        task = ray.remote(num_cpus=cpus, max_retries=0)(run)
+        keys = [(r, s) for s in seeds for r in researchers]
+        refs = [task.remote(runs, campaign_name(r, s), rounds, overrides(r, s, common)) for r, s in keys]
+        return dict(zip(keys, ray.get(refs)))
+    finally:
+        ray.shutdown()
+
+
+def report(histories: dict[tuple[str, int], list[dict]], researchers: list[str], seeds: list[int], rounds: int) -> None:
+    print("\n| researcher | held-out | accuracy | near best at round | mean incumbent | kept | false keeps |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for researcher in researchers:
+        heldout, finals, near, means, kept, false = [], [], [], [], 0, 0
+        for seed in seeds:
+            history = histories[researcher, seed]
+            stats = campaign_stats(history)
+            best = max((campaign_stats(histories[r, seed])["final"] or 0.0) for r in researchers)
+            at = reached(history, best - NEAR_BEST)
+            near.append(rounds + 1 if at is None else at)
+            heldout.append(stats["heldout_final"])
+            finals.append(stats["final"])
+            means.append(stats["mean_incumbent"])
+            kept += stats["kept"]
+            false += stats["false_keeps"]
+        censored = ">" if statistics.median(near) > rounds else ""
+        print(f"| {researcher} | {median(heldout)} | {median(finals)} | {censored}{median(near)} | {median(means)} | "
+              f"{kept} | {false} |")
+    print(f"\nmedians over seeds {seeds}, {rounds} rounds each; near best: within {NEAR_BEST} of the seed's best\n")
+    print(comparison_markdown({f"{r}-s{s}": histories[r, s] for s in seeds for r in researchers}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=3, help="campaign seeds 0..N-1, one campaign per researcher each")
+    parser.add_argument("--researchers", nargs="+", default=RESEARCHERS)
+    parser.add_argument("--base", default=str(REPO / "runs/models/base"))
+    parser.add_argument("--runs-dir", default=None, help="keep the campaigns here (default: a temporary folder)")
+    parser.add_argument("--fast", action="store_true", help="the tests' tiny random base and one-step scaffold")
+    parser.add_argument("--ray", action="store_true", help="run the campaigns at once as Ray tasks")
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto', 'ray://HOST:PORT')")
+    parser.add_argument("--cpus", type=int, default=1, help="--ray: CPUs reserved per campaign")
+    parser.add_argument("--plot", default="efficacy.png", help="where to write the plot (in the runs folder)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for every campaign")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.seeds < 1:
+        parser.error("--rounds and --seeds must be at least 1")
+    seeds = list(range(args.seeds))
+
+    with tempfile.TemporaryDirectory(prefix="bench-efficacy-") as tmp:
+        runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
+        common = setup(runs, Path(args.base), args.fast) + args.overrides
+        if args.ray:
+            histories = run_all_on_ray(runs, args.researchers, seeds, args.rounds, common,
+                                       address=args.ray_address, cpus=args.cpus)
+        else:
+            histories = run_all(runs, args.researchers, seeds, args.rounds, common)
+        report(histories, args.researchers, seeds, args.rounds)
+        plot = comparison_plot({f"{r}-s{s}": histories[r, s] for s in seeds for r in args.researchers},
+                               Path(args.runs_dir or ".") / args.plot, title="Incumbent by round, per researcher")
+        print(f"plot: {plot.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
