@@ -178,7 +178,7 @@ class CMAESOptions(Section):
 
 
 # The researchers that propose several distinct candidates a round (`Researcher.propose_many`).
-MANY_CANDIDATES = ("random", "tpe", "cmaes", "scripted")
+MANY_CANDIDATES = ("local", "random", "tpe", "cmaes", "scripted")
 RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
                                           "scripted": ScriptedOptions, "tpe": TPEOptions, "cmaes": CMAESOptions}
 ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions | TPEOptions

@@ -9,6 +9,7 @@ gain, 1.2 none), so rounds take a blink; git, journal, memory and researchers ar
 
 import json
 import re
+from pathlib import Path
 
 import git
 import optuna
@@ -20,6 +21,9 @@ from harness.campaigns import create_campaign
 from harness.candidates import CandidatesCampaign
 from harness.config import ConfigError, compose_config
 from harness.journal import STEPS, Journal
+from model import build_policy, build_tokenizer, save_policy
+
+ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 
 PROPOSALS = [
     {"hypothesis": "lower temperature", "edits": [{"knob": "sampling.temperature", "value": 0.3}]},
@@ -126,8 +130,25 @@ def test_tpe_asks_k_trials_a_round_and_tells_each_its_own_score(tmp_path, monkey
         assert told == pytest.approx(sorted(incumbent + c["verdict"]["delta"] for c in summary))
 
 
+def test_local_proposes_k_distinct_candidates_and_learns_from_each(tmp_path, monkeypatch):
+    done = watch(monkeypatch)
+    base = tmp_path / "base"
+    tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "moves.yaml").read_text()])
+    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, base)
+    config, path = new_campaign(tmp_path, "local", "researcher=local", "researcher.context_tokens=256",
+                                f"base_model={base}", "rounds=2")
+    assert CandidatesCampaign(config, path).run()["status"] == "finished"
+    for n in (1, 2):
+        summary = json.loads((path / "rounds" / f"{n:03d}" / "candidates.json").read_text())
+        assert len(summary) == 2 and summary[0]["proposal"]["edits"] != summary[1]["proposal"]["edits"]
+        assert f"rounds/{n:03d}/cand-1" in done["evaluated"] and f"rounds/{n:03d}/cand-2" in done["evaluated"]
+    state = json.loads((path / "researcher" / "checkpoint" / "state.json").read_text())
+    assert state["rounds_learned"] == 4 and state["last_learned_round"] == 2 and state["learned_in_round"] == [0, 1]
+    assert len(state["observations"]) == 4
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["researcher=local"], "candidates_per_round > 1 needs researcher random, tpe, cmaes, scripted"),
+    (["researcher=openai"], "candidates_per_round > 1 needs researcher local, random, tpe, cmaes, scripted"),
     (["reeval_seeds=[0]"], "candidates_per_round > 1 needs reeval_seeds, none of them in eval_seeds"),
 ])
 def test_several_candidates_need_a_researcher_and_seeds_for_them(tmp_path, overrides, message):

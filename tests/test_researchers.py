@@ -263,6 +263,32 @@ def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_m
     assert researcher.log_prob(proposal) < before
 
 
+def test_local_proposes_k_distinct_edits_and_learns_each_once(tmp_path, scaffold, base_model):
+    researcher = local(tmp_path / "campaign", base_model)
+    proposals = researcher.propose_many(evidence(1), MEMORY, scaffold, 3)
+    assert len({json.dumps(p.to_dict()["edits"]) for p in proposals}) == 3  # drawn without replacement
+    for proposal in proposals:
+        validate(proposal, scaffold)
+    assert researcher.propose_many(evidence(1), MEMORY, scaffold, 3) == proposals  # the round's seed decides
+
+    for proposal, delta in zip(proposals, (0.02, -0.01, 0.0)):
+        researcher.learn(proposal, {"decision": "revert", "delta": delta, "ci95": [delta - 0.01, delta + 0.01]})
+    state = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text())
+    assert state["rounds_learned"] == 3 and state["learned_in_round"] == [0, 1, 2]
+    assert [o["delta"] for o in state["observations"]] == [0.02, -0.01, 0.0]
+    assert sorted(next(iter(state["tried"].values()))) == sorted(edit_text(p.edits[0]) for p in proposals)
+
+    # A resume hands the round's verdicts again: each candidate is learned once.
+    weights = researcher.policy.lm_head.weight.detach().clone()
+    for proposal in proposals:
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.5})
+    assert torch.equal(weights, researcher.policy.lm_head.weight) and researcher.state["rounds_learned"] == 3
+    # The next round's proposals leave out the three tried against the same incumbent.
+    offered = json.loads(researcher.pending_file.read_text())["candidates"]
+    researcher.propose_many(evidence(2), MEMORY, scaffold, 2)
+    assert len(json.loads(researcher.pending_file.read_text())["candidates"]) == len(offered) - 3
+
+
 def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, scaffold, base_model):
     surface = scaffold / "surface.yaml"  # one searchable knob, with three values other than the current one
     lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line

@@ -34,6 +34,9 @@ were malformed is expected to pay off again where they are). A move's `targets` 
 that a weak start, a prior the outcomes overturn. `evidence: false` blanks it all, for the
 ablation: no summary in the prompt and the zero context, now and in the observations it saves.
 
+Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
+same scores, each learned from on its own verdict.
+
 Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
 running-mean baseline; one Adam step. The round's delta and interval are added to the credit
@@ -43,8 +46,8 @@ observations) is then saved, so the researcher that runs the loop is the one tha
 
 Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
 `checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
-atomically; and `pending.json`, the prompt and candidates of the last proposal, so `learn` works
-after a crash between propose and learn (its context included).
+atomically; and `pending.json`, the prompt, candidates and picks of the last round's proposals, so
+`learn` works after a crash between propose and learn (its context included).
 
     researcher = LocalResearcher({"temperature": 1.0, "learning_rate": 1e-4, "credit_weight": 100.0, "evidence": True},
                                  campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
@@ -253,6 +256,11 @@ class LocalResearcher(Researcher):
                          for i, seq in enumerate(sequences)])
 
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
+        return self.propose_many(evidence, memory_text, scaffold_dir, 1)[0]
+
+    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
+        """`count` distinct edits drawn without replacement from the same scores (fewer when fewer
+        are on offer); one draw is exactly what `propose` gives."""
         scaffold = load_scaffold(scaffold_dir, import_code=False)
         specs, current = scaffold_knob_space(scaffold)
         candidates = self._candidate_edits(Path(scaffold_dir), scaffold, specs, current)
@@ -280,21 +288,27 @@ class LocalResearcher(Researcher):
             credit.fit(self.state.get("observations", []))
             scores = scores + self.credit_weight * credit.sample(edits, current, rng, context)
         probs = np.exp(scores - scores.max())
-        choice = int(rng.choice(len(candidates), p=probs / probs.sum()))
-        edit = candidates[choice][1]
-        knob, _ = credit_edit(edit)
-        change = (move_hypothesis(edit.move, moves[knob].doc) if isinstance(edit, MoveEdit)
-                  else f"set {edit.knob} from {current[edit.knob]} to {edit.value}")
-        proposal = Proposal(self._hypothesis(evidence, edit, change, current[knob], credit, context), (edit,))
-        self.counts["proposals"] += 1
+        probs = probs / probs.sum()
+        size = min(count, len(candidates), int(np.count_nonzero(probs)))
+        choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
+                   else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
+        picks, proposals = [], []
+        for choice in choices:
+            edit = candidates[choice][1]
+            knob, _ = credit_edit(edit)
+            change = (move_hypothesis(edit.move, moves[knob].doc) if isinstance(edit, MoveEdit)
+                      else f"set {edit.knob} from {current[edit.knob]} to {edit.value}")
+            proposal = Proposal(self._hypothesis(evidence, edit, change, current[knob], credit, context), (edit,))
+            picks.append({"proposal": proposal.to_dict(), "choice": choice, "old_value": current[knob]})
+            proposals.append(proposal)
+            self.counts["generated_tokens"] += len(sequences[choice])
+        self.counts["proposals"] += len(picks)
         self.counts["prompt_tokens"] += len(prompt_ids)
-        self.counts["generated_tokens"] += len(sequences[choice])
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.pending_file, json.dumps({
-            "round": evidence.round, "proposal": proposal.to_dict(), "state": state_key, "prompt_ids": prompt_ids,
-            "candidates": [t for t, _ in candidates], "sequences": sequences, "choice": choice,
-            "old_value": current[knob], "context": context}))
-        return proposal
+            "round": evidence.round, "picks": picks, "state": state_key, "prompt_ids": prompt_ids,
+            "candidates": [t for t, _ in candidates], "sequences": sequences, "context": context}))
+        return proposals
 
     def _hypothesis(self, evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any,
                     credit: CreditModel, context: dict[str, float]) -> str:
@@ -315,14 +329,19 @@ class LocalResearcher(Researcher):
 
     # ------------------------------------------------------------------ learn
 
-    def _pending_for(self, proposal: Proposal) -> dict:
+    def _pending_pick(self, proposal: Proposal) -> tuple[dict, int, dict]:
+        """The pending proposals, and which of them (index and pick) `proposal` is. A pending file
+        from before several candidates a round holds one pick at its top level."""
         if not self.pending_file.is_file():
             raise ValueError("the local researcher has no pending proposal to learn from")
         pending = json.loads(self.pending_file.read_text())
-        if pending["proposal"]["edits"] != proposal.to_dict()["edits"]:
-            raise ValueError(f"learn() got a proposal the local researcher did not make in round {pending['round']}: "
-                             f"{proposal.to_json()}")
-        return pending
+        picks = pending.get("picks") or [{key: pending[key] for key in ("proposal", "choice", "old_value")
+                                          if key in pending}]
+        for index, pick in enumerate(picks):
+            if pick["proposal"]["edits"] == proposal.to_dict()["edits"]:
+                return pending, index, pick
+        raise ValueError(f"learn() got a proposal the local researcher did not make in round {pending['round']}: "
+                         f"{proposal.to_json()}")
 
     def _sequence_logprob(self, prompt_ids: list[int], sequence: list[int], trie: dict) -> torch.Tensor:
         """Log-probability of `sequence` under the masked distribution, with gradients."""
@@ -356,14 +375,16 @@ class LocalResearcher(Researcher):
         return float(np.clip(verdict["delta"] * self.reward_scale, -1.0, 1.0))
 
     def learn(self, proposal: Proposal, verdict: dict) -> None:
-        """One REINFORCE step for the round of the pending proposal, then save. Call it once per
-        round with the final verdict; a second call for the same round (a resume) does nothing."""
-        pending = self._pending_for(proposal)
-        if pending["round"] <= self.state["last_learned_round"]:
+        """One REINFORCE step for one pending proposal of its round, then save. Call it once per
+        candidate with its final verdict; a second call for the same candidate (a resume) does nothing."""
+        pending, index, pick = self._pending_pick(proposal)
+        learned = self.state.get("learned_in_round", [0])  # a state from before: its one pick
+        if pending["round"] < self.state["last_learned_round"] or (
+                pending["round"] == self.state["last_learned_round"] and index in learned):
             return
         reward = self.reward(verdict)
         advantage = reward - self.state["baseline"]
-        logprob = self._sequence_logprob(pending["prompt_ids"], pending["sequences"][pending["choice"]],
+        logprob = self._sequence_logprob(pending["prompt_ids"], pending["sequences"][pick["choice"]],
                                          build_trie(pending["sequences"]))
         if logprob.requires_grad:  # a single remaining candidate was forced: there was no choice to learn
             self.optimizer.zero_grad()
@@ -372,14 +393,16 @@ class LocalResearcher(Researcher):
         n = self.state["rounds_learned"]
         tried = dict(self.state.get("tried", {}))
         key = pending.get("state", "")
-        tried[key] = [*tried.get(key, []), pending["candidates"][pending["choice"]]]
+        tried[key] = [*tried.get(key, []), pending["candidates"][pick["choice"]]]
         observations = list(self.state.get("observations", []))
-        if "old_value" in pending:  # a proposal pending from before the credit model has none
+        if "old_value" in pick:  # a proposal pending from before the credit model has none
             knob, value = credit_edit(proposal.edits[0])
-            observations.append({"knob": knob, "from": pending["old_value"], "to": value,
+            observations.append({"knob": knob, "from": pick["old_value"], "to": value,
                                  "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
                                  "context": pending.get("context")})
+        same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
-                      "last_learned_round": pending["round"], "tried": tried, "observations": observations}
+                      "last_learned_round": pending["round"], "tried": tried, "observations": observations,
+                      "learned_in_round": [*(learned if same_round else []), index]}
         self.counts["learn_steps"] += 1
         self.save(self.dir)
