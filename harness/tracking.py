@@ -199,13 +199,14 @@ class MlflowTracker:
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
+            client = self._mlflow  # opened first: it takes the store lock itself, which is not re-entrant
             with self._store_lock():
-                found = self._mlflow.get_experiment_by_name(self.experiment)
+                found = client.get_experiment_by_name(self.experiment)
                 if found is not None:
                     self._experiment_id = found.experiment_id
                 else:
-                    self._experiment_id = self._mlflow.create_experiment(self.experiment,
-                                                                         artifact_location=self._artifact_root())
+                    self._experiment_id = client.create_experiment(self.experiment,
+                                                                   artifact_location=self._artifact_root())
         return self._experiment_id
 
     @contextlib.contextmanager
