@@ -18,12 +18,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from fast_scaffold import COMPLETIONS, with_budget
 
 from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.result import integrity_problem
-from rl_pipeline.run import Runner, run_scaffold, time_limits
+from rl_pipeline.run import run_scaffold, time_limits
 from rl_pipeline.sandbox import SANDBOX_UID, SandboxUnavailable, check_sandbox
 from rl_pipeline.zygote import JOB_NAME, SERVER_NAME
 from rl_pipeline.tasks import get_task
@@ -66,8 +67,21 @@ def tree_hash(*roots) -> dict[str, str]:
     return hashes
 
 
+def another_runners(pid: int) -> bool:
+    """Whether `pid` runs under a runner's trusted worker that this test process did not start (a
+    campaign running beside the tests has sandboxes too). A process that escaped its sandbox has
+    no worker above it, so it still counts."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:
+        return any(p.pid not in ours and "rl_pipeline.worker" in " ".join(p.cmdline())
+                   for p in psutil.Process(pid).parents())
+    except psutil.Error:  # gone since it was listed
+        return False
+
+
 def sandbox_processes() -> list[int]:
-    """Processes of the sandbox's uid other than warm fork servers (jobs and what they started)."""
+    """Processes of the sandbox's uid other than warm fork servers (jobs and what they started), less
+    those of another runner's sandbox."""
     pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -82,7 +96,7 @@ def sandbox_processes() -> list[int]:
         if int(fields["Uid"].split()[0]) == SANDBOX_UID and fields["Name"].strip() != SERVER_NAME.decode() \
                 and not (starting and fields["Name"].strip() in ("python", "python3", "setpriv")):
             pids.append(int(entry.name))
-    return pids
+    return [pid for pid in pids if not another_runners(pid)]
 
 
 def test_scorer_patched_at_import_leaves_the_score_unchanged(tmp_path, env):
