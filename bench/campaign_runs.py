@@ -24,6 +24,7 @@ use_offline_env()
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
 from harness.config import CONFIG_FILE, compose_config, freeze_config, frozen_config  # noqa: E402
 from harness.journal import Journal  # noqa: E402
+from harness.report import NEAR_BEST, campaign_stats  # noqa: E402
 
 # the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
 FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
@@ -83,3 +84,34 @@ def median(values: list) -> str:
     """The median of the known values, printed; n/a when none is."""
     known = [v for v in values if v is not None]
     return f"{statistics.median(known):.4g}" if known else "n/a"
+
+
+def group_stats(histories: dict[tuple[str, int], list[dict]], groups: list[str], seeds: list[int],
+                rounds: int) -> dict[str, dict]:
+    """Per group (a researcher, an evidence condition), over the seeds: the rounds at which each
+    campaign reached its own final level (`own`) and came within NEAR_BEST of the best final
+    incumbent of that seed's campaigns (`near`; not reached: rounds + 1, so a campaign that stops
+    early at a lower level does not look fast), the final, held-out and mean incumbent accuracies,
+    and the keeps and false keeps summed."""
+    out = {}
+    for group in groups:
+        row = {"own": [], "near": [], "final": [], "heldout": [], "mean": [], "kept": 0, "false": 0}
+        for seed in seeds:
+            history = histories[group, seed]
+            stats = campaign_stats(history)
+            best = max((campaign_stats(histories[g, seed])["final"] or 0.0) for g in groups)
+            at = reached(history, best - NEAR_BEST)
+            row["own"].append(reached(history, stats["final"]))
+            row["near"].append(rounds + 1 if at is None else at)
+            row["final"].append(stats["final"])
+            row["heldout"].append(stats["heldout_final"])
+            row["mean"].append(stats["mean_incumbent"])
+            row["kept"] += stats["kept"]
+            row["false"] += stats["false_keeps"]
+        out[group] = row
+    return out
+
+
+def near_median(near: list[int], rounds: int) -> str:
+    """The median round of `near`, shown as ">N" when that is past the rounds run."""
+    return (">" if statistics.median(near) > rounds else "") + median(near)

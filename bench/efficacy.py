@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import REPO, median, reached, run, setup  # noqa: E402
+from campaign_runs import REPO, group_stats, median, near_median, run, setup  # noqa: E402
 
-from harness.report import NEAR_BEST, campaign_stats, comparison_markdown, comparison_plot  # noqa: E402
+from harness.report import NEAR_BEST, comparison_markdown, comparison_plot  # noqa: E402
 
 RESEARCHERS = ["local", "random", "tpe", "cmaes"]
 
@@ -87,22 +86,9 @@ def run_all_on_ray(runs: Path, researchers: list[str], seeds: list[int], rounds:
 def report(histories: dict[tuple[str, int], list[dict]], researchers: list[str], seeds: list[int], rounds: int) -> None:
     print("\n| researcher | held-out | accuracy | near best at round | mean incumbent | kept | false keeps |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
-    for researcher in researchers:
-        heldout, finals, near, means, kept, false = [], [], [], [], 0, 0
-        for seed in seeds:
-            history = histories[researcher, seed]
-            stats = campaign_stats(history)
-            best = max((campaign_stats(histories[r, seed])["final"] or 0.0) for r in researchers)
-            at = reached(history, best - NEAR_BEST)
-            near.append(rounds + 1 if at is None else at)
-            heldout.append(stats["heldout_final"])
-            finals.append(stats["final"])
-            means.append(stats["mean_incumbent"])
-            kept += stats["kept"]
-            false += stats["false_keeps"]
-        censored = ">" if statistics.median(near) > rounds else ""
-        print(f"| {researcher} | {median(heldout)} | {median(finals)} | {censored}{median(near)} | {median(means)} | "
-              f"{kept} | {false} |")
+    for researcher, row in group_stats(histories, researchers, seeds, rounds).items():
+        print(f"| {researcher} | {median(row['heldout'])} | {median(row['final'])} | {near_median(row['near'], rounds)} | "
+              f"{median(row['mean'])} | {row['kept']} | {row['false']} |")
     print(f"\nmedians over seeds {seeds}, {rounds} rounds each; near best: within {NEAR_BEST} of the seed's best\n")
     print(comparison_markdown({f"{r}-s{s}": histories[r, s] for s in seeds for r in researchers}))
 

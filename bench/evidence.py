@@ -31,15 +31,14 @@ the researcher does, so it checks that the bench runs, not which condition wins.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import REPO, median, reached, run, setup  # noqa: E402
+from campaign_runs import REPO, group_stats, median, near_median, run, setup  # noqa: E402
 
-from harness.report import NEAR_BEST, campaign_stats, comparison_markdown  # noqa: E402
+from harness.report import comparison_markdown  # noqa: E402
 
 CONDITIONS = {"present": "true", "blanked": "false"}
 
@@ -53,22 +52,9 @@ def campaign(runs: Path, common: list[str], condition: str, seed: int, rounds: i
 def report(histories: dict[tuple[str, int], list[dict]], seeds: list[int], rounds: int) -> None:
     print("\n| evidence | final level at round | pair's best at round | final accuracy | held-out | kept | "
           "false keeps |\n|---|---:|---:|---:|---:|---:|---:|")
-    for condition in CONDITIONS:
-        own, best, finals, heldout, kept, false = [], [], [], [], 0, 0
-        for seed in seeds:
-            history = histories[condition, seed]
-            stats = campaign_stats(history)
-            pair = max(campaign_stats(histories[c, seed])["final"] for c in CONDITIONS)
-            own.append(reached(history, stats["final"]))
-            at = reached(history, pair - NEAR_BEST)
-            best.append(rounds + 1 if at is None else at)
-            finals.append(stats["final"])
-            heldout.append(stats["heldout_final"])
-            kept += stats["kept"]
-            false += stats["false_keeps"]
-        censored = ">" if statistics.median(best) > rounds else ""
-        print(f"| {condition} | {median(own)} | {censored}{median(best)} | {median(finals)} | {median(heldout)} | "
-              f"{kept} | {false} |")
+    for condition, row in group_stats(histories, list(CONDITIONS), seeds, rounds).items():
+        print(f"| {condition} | {median(row['own'])} | {near_median(row['near'], rounds)} | {median(row['final'])} | "
+              f"{median(row['heldout'])} | {row['kept']} | {row['false']} |")
     print(f"\nmedians over seeds {seeds}, {rounds} rounds each\n")
     print(comparison_markdown({f"{c}-s{s}": histories[c, s] for s in seeds for c in CONDITIONS}))
 
