@@ -15,7 +15,7 @@ import git
 import optuna
 import pytest
 from fast_scaffold import fast_scaffold
-from test_round_steps import Killed, watch
+from test_round_steps import Killed, reference_run, watch
 
 from harness.campaigns import create_campaign
 from harness.candidates import CandidatesCampaign
@@ -59,12 +59,7 @@ def outcome(path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("reference")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        done = watch(monkeypatch)
-        config, path = new_campaign(tmp_path, "whole")
-        status = CandidatesCampaign(config, path).run()["status"]
-    return status, path, outcome(path), done
+    return reference_run(tmp_path_factory, new_campaign, CandidatesCampaign, outcome)
 
 
 def test_the_best_of_two_is_kept_only_after_its_retest_on_fresh_seeds(reference):

@@ -125,15 +125,20 @@ def effects(monkeypatch):
     return watch(monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The round run without a kill: how it ends, and what it did."""
+def reference_run(tmp_path_factory, new_campaign, kind, outcome) -> tuple:
+    """A campaign of class `kind` run without a kill: its status, folder, outcome and effects."""
     tmp_path = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as monkeypatch:
         done = watch(monkeypatch)
         config, path = new_campaign(tmp_path, "whole")
-        status = Campaign(config, path).run()["status"]
+        status = kind(config, path).run()["status"]
     return status, path, outcome(path), done
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The round run without a kill: how it ends, and what it did."""
+    return reference_run(tmp_path_factory, new_campaign, Campaign, outcome)
 
 
 def test_an_uninterrupted_round_goes_through_every_step(reference):
