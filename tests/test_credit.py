@@ -139,3 +139,16 @@ def test_a_declared_target_is_a_prior_the_outcomes_overturn():
     # tried twice where format failures abound, it cost accuracy both times: now it is expected to
     model.fit([observation(MOVE, False, True, -0.03, 0.01) | {"context": MALFORMED}] * 2)
     assert model.predict([(MOVE, True)], OFF, MALFORMED)[0][0] == pytest.approx(-0.03, abs=0.01)
+
+
+def test_a_stacked_round_is_read_as_the_sum_of_its_edits():
+    stacked = observation("reward.format", 0.0, 0.5, 0.1, 0.01) | {
+        "stacked": [{"knob": "grpo.learning_rate", "from": 1e-6, "to": 1e-4, "text": "..."}]}
+    model = CreditModel(SPECS)
+    model.fit([stacked])
+    (fmt, rate), _ = model.predict([("reward.format", 0.5), ("grpo.learning_rate", 1e-4)], CURRENT)
+    assert fmt > 0.02 and rate > 0.02 and fmt + rate == pytest.approx(0.1, abs=0.02)
+    # a stacked round on a knob no longer on the surface is left out whole
+    gone = dict(stacked, stacked=[{"knob": "grpo.gone", "from": 0, "to": 1, "text": "..."}])
+    model.fit([gone])
+    assert np.allclose(model.predict([("reward.format", 0.5)], CURRENT)[0], 0.0)

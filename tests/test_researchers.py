@@ -155,7 +155,7 @@ def test_local_rejects_unknown_options(tmp_path, base_model):
     with pytest.raises(ValueError) as err:
         local(tmp_path, base_model, lr=1e-3)
     assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
-                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence")
+                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence, stack")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
     with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
@@ -218,8 +218,9 @@ def steer(campaign_dir, scaffold, base_model, rounds, **config):
 
 
 def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold, base_model):
-    guided, edits = steer(tmp_path / "guided", scaffold, base_model, 16)
-    _, alone = steer(tmp_path / "alone", scaffold, base_model, 16, credit_weight=0)
+    # stack=0: every round one edit, so the two runs differ by the credit model alone
+    guided, edits = steer(tmp_path / "guided", scaffold, base_model, 16, stack=0)
+    _, alone = steer(tmp_path / "alone", scaffold, base_model, 16, credit_weight=0, stack=0)
     knobs = [credit_edit(e)[0] for e in edits]
     first = knobs.index("sampling.top_p")
     # Once top_p has shown an effect, most of its other grid values get tried; without credit, a knob
@@ -231,7 +232,9 @@ def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold,
                                                    "delta": pytest.approx(0.3 * (1 - edits[first].value)),
                                                    "ci95": pytest.approx([0.3 * (1 - edits[first].value) - 0.01,
                                                                           0.3 * (1 - edits[first].value) + 0.01]),
-                                                   "context": evidence_context(evidence(first + 1))}
+                                                   "context": evidence_context(evidence(first + 1)),
+                                                   "text": edit_text(edits[first]), "round": first + 1,
+                                                   "decision": "revert"}
     proposal = guided.propose(evidence(17), MEMORY, scaffold)
     seen = sum(o["knob"] == credit_edit(proposal.edits[0])[0] for o in guided.state["observations"])
     assert (f"the credit model, from {seen} earlier round" in proposal.hypothesis) == (seen > 0)
@@ -379,7 +382,7 @@ def test_the_evidence_steers_the_local_researcher_and_blanking_it_does_not(tmp_p
         return [researcher.propose(incumbent_evidence(n, malformed), MEMORY, scaffold).edits[0]
                 for n in range(17, 37)]
 
-    seeing, blind = trained("seeing"), trained("blind", evidence=False)
+    seeing, blind = trained("seeing", stack=0), trained("blind", evidence=False, stack=0)  # one edit a round
     assert [o["context"]["format_failure"] for o in seeing.state["observations"]] == [
         pytest.approx(0.7)] * 8 + [pytest.approx(0.02)] * 8
     assert all(set(o["context"].values()) == {0.0} for o in blind.state["observations"])
@@ -399,7 +402,7 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
     lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
              for line in surface.read_text().splitlines()]
     surface.write_text("\n".join(lines) + "\n")
-    researcher = local(tmp_path / "campaign", base_model)
+    researcher = local(tmp_path / "campaign", base_model, stack=0)  # one edit a round: each candidate once
     proposals = []
     for n in range(1, 9):
         proposal = researcher.propose(evidence(n), MEMORY, scaffold)
@@ -412,7 +415,8 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
     near = next(p for p in proposals if p.edits[0] == MoveEdit("reward_near_miss_credit"))
     assert near.hypothesis.startswith("apply move reward_near_miss_credit: an answer off by a little")
     assert {"knob": "move:reward_near_miss_credit", "from": False, "to": True, "delta": 0.04,
-            "ci95": [0.03, 0.05], "context": evidence_context(evidence(1))} in researcher.state["observations"]
+            "ci95": [0.03, 0.05], "context": evidence_context(evidence(1)), "text": '{"move": "reward_near_miss_credit"}',
+            "round": proposals.index(near) + 1, "decision": "revert"} in researcher.state["observations"]
     # the credit model now expects the near-miss move to help, and says so when it proposes it again
     again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(9, 40))
              if p.edits[0] == MoveEdit("reward_near_miss_credit")]
@@ -425,3 +429,31 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
     candidates = json.loads(researcher.pending_file.read_text())["candidates"]
     assert '{"move": "reward_near_miss_credit"}' not in candidates and '{"move": "reward_partial_credit"}' in candidates
     assert len(candidates) == 7  # and nothing was tried against this incumbent yet
+
+
+def test_local_stacks_edits_onto_a_near_miss_one_knob_at_a_time(tmp_path, scaffold, base_model):
+    """A gain not kept is a near miss; with stack=1 every later proposal adds one edit to it, each on
+    a knob not yet stacked onto it, and a stacked round is learned as the sum of its edits."""
+    researcher = local(tmp_path / "campaign", base_model, stack=1.0)
+    first = researcher.propose(evidence(1), MEMORY, scaffold)
+    researcher.learn(first, {"decision": "revert", "delta": 0.02, "ci95": [-0.01, 0.05]})
+    (near,) = first.edits
+    partners = []
+    for n in range(2, 8):
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        validate(proposal, scaffold)
+        assert proposal.edits[0] == near and len(proposal.edits) == 2
+        assert proposal.hypothesis.startswith(f"stack onto the near miss {edit_text(near)} (+0.020 in round 1, "
+                                              "not kept): ")
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.0, "ci95": [-0.01, 0.01]})
+        partners.append(credit_edit(proposal.edits[1])[0])
+    assert len(set(partners)) == 6 and credit_edit(near)[0] not in partners  # each knob once, never its own
+    last = researcher.state["observations"][-1]
+    assert last["stacked"] == [{"knob": credit_edit(near)[0], "from": researcher.state["observations"][0]["from"],
+                                "to": credit_edit(near)[1], "text": edit_text(near)}]
+    assert last["text"] == edit_text(proposal.edits[1])
+    (tried,) = researcher.state["tried"].values()  # one incumbent: nothing was kept
+    assert len(tried) == 7 and tried[0] == edit_text(near)
+    assert f"{edit_text(near)} + {edit_text(proposal.edits[1])}" in tried and edit_text(proposal.edits[1]) not in tried
+    # The next proposal is still one the scaffold accepts, and the credit model fitted the stacked rounds.
+    validate(researcher.propose(evidence(8), MEMORY, scaffold), scaffold)

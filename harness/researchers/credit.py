@@ -128,9 +128,11 @@ class CreditModel:
 
     def fit(self, observations: list[dict]) -> None:
         """The posterior given every observation {"knob", "from", "to", "delta", "ci95", "context"}
-        (an observation without a context counts as measured in the zero context). Rounds whose
-        run failed (delta None) and knobs no longer on the surface are left out."""
-        usable = [o for o in observations if o.get("delta") is not None and o["knob"] in self.specs]
+        (an observation without a context counts as measured in the zero context; one with
+        `stacked` edits, a proposal of several, measured the sum of their effects). Rounds whose run
+        failed (delta None) and knobs no longer on the surface are left out."""
+        usable = [o for o in observations if o.get("delta") is not None
+                  and all(edit["knob"] in self.specs for edit in [o, *o.get("stacked", [])])]
         squares = dict.fromkeys(self.specs, 0.0)
         self.counts = dict.fromkeys(self.specs, 0)
         for obs in usable:
@@ -138,8 +140,8 @@ class CreditModel:
             self.counts[obs["knob"]] += 1
         prior = self._prior_precision({name: (PRIOR_WEIGHT * PRIOR_SCALE ** 2 + squares[name])
                                        / (PRIOR_WEIGHT + self.counts[name]) for name in self.specs})
-        rows = np.array([self.design(o["knob"], o["from"], o["to"], o.get("context"))
-                         for o in usable]).reshape(-1, self.width)
+        rows = np.array([sum(self.design(edit["knob"], edit["from"], edit["to"], o.get("context"))
+                             for edit in [o, *o.get("stacked", [])]) for o in usable]).reshape(-1, self.width)
         deltas = np.array([float(o["delta"]) for o in usable])
         intervals = [o.get("ci95") or (o["delta"], o["delta"]) for o in usable]
         weights = np.array([1.0 / max((float(high) - float(low)) / (2 * 1.96), NOISE_FLOOR) ** 2

@@ -71,6 +71,7 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, move_hypo
                                       same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
+from harness.researchers.stacking import StackPick, edit_record, near_misses, pick_stack
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -148,6 +149,7 @@ class LocalResearcher(Researcher):
         self.reward_scale = options.reward_scale
         self.credit_weight = options.credit_weight
         self.evidence = options.evidence
+        self.stack = options.stack
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
@@ -270,6 +272,7 @@ class LocalResearcher(Researcher):
                  for name in scaffold.surface.get("editable_files") or []}
         state_key = knob_state_key(current, files)
         tried = set(self.state.get("tried", {}).get(state_key, []))
+        offered = dict(candidates)
         candidates = [c for c in candidates if c[0] not in tried] or candidates
         eos = self.tokenizer.eos_token_id
         sequences = [self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text, _ in candidates]
@@ -292,14 +295,24 @@ class LocalResearcher(Researcher):
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
         choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
+        stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, Path(scaffold_dir))
         picks, proposals = [], []
-        for choice in choices:
+        for choice, stack in zip(choices, stacks):
+            if stack is not None:
+                choice = stack.index
             edit = candidates[choice][1]
             knob, _ = credit_edit(edit)
             change = (move_hypothesis(edit.move, moves[knob].doc) if isinstance(edit, MoveEdit)
                       else f"set {edit.knob} from {current[edit.knob]} to {edit.value}")
-            proposal = Proposal(self._hypothesis(evidence, edit, change, current[knob], credit, context), (edit,))
-            picks.append({"proposal": proposal.to_dict(), "choice": choice, "old_value": current[knob]})
+            hypothesis = self._hypothesis(evidence, edit, change, current[knob], credit, context)
+            pick = {"choice": choice, "old_value": current[knob]}
+            if stack is None:
+                proposal = Proposal(hypothesis, (edit,))
+            else:
+                proposal = Proposal(f"stack onto the near miss {stack.miss.describe()}: {hypothesis}",
+                                    (*(offered[text] for text in stack.miss.texts), edit))
+                pick |= {"stacked": list(stack.miss.edits), "text": stack.text(candidates[choice][0])}
+            picks.append({"proposal": proposal.to_dict()} | pick)
             proposals.append(proposal)
             self.counts["generated_tokens"] += len(sequences[choice])
         self.counts["proposals"] += len(picks)
@@ -309,6 +322,34 @@ class LocalResearcher(Researcher):
             "round": evidence.round, "picks": picks, "state": state_key, "prompt_ids": prompt_ids,
             "candidates": [t for t, _ in candidates], "sequences": sequences, "context": context}))
         return proposals
+
+    def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
+                probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
+                scaffold_dir: Path) -> list[StackPick | None]:
+        """Per choice, with probability `stack` when there is a near miss, the near miss to add an
+        edit to (that edit takes the choice's place), else None. A stack the scaffold rejects, or one
+        tried already against this incumbent, leaves the choice alone."""
+        observations = self.state.get("observations", [])
+        misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
+        if not misses:
+            return [None] * len(choices)
+        keyed = [(text, credit_edit(edit)[0]) for text, edit in candidates]
+        taken: set[tuple[tuple[str, ...], str]] = set()
+        stacks: list[StackPick | None] = []
+        for _ in choices:
+            stack = pick_stack(rng, misses, keyed, probs, observations, taken) if rng.random() < self.stack else None
+            if stack is not None:
+                text, edit = candidates[stack.index]
+                try:
+                    validate(Proposal("stack", (*(offered[t] for t in stack.miss.texts), edit)), scaffold_dir)
+                except ProposalError:
+                    stack = None
+                else:
+                    stack = None if stack.text(text) in tried else stack
+            if stack is not None:
+                taken.add((stack.miss.texts, keyed[stack.index][1]))
+            stacks.append(stack)
+        return stacks
 
     def _hypothesis(self, evidence: Evidence, edit: KnobEdit | MoveEdit, change: str, old: Any,
                     credit: CreditModel, context: dict[str, float]) -> str:
@@ -363,7 +404,7 @@ class LocalResearcher(Researcher):
     def log_prob(self, proposal: Proposal) -> float:
         """Log-probability that the current weights propose `proposal`'s edit from the last prompt."""
         pending = json.loads(self.pending_file.read_text())
-        sequence = pending["sequences"][pending["candidates"].index(edit_text(proposal.edits[0]))]
+        sequence = pending["sequences"][pending["candidates"].index(edit_text(proposal.edits[-1]))]
         with torch.no_grad():
             return float(self._sequence_logprob(pending["prompt_ids"], sequence, build_trie(pending["sequences"])))
 
@@ -393,13 +434,15 @@ class LocalResearcher(Researcher):
         n = self.state["rounds_learned"]
         tried = dict(self.state.get("tried", {}))
         key = pending.get("state", "")
-        tried[key] = [*tried.get(key, []), pending["candidates"][pick["choice"]]]
+        text = pending["candidates"][pick["choice"]]
+        tried[key] = [*tried.get(key, []), pick.get("text", text)]
         observations = list(self.state.get("observations", []))
         if "old_value" in pick:  # a proposal pending from before the credit model has none
-            knob, value = credit_edit(proposal.edits[0])
-            observations.append({"knob": knob, "from": pick["old_value"], "to": value,
-                                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
-                                 "context": pending.get("context")})
+            knob, value = credit_edit(proposal.edits[-1])
+            observations.append(edit_record(knob, pick["old_value"], value, text) | {
+                "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
+                "round": pending["round"], "decision": verdict.get("decision")}
+                | ({"stacked": pick["stacked"]} if pick.get("stacked") else {}))
         same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations,

@@ -1,0 +1,130 @@
+"""Stacking: a proposal that adds one edit to an earlier near miss, so changes that win only
+together can be found one edit at a time.
+
+Some changes pay off only in combination. On the arith base, a higher learning rate with a format
+reward beats the best decoder by 10 points, while each alone is neutral (a format reward does
+nothing at a rate that does not move the policy; the rate alone moves it without a dense signal).
+A researcher that proposes one edit a round and keeps only what clears the noise on its own never
+reaches such a pair, and its credit model, having seen each part do nothing, stops proposing them.
+
+A near miss is an earlier proposal of this campaign that raised the score without being kept
+(positive paired delta, interval not clear of the margin), whose every edit still applies to the
+incumbent: each knob still has the value the delta was measured from, and each move is still on
+offer. A stacked proposal is a near miss plus one more edit on a knob (or move) that no proposal
+has yet stacked onto that near miss. The near miss is drawn in proportion to its gain; the knob
+uniformly among those not yet paired with it (each pair once: coverage of pairs, not the credit
+model's preference, which has learned that each part alone does nothing); the value by the
+researcher's own scores within that knob. A stacked proposal that gains without a keep is itself
+a near miss, so a third edit can follow.
+
+Observations (the local researcher's state) record a stacked proposal as its last edit plus
+`stacked`, the near miss's edits: `{"knob", "from", "to", "text"}` each. The credit model reads a
+stacked delta as the sum of its edits' effects.
+
+    misses = near_misses(observations, current, offered={text for text, _ in candidates})
+    pick = pick_stack(rng, misses, [(text, knob) for ...], probs, observations)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.researchers.base import same_value
+
+JOIN = " + "  # between the texts of a stacked proposal's edits, in its tried key
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """An earlier proposal that gained without a keep: its edits (`{"knob", "from", "to", "text"}`,
+    the last one the edit its round proposed), its paired delta and its round."""
+    edits: tuple[dict, ...]
+    delta: float
+    round: int | None
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(edit["text"] for edit in self.edits)
+
+    @property
+    def knobs(self) -> set[str]:
+        return {edit["knob"] for edit in self.edits}
+
+    def describe(self) -> str:
+        when = f" in round {self.round}" if self.round is not None else ""
+        return f"{JOIN.join(self.texts)} ({self.delta:+.3f}{when}, not kept)"
+
+
+def observation_edits(obs: dict) -> tuple[dict, ...] | None:
+    """An observation's edits, the stacked ones first; None for one saved before texts were kept."""
+    last = {key: obs.get(key) for key in ("knob", "from", "to", "text")}
+    if last["text"] is None:
+        return None
+    return (*obs.get("stacked", []), last)
+
+
+def _applies(edit: dict, current: dict, offered: set[str]) -> bool:
+    """The edit is on offer now (a grid value the scaffold accepts, a move that applies) from the
+    value it was measured from."""
+    return edit["text"] in offered and same_value(current.get(edit["knob"]), edit["from"])
+
+
+def near_misses(observations: list[dict], current: dict, offered: set[str]) -> list[NearMiss]:
+    """Every near miss that still applies to the incumbent `current` (knob values, moves as
+    `move:<name>` False), the latest measurement of each."""
+    latest: dict[tuple[str, ...], NearMiss] = {}
+    for obs in observations:
+        edits = observation_edits(obs)
+        if edits is None or obs.get("delta") is None:
+            continue
+        miss = NearMiss(edits, float(obs["delta"]), obs.get("round"))
+        latest[miss.texts] = miss
+    return [miss for miss in latest.values()
+            if miss.delta > 0 and all(_applies(edit, current, offered) for edit in miss.edits)]
+
+
+def stacked_knobs(observations: list[dict], miss: NearMiss) -> set[str]:
+    """The knobs already stacked onto `miss` in this campaign."""
+    return {obs["knob"] for obs in observations
+            if tuple(edit["text"] for edit in obs.get("stacked", [])) == miss.texts}
+
+
+@dataclass(frozen=True)
+class StackPick:
+    miss: NearMiss
+    index: int  # the added edit, an index into the candidates it was drawn from
+
+    def text(self, candidate_text: str) -> str:
+        return JOIN.join((*self.miss.texts, candidate_text))
+
+
+def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: list[tuple[str, str]],
+               probs: np.ndarray, observations: list[dict], taken: set[tuple[tuple[str, ...], str]] = frozenset()
+               ) -> StackPick | None:
+    """A near miss and one candidate (`(text, knob)`, drawn with `probs` within its knob) to add to
+    it, on a knob not yet stacked onto it (nor in `taken`, pairs already picked this round); None
+    when every near miss has been paired with every knob."""
+    open_knobs = {}
+    for miss in misses:
+        done = miss.knobs | stacked_knobs(observations, miss) | {knob for texts, knob in taken if texts == miss.texts}
+        knobs = sorted({knob for _, knob in candidates} - done)
+        if knobs:
+            open_knobs[miss.texts] = knobs
+    usable = [miss for miss in misses if miss.texts in open_knobs]
+    if not usable:
+        return None
+    gains = np.array([miss.delta for miss in usable])
+    miss = usable[int(rng.choice(len(usable), p=gains / gains.sum()))]
+    knobs = open_knobs[miss.texts]
+    knob = knobs[int(rng.integers(len(knobs)))]
+    within = np.array([i for i, (_, k) in enumerate(candidates) if k == knob])
+    weights = probs[within]
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(within), 1.0 / len(within))
+    return StackPick(miss, int(within[int(rng.choice(len(within), p=weights))]))
+
+
+def edit_record(knob: str, old: Any, value: Any, text: str) -> dict:
+    return {"knob": knob, "from": old, "to": value, "text": text}

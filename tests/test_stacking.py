@@ -1,0 +1,65 @@
+"""Stacking: which earlier proposals are near misses, and which edit is added to one."""
+
+import numpy as np
+
+from harness.researchers.stacking import near_misses, pick_stack
+
+LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
+FORMAT = '{"knob": "reward.format", "value": 0.5}'
+TOP_P = '{"knob": "sampling.top_p", "value": 0.525}'
+MOVE = '{"move": "reward_partial_credit"}'
+CURRENT = {"grpo.learning_rate": 1e-6, "reward.format": 0.0, "sampling.top_p": 1.0, "move:reward_partial_credit": False}
+
+
+def obs(knob, old, new, text, delta, round_no, stacked=()):
+    record = {"knob": knob, "from": old, "to": new, "text": text, "delta": delta, "round": round_no}
+    return record | ({"stacked": list(stacked)} if stacked else {})
+
+
+LR_OBS = obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, 0.008, 7)
+
+
+def test_a_near_miss_gained_and_still_applies_to_the_incumbent():
+    observations = [LR_OBS, obs("reward.format", 0.0, 0.5, FORMAT, 0.0, 8),
+                    obs("sampling.top_p", 1.0, 0.525, TOP_P, 0.01, 9),
+                    obs("move:reward_partial_credit", False, True, MOVE, 0.004, 10),
+                    {"knob": "sampling.top_k", "from": 0, "to": 2, "delta": 0.05}]  # saved before texts were kept
+    offered = {LR, FORMAT, TOP_P, MOVE}
+    assert [m.texts for m in near_misses(observations, CURRENT, offered)] == [(LR,), (TOP_P,), (MOVE,)]
+    # top_p was kept at another value since, and the move no longer applies: only the rate is left
+    now = CURRENT | {"sampling.top_p": 0.367}
+    assert [m.texts for m in near_misses(observations, now, offered - {MOVE})] == [(LR,)]
+    # the latest measurement of an edit counts: measured again at a loss, it is no near miss
+    assert near_misses([LR_OBS, obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, -0.01, 30)], CURRENT, offered) == []
+    # a stack that gained is a near miss of its own, with its edits in order
+    stack = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in ("knob", "from", "to", "text")}])
+    (miss,) = [m for m in near_misses([stack], CURRENT, offered)]
+    assert miss.texts == (LR, FORMAT) and miss.describe() == f"{LR} + {FORMAT} (+0.020 in round 12, not kept)"
+
+
+def test_each_knob_is_stacked_onto_a_near_miss_once():
+    candidates = [(LR, "grpo.learning_rate"), (FORMAT, "reward.format"), ('{"knob": "reward.format", "value": 1.0}',
+                  "reward.format"), (TOP_P, "sampling.top_p"), (MOVE, "move:reward_partial_credit")]
+    probs = np.array([0.1, 0.0, 0.5, 0.2, 0.2])
+    observations = [LR_OBS]
+    misses = near_misses(observations, CURRENT, {text for text, _ in candidates})
+    knobs = []
+    for _ in range(3):
+        pick = pick_stack(np.random.default_rng(len(knobs)), misses, candidates, probs, observations)
+        text, knob = candidates[pick.index]
+        knobs.append(knob)
+        if knob == "reward.format":
+            assert text != FORMAT  # within a knob the researcher's scores decide: this value has none
+        observations.append(obs(knob, None, None, text, 0.0, 8 + len(knobs), stacked=[dict(LR_OBS)]))
+    assert sorted(knobs) == ["move:reward_partial_credit", "reward.format", "sampling.top_p"]
+    assert pick_stack(np.random.default_rng(0), misses, candidates, probs, observations) is None  # all paired
+
+
+def test_near_misses_are_drawn_in_proportion_to_their_gain():
+    candidates = [(FORMAT, "reward.format")]
+    misses = near_misses([LR_OBS, obs("sampling.top_p", 1.0, 0.525, TOP_P, 0.024, 9)], CURRENT, {LR, TOP_P, FORMAT})
+    rng = np.random.default_rng(0)
+    drawn = [pick_stack(rng, misses, candidates, np.ones(1), []).miss.texts for _ in range(2000)]
+    assert abs(drawn.count((TOP_P,)) / 2000 - 0.75) < 0.04  # 0.024 against 0.008
+    # a pair already picked this round is not picked twice
+    assert pick_stack(rng, misses[:1], candidates, np.ones(1), [], taken={((LR,), "reward.format")}) is None
