@@ -3,7 +3,7 @@
 Two warm processes serve every run of this process (started on the first run, kept until exit):
 the trusted worker (rl_pipeline.worker: holds the data and the answers, never imports scaffold
 code, scores with the fixed scorer and alone writes result.json) and, under it, the sandbox
-(rl_pipeline.sandbox, rl_pipeline.zygote: bubblewrap namespaces, uid nobody, rlimits; one fresh
+(rl_pipeline.sandbox, rl_pipeline.zygote: bubblewrap namespaces, a uid of its own, rlimits; one fresh
 forked process per job runs the scaffold's prompt.py and reward.py). Torch and the rest are
 imported once, not once per round.
 

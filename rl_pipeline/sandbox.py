@@ -8,9 +8,13 @@ process started here, made of OS mechanisms rather than Python checks:
   one writable folder, the job folder (`/job`); the splits, the base model, the training cache,
   other runs' folders and the project checkout itself are not in it. The network namespace has
   only its own loopback, so no port of the host (127.0.0.1 included) can be reached.
-- It runs as uid/gid 65534 (nobody) with no capabilities and `no_new_privs`: bwrap sets up the
-  mounts as root, then `setpriv` drops to that uid before any Python starts, so files keep their
-  host permissions and `RLIMIT_NPROC` counts (root is exempt from it).
+- It runs as an unprivileged uid/gid of its own, SANDBOX_UID_BASE plus the pid of the worker that
+  started it, with no capabilities and `no_new_privs`: bwrap sets up the mounts as root, then
+  `setpriv` drops to that uid before any Python starts, so files keep their host permissions and
+  `RLIMIT_NPROC` counts (root is exempt from it). That limit counts every process and thread of a
+  uid machine-wide, so a shared uid (every sandbox as nobody) let a fork bomb in one sandbox fail
+  the jobs of every other one on the machine (a campaign's rounds beside the tests, parallel
+  campaigns, Ray workers). The worker's pid is unique while it lives, and the sandbox dies with it.
 - Its environment is built from nothing (`--clearenv`): no credential can be inherited.
 - It dies with the process that started it (`--die-with-parent`; the pid namespace ends with it).
 - Each job runs in a process forked for it, with limits on address space, CPU time, processes,
@@ -34,7 +38,7 @@ from pathlib import Path
 
 from rl_pipeline.env import CHILD_ENV
 
-SANDBOX_UID = 65534
+SANDBOX_UID_BASE = 1_000_000  # above any account's uid; plus a pid (at most 2^22) it stays far below 2^32
 JOB_MOUNT = "/job"
 CODE_MOUNT = "/code"
 # The project's packages the untrusted side imports (never harness/, never runs/).
@@ -43,6 +47,15 @@ CODE_PACKAGES = ("rl_pipeline", "model")
 ETC_FILES = ("ld.so.cache", "passwd", "group", "nsswitch.conf", "localtime", "hosts")
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
 PROJECT = Path(__file__).resolve().parents[1]
+
+
+def sandbox_uid(worker_pid: int | None = None) -> int:
+    """The uid (and gid) of the sandbox that the worker `worker_pid` (this process by default) starts."""
+    return SANDBOX_UID_BASE + (os.getpid() if worker_pid is None else worker_pid)
+
+
+def is_sandbox_uid(uid: int) -> bool:
+    return uid >= SANDBOX_UID_BASE
 
 
 class SandboxUnavailable(RuntimeError):
@@ -61,6 +74,8 @@ def sandbox_env() -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "MPLCONFIGDIR": f"{JOB_MOUNT}/tmp",
         "LANG": "C.UTF-8",
+        "USER": "sandbox",  # the uid has no passwd entry: getpass.getuser() reads this first
+        "LOGNAME": "sandbox",
     }
 
 
@@ -72,9 +87,11 @@ def _python_roots() -> list[str]:
     return sorted(r for r in roots if r not in ("/", "/usr") and os.path.isdir(r))
 
 
-def sandbox_command(argv: list[str], *, job_dir: Path) -> list[str]:
+def sandbox_command(argv: list[str], *, job_dir: Path, uid: int | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (an absolute program and its arguments) in the
-    sandbox, with `job_dir` mounted writable at /job."""
+    sandbox as `uid` (`sandbox_uid()` by default; when run as root), with `job_dir` mounted
+    writable at /job."""
+    uid = sandbox_uid() if uid is None else uid
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable(_MISSING)
@@ -107,9 +124,9 @@ def sandbox_command(argv: list[str], *, job_dir: Path) -> list[str]:
     for name, value in sandbox_env().items():
         args.extend(["--setenv", name, value])
     if os.geteuid() == 0:
-        # bwrap runs privileged (no user namespace): keep only what setpriv needs to drop to nobody.
+        # bwrap runs privileged (no user namespace): keep only what setpriv needs to drop to the uid.
         args.extend(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                     "/usr/bin/setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+                     "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"])
     else:
         # Not root: a user namespace maps our own (already unprivileged) uid; bwrap drops all caps.

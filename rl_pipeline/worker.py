@@ -36,7 +36,7 @@ from pathlib import Path
 
 from rl_pipeline import result as result_schema
 from rl_pipeline.files import replacing_dir
-from rl_pipeline.sandbox import JOB_MOUNT, SANDBOX_UID, sandbox_command
+from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
 
 TRAIN_CODE_VERSION = "3"  # 2: weights trained in the sandbox, checked here; 3: a budget of completions
 ZYGOTE_START_S = 600.0  # importing torch and friends on a loaded machine
@@ -74,16 +74,17 @@ class Sandbox:
         self.job = self.root / "job"
         self.proc: subprocess.Popen | None = None
         self.ready = False
+        self.uid = sandbox_uid()  # its own: no other sandbox spends its process limit
 
     def start(self) -> None:
         self.job.mkdir(exist_ok=True)
         if self.isolated and os.geteuid() == 0:
-            os.chown(self.job, SANDBOX_UID, SANDBOX_UID)
+            os.chown(self.job, self.uid, self.uid)
         self.reset()
         argv = [sys.executable, "-m", "rl_pipeline.zygote"]
         log = open(self.root / "zygote.log", "ab")
         if self.isolated:
-            cmd = sandbox_command(argv + ["--job-dir", JOB_MOUNT, "--isolated"], job_dir=self.job)
+            cmd = sandbox_command(argv + ["--job-dir", JOB_MOUNT, "--isolated"], job_dir=self.job, uid=self.uid)
             env = {}
         else:
             from rl_pipeline.env import scrubbed_env
@@ -117,7 +118,7 @@ class Sandbox:
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
-        for name, owner in (("in", 0), ("out", SANDBOX_UID), ("tmp", SANDBOX_UID), ("home", SANDBOX_UID)):
+        for name, owner in (("in", 0), ("out", self.uid), ("tmp", self.uid), ("home", self.uid)):
             (self.job / name).mkdir(mode=0o755 if name == "in" else 0o700)
             if self.isolated and os.geteuid() == 0:
                 os.chown(self.job / name, owner, owner)

@@ -25,7 +25,7 @@ from fast_scaffold import COMPLETIONS, with_budget
 from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.result import integrity_problem
 from rl_pipeline.run import run_scaffold, time_limits
-from rl_pipeline.sandbox import SANDBOX_UID, SandboxUnavailable, check_sandbox
+from rl_pipeline.sandbox import SandboxUnavailable, check_sandbox, is_sandbox_uid
 from rl_pipeline.zygote import JOB_NAME, SERVER_NAME
 from rl_pipeline.tasks import get_task
 
@@ -80,7 +80,7 @@ def another_runners(pid: int) -> bool:
 
 
 def sandbox_processes() -> list[int]:
-    """Processes of the sandbox's uid other than warm fork servers (jobs and what they started), less
+    """Processes of a sandbox uid other than warm fork servers (jobs and what they started), less
     those of another runner's sandbox."""
     pids = []
     for entry in os.scandir("/proc"):
@@ -93,7 +93,7 @@ def sandbox_processes() -> list[int]:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         starting = "rl_pipeline.zygote" in cmdline
-        if int(fields["Uid"].split()[0]) == SANDBOX_UID and fields["Name"].strip() != SERVER_NAME.decode() \
+        if is_sandbox_uid(int(fields["Uid"].split()[0])) and fields["Name"].strip() != SERVER_NAME.decode() \
                 and not (starting and fields["Name"].strip() in ("python", "python3", "setpriv")):
             pids.append(int(entry.name))
     return [pid for pid in pids if not another_runners(pid)]
@@ -201,6 +201,57 @@ def test_fork_bomb_is_contained_and_leaves_nothing(tmp_path, env):
     assert time.monotonic() - start < 60
     assert result["status"] == "failed" and "timed out after 15s" in result["reason"]
     assert sandbox_processes() == []
+
+
+RUN_SCAFFOLD = """
+import json, sys
+from rl_pipeline.run import run_scaffold
+run_scaffold(sys.argv[1], sys.argv[2], overrides=json.loads(sys.argv[3]), **json.loads(sys.argv[4]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids per sandbox need root; without it the user namespace's uid is ours")
+def test_a_fork_bomb_in_one_sandbox_leaves_another_sandbox_its_processes(tmp_path, env):
+    """Two runners at once, as a campaign beside the tests or two Ray workers are: while one
+    sandbox's fork bomb holds its whole process limit, the other's job still forks and trains."""
+    bomb = scaffold(tmp_path / "bomb", prompt="import os, time\nwhile True:\n    try:\n        os.fork()\n"
+                                              "    except OSError:\n        time.sleep(0.05)\n")
+    other = subprocess.Popen([sys.executable, "-c", RUN_SCAFFOLD, str(bomb), str(tmp_path / "bomb-out"),
+                              json.dumps(FAST), json.dumps(env | {"timeout_s": 120.0, "warm": False})],
+                             stdout=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        # until the bomb's uid holds nearly its limit of 64 processes, machine-wide
+        while not (bombs := sandboxed_under(other.pid)) or processes_of(next(iter(bombs.values()))) < 60:
+            assert time.monotonic() < deadline and other.poll() is None, "the fork bomb never filled its limit"
+            time.sleep(0.2)
+        result = run_scaffold(scaffold(tmp_path / "fine"), tmp_path / "fine-out", overrides=FAST, **env)
+        assert result["status"] == "ok", result.get("reason")
+        assert len(set(bombs.values())) == 1 and len(set(sandboxed_under(os.getpid()).values())) == 2  # one each
+    finally:
+        other.kill()  # its worker, and with it the sandbox, dies with it
+        other.wait()
+    deadline = time.monotonic() + 30
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sandbox_processes() == []
+
+
+def processes_of(uid: int) -> int:
+    return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
+
+
+def sandboxed_under(pid: int) -> dict[int, int]:
+    """pid -> uid of the sandbox processes under `pid`."""
+    found = {}
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            uid = child.uids().real
+        except psutil.Error:
+            continue
+        if is_sandbox_uid(uid):
+            found[child.pid] = uid
+    return found
 
 
 def test_memory_bomb_is_a_failed_run(tmp_path, env):
