@@ -115,8 +115,8 @@ class LocalOptions(Section):
         "nats of preference per unit of accuracy gain the credit model predicts; 0 leaves the choice to the model"))
     evidence: bool = Field(True, description=(
         "false blanks the evidence: no summary in the prompt and a zero context for the credit model (an ablation)"))
-    stack: Number(ge=0, le=1) = Field(0.5, description=(
-        "how often a proposal adds its edit to an earlier near miss (a gain not kept), when there is one"))
+    stack: Number(ge=0, le=1) = Field(1.0, description=(
+        "how readily a proposal adds its edit to an earlier near miss (a gain not kept); 0: one edit a round"))
 
 
 class Budget(Section):

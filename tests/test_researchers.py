@@ -432,28 +432,31 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
 
 
 def test_local_stacks_edits_onto_a_near_miss_one_knob_at_a_time(tmp_path, scaffold, base_model):
-    """A gain not kept is a near miss; with stack=1 every later proposal adds one edit to it, each on
-    a knob not yet stacked onto it, and a stacked round is learned as the sum of its edits."""
-    researcher = local(tmp_path / "campaign", base_model, stack=1.0)
+    """A gain not kept is a near miss; a large one makes most later proposals add one edit to it,
+    each on a knob not yet stacked onto it, and a stacked round is learned as the sum of its edits."""
+    researcher = local(tmp_path / "campaign", base_model)
     first = researcher.propose(evidence(1), MEMORY, scaffold)
-    researcher.learn(first, {"decision": "revert", "delta": 0.02, "ci95": [-0.01, 0.05]})
+    researcher.learn(first, {"decision": "revert", "delta": 0.2, "ci95": [-0.01, 0.41]})
     (near,) = first.edits
-    partners = []
-    for n in range(2, 8):
+    stacked = []
+    for n in range(2, 12):
         proposal = researcher.propose(evidence(n), MEMORY, scaffold)
         validate(proposal, scaffold)
-        assert proposal.edits[0] == near and len(proposal.edits) == 2
-        assert proposal.hypothesis.startswith(f"stack onto the near miss {edit_text(near)} (+0.020 in round 1, "
-                                              "not kept): ")
         researcher.learn(proposal, {"decision": "revert", "delta": 0.0, "ci95": [-0.01, 0.01]})
-        partners.append(credit_edit(proposal.edits[1])[0])
-    assert len(set(partners)) == 6 and credit_edit(near)[0] not in partners  # each knob once, never its own
-    last = researcher.state["observations"][-1]
+        if len(proposal.edits) == 2:
+            assert proposal.edits[0] == near
+            assert proposal.hypothesis.startswith(f"stack onto the near miss {edit_text(near)} (+0.200 in round 1, "
+                                                  "not kept): ")
+            stacked.append(proposal)
+    assert len(stacked) >= 7  # of 10 rounds: the chance is 0.2 / (0.2 + 0.01)
+    partners = [credit_edit(p.edits[1])[0] for p in stacked]
+    assert len(set(partners)) == len(partners) and credit_edit(near)[0] not in partners  # each knob once
+    last = next(o for o in reversed(researcher.state["observations"]) if "stacked" in o)
     assert last["stacked"] == [{"knob": credit_edit(near)[0], "from": researcher.state["observations"][0]["from"],
                                 "to": credit_edit(near)[1], "text": edit_text(near)}]
-    assert last["text"] == edit_text(proposal.edits[1])
+    assert last["text"] == edit_text(stacked[-1].edits[1])
     (tried,) = researcher.state["tried"].values()  # one incumbent: nothing was kept
-    assert len(tried) == 7 and tried[0] == edit_text(near)
-    assert f"{edit_text(near)} + {edit_text(proposal.edits[1])}" in tried and edit_text(proposal.edits[1]) not in tried
+    assert f"{edit_text(near)} + {edit_text(stacked[-1].edits[1])}" in tried
+    assert edit_text(stacked[-1].edits[1]) not in tried  # the edit alone is still untried
     # The next proposal is still one the scaffold accepts, and the credit model fitted the stacked rounds.
-    validate(researcher.propose(evidence(8), MEMORY, scaffold), scaffold)
+    validate(researcher.propose(evidence(12), MEMORY, scaffold), scaffold)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.researchers.stacking import near_misses, pick_stack
+from harness.researchers.stacking import near_misses, pick_stack, stack_chance
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -63,3 +63,10 @@ def test_near_misses_are_drawn_in_proportion_to_their_gain():
     assert abs(drawn.count((TOP_P,)) / 2000 - 0.75) < 0.04  # 0.024 against 0.008
     # a pair already picked this round is not picked twice
     assert pick_stack(rng, misses[:1], candidates, np.ones(1), [], taken={((LR,), "reward.format")}) is None
+
+
+def test_a_lone_small_gain_rarely_takes_a_round_and_several_large_ones_take_most():
+    one_answer = near_misses([obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, 1 / 600, 7)], CURRENT, {LR})
+    several = near_misses([LR_OBS, obs("sampling.top_p", 1.0, 0.525, TOP_P, 0.02, 9)], CURRENT, {LR, TOP_P})
+    assert stack_chance([]) == 0.0
+    assert stack_chance(one_answer) < 0.15 and stack_chance(several) > 0.7

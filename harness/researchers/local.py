@@ -71,7 +71,7 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, move_hypo
                                       same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.stacking import StackPick, edit_record, near_misses, pick_stack
+from harness.researchers.stacking import StackPick, edit_record, near_misses, pick_stack, stack_chance
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -326,8 +326,8 @@ class LocalResearcher(Researcher):
     def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
                 probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
                 scaffold_dir: Path) -> list[StackPick | None]:
-        """Per choice, with probability `stack` when there is a near miss, the near miss to add an
-        edit to (that edit takes the choice's place), else None. A stack the scaffold rejects, or one
+        """Per choice, with probability `stack` times `stack_chance` when there is a near miss, the near
+        miss to add an edit to (that edit takes the choice's place), else None. A stack the scaffold rejects, or one
         tried already against this incumbent, leaves the choice alone."""
         observations = self.state.get("observations", [])
         misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
@@ -337,7 +337,8 @@ class LocalResearcher(Researcher):
         taken: set[tuple[tuple[str, ...], str]] = set()
         stacks: list[StackPick | None] = []
         for _ in choices:
-            stack = pick_stack(rng, misses, keyed, probs, observations, taken) if rng.random() < self.stack else None
+            stack = (pick_stack(rng, misses, keyed, probs, observations, taken)
+                     if rng.random() < self.stack * stack_chance(misses) else None)
             if stack is not None:
                 text, edit = candidates[stack.index]
                 try:

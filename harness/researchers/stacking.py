@@ -11,11 +11,13 @@ A near miss is an earlier proposal of this campaign that raised the score withou
 (positive paired delta, interval not clear of the margin), whose every edit still applies to the
 incumbent: each knob still has the value the delta was measured from, and each move is still on
 offer. A stacked proposal is a near miss plus one more edit on a knob (or move) that no proposal
-has yet stacked onto that near miss. The near miss is drawn in proportion to its gain; the knob
-uniformly among those not yet paired with it (each pair once: coverage of pairs, not the credit
-model's preference, which has learned that each part alone does nothing); the value by the
-researcher's own scores within that knob. A stacked proposal that gains without a keep is itself
-a near miss, so a third edit can follow.
+has yet stacked onto that near miss. A round stacks with probability `stack` times g / (g +
+GAIN_SCALE), g the near misses' gains summed: a lone gain of one answer in six hundred is most
+likely noise and rarely takes a round; several gains of a point or more take most of them. The
+near miss is drawn in proportion to its gain; the knob uniformly among those not yet paired with
+it (each pair once: coverage of pairs, not the credit model's preference, which has learned that
+each part alone does nothing); the value by the researcher's own scores within that knob. A
+stacked proposal that gains without a keep is itself a near miss, so a third edit can follow.
 
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
 `stacked`, the near miss's edits: `{"knob", "from", "to", "text"}` each. The credit model reads a
@@ -35,6 +37,7 @@ import numpy as np
 from harness.researchers.base import same_value
 
 JOIN = " + "  # between the texts of a stacked proposal's edits, in its tried key
+GAIN_SCALE = 0.01  # near misses whose gains sum to this make half the rounds stack (at stack=1)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,14 @@ def near_misses(observations: list[dict], current: dict, offered: set[str]) -> l
         latest[miss.texts] = miss
     return [miss for miss in latest.values()
             if miss.delta > 0 and all(_applies(edit, current, offered) for edit in miss.edits)]
+
+
+def stack_chance(misses: list[NearMiss]) -> float:
+    """How likely a round is to stack (at `stack: 1`): g / (g + GAIN_SCALE), g the near misses'
+    gains summed, so one gain of a single answer (noise, most likely) rarely takes a round, and
+    several of a point or more take most."""
+    gains = sum(miss.delta for miss in misses)
+    return gains / (gains + GAIN_SCALE)
 
 
 def stacked_knobs(observations: list[dict], miss: NearMiss) -> set[str]:
