@@ -34,6 +34,10 @@ were malformed is expected to pay off again where they are). A move's `targets` 
 that a weak start, a prior the outcomes overturn. `evidence: false` blanks it all, for the
 ablation: no summary in the prompt and the zero context, now and in the observations it saves.
 
+Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
+miss, an earlier proposal that gained without a keep and still applies, on a knob not yet paired
+with it (`researcher.stack`, 0 for one edit a round); the drawn edit is then the one learned from.
+
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
 
