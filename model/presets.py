@@ -21,6 +21,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, MiniMaxM2Config, M
 from model.experts import EXPERTS_IMPL
 
 PRESETS: dict[str, dict] = {
+    # ~0.2M parameters: 2 layers, 8 experts of width 32, 2 active per token. The same architecture
+    # at a size where a GRPO step or an evaluation takes a fraction of a second: for tests and
+    # smoke runs of the loop, where what is under test is not the policy's skill.
+    "micro": dict(
+        hidden_size=64,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=1024,
+    ),
     # ~13.6M parameters: 4 layers, 32 experts of width 128, 4 active per token.
     "tiny": dict(
         hidden_size=256,

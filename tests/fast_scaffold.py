@@ -1,7 +1,7 @@
 """A copy of the arith scaffold cut to a budget of 16 completions (two GRPO steps at the default
 batch, one at the largest) and six-token answers, for end-to-end tests: each round takes seconds,
 and what is under test is the loop, not the policy's skill.
-`campaign_root` lays out what such a test starts from: a random-weight tiny base, the fast
+`campaign_root` lays out what such a test starts from: a random-weight micro base, the fast
 scaffold and a proposals file for the scripted researcher."""
 
 import json
@@ -13,6 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 KNOBS = {("grpo", "max_completion_length"): 6, ("sampling", "max_new_tokens"): 6}
 COMPLETIONS = 16  # one optimizer step at the largest batch the surface allows
+TEST_PRESET = "micro"  # the base of end-to-end tests: the M2 architecture at a size that runs in fractions of a second
 
 
 def with_budget(scaffold: Path, completions: int) -> Path:
@@ -33,12 +34,12 @@ def fast_scaffold(dst: Path) -> Path:
 
 
 def campaign_root(root: Path, proposals: list[dict]) -> tuple[Path, Path, Path]:
-    """`root/runs/models/base` (a random-weight tiny policy), `root/fast_arith` and
+    """`root/runs/models/base` (a random-weight micro policy), `root/fast_arith` and
     `root/proposals.jsonl` (one proposal a line); returns (root, scaffold, proposals file)."""
     from model import build_policy, build_tokenizer, save_policy
 
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, root / "runs" / "models" / "base")
     script = root / "proposals.jsonl"
     script.write_text("".join(json.dumps(p) + "\n" for p in proposals))
     return root, fast_scaffold(root / "fast_arith"), script

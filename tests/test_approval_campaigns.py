@@ -1,7 +1,7 @@
 """Approval gates inside real campaigns: a person at a terminal (a real pseudo-terminal, read back
 through a terminal emulator), and `researcher approve` answering from another process.
 
-A random-weight tiny base and a two-GRPO-step scaffold keep a round to seconds; `margin=-1` makes
+A random-weight micro base and a two-GRPO-step scaffold keep a round to seconds; `margin=-1` makes
 the round's verdict a keep, so the keep gate asks. What is checked is what a person sees (the
 question, the diff, the accuracy change with its interval, the prompt, the live view after the
 answer) and what the campaign records (journal, memory, MLflow).

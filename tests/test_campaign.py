@@ -1,6 +1,6 @@
 """Campaigns end to end through the `researcher` CLI: real runner, real git, real MLflow store.
 
-A random-weight tiny base and a scaffold copy cut to a couple of GRPO steps keep each round to
+A random-weight micro base and a scaffold copy cut to a couple of GRPO steps keep each round to
 seconds; what is under test is the loop (rejections, decisions, git, memory, tracking, resume),
 not the policy's skill.
 """

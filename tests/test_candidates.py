@@ -14,7 +14,7 @@ from pathlib import Path
 import git
 import optuna
 import pytest
-from fast_scaffold import fast_scaffold
+from fast_scaffold import TEST_PRESET, fast_scaffold
 from test_round_steps import Killed, reference_run, watch
 
 from harness.campaigns import create_campaign
@@ -129,7 +129,7 @@ def test_local_proposes_k_distinct_candidates_and_learns_from_each(tmp_path, mon
     done = watch(monkeypatch)
     base = tmp_path / "base"
     tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "moves.yaml").read_text()])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, base)
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, base)
     config, path = new_campaign(tmp_path, "local", "researcher=local", "researcher.context_tokens=256",
                                 f"base_model={base}", "rounds=2")
     assert CandidatesCampaign(config, path).run()["status"] == "finished"

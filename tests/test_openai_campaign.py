@@ -10,7 +10,7 @@ cleanly and a resume with a larger one finishes it; and that tokens reach MLflow
 import json
 
 import pytest
-from fast_scaffold import fast_scaffold
+from fast_scaffold import TEST_PRESET, fast_scaffold
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -26,9 +26,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("openai_campaign")
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46", SYSTEM])
     base = root / "runs" / "models" / "base"
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, base)
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, base)
     # The served researcher model: the same kind of policy with room for a whole proposal prompt.
-    researcher_model = build_policy("tiny", tokenizer, seed=1)
+    researcher_model = build_policy(TEST_PRESET, tokenizer, seed=1)
     researcher_model.config.max_position_embeddings = 8192
     save_policy(researcher_model, tokenizer, root / "researcher-model")
     scaffold = fast_scaffold(root / "fast_arith")

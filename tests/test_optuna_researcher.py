@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from fast_scaffold import fast_scaffold
+from fast_scaffold import TEST_PRESET, fast_scaffold
 
 from harness.analyze import Evidence
 from harness.cli import main
@@ -119,7 +119,7 @@ def test_the_study_survives_kill_9_and_a_replayed_round_is_not_told_twice(tmp_pa
 @pytest.mark.slow
 def test_tpe_campaign_from_the_command_line(tmp_path):
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, tmp_path / "runs" / "models" / "base")
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, tmp_path / "runs" / "models" / "base")
     scaffold = fast_scaffold(tmp_path / "fast_arith")
     args = [f"runs_dir={tmp_path / 'runs'}", f"scaffold={scaffold}", "baseline_seeds=[0,1]", "eval_seeds=[0]",
             "reeval_seeds=[1]", "live=false", "tracking.enabled=false", "name=tpe", "rounds=2", "researcher=tpe"]

@@ -2,7 +2,7 @@
 a job as that one failed job (and one killed while idle as nothing), nothing of ours left running
 after a close or a kill -9 of the process that started it (checked in the process table).
 
-A random-weight tiny base and a scaffold cut to one GRPO step keep each evaluation to seconds.
+A random-weight micro base and a scaffold cut to one GRPO step keep each evaluation to seconds.
 """
 
 import importlib.util

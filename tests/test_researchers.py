@@ -16,6 +16,7 @@ from harness.researchers.base import knob_space
 from harness.researchers.context import evidence_context
 from harness.researchers.local import build_trie, credit_edit, edit_text, value_grid
 from harness.researchers.random_search import draw_value
+from fast_scaffold import TEST_PRESET
 from model import build_policy, build_tokenizer, save_policy
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
@@ -135,13 +136,13 @@ def test_random_values_follow_the_knob_scale():
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
-    """A tiny fresh policy whose tokenizer has seen the surface, saved as the campaign's base."""
+    """A micro fresh policy whose tokenizer has seen the surface, saved as the campaign's base."""
     threads = torch.get_num_threads()
     # The tiny model's matmuls gain nothing from threads, and on shared cores they slow it a hundredfold.
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("base")
     tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "scaffold.yaml").read_text()])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, path)
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, path)
     yield str(path)
     torch.set_num_threads(threads)
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fast_scaffold import COMPLETIONS, with_budget
+from fast_scaffold import COMPLETIONS, TEST_PRESET, with_budget
 
 from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.run import run_scaffold
@@ -25,7 +25,7 @@ FAST = {"sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("runner")
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "base")
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, root / "base")
     return {"base": str(root / "base"), "data_dir": str(root / "data"), "cache_dir": str(root / "cache"),
             "seeds": [0], "timeout_s": 300.0}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fast_scaffold import COMPLETIONS, with_budget
+from fast_scaffold import COMPLETIONS, TEST_PRESET, with_budget
 
 from model import build_policy, build_tokenizer, save_policy
 from rl_pipeline.result import integrity_problem
@@ -39,7 +39,7 @@ FORMAT = "\ndef format_prompt(question):\n    return f'Q: {question}\\nA: '\n"
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("sandbox")
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, root / "base")
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, root / "base")
     env = {"base": str(root / "base"), "data_dir": str(root / "data"), "cache_dir": str(root / "cache"),
            "seeds": [0], "timeout_s": 300.0}
     # Start the warm worker and sandbox now, so that the time limits below measure runs, not start-up.
@@ -114,7 +114,7 @@ def test_scorer_patched_at_import_leaves_the_score_unchanged(tmp_path, env):
     assert result["status"] == "ok", result.get("reason")
     per_example = result["per_example"]
     assert result["metrics"]["accuracy"] == sum(sum(v) for v in per_example.values()) / len(per_example)
-    assert result["metrics"]["accuracy"] < 0.5  # a random tiny policy; the patched scorer would say 1.0
+    assert result["metrics"]["accuracy"] < 0.5  # a random micro policy; the patched scorer would say 1.0
     # The fixed scorer, run here, agrees with every recorded verdict.
     task = get_task("arith")
     from rl_pipeline.data import load_splits

@@ -271,13 +271,13 @@ def test_a_real_campaign_logs_the_real_git_diff_where_the_ui_shows_it(tmp_path):
     """Each round's run holds `git diff` of its candidate commit in the campaign's scaffold repo:
     as diff.patch (which `git apply` takes), as diff.md (which MLflow's viewer renders) and in the
     run's description."""
-    from fast_scaffold import fast_scaffold
+    from fast_scaffold import TEST_PRESET, fast_scaffold
 
     from harness.cli import main
     from model import build_policy, build_tokenizer, save_policy
 
     tokenizer = build_tokenizer(["Q: 12 + 34\nA: 46"])
-    save_policy(build_policy("tiny", tokenizer, seed=0), tokenizer, tmp_path / "runs" / "models" / "base")
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, tmp_path / "runs" / "models" / "base")
     script = tmp_path / "proposals.jsonl"
     script.write_text("".join(json.dumps(p) + "\n" for p in REAL_PROPOSALS))
     args = {"name": "diffs", "rounds": 2, "researcher": "scripted", "researcher.file": str(script),

@@ -82,7 +82,7 @@ def arguments(model: argparse.ArgumentParser) -> None:
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
     new = msub.add_parser("new", help="a freshly initialized policy and tokenizer, saved to a folder")
-    new.add_argument("--preset", default="tiny", help="tiny (default) or small")
+    new.add_argument("--preset", default="tiny", help="tiny (default), small, or micro (for tests and smoke runs)")
     new.add_argument("--out", required=True, help="folder to save the checkpoint in")
     new.add_argument("--vocab-size", type=int, default=512)
     new.add_argument("--seed", type=int, default=0)
