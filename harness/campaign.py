@@ -12,6 +12,7 @@ initial scaffold evaluated with extra seeds, which also gives the noise floor.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +33,8 @@ from memory import Memory, RoundRecord
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import integrity_problem, read_result, scaffold_commit, write_result
 from rl_pipeline.run import run_scaffold
+
+log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, data) -> None:
@@ -107,6 +110,8 @@ class Campaign:
         if not (self.dir / "scaffold").is_dir():
             self.workspace = Workspace.create(self.dir, self.config["scaffold"])
         self.workspace = Workspace.open(self.dir)
+        for lock in self.workspace.clear_stale_locks():  # run under the campaign lock: nobody else uses git here
+            log.warning("removed %s, left by a git process killed mid-write (a kill of this campaign)", lock)
         self.researcher = make_researcher(dict(self.config["researcher"]), campaign_dir=self.dir,
                                           seed=self.config["seed"], base_model=self.config["base_model"])
         self.researcher.load(self.dir / "researcher")

@@ -112,6 +112,16 @@ class Workspace:
             raise WorkspaceError(f"{path} has no {MAIN} branch")
         return cls(repo)
 
+    def clear_stale_locks(self) -> list[Path]:
+        """Remove the lock files a git killed mid-write left in the repository (`.git/index.lock` after a
+        kill -9 of the campaign in a checkout, a ref's `.lock`, a snapshot worktree's), which make every
+        later git command fail; return them. Only for a caller holding the campaign's lock: then no other
+        git process can be working in this repository, so any lock file in it is stale."""
+        stale = sorted(Path(self.repo.git_dir).rglob("*.lock"))
+        for lock in stale:
+            lock.unlink(missing_ok=True)
+        return stale
+
     @property
     def path(self) -> Path:
         return Path(self.repo.working_tree_dir)

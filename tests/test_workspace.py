@@ -1,5 +1,8 @@
 """The campaign's scaffold repo: candidates, keep, revert, diff, idempotency, nothing written on rejection."""
 
+from pathlib import Path
+
+import git
 import pytest
 
 from harness.proposal import ProposalError, parse_proposal
@@ -134,6 +137,24 @@ def test_checkout_main_recovers_from_an_interrupted_apply(ws):
     ws.checkout_main()
     assert_clean_on_main(ws)
     assert "def rewards" in (ws.path / "reward.py").read_text()
+
+
+def test_lock_files_of_a_git_killed_mid_write_are_cleared_and_git_works_again(ws):
+    """A kill -9 of the campaign inside a checkout leaves .git/index.lock, and every later git
+    command then fails ("Another git process seems to be running"), so a resume could never go on."""
+    sha = ws.apply(1, KNOB)
+    git_dir = Path(ws.repo.git_dir)
+    locks = [git_dir / "index.lock", git_dir / "refs" / "heads" / "main.lock"]
+    for lock in locks:
+        lock.write_text("")
+    with pytest.raises(git.GitCommandError, match="index.lock"):
+        ws.checkout(1)
+    assert ws.clear_stale_locks() == sorted(locks)
+    ws.checkout(1)
+    assert scaffold_commit(ws.path) == sha
+    ws.checkout_main()
+    ws.keep(1)
+    assert ws.incumbent_commit() == sha and ws.clear_stale_locks() == []
 
 
 @pytest.mark.parametrize("edit, message", [
