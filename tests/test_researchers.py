@@ -416,7 +416,8 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
     near = next(p for p in proposals if p.edits[0] == MoveEdit("reward_near_miss_credit"))
     assert near.hypothesis.startswith("apply move reward_near_miss_credit: an answer off by a little")
     assert {"knob": "move:reward_near_miss_credit", "from": False, "to": True, "delta": 0.04,
-            "ci95": [0.03, 0.05], "context": evidence_context(evidence(1)), "text": '{"move": "reward_near_miss_credit"}',
+            "ci95": [0.03, 0.05], "context": evidence_context(evidence(1)),
+            "text": '{"move": "reward_near_miss_credit"}',
             "round": proposals.index(near) + 1, "decision": "revert"} in researcher.state["observations"]
     # the credit model now expects the near-miss move to help, and says so when it proposes it again
     again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(9, 40))

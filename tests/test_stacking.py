@@ -32,7 +32,8 @@ def test_a_near_miss_gained_and_still_applies_to_the_incumbent():
     # the latest measurement of an edit counts: measured again at a loss, it is no near miss
     assert near_misses([LR_OBS, obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, -0.01, 30)], CURRENT, offered) == []
     # a stack that gained is a near miss of its own, with its edits in order
-    stack = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in ("knob", "from", "to", "text")}])
+    base = {k: LR_OBS[k] for k in ("knob", "from", "to", "text")}
+    stack = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[base])
     (miss,) = [m for m in near_misses([stack], CURRENT, offered)]
     assert miss.texts == (LR, FORMAT) and miss.describe() == f"{LR} + {FORMAT} (+0.020 in round 12, not kept)"
 

@@ -330,9 +330,9 @@ class LocalResearcher(Researcher):
     def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
                 probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
                 scaffold_dir: Path) -> list[StackPick | None]:
-        """Per choice, with probability `stack` times `stack_chance` when there is a near miss, the near
-        miss to add an edit to (that edit takes the choice's place), else None. A stack the scaffold rejects, or one
-        tried already against this incumbent, leaves the choice alone."""
+        """Per choice, with probability `stack` times `stack_chance` when there is a near miss, the
+        near miss to add an edit to (that edit takes the choice's place), else None. A stack the
+        scaffold rejects, or one tried already against this incumbent, leaves the choice alone."""
         observations = self.state.get("observations", [])
         misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
         if not misses:
