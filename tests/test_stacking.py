@@ -36,6 +36,10 @@ def test_a_near_miss_gained_and_still_applies_to_the_incumbent():
     stack = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[base])
     (miss,) = [m for m in near_misses([stack], CURRENT, offered)]
     assert miss.texts == (LR, FORMAT) and miss.describe() == f"{LR} + {FORMAT} (+0.020 in round 12, not kept)"
+    # but only where the added edit added something over the near miss it was built on
+    assert [m.texts for m in near_misses([LR_OBS, stack], CURRENT, offered)] == [(LR,), (LR, FORMAT)]
+    inert = obs("reward.format", 0.0, 0.5, FORMAT, 0.008, 12, stacked=[base])
+    assert [m.texts for m in near_misses([LR_OBS, inert], CURRENT, offered)] == [(LR,)]
 
 
 def test_each_knob_is_stacked_onto_a_near_miss_once():

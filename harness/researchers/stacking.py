@@ -17,7 +17,9 @@ likely noise and rarely takes a round; several gains of a point or more take mos
 near miss is drawn in proportion to its gain; the knob uniformly among those not yet paired with
 it (each pair once: coverage of pairs, not the credit model's preference, which has learned that
 each part alone does nothing); the value by the researcher's own scores within that knob. A
-stacked proposal that gains without a keep is itself a near miss, so a third edit can follow.
+stacked proposal that gains more than the near miss it was built on is a near miss in turn, so a
+third edit can follow; one whose added edit added nothing is not (in the first campaign with
+stacking, chains of seven edits grew that way, each addition inert).
 
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
 `stacked`, the near miss's edits: `{"knob", "from", "to", "text"}` each. The credit model reads a
@@ -77,7 +79,8 @@ def _applies(edit: dict, current: dict, offered: set[str]) -> bool:
 
 def near_misses(observations: list[dict], current: dict, offered: set[str]) -> list[NearMiss]:
     """Every near miss that still applies to the incumbent `current` (knob values, moves as
-    `move:<name>` False), the latest measurement of each."""
+    `move:<name>` False), the latest measurement of each; a stack only where it gained more than
+    its base."""
     latest: dict[tuple[str, ...], NearMiss] = {}
     for obs in observations:
         edits = observation_edits(obs)
@@ -85,8 +88,12 @@ def near_misses(observations: list[dict], current: dict, offered: set[str]) -> l
             continue
         miss = NearMiss(edits, float(obs["delta"]), obs.get("round"))
         latest[miss.texts] = miss
+    def gained(miss: NearMiss) -> bool:  # over its own base, for a stack: the added edit added something
+        base = latest.get(miss.texts[:-1])
+        return miss.delta > (base.delta if base is not None else 0.0)
+
     return [miss for miss in latest.values()
-            if miss.delta > 0 and all(_applies(edit, current, offered) for edit in miss.edits)]
+            if miss.delta > 0 and gained(miss) and all(_applies(edit, current, offered) for edit in miss.edits)]
 
 
 def stack_chance(misses: list[NearMiss]) -> float:
