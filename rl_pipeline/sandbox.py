@@ -49,9 +49,9 @@ SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def sandbox_uid(worker_pid: int | None = None) -> int:
-    """The uid (and gid) of the sandbox that the worker `worker_pid` (this process by default) starts."""
-    return SANDBOX_UID_BASE + (os.getpid() if worker_pid is None else worker_pid)
+def sandbox_uid() -> int:
+    """The uid (and gid) of the sandbox this process (a runner's worker) starts."""
+    return SANDBOX_UID_BASE + os.getpid()
 
 
 def is_sandbox_uid(uid: int) -> bool:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.researchers.stacking import near_misses, pick_stack, stack_chance
+from harness.researchers.stacking import EDIT_KEYS, near_misses, pick_stack, stack_chance
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -32,7 +32,7 @@ def test_a_near_miss_gained_and_still_applies_to_the_incumbent():
     # the latest measurement of an edit counts: measured again at a loss, it is no near miss
     assert near_misses([LR_OBS, obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, -0.01, 30)], CURRENT, offered) == []
     # a stack that gained is a near miss of its own, with its edits in order
-    base = {k: LR_OBS[k] for k in ("knob", "from", "to", "text")}
+    base = {k: LR_OBS[k] for k in EDIT_KEYS}
     stack = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[base])
     (miss,) = [m for m in near_misses([stack], CURRENT, offered)]
     assert miss.texts == (LR, FORMAT) and miss.describe() == f"{LR} + {FORMAT} (+0.020 in round 12, not kept)"

@@ -338,11 +338,11 @@ class LocalResearcher(Researcher):
         if not misses:
             return [None] * len(choices)
         keyed = [(text, credit_edit(edit)[0]) for text, edit in candidates]
+        chance = self.stack * stack_chance(misses)
         taken: set[tuple[tuple[str, ...], str]] = set()
         stacks: list[StackPick | None] = []
         for _ in choices:
-            stack = (pick_stack(rng, misses, keyed, probs, observations, taken)
-                     if rng.random() < self.stack * stack_chance(misses) else None)
+            stack = pick_stack(rng, misses, keyed, probs, observations, taken) if rng.random() < chance else None
             if stack is not None:
                 text, edit = candidates[stack.index]
                 try:

@@ -40,6 +40,7 @@ from harness.researchers.base import same_value
 
 JOIN = " + "  # between the texts of a stacked proposal's edits, in its tried key
 GAIN_SCALE = 0.01  # near misses whose gains sum to this make half the rounds stack (at stack=1)
+EDIT_KEYS = ("knob", "from", "to", "text")  # an edit as observations record it
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class NearMiss:
 
 def observation_edits(obs: dict) -> tuple[dict, ...] | None:
     """An observation's edits, the stacked ones first; None for one saved before texts were kept."""
-    last = {key: obs.get(key) for key in ("knob", "from", "to", "text")}
+    last = {key: obs.get(key) for key in EDIT_KEYS}
     if last["text"] is None:
         return None
     return (*obs.get("stacked", []), last)
@@ -88,6 +89,7 @@ def near_misses(observations: list[dict], current: dict, offered: set[str]) -> l
             continue
         miss = NearMiss(edits, float(obs["delta"]), obs.get("round"))
         latest[miss.texts] = miss
+
     def gained(miss: NearMiss) -> bool:  # over its own base, for a stack: the added edit added something
         base = latest.get(miss.texts[:-1])
         return miss.delta > (base.delta if base is not None else 0.0)
@@ -145,4 +147,4 @@ def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: lis
 
 
 def edit_record(knob: str, old: Any, value: Any, text: str) -> dict:
-    return {"knob": knob, "from": old, "to": value, "text": text}
+    return dict(zip(EDIT_KEYS, (knob, old, value, text)))
