@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -45,7 +45,6 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 2
     vocab_size: int = 512
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_steps(self) -> int:
@@ -122,11 +121,14 @@ def lr_schedule(config: PretrainConfig) -> Callable[[int], float]:
 
 
 def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_texts: list[str],
-             on_step: Callable[[int, object, object], Check | None] | None = None) -> dict:
+             on_step: Callable[[int, object, object], Check | None] | None = None,
+             report: Callable[[], dict] | None = None) -> dict:
     """Train a fresh `config.preset` policy on `pairs` and save it with its tokenizer to `config.out`.
 
     `on_step(step, policy, tokenizer)`, if given, runs after every optimizer step; the `Check`
     it may return is shown on the progress bar and, unless `config.steps` is set, can stop training.
+    `report()`, if given, runs once training has ended: its fields join the summary written to
+    pretrain.json (and returned).
     """
     from model import build_policy, build_tokenizer, save_policy
 
@@ -172,6 +174,7 @@ def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_tex
         "examples": len(pairs),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "seconds": round(time.perf_counter() - start, 1),
+        **(report() if report is not None else {}),
     }
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

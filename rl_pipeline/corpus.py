@@ -24,7 +24,6 @@ band, so any machine starts the loop from a comparable policy.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +137,15 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
     pairs = pretrain_pairs(data_dir)
     config = PretrainConfig(out=out, preset=preset, steps=steps, seed=seed, max_steps=band.max_steps)
     check = calibration_check(data_dir, band)
-    summary = pretrain(config, pairs, tokenizer_texts(pairs), check)
-    last = check.history[-1][1] if check.history else None
-    summary["calibration"] = {"band": [band.low, band.high], "every": band.every, "history": check.history,
-                              "answer_accuracy": last,
-                              "in_band": last is not None and band.low <= last <= band.high}
-    Path(out, "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    def calibration() -> dict:
+        last = check.history[-1][1] if check.history else None
+        return {"calibration": {"band": [band.low, band.high], "every": band.every, "history": check.history,
+                                "answer_accuracy": last,
+                                "in_band": last is not None and band.low <= last <= band.high}}
+
+    summary = pretrain(config, pairs, tokenizer_texts(pairs), check, report=calibration)
+    last = summary["calibration"]["answer_accuracy"]
     console = Console()
     console.print(f"[green]base policy saved[/] to {out}: {summary['steps']} steps, loss "
                   f"{summary['final_loss']:.3f}, calibration answer accuracy {last}, {summary['seconds']:.0f}s")
