@@ -462,3 +462,11 @@ def test_local_stacks_edits_onto_a_near_miss_one_knob_at_a_time(tmp_path, scaffo
     assert edit_text(stacked[-1].edits[1]) not in tried  # the edit alone is still untried
     # The next proposal is still one the scaffold accepts, and the credit model fitted the stacked rounds.
     validate(researcher.propose(evidence(12), MEMORY, scaffold), scaffold)
+    # A keep of another edit makes a new incumbent: the gain was measured against the old one, so
+    # it is no near miss of the new one (at the old chance, five rounds would stack all but surely).
+    for rel, text in render(Proposal("keep", (stacked[-1].edits[1],)), scaffold).items():
+        (scaffold / rel).write_text(text)
+    for n in range(13, 18):
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        assert len(proposal.edits) == 1 and not proposal.hypothesis.startswith("stack")
+        researcher.learn(proposal, {"decision": "revert", "delta": -0.01, "ci95": [-0.02, 0.0]})

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.researchers.stacking import EDIT_KEYS, near_misses, pick_stack, stack_chance
+from harness.researchers.stacking import EDIT_KEYS, measured_on, near_misses, pick_stack, stack_chance
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -75,3 +75,18 @@ def test_a_lone_small_gain_rarely_takes_a_round_and_several_large_ones_take_most
     several = near_misses([LR_OBS, obs("sampling.top_p", 1.0, 0.525, TOP_P, 0.02, 9)], CURRENT, {LR, TOP_P})
     assert stack_chance([]) == 0.0
     assert stack_chance(one_answer) < 0.15 and stack_chance(several) > 0.7
+
+
+def test_only_deltas_against_the_current_incumbent_make_near_misses():
+    # round 7 gained against the first incumbent; a keep since made another one, against which
+    # the same edit was measured again at a loss, and a stack on it from before the keep is stale too
+    before, after = "incumbent-0", "incumbent-1"
+    stale_stack = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
+    observations = [LR_OBS | {"state": before}, stale_stack | {"state": before},
+                    obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, -0.002, 54) | {"state": after},
+                    obs("sampling.top_p", 1.0, 0.525, TOP_P, 0.01, 55) | {"state": after},
+                    obs("reward.format", 0.0, 0.5, FORMAT, 0.03, 3)]  # saved before observations kept their state
+    offered = {LR, FORMAT, TOP_P}
+    assert [m.texts for m in near_misses(measured_on(observations, after), CURRENT, offered)] == [(TOP_P,)]
+    assert [m.texts for m in near_misses(measured_on(observations, before), CURRENT, offered)] == [(LR,), (LR, FORMAT)]
+    assert measured_on(observations, "another") == []

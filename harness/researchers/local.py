@@ -35,8 +35,8 @@ that a weak start, a prior the outcomes overturn. `evidence: false` blanks it al
 ablation: no summary in the prompt and the zero context, now and in the observations it saves.
 
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
-miss, an earlier proposal that gained without a keep and still applies, on a knob not yet paired
-with it (`researcher.stack`, 0 for one edit a round); the drawn edit is then the one learned from.
+miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
+yet paired with it (`researcher.stack`, 0 for one edit a round); the drawn edit is then the one learned from.
 
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
@@ -75,7 +75,8 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, move_hypo
                                       same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.stacking import StackPick, edit_record, near_misses, pick_stack, stack_chance
+from harness.researchers.stacking import (StackPick, edit_record, measured_on, near_misses, pick_stack,
+                                         stack_chance)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -299,7 +300,7 @@ class LocalResearcher(Researcher):
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
         choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
-        stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, Path(scaffold_dir))
+        stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, state_key, Path(scaffold_dir))
         picks, proposals = [], []
         for choice, stack in zip(choices, stacks):
             if stack is not None:
@@ -329,11 +330,12 @@ class LocalResearcher(Researcher):
 
     def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
                 probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
-                scaffold_dir: Path) -> list[StackPick | None]:
-        """Per choice, with probability `stack` times `stack_chance` when there is a near miss, the
-        near miss to add an edit to (that edit takes the choice's place), else None. A stack the
-        scaffold rejects, or one tried already against this incumbent, leaves the choice alone."""
-        observations = self.state.get("observations", [])
+                state_key: str, scaffold_dir: Path) -> list[StackPick | None]:
+        """Per choice, with probability `stack` times `stack_chance` when there is a near miss against
+        this incumbent (`state_key`), the near miss to add an edit to (that edit takes the choice's
+        place), else None. A stack the scaffold rejects, or one tried already against this
+        incumbent, leaves the choice alone."""
+        observations = measured_on(self.state.get("observations", []), state_key)
         misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
         if not misses:
             return [None] * len(choices)
@@ -446,7 +448,7 @@ class LocalResearcher(Researcher):
             knob, value = credit_edit(proposal.edits[-1])
             observations.append(edit_record(knob, pick["old_value"], value, text) | {
                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
-                "round": pending["round"], "decision": verdict.get("decision")}
+                "round": pending["round"], "decision": verdict.get("decision"), "state": key}
                 | ({"stacked": pick["stacked"]} if pick.get("stacked") else {}))
         same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
