@@ -229,13 +229,14 @@ def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold,
     assert knobs[first + 1:].count("sampling.top_p") >= 3
     assert sum(credit_edit(e)[0] == "sampling.top_p" for e in alone) <= 2
     assert len(guided.state["observations"]) == 16
+    (incumbent,) = guided.state["tried"]  # nothing was kept: every observation is against one incumbent
     assert guided.state["observations"][first] == {"knob": "sampling.top_p", "from": 1.0, "to": edits[first].value,
                                                    "delta": pytest.approx(0.3 * (1 - edits[first].value)),
                                                    "ci95": pytest.approx([0.3 * (1 - edits[first].value) - 0.01,
                                                                           0.3 * (1 - edits[first].value) + 0.01]),
                                                    "context": evidence_context(evidence(first + 1)),
                                                    "text": edit_text(edits[first]), "round": first + 1,
-                                                   "decision": "revert"}
+                                                   "decision": "revert", "state": incumbent}
     proposal = guided.propose(evidence(17), MEMORY, scaffold)
     seen = sum(o["knob"] == credit_edit(proposal.edits[0])[0] for o in guided.state["observations"])
     assert (f"the credit model, from {seen} earlier round" in proposal.hypothesis) == (seen > 0)
@@ -418,7 +419,8 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
     assert {"knob": "move:reward_near_miss_credit", "from": False, "to": True, "delta": 0.04,
             "ci95": [0.03, 0.05], "context": evidence_context(evidence(1)),
             "text": '{"move": "reward_near_miss_credit"}',
-            "round": proposals.index(near) + 1, "decision": "revert"} in researcher.state["observations"]
+            "round": proposals.index(near) + 1, "decision": "revert",
+            "state": next(iter(researcher.state["tried"]))} in researcher.state["observations"]
     # the credit model now expects the near-miss move to help, and says so when it proposes it again
     again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(9, 40))
              if p.edits[0] == MoveEdit("reward_near_miss_credit")]
