@@ -8,28 +8,28 @@ A researcher that proposes one edit a round and keeps only what clears the noise
 reaches such a pair, and its credit model, having seen each part do nothing, stops proposing them.
 
 A near miss is an earlier proposal of this campaign that raised the score of the incumbent it was
-measured against, the current one, without being kept (positive paired delta, interval not clear
-of the margin), whose every edit still applies to it: each knob still has the value the delta was
+measured against, the current one, without being kept (positive paired delta, interval not clear of
+the margin), whose every edit still applies to it: each knob still has the value the delta was
 measured from, and each move is still on offer. Once a keep makes a new incumbent, every earlier
-delta is a delta from another policy (a campaign stacked forty rounds onto a +0.007 measured
-before a keep that, re-measured after it, was -0.002), so pairing starts again from what is
-measured against the new one (`measured_on`). A stacked proposal is a near miss plus one more edit on a knob (or move) that no proposal
-has yet stacked onto that near miss. A round stacks with probability `stack` times g / (g +
-GAIN_SCALE), g the near misses' gains summed: a lone gain of one answer in six hundred is most
-likely noise and rarely takes a round; several gains of a point or more take most of them. The
-near miss is drawn in proportion to its gain; the knob uniformly among those not yet paired with
-it (each pair once: coverage of pairs, not the credit model's preference, which has learned that
-each part alone does nothing); the value by the researcher's own scores within that knob. A
-stacked proposal that gains more than the near miss it was built on is a near miss in turn, so a
-third edit can follow; one whose added edit added nothing is not (in the first campaign with
+delta is a delta from another policy (a campaign stacked 44 rounds onto a +0.007 measured before a
+keep that, re-measured after it, was -0.002), so pairing starts again from what is measured against
+the new one (`measured_on`). A stacked proposal is a near miss plus one more edit on a knob (or
+move) that no proposal has yet stacked onto that near miss. A round stacks with probability `stack`
+times g / (g + GAIN_SCALE), g the near misses' gains summed: a lone gain of one answer in six
+hundred is most likely noise and rarely takes a round; several gains of a point or more take most
+of them. The near miss is drawn in proportion to its gain; the knob uniformly among those not yet
+paired with it (each pair once: coverage of pairs, not the credit model's preference, which has
+learned that each part alone does nothing); the value by the researcher's own scores within that
+knob. A stacked proposal that gains more than the near miss it was built on is a near miss in turn,
+so a third edit can follow; one whose added edit added nothing is not (in the first campaign with
 stacking, chains of seven edits grew that way, each addition inert).
 
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
-`stacked`, the near miss's edits: `{"knob", "from", "to", "text"}` each; and every observation
-its incumbent's state key, `state`. The credit model reads a
-stacked delta as the sum of its edits' effects.
+`stacked`, the near miss's edits: `{"knob", "from", "to", "text"}` each; every observation keeps
+its incumbent's state key, `state`. The credit model reads a stacked delta as the sum of its
+edits' effects.
 
-    observations = measured_on(all_observations, state)  # against the incumbent whose key is `state`
+    observations = measured_on(all_observations, state)  # against the incumbent keyed `state`
     misses = near_misses(observations, current, offered={text for text, _ in candidates})
     pick = pick_stack(rng, misses, [(text, knob) for ...], probs, observations)
 """
