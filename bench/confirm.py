@@ -32,7 +32,7 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 
 use_offline_env()
 
-from harness.compare import _heldout_part, paired_differences  # noqa: E402
+from harness.compare import heldout_part, paired_differences  # noqa: E402
 from harness.config import frozen_config  # noqa: E402
 from harness.journal import Journal  # noqa: E402
 from harness.proposal import ProposalError, parse_proposal, render  # noqa: E402
@@ -98,7 +98,7 @@ def confirm(name: str, scaffold: Path, initial: dict[int, dict], out: Path, args
             return {"error": f"train seed {train_seed}: {result['reason']}"}
         results[train_seed] = result
         if train_seed in initial:
-            diffs.append(paired_differences(_heldout_part(result), _heldout_part(initial[train_seed]))[0])
+            diffs.append(paired_differences(heldout_part(result), heldout_part(initial[train_seed]))[0])
     pooled = np.mean(diffs, axis=0) if diffs else np.zeros(1)
     return {"results": results, "delta": float(pooled.mean()), "ci": bootstrap_mean_ci(pooled)}
 

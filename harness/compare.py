@@ -173,7 +173,7 @@ def decide(candidate: dict, incumbent: dict, *, margin: float, reeval_band: floa
 
 # ---------------------------------------------------------------- a keep on held-out, for the record
 
-def _heldout_part(result: dict) -> dict:
+def heldout_part(result: dict) -> dict:
     """The held-out split of a result as a result of its own: its scores and the seeds they cover."""
     held = result["heldout"]
     return held | {"seeds": list(held.get("seeds", result["seeds"]))}
@@ -186,7 +186,7 @@ def heldout_change(new: dict, old: dict) -> dict:
     difference of accuracies. A change that is not positive makes the keep a false keep: what won on
     eval did not carry over. Recorded only: held-out decides nothing.
     """
-    a, b = _heldout_part(new), _heldout_part(old)
+    a, b = heldout_part(new), heldout_part(old)
     delta, paired = float(a["metrics"]["accuracy"] - b["metrics"]["accuracy"]), False
     if "per_example" in a and "per_example" in b:
         try:
