@@ -33,7 +33,7 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 use_offline_env()
 
 from harness.compare import heldout_part, paired_differences  # noqa: E402
-from harness.config import frozen_config  # noqa: E402
+from harness.config import CONFIG_FILE, frozen_config  # noqa: E402
 from harness.journal import Journal  # noqa: E402
 from harness.proposal import ProposalError, parse_proposal, render  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
@@ -106,6 +106,9 @@ def confirm(name: str, scaffold: Path, initial: dict[int, dict], out: Path, args
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     campaign = args.campaign.resolve()
+    if not (campaign / CONFIG_FILE).is_file() or Journal(campaign).get("baseline") is None:
+        print(f"{campaign} is not a campaign folder with a baseline (no {CONFIG_FILE}, or round 0 has not run)")
+        return 2
     config = frozen_config(campaign)
     baseline = read_result(campaign / Journal(campaign).get("baseline")["result"])
     # relative paths in the config are from where the campaign was started: <that>/<runs_dir>/<name>
