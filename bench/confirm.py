@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,108 +51,103 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _git(path: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True)
-
-
-def _committed_copy(files: dict[str, bytes], dest: Path, message: str) -> Path:
-    """`files` written into a fresh repository at `dest`, committed, so results name a commit."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    for rel, data in files.items():
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_bytes(data)
-    _git(dest, "init", "-q")
-    _git(dest, "add", "-A")
-    _git(dest, "-c", "user.name=confirm", "-c", "user.email=confirm@localhost", "commit", "-q", "-m", message)
-    return dest
-
-
 def initial_files(campaign: Path, commit: str) -> dict[str, bytes]:
     """The files of the scaffold at the baseline `commit` of the campaign's workspace."""
-    ws = Workspace.open(campaign).path
-    names = subprocess.run(["git", "-C", str(ws), "ls-tree", "-r", "--name-only", commit],
-                           check=True, capture_output=True, text=True).stdout.split()
-    return {rel: subprocess.run(["git", "-C", str(ws), "show", f"{commit}:{rel}"], check=True,
-                                capture_output=True).stdout for rel in names}
+    tree = Workspace.open(campaign).repo.commit(commit).tree
+    return {blob.path: blob.data_stream.read() for blob in tree.traverse() if blob.type == "blob"}
 
 
-def kept_changes(campaign: Path) -> list[tuple[int, str, object]]:
-    """(round, hypothesis, proposal) of every kept round, in order."""
-    history = Journal(campaign).get("history") or []
+def committed_scaffold(files: dict[str, bytes], dest: Path) -> Path:
+    """`files` as a campaign workspace at `dest/scaffold` (`Workspace.create`: validated, committed,
+    its bytecode ignored), so every result names the commit it measured; replaces an earlier one."""
+    shutil.rmtree(dest, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="confirm-") as tmp:
+        for rel, data in files.items():
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / rel).write_bytes(data)
+        return Workspace.create(dest, tmp).path
+
+
+def kept_changes(journal: Journal, campaign: Path) -> list[tuple[int, object]]:
+    """(round, proposal) of every kept round, in order."""
+    history = journal.get("history") or []
     kept = []
     for row in sorted(history, key=lambda r: r["round"]):
         if row["decision"] == "keep":
             raw = (campaign / "rounds" / f"{row['round']:03d}" / "proposal.json").read_text()
-            kept.append((row["round"], row.get("hypothesis", ""), parse_proposal(raw)))
+            kept.append((row["round"], parse_proposal(raw)))
     return kept
 
 
-def confirm(name: str, scaffold: Path, initial: dict[int, dict], out: Path, args, options: dict) -> dict:
-    """Held-out of `scaffold` per training seed, and its pooled paired difference from `initial`."""
-    results, diffs = {}, []
+def trained(name: str, scaffold: Path, out: Path, args, options: dict) -> dict[int, dict] | str:
+    """The result of `scaffold` trained with each training seed and scored on held-out, by seed;
+    the reason, if a run failed."""
+    results = {}
     for train_seed in args.train_seeds:
         result = run_scaffold(scaffold, out / name / f"train-seed-{train_seed}", heldout=True, seeds=args.seeds,
                               train_seed=train_seed, **options)
         if result["status"] != "ok":
-            return {"error": f"train seed {train_seed}: {result['reason']}"}
+            return f"train seed {train_seed}: {result['reason']}"
         results[train_seed] = result
-        if train_seed in initial:
-            diffs.append(paired_differences(heldout_part(result), heldout_part(initial[train_seed]))[0])
-    pooled = np.mean(diffs, axis=0) if diffs else np.zeros(1)
-    return {"results": results, "delta": float(pooled.mean()), "ci": bootstrap_mean_ci(pooled)}
+    return results
+
+
+def change(results: dict[int, dict], initial: dict[int, dict]) -> tuple[float, tuple[float, float]]:
+    """The held-out change from `initial`: each example's paired difference averaged over the
+    training seeds, its mean and 95% bootstrap interval."""
+    pooled = np.mean([paired_differences(heldout_part(results[seed]), heldout_part(initial[seed]))[0]
+                      for seed in results], axis=0)
+    return float(pooled.mean()), bootstrap_mean_ci(pooled)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     campaign = args.campaign.resolve()
-    if not (campaign / CONFIG_FILE).is_file() or Journal(campaign).get("baseline") is None:
+    journal = Journal(campaign)
+    if not (campaign / CONFIG_FILE).is_file() or journal.get("baseline") is None:
         print(f"{campaign} is not a campaign folder with a baseline (no {CONFIG_FILE}, or round 0 has not run)")
         return 2
     config = frozen_config(campaign)
-    baseline = read_result(campaign / Journal(campaign).get("baseline")["result"])
-    # relative paths in the config are from where the campaign was started: <that>/<runs_dir>/<name>
-    started_in = campaign.parent
-    for _ in Path(config["runs_dir"]).parts if not Path(config["runs_dir"]).is_absolute() else ():
-        started_in = started_in.parent
+    baseline = read_result(campaign / journal.get("baseline")["result"])
+    # relative paths in the config are from where the campaign was started: <there>/<runs_dir>/<name>
+    runs_dir = Path(config["runs_dir"])
+    started_in = campaign.parent if runs_dir.is_absolute() else campaign.parents[len(runs_dir.parts)]
     runs = campaign.parent
     options = {"base": str(started_in / config["base_model"]), "data_dir": str(runs / "data"),
                "cache_dir": str(runs / "cache" / "train")}
     out = (args.out or campaign / "confirm").resolve()
     files = initial_files(campaign, baseline["scaffold"]["commit"])
-    initial_dir = _committed_copy(files, out / "scaffolds" / "initial", "the campaign's initial scaffold")
+    initial_dir = committed_scaffold(files, out / "scaffolds" / "initial")
 
     try:
-        first = confirm("initial", initial_dir, {}, out, args, options)
-        if "error" in first:
-            print(f"the initial scaffold failed: {first['error']}")
+        initial = trained("initial", initial_dir, out, args, options)
+        if isinstance(initial, str):
+            print(f"the initial scaffold failed: {initial}")
             return 1
-        initial = first["results"]
         header = " ".join(f"t{s:<6}" for s in args.train_seeds)
         print(f"held-out accuracy per training seed, eval seeds {args.seeds}\n")
         print(f"{'change':<46} {header}  {'vs initial':>10}  {'95% interval':>17}  confirmed")
         print(f"{'initial scaffold':<46} " + " ".join(
             f"{initial[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds))
         confirmed = 0
-        kept = kept_changes(campaign)
-        for n, hypothesis, proposal in kept:
+        kept = kept_changes(journal, campaign)
+        for n, proposal in kept:
             label = f"round {n}: {proposal.kind} ({len(proposal.edits)} edits)"
             try:
                 changed = render(proposal, initial_dir)
             except ProposalError as err:
                 print(f"{label:<46} does not apply to the initial scaffold: {err}")
                 continue
-            scaffold = _committed_copy(files | {rel: text.encode("utf-8") for rel, text in changed.items()},
-                                       out / "scaffolds" / f"round-{n:03d}", f"round {n} alone: {hypothesis}")
-            row = confirm(f"round-{n:03d}", scaffold, initial, out, args, options)
-            if "error" in row:
-                print(f"{label:<46} failed: {row['error']}")
+            scaffold = committed_scaffold(files | {rel: text.encode("utf-8") for rel, text in changed.items()},
+                                          out / "scaffolds" / f"round-{n:03d}")
+            results = trained(f"round-{n:03d}", scaffold, out, args, options)
+            if isinstance(results, str):
+                print(f"{label:<46} failed: {results}")
                 continue
-            ok = row["delta"] > 0
-            confirmed += ok
-            accs = " ".join(f"{row['results'][s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds)
-            print(f"{label:<46} {accs}  {row['delta']:>+10.3f}  [{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]  "
-                  f"{'yes' if ok else 'NO'}")
+            delta, (low, high) = change(results, initial)
+            confirmed += delta > 0
+            accs = " ".join(f"{results[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds)
+            print(f"{label:<46} {accs}  {delta:>+10.3f}  [{low:+.3f}, {high:+.3f}]  {'yes' if delta > 0 else 'NO'}")
             for edit in proposal.to_dict()["edits"]:
                 print(f"    {edit}")
         print(f"\n{confirmed} of {len(kept)} kept changes confirmed on held-out alone on the initial scaffold")
