@@ -3,15 +3,19 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads made
 # torch 2x slower than one thread; passive waiting made two threads the fastest setting.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup sandbox run test bench clean
+.PHONY: setup setup-test sandbox run test bench clean
 
+# `make run` installs what running needs; the test extras (triton, Ray, pytest: about a quarter of
+# the set-up time) come with the first `make test`.
 setup: $(STAMP) sandbox
+setup-test: $(TEST_STAMP) sandbox
 
 # Scaffold code runs under bubblewrap (rl_pipeline/sandbox.py); the runner refuses to run it
 # without, unless told to. Debian's package; user namespaces are not needed when run as root.
@@ -26,18 +30,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test,ray]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test,ray]"
+	touch $(TEST_STAMP)
 
 run: setup
 	$(BIN)/researcher run
 
 # The import layers first (pyproject.toml's import-linter contracts): a second, then the suite.
-test: setup
+test: setup-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
-bench: setup
+bench: setup-test
 	$(BIN)/python bench/experts.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/pretrain.py
