@@ -5,7 +5,10 @@ is not a reproducible calibration (the same 1500 steps gave greedy accuracy 0.48
 0.355 on another), so by default training stops when `on_step` says so: the caller measures the
 policy on a calibration split and stops it inside an accuracy band (rl_pipeline/corpus.py).
 `steps=N` trains exactly N steps instead. Seed, thread count and data order are fixed, and the
-learning-rate schedule spans `max_steps` whatever the stop, so a step is the same step everywhere.
+learning-rate schedule is fixed whatever the stop, so a step is the same step everywhere: its cosine
+spans `decay_steps` (the band comes soon after the rate has come down: at step 900 here with a
+1000-step cosine, at 1100 with a 2000-step one), then the rate stays at its floor until the band or
+`max_steps`, so a machine that learns slower still gets there.
 
     researcher model pretrain --out runs/models/base
 """
@@ -38,6 +41,7 @@ class PretrainConfig:
     preset: str = "tiny"
     steps: int | None = None  # None: until on_step stops it, at most max_steps
     max_steps: int = 3000
+    decay_steps: int = 1000  # the cosine's length when a calibration stops training (`steps` None)
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 50
@@ -48,8 +52,13 @@ class PretrainConfig:
 
     @property
     def num_steps(self) -> int:
-        """The steps the schedule spans: `steps`, or `max_steps` when a calibration stops it."""
+        """The steps training may take: `steps`, or `max_steps` when a calibration stops it."""
         return self.steps if self.steps is not None else self.max_steps
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps the cosine spans: `steps`, or `decay_steps` (at most `max_steps`)."""
+        return self.steps if self.steps is not None else min(self.decay_steps, self.max_steps)
 
 
 def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
@@ -111,11 +120,12 @@ def train_step(policy, optimizer, scheduler, input_ids: torch.Tensor, labels: to
 
 
 def lr_schedule(config: PretrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then a cosine down to a tenth of the rate: the multiplier of step `step`."""
+    """Linear warm-up, then a cosine over `schedule_steps` down to a tenth of the rate, which
+    stays there after it: the multiplier of step `step`."""
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.num_steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.schedule_steps - config.warmup_steps))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
     return lr_at
 

@@ -54,3 +54,18 @@ def test_a_non_finite_loss_stops_with_the_step():
         policy.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="diverged at step 1: loss=nan"):
         train_step(policy, optimizer, scheduler, input_ids, labels)
+
+
+def test_the_rate_comes_down_over_decay_steps_then_stays_at_its_floor():
+    """Stopped by a calibration, the cosine spans `decay_steps`, and the rate stays at a tenth of
+    its peak after it (a cosine run past its end would climb back up); `steps=N` spans N."""
+    config = PretrainConfig(warmup_steps=10, decay_steps=100, max_steps=300)
+    rate = lr_schedule(config)
+    assert [rate(s) for s in (0, 9)] == [0.1, 1.0]
+    cosine = [rate(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(cosine, cosine[1:])) and 0.5 < rate(55) < 0.6
+    assert [rate(s) for s in (100, 200, 299)] == pytest.approx([0.1, 0.1, 0.1])
+    assert config.num_steps == 300 and config.schedule_steps == 100
+    exact = PretrainConfig(warmup_steps=10, decay_steps=100, steps=400)
+    assert exact.schedule_steps == 400 and 0.5 < lr_schedule(exact)(205) < 0.6
+    assert PretrainConfig(decay_steps=1000, max_steps=30).schedule_steps == 30
