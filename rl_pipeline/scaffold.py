@@ -6,8 +6,10 @@ scores, weights) -> list[float]`), and optionally `moves.yaml`, its library of c
 documented search/replace patches of its editable files that any researcher may propose, each
 optionally naming the failure categories it `targets` (a hint for a researcher, never a rule). The
 surface also fixes the training budget (`budget.train_completions`: GRPO trains on that many
-completions, whatever the knobs). Loading checks every knob's type and range, the budget and every
-move's shape and targets, imports the two Python
+completions, whatever the knobs), and may name `decoders`: sampling settings under which a changed
+training recipe is also scored (a recipe can pay off under another decoder than the incumbent's; a
+researcher pairs such a proposal with a companion per decoder). Loading checks every knob's type
+and range, the budget, the decoders and every move's shape and targets, imports the two Python
 files from their paths (never from `sys.path`), and hashes the whole content, so a result can name
 exactly what it measured.
 
@@ -87,6 +89,11 @@ class Scaffold:
     def training_knobs(self) -> dict[str, Any]:
         """The knobs that change training (GRPO and reward); sampling only changes evaluation."""
         return {k: v for k, v in self.knobs().items() if not k.startswith("sampling.")}
+
+    @property
+    def decoders(self) -> list[dict[str, Any]]:
+        """The decoders the surface declares (`decoders`), each a `sampling.* knob -> value` mapping."""
+        return [dict(d) for d in self.surface.get("decoders") or []]
 
     @property
     def train_completions(self) -> int:
@@ -189,6 +196,25 @@ def _check_budget(surface: dict) -> None:
                             "`budget: {train_completions: N}`, the completions GRPO trains on") from None
 
 
+def _check_decoders(surface: dict) -> None:
+    """`decoders`: a list of non-empty mappings, each of `sampling.*` knobs of the surface to values in
+    their ranges (checked and stored as the knob's type)."""
+    decoders, knobs = surface.get("decoders"), surface.get("knobs") or {}
+    if decoders is None:
+        return
+    if not isinstance(decoders, list):
+        raise ScaffoldError("surface.yaml: decoders must be a list of {sampling knob: value} mappings")
+    for i, decoder in enumerate(decoders):
+        if not isinstance(decoder, dict) or not decoder:
+            raise ScaffoldError(f"surface.yaml: decoder {i} must be a non-empty {{sampling knob: value}} mapping, "
+                                f"got {decoder!r}")
+        for name in decoder:
+            if not str(name).startswith("sampling.") or name not in knobs:
+                raise ScaffoldError(f"surface.yaml: decoder {i} sets {name!r}; a decoder sets sampling knobs of the "
+                                    f"surface: {', '.join(k for k in knobs if k.startswith('sampling.'))}")
+            decoder[name] = check_knob(name, decoder[name], knobs[name])
+
+
 class _PatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     file: str = Field(min_length=1)
@@ -276,6 +302,7 @@ def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
         config[section][key] = value
     _check_config(config, surface)
     _check_budget(surface)
+    _check_decoders(surface)
     scaffold = Scaffold(path=path, config=config, surface=surface, content_hash=content_hash(path),
                         moves=_load_moves(path, surface))
     if import_code:

@@ -26,6 +26,7 @@ def test_default_scaffold_loads_with_library_defaults():
     assert set(scaffold.surface["knobs"]) == set(scaffold.knobs())
     assert "sampling.temperature" not in scaffold.training_knobs()
     assert scaffold.train_completions == 768
+    assert scaffold.decoders == [{"sampling.temperature": 0.0}]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -64,6 +65,26 @@ def test_the_training_budget_is_a_number_of_completions(scaffold_copy, budget, m
     surface.write_text(surface.read_text().replace("train_completions: 768", budget))
     with pytest.raises(ScaffoldError, match=message):
         load_scaffold(scaffold_copy)
+
+
+@pytest.mark.parametrize("decoders, message", [
+    ("decoders: {sampling.temperature: 0.0}", "decoders must be a list"),
+    ("decoders: [{}]", "decoder 0 must be a non-empty"),
+    ("decoders: [{grpo.learning_rate: 1.0e-5}]", "decoder 0 sets 'grpo.learning_rate'; a decoder sets sampling knobs"),
+    ("decoders: [{sampling.temperature: 0.0}, {sampling.top_q: 0.5}]", "decoder 1 sets 'sampling.top_q'"),
+    ("decoders: [{sampling.temperature: 9}]", "knob sampling.temperature: 9.0 is above the maximum 2.0"),
+])
+def test_decoders_are_sampling_settings_in_range(scaffold_copy, decoders, message):
+    surface = scaffold_copy / "surface.yaml"
+    surface.write_text(surface.read_text().replace("decoders:\n  - {sampling.temperature: 0.0}", decoders))
+    with pytest.raises(ScaffoldError, match=message):
+        load_scaffold(scaffold_copy)
+
+
+def test_a_surface_without_decoders_has_none(scaffold_copy):
+    surface = scaffold_copy / "surface.yaml"
+    surface.write_text(surface.read_text().replace("decoders:\n  - {sampling.temperature: 0.0}", ""))
+    assert load_scaffold(scaffold_copy).decoders == []
 
 
 def test_missing_file_and_syntax_error(scaffold_copy):
