@@ -19,6 +19,7 @@ seed 0 and anything the campaign already trained are not trained again.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -69,12 +70,17 @@ def committed_scaffold(files: dict[str, bytes], dest: Path) -> Path:
 
 
 def kept_changes(journal: Journal, campaign: Path) -> list[tuple[int, object]]:
-    """(round, proposal) of every kept round, in order."""
+    """(round, proposal) of every kept round, in order: a round of several candidates (a proposal and
+    its decoder companion, or K) is kept under its chosen one."""
     history = journal.get("history") or []
     kept = []
     for row in sorted(history, key=lambda r: r["round"]):
         if row["decision"] == "keep":
-            raw = (campaign / "rounds" / f"{row['round']:03d}" / "proposal.json").read_text()
+            folder = campaign / "rounds" / f"{row['round']:03d}"
+            if (folder / "candidates.json").is_file():
+                raw = next(c for c in json.loads((folder / "candidates.json").read_text()) if c["chosen"])["proposal"]
+            else:
+                raw = (folder / "proposal.json").read_text()
             kept.append((row["round"], parse_proposal(raw)))
     return kept
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.config import CONFIG_FILE, freeze_config
+from harness.config import CONFIG_FILE, companions, freeze_config
 from harness.journal import CampaignLock
 
 console = Console()
@@ -69,7 +69,8 @@ def run_campaign(config: dict, path: Path) -> int:
     from harness.candidates import CandidatesCampaign
     from harness.report import false_keeps
 
-    kind = CandidatesCampaign if config["candidates_per_round"] > 1 else Campaign
+    several = config["candidates_per_round"] > 1 or companions(config["researcher"])
+    kind = CandidatesCampaign if several else Campaign
     with CampaignLock(path):
         outcome = kind(config, path, interactive=interactive()).run()
     history = outcome["history"] or []

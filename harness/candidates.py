@@ -2,6 +2,11 @@
 once on Ray), and the best of them re-tested on fresh seeds, at a level that accounts for K, before
 it may be kept (harness.selection).
 
+A round's candidates are what the researcher proposes: K, fewer when it has no more, or more when
+it pairs a change to training with decoder companions (the local researcher, `researcher.companions`;
+then even K = 1 runs here). A round that ends up with one proposal goes the one-candidate way
+(`harness.campaign`, its files in rounds/NNN/); the level of the re-test is the number evaluated.
+
 A round goes through the steps of `harness.journal.STEPS`, whose outputs hold every candidate:
 
     propose        {"proposal": None, "candidates": [proposal, ...]} (or an error)
@@ -58,6 +63,10 @@ class CandidatesCampaign(Campaign):
     def _outputs(self, n: int, step: str, key: str) -> list:
         return (self.journal.step_output(n, step) or {}).get(key) or []
 
+    def _several(self, n: int) -> bool:
+        """Whether round n holds several candidates (a round of one goes the one-candidate way)."""
+        return len(self._outputs(n, "propose", "candidates")) > 1
+
     # ----------------------------------------------------------------------------- propose to verdict
     def _propose_and_judge(self, n: int, evidence: dict, out: Path) -> tuple:
         step = self._step
@@ -65,6 +74,9 @@ class CandidatesCampaign(Campaign):
         proposals = [parse_proposal(p) for p in proposed["candidates"]]
         if not proposals:
             return None, out
+        if len(proposals) == 1:
+            self._to_verdict(n, out, proposals[0])
+            return proposals[0], out
         kind = "code" if any(p.kind == "code" for p in proposals) else "knob"
         question = "\n\n".join(f"Candidate {k}:\n{proposal_question(p)}" for k, p in enumerate(proposals, 1))
         if step(n, "gate_proposal", lambda: self._ask("proposal", n, kind, question))["decision"] == "reject":
@@ -91,6 +103,9 @@ class CandidatesCampaign(Campaign):
             proposals = self.researcher.propose_many(Evidence(**evidence), context, self.workspace.path, self.count)
         except ProposalError as err:
             return {"error": f"invalid proposal: {err}", "proposal": None, "candidates": []}
+        if len(proposals) == 1:
+            _write_json(out / "proposal.json", proposals[0].to_dict())
+            return {"proposal": proposals[0].to_dict(), "candidates": [proposals[0].to_dict()]}
         for k, proposal in enumerate(proposals, 1):
             _write_json(candidate_dir(out, k) / "proposal.json", proposal.to_dict())
         return {"proposal": None, "candidates": [p.to_dict() for p in proposals]}
@@ -147,12 +162,15 @@ class CandidatesCampaign(Campaign):
                 candidate = merge_results(candidate, fresh)
                 _write_json(folder / "result.json", candidate)
         incumbent = self._incumbent_with_seeds(self._incumbent_result(), fresh_seeds)
-        verdict = confirm(candidate, incumbent, count=self.count, margin=self.config["margin"])
+        evaluated = sum(status is not None for status in self._outputs(n, "evaluate", "candidates"))
+        verdict = confirm(candidate, incumbent, count=evaluated, margin=self.config["margin"])
         return {"verdict": verdict.to_dict(), "seeds": candidate["seeds"]}
 
     def _critique(self, out: Path, n: int, proposal, verdict: dict) -> dict:
         """The chosen candidate's critique, then what became of the others (for the memory)."""
         written = super()._critique(out, n, proposal, verdict)
+        if not self._several(n):
+            return written
         compared = self.journal.step_output(n, "compare")
         lines = [f"- candidate {k}: {p['hypothesis']}: {self._fate(n, k)}"
                  for k, p in enumerate(self._outputs(n, "propose", "candidates"), 1) if k != compared["chosen"]]
@@ -171,16 +189,22 @@ class CandidatesCampaign(Campaign):
         return f"not the best of the round ({verdict['reason']})"
 
     # ----------------------------------------------------------------------------- decide, learn, record
-    def _chosen(self, n: int) -> int:
+    def _chosen(self, n: int) -> int | None:
+        if not self._several(n):
+            return super()._chosen(n)
         compared = self.journal.step_output(n, "compare")
         return compared["chosen"] if compared else 1
 
     def _round_proposal(self, n: int) -> dict | None:
+        if not self._several(n):
+            return super()._round_proposal(n)
         proposals = self._outputs(n, "propose", "candidates")
         return proposals[self._chosen(n) - 1] if proposals else None
 
     def _decide(self, n: int) -> dict:
         """The chosen candidate becomes cand/NNN and goes the usual way; the others are reverted."""
+        if not self._several(n):
+            return super()._decide(n)
         compared = self.journal.step_output(n, "compare")
         if compared:
             self.workspace.choose(n, compared["chosen"])
@@ -206,6 +230,8 @@ class CandidatesCampaign(Campaign):
 
     def _learn(self, n: int, proposal) -> dict:
         """The researcher learns from every candidate, each with its own verdict."""
+        if not self._several(n):
+            return super()._learn(n, proposal)
         for k, candidate in enumerate(self._outputs(n, "propose", "candidates"), 1):
             self.researcher.learn(parse_proposal(candidate), self._verdict_of(n, k))
         self.researcher.save(self.dir / "researcher")
@@ -215,6 +241,8 @@ class CandidatesCampaign(Campaign):
         """The round as for one candidate (under the chosen one), then every other candidate's MLflow
         child run and rounds/NNN/candidates.json."""
         recorded = super()._record(n, out)
+        if not self._several(n):
+            return recorded
         ws, round_dir = self.workspace, self.rounds_dir / f"{n:03d}"
         applied, evaluated = self._outputs(n, "apply", "candidates"), self._outputs(n, "evaluate", "candidates")
         summary = []

@@ -117,6 +117,9 @@ class LocalOptions(Section):
         "false blanks the evidence: no summary in the prompt and a zero context for the credit model (an ablation)"))
     stack: Number(ge=0, le=1) = Field(1.0, description=(
         "how readily a proposal adds its edit to an earlier near miss (a gain not kept); 0: one edit a round"))
+    companions: bool = Field(True, description=(
+        "a change to training comes with a companion per decoder the scaffold declares (surface `decoders`): "
+        "the same edits under that decoder, the policy trained once; false: one candidate a round"))
 
 
 class Budget(Section):
@@ -181,6 +184,15 @@ class CMAESOptions(Section):
 
 # The researchers that propose several distinct candidates a round (`Researcher.propose_many`).
 MANY_CANDIDATES = ("local", "random", "tpe", "cmaes", "scripted")
+
+
+def companions(researcher: BaseModel | dict) -> bool:
+    """Whether a researcher pairs a change to training with decoder companions (the local one, by
+    default): its rounds may then hold two candidates, so the campaign runs them as several."""
+    options = researcher if isinstance(researcher, dict) else researcher.model_dump()
+    return options.get("name") == "local" and bool(options.get("companions", True))
+
+
 RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
                                           "scripted": ScriptedOptions, "tpe": TPEOptions, "cmaes": CMAESOptions}
 ResearcherOptions = Annotated[LocalOptions | OpenAIOptions | RandomOptions | ScriptedOptions | TPEOptions
@@ -287,7 +299,13 @@ class Campaign(Section):
     def _several_candidates(self) -> Campaign:
         """Several candidates a round need a researcher that proposes several, and fresh seeds to
         re-test the best of them on (seeds it was chosen on would keep the luck that chose it)."""
+        if self.candidates_per_round == 1 and not companions(self.researcher):
+            return self
         if self.candidates_per_round == 1:
+            if not self.reeval_seeds or set(self.reeval_seeds) & set(self.eval_seeds):
+                raise PydanticCustomError("rule", "researcher.companions needs reeval_seeds, none of them in "
+                                          "eval_seeds: the better of a proposal and its companion is re-tested on "
+                                          "them before a keep (or set researcher.companions=false)")
             return self
         if self.researcher.name not in MANY_CANDIDATES:
             raise PydanticCustomError("rule", f"candidates_per_round > 1 needs researcher "

@@ -270,9 +270,15 @@ def test_local_researcher_campaign(setup):
     history = json.loads((camp / "journal.json").read_text())["state"]["history"]
     assert [h["round"] for h in history] == [0, 1, 2]
     for n in (1, 2):  # grammar-constrained: every proposal passed validation and was evaluated
-        proposal = json.loads((camp / "rounds" / f"{n:03d}" / "proposal.json").read_text())
-        assert len(proposal["edits"]) == 1 and set(proposal["edits"][0]) in ({"knob", "value"}, {"move"})
-        assert json.loads((camp / "rounds" / f"{n:03d}" / "result.json").read_text())["status"] == "ok"
+        folder = camp / "rounds" / f"{n:03d}"
+        folders = sorted(folder.glob("cand-*")) or [folder]  # a change to training has its greedy companion
+        proposals = [json.loads((f / "proposal.json").read_text()) for f in folders]
+        edits = proposals[0]["edits"]
+        assert len(edits) == 1 and set(edits[0]) in ({"knob", "value"}, {"move"})
+        assert [p["edits"] for p in proposals[1:]] == ([[*edits, {"knob": "sampling.temperature", "value": 0.0}]]
+                                                       if len(folders) > 1 else [])
+        for f in folders:
+            assert json.loads((f / "result.json").read_text())["status"] == "ok"
     assert (camp / "researcher" / "checkpoint" / "config.json").is_file()
 
 

@@ -131,7 +131,7 @@ def test_local_proposes_k_distinct_candidates_and_learns_from_each(tmp_path, mon
     tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "moves.yaml").read_text()])
     save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, base)
     config, path = new_campaign(tmp_path, "local", "researcher=local", "researcher.context_tokens=256",
-                                f"base_model={base}", "rounds=2")
+                                f"base_model={base}", "rounds=2", "researcher.companions=false")
     assert CandidatesCampaign(config, path).run()["status"] == "finished"
     for n in (1, 2):
         summary = json.loads((path / "rounds" / f"{n:03d}" / "candidates.json").read_text())
@@ -142,9 +142,51 @@ def test_local_proposes_k_distinct_candidates_and_learns_from_each(tmp_path, mon
     assert len(state["observations"]) == 4
 
 
+def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_path, monkeypatch):
+    """With K = 1, a round whose proposal changes training holds two candidates, the proposal and
+    its companion under the scaffold's decoder (greedy), evaluated from the same trained policy; the
+    better (here the greedy one: the fake scores any temperature below 1 higher) is re-tested at
+    the level two candidates call for and re-trained before its keep, and the researcher records the
+    companion as the proposal's edits plus the decoder's. A sampling-only round keeps the
+    one-candidate layout."""
+    done = watch(monkeypatch)
+    base = tmp_path / "base"
+    tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "moves.yaml").read_text()])
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, base)
+    config, path = new_campaign(tmp_path, "companions", "researcher=local", "researcher.context_tokens=256",
+                                f"base_model={base}", "rounds=3", "candidates_per_round=1", "retrain_seeds=[1]")
+    assert CandidatesCampaign(config, path).run()["status"] == "finished"
+    journal = Journal(path)
+    companion_rounds = 0
+    for n in (1, 2, 3):
+        proposals = journal.step_output(n, "propose")["candidates"]
+        edits = proposals[0]["edits"]
+        training = any("move" in e or not e["knob"].startswith("sampling.") for e in edits)
+        if not training or any(e.get("knob", "").startswith("sampling.") for e in edits):
+            assert len(proposals) == 1 and (path / "rounds" / f"{n:03d}" / "result.json").is_file()
+            continue
+        companion_rounds += 1
+        assert [p["edits"] for p in proposals] == [edits, [*edits, {"knob": "sampling.temperature", "value": 0.0}]]
+        plain, greedy = (json.loads((path / "rounds" / f"{n:03d}" / f"cand-{k}" / "result.json").read_text())
+                         for k in (1, 2))
+        assert plain["training"]["key"] == greedy["training"]["key"]  # one policy, two decoders
+        compared = journal.step_output(n, "compare")
+        assert compared["chosen"] == 2 and "best of 2 candidates" in journal.step_output(n, "reeval")["verdict"]["reason"]
+        assert journal.step_output(n, "decide")["decision"] == "keep"
+        assert f"rounds/{n:03d}/cand-2/retrain/seed-1" in done["evaluated"]
+        committed = git.Repo(path / "scaffold").commit(f"cand/{n:03d}").tree["scaffold.yaml"].data_stream.read()
+        assert "temperature: 0.0" in committed.decode()
+    assert companion_rounds >= 1  # seed 0's three rounds draw at least one change to training
+    observations = json.loads((path / "researcher" / "checkpoint" / "state.json").read_text())["observations"]
+    greedy = [o for o in observations if o["knob"] == "sampling.temperature" and o.get("stacked")]
+    assert len(greedy) == companion_rounds and all(o["to"] == 0.0 and o["decision"] == "keep" for o in greedy)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["researcher=openai"], "candidates_per_round > 1 needs researcher local, random, tpe, cmaes, scripted"),
     (["reeval_seeds=[0]"], "candidates_per_round > 1 needs reeval_seeds, none of them in eval_seeds"),
+    (["researcher=local", "candidates_per_round=1", "reeval_seeds=[]"],
+     "researcher.companions needs reeval_seeds, none of them in eval_seeds"),
 ])
 def test_several_candidates_need_a_researcher_and_seeds_for_them(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

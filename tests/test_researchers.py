@@ -12,12 +12,13 @@ import torch
 from harness.analyze import Evidence
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, available_moves, render, validate
 from harness.researchers import ResearcherExhausted, make_researcher
-from harness.researchers.base import knob_space
+from harness.researchers.base import decoder_companions, knob_space
 from harness.researchers.context import evidence_context
 from harness.researchers.local import build_trie, credit_edit, edit_text, value_grid
 from harness.researchers.random_search import draw_value
 from fast_scaffold import TEST_PRESET
 from model import build_policy, build_tokenizer, save_policy
+from rl_pipeline.scaffold import load_scaffold
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 MEMORY = "# Memory\n\n## Round 1\nset sampling.temperature from 1.0 to 0.7: reverted\n" * 20
@@ -148,15 +149,17 @@ def base_model(tmp_path_factory):
 
 
 def local(campaign_dir, base_model, **config):
-    return make_researcher({"name": "local", "context_tokens": 256} | config, campaign_dir=campaign_dir, seed=7,
-                           base_model=base_model)
+    """The local researcher, one candidate per draw (decoder companions are tested on their own)."""
+    return make_researcher({"name": "local", "context_tokens": 256, "companions": False} | config,
+                           campaign_dir=campaign_dir, seed=7, base_model=base_model)
 
 
 def test_local_rejects_unknown_options(tmp_path, base_model):
     with pytest.raises(ValueError) as err:
         local(tmp_path, base_model, lr=1e-3)
     assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
-                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence, stack")
+                              "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence, stack, "
+                              "companions")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
     with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
@@ -292,6 +295,44 @@ def test_local_proposes_k_distinct_edits_and_learns_each_once(tmp_path, scaffold
     offered = json.loads(researcher.pending_file.read_text())["candidates"]
     researcher.propose_many(evidence(2), MEMORY, scaffold, 2)
     assert len(json.loads(researcher.pending_file.read_text())["candidates"]) == len(offered) - 3
+
+
+def test_a_change_to_training_comes_with_a_companion_under_each_decoder(tmp_path, scaffold, base_model):
+    """Every drawn proposal that changes training is followed by its companion (the same edits plus
+    the scaffold's decoder, greedy); a proposal that only decodes, or already sets a sampling knob,
+    has none, and none is offered once the incumbent decodes greedily. The companion's verdict is
+    recorded as the proposal's edits plus the decoder's."""
+    greedy = KnobEdit("sampling.temperature", 0.0)
+    loaded = load_scaffold(scaffold, import_code=False)
+    move = MoveEdit("reward_partial_credit")
+    assert [c.edits for c in decoder_companions(Proposal("m", (move,)), loaded)] == [(move, greedy)]
+    assert decoder_companions(Proposal("s", (KnobEdit("sampling.top_p", 0.5),)), loaded) == []
+    assert decoder_companions(Proposal("both", (KnobEdit("grpo.beta", 0.1), KnobEdit("sampling.top_p", 0.5))),
+                              loaded) == []
+
+    researcher = local(tmp_path / "campaign", base_model, companions=True)
+    proposals = researcher.propose_many(evidence(1), MEMORY, scaffold, 4)
+    drawn, companions = proposals[:4], proposals[4:]
+    training = [p for p in drawn if any(not isinstance(e, KnobEdit) or not e.knob.startswith("sampling.")
+                                        for e in p.edits)]
+    assert training and [c.edits for c in companions] == [(*p.edits, greedy) for p in training]
+    assert all(c.hypothesis.endswith("(a companion)") for c in companions)
+    for proposal in proposals:
+        validate(proposal, scaffold)
+
+    researcher.learn(companions[0], {"decision": "keep", "delta": 0.08, "ci95": [0.04, 0.12]})
+    (observation,) = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text()
+                                )["observations"]
+    (edit,) = training[0].edits
+    knob, value = credit_edit(edit)
+    assert (observation["knob"], observation["from"], observation["to"]) == ("sampling.temperature", 1.0, 0.0)
+    assert observation["text"] == edit_text(greedy) and observation["delta"] == 0.08
+    assert [(o["knob"], o["to"], o["text"]) for o in observation["stacked"]] == [(knob, value, edit_text(edit))]
+
+    (scaffold / "scaffold.yaml").write_text((scaffold / "scaffold.yaml").read_text().replace(
+        "temperature: 1.0", "temperature: 0.0", 1))
+    assert decoder_companions(Proposal("m", (move,)), load_scaffold(scaffold, import_code=False)) == []
+    assert len(researcher.propose_many(evidence(2), MEMORY, scaffold, 4)) == 4
 
 
 def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, scaffold, base_model):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness.analyze import Evidence
-from harness.proposal import Proposal, available_moves
+from harness.proposal import KnobEdit, Proposal, ProposalError, available_moves, validate
 from rl_pipeline.scaffold import load_scaffold
 
 
@@ -106,6 +106,35 @@ def move_space(scaffold_dir: Path) -> dict[str, str]:
     already applied, or whose text another change replaced, is left out."""
     moves = load_scaffold(scaffold_dir, import_code=False).moves
     return {name: moves[name].doc for name in available_moves(scaffold_dir)}
+
+
+def changes_training(proposal: Proposal) -> bool:
+    """Whether a proposal trains another policy: an edit of a knob outside `sampling.*`, a code move
+    or a file edit (sampling knobs only change how the trained policy is decoded)."""
+    return any(not isinstance(e, KnobEdit) or not e.knob.startswith("sampling.") for e in proposal.edits)
+
+
+def decoder_companions(proposal: Proposal, scaffold) -> list[Proposal]:
+    """The proposal's companions: for a proposal that changes training and sets no sampling knob,
+    the same edits plus each decoder the scaffold declares (surface `decoders`) that differs from
+    the current one, as long as the scaffold accepts it. The companion trains the same policy (its
+    training inputs are the proposal's), so it costs one more evaluation, not another training."""
+    if not changes_training(proposal) or any(isinstance(e, KnobEdit) and e.knob.startswith("sampling.")
+                                             for e in proposal.edits):
+        return []
+    current, companions = scaffold.knobs(), []
+    for decoder in scaffold.decoders:
+        if all(same_value(current[k], v) for k, v in decoder.items()):
+            continue
+        setting = ", ".join(f"{k} {v}" for k, v in decoder.items())
+        companion = Proposal(f"{proposal.hypothesis}; scored under the decoder {setting} too (a companion)",
+                             (*proposal.edits, *(KnobEdit(k, v) for k, v in decoder.items())))
+        try:
+            validate(companion, scaffold.path)
+        except ProposalError:
+            continue
+        companions.append(companion)
+    return companions
 
 
 def move_hypothesis(name: str, doc: str) -> str:

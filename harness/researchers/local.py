@@ -72,11 +72,11 @@ import torch
 from harness.analyze import Evidence
 from harness.config import LocalOptions, parse_config
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
-from harness.researchers.base import (Researcher, ResearcherExhausted, move_hypothesis, move_space, round_seed,
-                                      same_value, scaffold_knob_space, short_float)
+from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_companions, move_hypothesis,
+                                      move_space, round_seed, same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.stacking import (StackPick, edit_record, measured_on, near_misses, pick_stack,
+from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
                                          stack_chance)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
@@ -140,6 +140,21 @@ def knob_state_key(current: dict, files: dict[str, str] | None = None) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def companion_pick(pick: dict, companion: Proposal, drawn: tuple[str, KnobEdit | MoveEdit], current: dict) -> dict:
+    """The pending pick of a proposal's decoder companion: the same choice of the model (so the model
+    learns from the companion's verdict too), recorded for the credit model as the proposal's edits
+    (`stacked`) plus the decoder's, the decoder's last knob being the observation's own edit."""
+    text, edit = drawn
+    knob, value = credit_edit(edit)
+    records = [*pick.get("stacked", []), edit_record(knob, pick["old_value"], value, text)]
+    records += [edit_record(e.knob, current[e.knob], e.value, candidate_text(e.knob, e.value))
+                for e in companion.edits[len(pick["proposal"]["edits"]):]]
+    *stacked, last = records
+    return {"proposal": companion.to_dict(), "choice": pick["choice"], "old_value": last["from"],
+            "stacked": stacked, "last_text": last["text"], "companion": True,
+            "text": JOIN.join(r["text"] for r in records)}
+
+
 # ---------------------------------------------------------------------------------------------
 # the researcher
 
@@ -156,6 +171,7 @@ class LocalResearcher(Researcher):
         self.credit_weight = options.credit_weight
         self.evidence = options.evidence
         self.stack = options.stack
+        self.companions = options.companions
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
@@ -321,6 +337,11 @@ class LocalResearcher(Researcher):
             picks.append({"proposal": proposal.to_dict()} | pick)
             proposals.append(proposal)
             self.counts["generated_tokens"] += len(sequences[choice])
+        if self.companions:
+            for pick, proposal in list(zip(picks, proposals)):
+                for companion in decoder_companions(proposal, scaffold):
+                    picks.append(companion_pick(pick, companion, candidates[pick["choice"]], current))
+                    proposals.append(companion)
         self.counts["proposals"] += len(picks)
         self.counts["prompt_tokens"] += len(prompt_ids)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -447,7 +468,7 @@ class LocalResearcher(Researcher):
         observations = list(self.state.get("observations", []))
         if "old_value" in pick:  # a proposal pending from before the credit model has none
             knob, value = credit_edit(proposal.edits[-1])
-            observations.append(edit_record(knob, pick["old_value"], value, text) | {
+            observations.append(edit_record(knob, pick["old_value"], value, pick.get("last_text", text)) | {
                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
                 "round": pending["round"], "decision": verdict.get("decision"), "state": key}
                 | ({"stacked": pick["stacked"]} if pick.get("stacked") else {}))
