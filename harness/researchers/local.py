@@ -42,6 +42,12 @@ learned from.
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
 
+Decoder companions (`companions`). A proposal that changes training (and sets no sampling knob)
+is followed by a companion per decoder the scaffold declares (surface `decoders`): the same edits
+plus the decoder's, which trains the same policy and decodes it otherwise (a recipe may pay off
+only under another decoder). The companion is the same choice of the model, learned from on its
+own verdict, and the credit model records it as the proposal's edits plus the decoder's.
+
 Learn. REINFORCE on the tokens of the proposal under the same masked distribution: reward +1 for a
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
 running-mean baseline; one Adam step. The round's delta and interval are added to the credit
@@ -151,8 +157,7 @@ def companion_pick(pick: dict, companion: Proposal, drawn: tuple[str, KnobEdit |
                 for e in companion.edits[len(pick["proposal"]["edits"]):]]
     *stacked, last = records
     return {"proposal": companion.to_dict(), "choice": pick["choice"], "old_value": last["from"],
-            "stacked": stacked, "last_text": last["text"], "companion": True,
-            "text": JOIN.join(r["text"] for r in records)}
+            "stacked": stacked, "last_text": last["text"], "text": JOIN.join(r["text"] for r in records)}
 
 
 # ---------------------------------------------------------------------------------------------
