@@ -71,7 +71,9 @@ class CandidatesCampaign(Campaign):
     def _propose_and_judge(self, n: int, evidence: dict, out: Path) -> tuple:
         step = self._step
         proposed = step(n, "propose", lambda: self._propose_all(evidence, out))
-        proposals = [parse_proposal(p) for p in proposed["candidates"]]
+        # A round a one-candidate campaign journaled (the release before companions) names its proposal only.
+        raw = proposed.get("candidates", [proposed["proposal"]] if proposed.get("proposal") else [])
+        proposals = [parse_proposal(p) for p in raw]
         if not proposals:
             return None, out
         if len(proposals) == 1:

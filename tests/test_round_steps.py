@@ -19,6 +19,7 @@ from fast_scaffold import fast_scaffold
 
 import harness.campaign as campaign_module
 from harness.campaign import Campaign
+from harness.candidates import CandidatesCampaign
 from harness.campaigns import create_campaign
 from harness.config import compose_config
 from harness.journal import STEPS, Journal
@@ -176,6 +177,29 @@ def test_a_kill_after_any_step_resumes_without_redoing_it(tmp_path, reference, e
     assert Campaign(config, path).run()["status"] == "finished"
     assert outcome(path) == end
     assert effects == reference_effects  # every evaluation, git change and update happened once
+
+
+@pytest.mark.parametrize("step", ["analyze", "propose", "evaluate", "compare", "retrain", "critique", "decide"])
+def test_a_round_killed_under_one_candidate_resumes_under_several_to_the_same_end(tmp_path, reference, effects,
+                                                                                   monkeypatch, step):
+    """A campaign of the release before decoder companions ran one candidate a round; resumed now
+    (a local researcher's campaign runs as several candidates), its round in flight ends the same."""
+    _, _, end, reference_effects = reference
+    config, path = new_campaign(tmp_path, "killed")
+    step_done = Journal.step_done
+
+    def killed_after(self, n, name, output, **kwargs):
+        step_done(self, n, name, output, **kwargs)
+        if name == step:
+            raise Killed(step)
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "step_done", killed_after)
+        with pytest.raises(Killed):
+            Campaign(config, path).run()
+    assert CandidatesCampaign(config, path).run()["status"] == "finished"
+    assert outcome(path) == end
+    assert effects == reference_effects
 
 
 @pytest.mark.parametrize("step", ["reeval", "retrain", "decide", "heldout", "learn", "record"])
