@@ -9,7 +9,8 @@ then even K = 1 runs here). A round that ends up with one proposal goes the one-
 
 A round goes through the steps of `harness.journal.STEPS`, whose outputs hold every candidate:
 
-    propose        {"proposal": None, "candidates": [proposal, ...]} (or an error)
+    propose        {"proposal": None, "candidates": [proposal, ...]} (or an error; a round of one:
+                   {"proposal": proposal}, and the steps of harness.campaign)
     gate_proposal  one decision for the round's candidates: a person is shown them all
     apply          {"candidates": [{"commit": sha} | {"error": why}, ...]}, "error" when none applied
     evaluate       {"candidates": [{"status": ...} | None, ...]}: each applied candidate k evaluated
@@ -64,21 +65,21 @@ class CandidatesCampaign(Campaign):
         return (self.journal.step_output(n, step) or {}).get(key) or []
 
     def _several(self, n: int) -> bool:
-        """Whether round n holds several candidates (a round of one goes the one-candidate way)."""
-        return len(self._outputs(n, "propose", "candidates")) > 1
+        """Whether round n is a round of several candidates: its propose step names candidates and
+        no single proposal (a round of one names its proposal, as a one-candidate campaign's does)."""
+        proposed = self.journal.step_output(n, "propose") or {}
+        return bool(proposed.get("candidates")) and proposed.get("proposal") is None
 
     # ----------------------------------------------------------------------------- propose to verdict
     def _propose_and_judge(self, n: int, evidence: dict, out: Path) -> tuple:
         step = self._step
         proposed = step(n, "propose", lambda: self._propose_all(evidence, out))
-        # A round a one-candidate campaign journaled (the release before companions) names its proposal only.
-        raw = proposed.get("candidates", [proposed["proposal"]] if proposed.get("proposal") else [])
-        proposals = [parse_proposal(p) for p in raw]
-        if not proposals:
-            return None, out
-        if len(proposals) == 1:
-            self._to_verdict(n, out, proposals[0])
-            return proposals[0], out
+        if not self._several(n):
+            proposal = parse_proposal(proposed["proposal"]) if proposed.get("proposal") else None
+            if proposal is not None:
+                self._to_verdict(n, out, proposal)
+            return proposal, out
+        proposals = [parse_proposal(p) for p in proposed["candidates"]]
         kind = "code" if any(p.kind == "code" for p in proposals) else "knob"
         question = "\n\n".join(f"Candidate {k}:\n{proposal_question(p)}" for k, p in enumerate(proposals, 1))
         if step(n, "gate_proposal", lambda: self._ask("proposal", n, kind, question))["decision"] == "reject":
@@ -107,7 +108,7 @@ class CandidatesCampaign(Campaign):
             return {"error": f"invalid proposal: {err}", "proposal": None, "candidates": []}
         if len(proposals) == 1:
             _write_json(out / "proposal.json", proposals[0].to_dict())
-            return {"proposal": proposals[0].to_dict(), "candidates": [proposals[0].to_dict()]}
+            return {"proposal": proposals[0].to_dict()}  # a round of one, as a one-candidate campaign writes it
         for k, proposal in enumerate(proposals, 1):
             _write_json(candidate_dir(out, k) / "proposal.json", proposal.to_dict())
         return {"proposal": None, "candidates": [p.to_dict() for p in proposals]}

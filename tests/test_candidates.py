@@ -159,7 +159,8 @@ def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_
     journal = Journal(path)
     companion_rounds = 0
     for n in (1, 2, 3):
-        proposals = journal.step_output(n, "propose")["candidates"]
+        proposed = journal.step_output(n, "propose")
+        proposals = proposed.get("candidates") or [proposed["proposal"]]
         edits = proposals[0]["edits"]
         training = any("move" in e or not e["knob"].startswith("sampling.") for e in edits)
         if not training or any(e.get("knob", "").startswith("sampling.") for e in edits):
