@@ -108,20 +108,14 @@ def move_space(scaffold_dir: Path) -> dict[str, str]:
     return {name: moves[name].doc for name in available_moves(scaffold_dir)}
 
 
-def changes_training(proposal: Proposal) -> bool:
-    """Whether a proposal trains another policy: an edit of a knob outside `sampling.*`, a code move
-    or a file edit (sampling knobs only change how the trained policy is decoded)."""
-    return any(not isinstance(e, KnobEdit) or not e.knob.startswith("sampling.") for e in proposal.edits)
-
-
 def decoder_companions(proposal: Proposal, scaffold) -> list[Proposal]:
-    """The proposal's companions: for a proposal that changes training and sets no sampling knob,
-    the same edits plus each decoder the scaffold declares (surface `decoders`) that differs from
-    the current one, as long as the scaffold accepts it. The companion trains the same policy (its
-    training inputs are the proposal's), so it costs one more evaluation, not another training."""
-    if not changes_training(proposal) or any(isinstance(e, KnobEdit) and e.knob.startswith("sampling.")
-                                             for e in proposal.edits):
-        return []
+    """The proposal's companions: for a proposal that changes training (a knob outside `sampling.*`,
+    a code move, a file edit) and sets no sampling knob, the same edits plus each decoder the
+    scaffold declares (surface `decoders`) that differs from the current one, as long as the
+    scaffold accepts it. The companion trains the same policy (its training inputs are the
+    proposal's), so it costs one more evaluation, not another training."""
+    if any(isinstance(e, KnobEdit) and e.knob.startswith("sampling.") for e in proposal.edits):
+        return []  # it decodes otherwise already (and a proposal of sampling edits alone trains nothing new)
     current, companions = scaffold.knobs(), []
     for decoder in scaffold.decoders:
         if all(same_value(current[k], v) for k, v in decoder.items()):
