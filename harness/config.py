@@ -190,7 +190,7 @@ def companions(researcher: BaseModel | dict) -> bool:
     """Whether a researcher pairs a change to training with decoder companions (the local one, by
     default): its rounds may then hold two candidates, so the campaign runs them as several."""
     options = researcher if isinstance(researcher, dict) else researcher.model_dump()
-    return options.get("name") == "local" and bool(options.get("companions", True))
+    return options.get("name") == "local" and options["companions"]
 
 
 RESEARCHERS: dict[str, type[Section]] = {"local": LocalOptions, "openai": OpenAIOptions, "random": RandomOptions,
@@ -299,20 +299,18 @@ class Campaign(Section):
     def _several_candidates(self) -> Campaign:
         """Several candidates a round need a researcher that proposes several, and fresh seeds to
         re-test the best of them on (seeds it was chosen on would keep the luck that chose it)."""
-        if self.candidates_per_round == 1 and not companions(self.researcher):
+        several = self.candidates_per_round > 1
+        if not several and not companions(self.researcher):
             return self
-        if self.candidates_per_round == 1:
-            if not self.reeval_seeds or set(self.reeval_seeds) & set(self.eval_seeds):
-                raise PydanticCustomError("rule", "researcher.companions needs reeval_seeds, none of them in "
-                                          "eval_seeds: the better of a proposal and its companion is re-tested on "
-                                          "them before a keep (or set researcher.companions=false)")
-            return self
-        if self.researcher.name not in MANY_CANDIDATES:
+        if several and self.researcher.name not in MANY_CANDIDATES:
             raise PydanticCustomError("rule", f"candidates_per_round > 1 needs researcher "
                                       f"{', '.join(MANY_CANDIDATES)}; {self.researcher.name} proposes one a round")
         if not self.reeval_seeds or set(self.reeval_seeds) & set(self.eval_seeds):
-            raise PydanticCustomError("rule", "candidates_per_round > 1 needs reeval_seeds, none of them "
-                                      "in eval_seeds: the best candidate is re-tested on them before a keep")
+            who, why = (("candidates_per_round > 1", "the best candidate is re-tested on them before a keep")
+                        if several else
+                        ("researcher.companions", "the better of a proposal and its companion is re-tested on them "
+                         "before a keep (or set researcher.companions=false)"))
+            raise PydanticCustomError("rule", f"{who} needs reeval_seeds, none of them in eval_seeds: {why}")
         return self
 
 
