@@ -15,7 +15,7 @@ import git
 import optuna
 import pytest
 from fast_scaffold import TEST_PRESET, fast_scaffold
-from test_round_steps import Killed, reference_run, watch
+from test_round_steps import kill_after, reference_run, watch
 
 from harness.campaigns import create_campaign
 from harness.candidates import CandidatesCampaign
@@ -94,17 +94,7 @@ def test_a_kill_after_any_step_resumes_to_the_same_end(tmp_path, reference, monk
     _, _, end, reference_effects = reference
     effects = watch(monkeypatch)
     config, path = new_campaign(tmp_path, "killed")
-    step_done = Journal.step_done
-
-    def killed_after(self, n, name, output, **kwargs):
-        step_done(self, n, name, output, **kwargs)
-        if name == step:
-            raise Killed(step)
-
-    with monkeypatch.context() as m:
-        m.setattr(Journal, "step_done", killed_after)
-        with pytest.raises(Killed):
-            CandidatesCampaign(config, path).run()
+    kill_after(monkeypatch, step, CandidatesCampaign(config, path).run)
     assert CandidatesCampaign(config, path).run()["status"] == "finished"
     assert outcome(path) == end
     assert effects == reference_effects

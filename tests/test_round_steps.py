@@ -121,6 +121,21 @@ def watch(monkeypatch) -> dict:
     return done
 
 
+def kill_after(monkeypatch, step: str, run) -> None:
+    """`run()`, a campaign's run, killed as by a kill -9 right after `step` is journaled."""
+    step_done = Journal.step_done
+
+    def killed_after(self, n, name, output, **kwargs):
+        step_done(self, n, name, output, **kwargs)
+        if name == step:
+            raise Killed(step)
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "step_done", killed_after)
+        with pytest.raises(Killed):
+            run()
+
+
 @pytest.fixture
 def effects(monkeypatch):
     return watch(monkeypatch)
@@ -161,17 +176,7 @@ def test_an_uninterrupted_round_goes_through_every_step(reference):
 def test_a_kill_after_any_step_resumes_without_redoing_it(tmp_path, reference, effects, monkeypatch, step):
     _, _, end, reference_effects = reference
     config, path = new_campaign(tmp_path, "killed")
-    step_done = Journal.step_done
-
-    def killed_after(self, n, name, output, **kwargs):
-        step_done(self, n, name, output, **kwargs)
-        if name == step:
-            raise Killed(step)
-
-    with monkeypatch.context() as m:
-        m.setattr(Journal, "step_done", killed_after)
-        with pytest.raises(Killed):
-            Campaign(config, path).run()
+    kill_after(monkeypatch, step, Campaign(config, path).run)
     journal = Journal(path)
     assert journal.is_done(1, step) and journal.round_done(1) == (step == "record")
     assert Campaign(config, path).run()["status"] == "finished"
@@ -186,17 +191,7 @@ def test_a_round_killed_under_one_candidate_resumes_under_several_to_the_same_en
     (a local researcher's campaign runs as several candidates), its round in flight ends the same."""
     _, _, end, reference_effects = reference
     config, path = new_campaign(tmp_path, "killed")
-    step_done = Journal.step_done
-
-    def killed_after(self, n, name, output, **kwargs):
-        step_done(self, n, name, output, **kwargs)
-        if name == step:
-            raise Killed(step)
-
-    with monkeypatch.context() as m:
-        m.setattr(Journal, "step_done", killed_after)
-        with pytest.raises(Killed):
-            Campaign(config, path).run()
+    kill_after(monkeypatch, step, Campaign(config, path).run)
     assert CandidatesCampaign(config, path).run()["status"] == "finished"
     assert outcome(path) == end
     assert effects == reference_effects
