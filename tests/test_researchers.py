@@ -513,3 +513,33 @@ def test_local_stacks_edits_onto_a_near_miss_one_knob_at_a_time(tmp_path, scaffo
         proposal = researcher.propose(evidence(n), MEMORY, scaffold)
         assert len(proposal.edits) == 1 and not proposal.hypothesis.startswith("stack")
         researcher.learn(proposal, {"decision": "revert", "delta": -0.01, "ci95": [-0.02, 0.0]})
+
+
+def test_local_refines_a_stack_that_gained_on_one_of_its_knobs(tmp_path, scaffold, base_model):
+    """A stack that gained more than its near miss may have one of its knobs set to another value:
+    the proposal keeps the other edit, says what it refines, and is recorded as built on the stack."""
+    researcher = local(tmp_path / "campaign", base_model)
+    first = researcher.propose(evidence(1), MEMORY, scaffold)
+    researcher.learn(first, {"decision": "revert", "delta": 0.2, "ci95": [-0.01, 0.41]})
+    n, pair = 2, None
+    while pair is None:
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        gained = len(proposal.edits) == 2
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.3 if gained else 0.0, "ci95": [0.0, 0.6]})
+        pair, n = (proposal if gained else None), n + 1
+    pair_texts = [edit_text(e) for e in pair.edits]
+    knobs = {credit_edit(e)[0]: e for e in pair.edits}
+    refined = []
+    for n in range(n, n + 40):
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        validate(proposal, scaffold)
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.0, "ci95": [-0.01, 0.01]})
+        if proposal.hypothesis.startswith("refine the near miss"):
+            kept, new = proposal.edits
+            knob = credit_edit(new)[0]
+            assert knob in knobs and new != knobs[knob] and edit_text(kept) in pair_texts
+            assert proposal.hypothesis.startswith(f"refine the near miss {' + '.join(pair_texts)} (+0.300 in round ")
+            observation = researcher.state["observations"][-1]
+            assert observation["onto"] == pair_texts and observation["stacked"][0]["text"] == edit_text(kept)
+            refined.append(knob)
+    assert refined and len(set(refined)) == len(refined)  # each of the pair's knobs refined at most once

@@ -90,3 +90,27 @@ def test_only_deltas_against_the_current_incumbent_make_near_misses():
     assert [m.texts for m in near_misses(measured_on(observations, after), CURRENT, offered)] == [(TOP_P,)]
     assert [m.texts for m in near_misses(measured_on(observations, before), CURRENT, offered)] == [(LR,), (LR, FORMAT)]
     assert measured_on(observations, "another") == []
+
+
+def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_once():
+    lr_format = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
+    other_lr = '{"knob": "grpo.learning_rate", "value": 8.27e-05}'
+    candidates = [(LR, "grpo.learning_rate"), (other_lr, "grpo.learning_rate"), (FORMAT, "reward.format")]
+    offered = {text for text, _ in candidates}
+    observations = [lr_format]
+    (miss,) = near_misses(observations, CURRENT, offered)
+    # the near miss's own edits are no partners, and the lone format edit is not a stack: the rate at another value
+    pick = pick_stack(np.random.default_rng(0), [miss], candidates, np.ones(3) / 3, observations)
+    assert (pick.index, pick.knob) == (1, "grpo.learning_rate")
+    assert [e["text"] for e in pick.kept] == [FORMAT] and pick.text(other_lr) == f"{FORMAT} + {other_lr}"
+    # measured, it is paired with the near miss it refined, and a near miss when it gained over that one
+    refined = obs("grpo.learning_rate", 1e-6, 8.27e-05, other_lr, 0.03, 13,
+                  stacked=[{k: lr_format[k] for k in EDIT_KEYS}]) | {"onto": [LR, FORMAT]}
+    observations.append(refined)
+    assert pick_stack(np.random.default_rng(0), [miss], candidates, np.ones(3) / 3, observations) is None
+    assert [m.texts for m in near_misses(observations, CURRENT, offered)] == [(LR, FORMAT), (FORMAT, other_lr)]
+    worse = refined | {"delta": 0.015}  # a gain, but less than the near miss it refined
+    assert [m.texts for m in near_misses([lr_format, worse], CURRENT, offered)] == [(LR, FORMAT)]
+    # a near miss of one edit is never refined: another value of its knob alone is a plain proposal
+    assert pick_stack(np.random.default_rng(0), near_misses([LR_OBS], CURRENT, offered), candidates[:2],
+                      np.ones(2) / 2, [LR_OBS]) is None

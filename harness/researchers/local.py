@@ -36,8 +36,8 @@ ablation: no summary in the prompt and the zero context, now and in the observat
 
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
 miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
-yet paired with it (`researcher.stack`, 0 for one edit a round); the drawn edit is then the one
-learned from.
+yet paired with it, or set one of the near miss's knobs to another value (`researcher.stack`, 0
+for one edit a round); the drawn edit is then the one learned from.
 
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
@@ -336,9 +336,11 @@ class LocalResearcher(Researcher):
             if stack is None:
                 proposal = Proposal(hypothesis, (edit,))
             else:
-                proposal = Proposal(f"stack onto the near miss {stack.miss.describe()}: {hypothesis}",
-                                    (*(offered[text] for text in stack.miss.texts), edit))
-                pick |= {"stacked": list(stack.miss.edits), "text": stack.text(candidates[choice][0])}
+                how = (f"refine the near miss {stack.miss.describe()}, {knob} at another value"
+                       if knob in stack.miss.knobs else f"stack onto the near miss {stack.miss.describe()}")
+                proposal = Proposal(f"{how}: {hypothesis}", (*(offered[e["text"]] for e in stack.kept), edit))
+                pick |= {"stacked": list(stack.kept), "onto": list(stack.miss.texts),
+                         "text": stack.text(candidates[choice][0])}
             picks.append({"proposal": proposal.to_dict()} | pick)
             proposals.append(proposal)
             self.counts["generated_tokens"] += len(sequences[choice])
@@ -375,7 +377,7 @@ class LocalResearcher(Researcher):
             if stack is not None:
                 text, edit = candidates[stack.index]
                 try:
-                    validate(Proposal("stack", (*(offered[t] for t in stack.miss.texts), edit)), scaffold_dir)
+                    validate(Proposal("stack", (*(offered[e["text"]] for e in stack.kept), edit)), scaffold_dir)
                 except ProposalError:
                     stack = None
                 else:
@@ -476,7 +478,8 @@ class LocalResearcher(Researcher):
             observations.append(edit_record(knob, pick["old_value"], value, pick.get("last_text", text)) | {
                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
                 "round": pending["round"], "decision": verdict.get("decision"), "state": key}
-                | ({"stacked": pick["stacked"]} if pick.get("stacked") else {}))
+                | ({"stacked": pick["stacked"]} if pick.get("stacked") else {})
+                | ({"onto": pick["onto"]} if pick.get("onto") else {}))
         same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations,

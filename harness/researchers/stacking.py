@@ -14,7 +14,11 @@ measured from, and each move is still on offer. Once a keep makes a new incumben
 delta is a delta from another policy (a campaign stacked 44 rounds onto a +0.007 measured before a
 keep that, re-measured after it, was -0.002), so pairing starts again from what is measured against
 the new one (`measured_on`). A stacked proposal is a near miss plus one more edit on a knob (or
-move) that no proposal has yet stacked onto that near miss. A round stacks with probability `stack`
+move) that no proposal has yet stacked onto that near miss. The knob may be one the near miss
+already sets (when it sets another too): the stack then sets it to another value instead (a
+refinement), so a pair found at one learning rate can move to a better one (a campaign's 36
+stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers, because a
+stack could only add knobs). A round stacks with probability `stack`
 times g / (g + GAIN_SCALE), g the near misses' gains summed: a lone gain of one answer in six
 hundred is most likely noise and rarely takes a round; several gains of a point or more take most
 of them. The near miss is drawn in proportion to its gain; the knob uniformly among those not yet
@@ -25,8 +29,9 @@ so a third edit can follow; one whose added edit added nothing is not (in the fi
 stacking, chains of seven edits grew that way, each addition inert).
 
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
-`stacked`, the near miss's edits: `{"knob", "from", "to", "text"}` each; every observation keeps
-its incumbent's state key, `state`. The credit model reads a stacked delta as the sum of its
+`stacked`, the near miss's edits that it kept: `{"knob", "from", "to", "text"}` each, and `onto`,
+the texts of the near miss it was built on; every observation keeps its incumbent's state key,
+`state`. The credit model reads a stacked delta as the sum of its
 edits' effects.
 
     observations = measured_on(all_observations, state)  # against the incumbent keyed `state`
@@ -55,6 +60,7 @@ class NearMiss:
     edits: tuple[dict, ...]
     delta: float
     round: int | None
+    onto: tuple[str, ...] | None = None  # the texts of the near miss a stack was built on
 
     @property
     def texts(self) -> tuple[str, ...]:
@@ -98,11 +104,12 @@ def near_misses(observations: list[dict], current: dict, offered: set[str]) -> l
         edits = observation_edits(obs)
         if edits is None or obs.get("delta") is None:
             continue
-        miss = NearMiss(edits, float(obs["delta"]), obs.get("round"))
+        onto = tuple(obs["onto"]) if obs.get("onto") else None
+        miss = NearMiss(edits, float(obs["delta"]), obs.get("round"), onto)
         latest[miss.texts] = miss
 
     def gained(miss: NearMiss) -> bool:  # over its own base, for a stack: the added edit added something
-        base = latest.get(miss.texts[:-1])
+        base = latest.get(miss.onto if miss.onto is not None else miss.texts[:-1])
         return miss.delta > (base.delta if base is not None else 0.0)
 
     return [miss for miss in latest.values()
@@ -118,30 +125,40 @@ def stack_chance(misses: list[NearMiss]) -> float:
 
 
 def stacked_knobs(observations: list[dict], miss: NearMiss) -> set[str]:
-    """The knobs already stacked onto `miss` in this campaign."""
+    """The knobs already stacked onto `miss` in this campaign (an observation from before `onto` was
+    kept names its near miss by its stacked edits)."""
     return {obs["knob"] for obs in observations
-            if tuple(edit["text"] for edit in obs.get("stacked", [])) == miss.texts}
+            if tuple(obs.get("onto") or (edit["text"] for edit in obs.get("stacked", []))) == miss.texts}
 
 
 @dataclass(frozen=True)
 class StackPick:
     miss: NearMiss
     index: int  # the added edit, an index into the candidates it was drawn from
+    knob: str  # the added edit's knob; one the near miss sets is set to the new value instead
+
+    @property
+    def kept(self) -> tuple[dict, ...]:
+        """The near miss's edits that the stack keeps: all but one on the added edit's knob."""
+        return tuple(edit for edit in self.miss.edits if edit["knob"] != self.knob)
 
     def text(self, candidate_text: str) -> str:
-        return JOIN.join((*self.miss.texts, candidate_text))
+        return JOIN.join((*(edit["text"] for edit in self.kept), candidate_text))
 
 
 def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: list[tuple[str, str]],
                probs: np.ndarray, observations: list[dict], taken: set[tuple[tuple[str, ...], str]] = frozenset()
                ) -> StackPick | None:
     """A near miss and one candidate (`(text, knob)`, drawn with `probs` within its knob) to add to
-    it, on a knob not yet stacked onto it (nor in `taken`, pairs already picked this round); None
-    when every near miss has been paired with every knob."""
+    it, on a knob not yet stacked onto it (nor in `taken`, pairs already picked this round), other
+    than an edit the near miss makes already; None when every near miss has been paired with every
+    knob."""
     open_knobs = {}
     for miss in misses:
-        done = miss.knobs | stacked_knobs(observations, miss) | {knob for texts, knob in taken if texts == miss.texts}
-        knobs = sorted({knob for _, knob in candidates} - done)
+        done = stacked_knobs(observations, miss) | {knob for texts, knob in taken if texts == miss.texts}
+        refinable = miss.knobs if len(miss.edits) > 1 else set()  # a lone edit at another value is no stack
+        knobs = sorted({knob for text, knob in candidates
+                        if text not in miss.texts and (knob not in miss.knobs or knob in refinable)} - done)
         if knobs:
             open_knobs[miss.texts] = knobs
     usable = [miss for miss in misses if miss.texts in open_knobs]
@@ -151,10 +168,10 @@ def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: lis
     miss = usable[int(rng.choice(len(usable), p=gains / gains.sum()))]
     knobs = open_knobs[miss.texts]
     knob = knobs[int(rng.integers(len(knobs)))]
-    within = np.array([i for i, (_, k) in enumerate(candidates) if k == knob])
+    within = np.array([i for i, (text, k) in enumerate(candidates) if k == knob and text not in miss.texts])
     weights = probs[within]
     weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(within), 1.0 / len(within))
-    return StackPick(miss, int(within[int(rng.choice(len(within), p=weights))]))
+    return StackPick(miss, int(within[int(rng.choice(len(within), p=weights))]), knob)
 
 
 def edit_record(knob: str, old: Any, value: Any, text: str) -> dict:
