@@ -12,6 +12,12 @@ paired per-example difference from the initial scaffold averaged over the traini
 of a false keep). A change that no longer applies to the initial scaffold (a file edit written
 against a later incumbent) is reported as such.
 
+A kept change that holds code moves beside other edits (a reward move stacked onto a learning
+rate: on the initial scaffold's rate a reward move alone changes nothing, since the policy does not
+move) is also scored without its moves, and the moves' own part is printed: the change against
+the change without them, paired the same way. Code moves count as confirmed when that part is
+positive, or, for a change of moves only, when the change is.
+
 The trained policies go to the campaign's training cache, so the initial scaffold with training
 seed 0 and anything the campaign already trained are not trained again.
 """
@@ -36,7 +42,7 @@ use_offline_env()
 from harness.compare import heldout_part, paired_differences  # noqa: E402
 from harness.config import CONFIG_FILE, frozen_config  # noqa: E402
 from harness.journal import Journal  # noqa: E402
-from harness.proposal import ProposalError, parse_proposal, render  # noqa: E402
+from harness.proposal import MoveEdit, Proposal, ProposalError, parse_proposal, render  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
 from rl_pipeline.run import run_scaffold, shutdown  # noqa: E402
@@ -106,6 +112,20 @@ def change(results: dict[int, dict], initial: dict[int, dict]) -> tuple[float, t
     return float(pooled.mean()), bootstrap_mean_ci(pooled)
 
 
+def scored(name: str, proposal: Proposal, initial_dir: Path, files: dict[str, bytes], out: Path, args,
+           options: dict) -> dict[int, dict] | str:
+    """`proposal` applied to a copy of the initial scaffold, trained and scored like the initial one;
+    the reason when it does not apply or a run failed."""
+    try:
+        changed = render(proposal, initial_dir)
+    except ProposalError as err:
+        return f"does not apply to the initial scaffold: {err}"
+    scaffold = committed_scaffold(files | {rel: text.encode("utf-8") for rel, text in changed.items()},
+                                  out / "scaffolds" / name)
+    results = trained(name, scaffold, out, args, options)
+    return f"failed: {results}" if isinstance(results, str) else results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     campaign = args.campaign.resolve()
@@ -135,20 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'change':<46} {header}  {'vs initial':>10}  {'95% interval':>17}  confirmed")
         print(f"{'initial scaffold':<46} " + " ".join(
             f"{initial[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds))
-        confirmed = 0
+        confirmed, moves_kept, moves_confirmed = 0, 0, 0
         kept = kept_changes(journal, campaign)
         for n, proposal in kept:
             label = f"round {n}: {proposal.kind} ({len(proposal.edits)} edits)"
-            try:
-                changed = render(proposal, initial_dir)
-            except ProposalError as err:
-                print(f"{label:<46} does not apply to the initial scaffold: {err}")
-                continue
-            scaffold = committed_scaffold(files | {rel: text.encode("utf-8") for rel, text in changed.items()},
-                                          out / "scaffolds" / f"round-{n:03d}")
-            results = trained(f"round-{n:03d}", scaffold, out, args, options)
+            results = scored(f"round-{n:03d}", proposal, initial_dir, files, out, args, options)
             if isinstance(results, str):
-                print(f"{label:<46} failed: {results}")
+                print(f"{label:<46} {results}")
                 continue
             delta, (low, high) = change(results, initial)
             confirmed += delta > 0
@@ -156,7 +169,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<46} {accs}  {delta:>+10.3f}  [{low:+.3f}, {high:+.3f}]  {'yes' if delta > 0 else 'NO'}")
             for edit in proposal.to_dict()["edits"]:
                 print(f"    {edit}")
+            others = tuple(edit for edit in proposal.edits if not isinstance(edit, MoveEdit))
+            if len(others) == len(proposal.edits):
+                continue
+            moves_kept += 1
+            if not others:  # moves only: the change alone is the moves' part
+                moves_confirmed += delta > 0
+                continue
+            without = scored(f"round-{n:03d}-without-moves", Proposal(proposal.hypothesis, others), initial_dir,
+                             files, out, args, options)
+            if isinstance(without, str):
+                print(f"    without its code moves: {without}")
+                continue
+            part, (low, high) = change(results, without)
+            moves_confirmed += part > 0
+            accs = " ".join(f"{without[s]['heldout']['metrics']['accuracy']:.3f}" for s in args.train_seeds)
+            print(f"    without its code moves: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  "
+                  f"{'yes' if part > 0 else 'NO'}")
         print(f"\n{confirmed} of {len(kept)} kept changes confirmed on held-out alone on the initial scaffold")
+        print(f"{moves_confirmed} of {moves_kept} kept changes with code moves have the moves' part confirmed")
     finally:
         shutdown()
     return 0
