@@ -1,6 +1,6 @@
 """Each change a campaign kept, applied alone to its initial scaffold and scored on held-out.
 
-    .venv/bin/python bench/confirm.py runs/default [--train-seeds 0 1 2] [--seeds 0 1 2]
+    .venv/bin/python bench/confirm.py runs/default [--train-seeds 0 1 2] [--seeds 0 1 2] [--change EDITS ...]
 
 A keep is decided on eval, on top of the keeps before it. This asks whether each kept change also
 helps by itself where the campaign started: the initial scaffold (the workspace's baseline commit)
@@ -16,7 +16,8 @@ A kept change that holds code moves beside other edits (a reward move stacked on
 rate: on the initial scaffold's rate a reward move alone changes nothing, since the policy does not
 move) is also scored without its moves, and the moves' own part is printed: the change against
 the change without them, paired the same way. Code moves count as confirmed when that part is
-positive, or, for a change of moves only, when the change is.
+positive, or, for a change of moves only, when the change is. `--change` scores any other change
+the same way (a JSON list of edits), for a what-if beside the kept ones.
 
 The trained policies go to the campaign's training cache, so the initial scaffold with training
 seed 0 and anything the campaign already trained are not trained again.
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")
     parser.add_argument("--out", type=Path, default=None, help="where results go (default <campaign>/confirm)")
+    parser.add_argument("--change", action="append", default=[], metavar="EDITS",
+                        help="also score this change, a JSON list of edits as in proposal.json, e.g. "
+                             "'[{\"knob\": \"grpo.learning_rate\", \"value\": 3.42e-05}, {\"move\": "
+                             "\"reward_partial_credit\"}]' (repeatable; not counted as kept)")
     return parser
 
 
@@ -112,18 +117,46 @@ def change(results: dict[int, dict], initial: dict[int, dict]) -> tuple[float, t
     return float(pooled.mean()), bootstrap_mean_ci(pooled)
 
 
-def scored(name: str, proposal: Proposal, initial_dir: Path, files: dict[str, bytes], out: Path, args,
-           options: dict) -> dict[int, dict] | str:
-    """`proposal` applied to a copy of the initial scaffold, trained and scored like the initial one;
-    the reason when it does not apply or a run failed."""
+def scored(name: str, proposal: Proposal, scaffold_of, out: Path, args, options: dict) -> dict[int, dict] | str:
+    """`proposal` applied to a copy of the initial scaffold (`scaffold_of(name, proposal)`), trained
+    and scored like the initial one; the reason when it does not apply or a run failed."""
     try:
-        changed = render(proposal, initial_dir)
+        scaffold = scaffold_of(name, proposal)
     except ProposalError as err:
         return f"does not apply to the initial scaffold: {err}"
-    scaffold = committed_scaffold(files | {rel: text.encode("utf-8") for rel, text in changed.items()},
-                                  out / "scaffolds" / name)
     results = trained(name, scaffold, out, args, options)
     return f"failed: {results}" if isinstance(results, str) else results
+
+
+def report(label: str, name: str, proposal: Proposal, initial: dict[int, dict], scaffold_of, out: Path, args,
+           options: dict) -> tuple[bool | None, bool | None]:
+    """Score `proposal` alone on the initial scaffold and print its row, its edits and, where it holds
+    code moves beside other edits, the moves' part. Returns (confirmed, moves' part confirmed):
+    None where it could not be scored, or holds no code move."""
+    label = f"{label}: {proposal.kind} ({len(proposal.edits)} edits)"
+    results = scored(name, proposal, scaffold_of, out, args, options)
+    if isinstance(results, str):
+        print(f"{label:<46} {results}")
+        return None, None
+    delta, (low, high) = change(results, initial)
+    accs = " ".join(f"{results[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds)
+    print(f"{label:<46} {accs}  {delta:>+10.3f}  [{low:+.3f}, {high:+.3f}]  {'yes' if delta > 0 else 'NO'}")
+    for edit in proposal.to_dict()["edits"]:
+        print(f"    {edit}")
+    others = tuple(edit for edit in proposal.edits if not isinstance(edit, MoveEdit))
+    if len(others) == len(proposal.edits):
+        return delta > 0, None
+    if not others:  # moves only: the change alone is the moves' part
+        return delta > 0, delta > 0
+    without = scored(f"{name}-without-moves", Proposal(proposal.hypothesis, others), scaffold_of, out, args, options)
+    if isinstance(without, str):
+        print(f"    without its code moves: {without}")
+        return delta > 0, None
+    part, (low, high) = change(results, without)
+    accs = " ".join(f"{without[s]['heldout']['metrics']['accuracy']:.3f}" for s in args.train_seeds)
+    print(f"    without its code moves: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  "
+          f"{'yes' if part > 0 else 'NO'}")
+    return delta > 0, part > 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (campaign / CONFIG_FILE).is_file() or journal.get("baseline") is None:
         print(f"{campaign} is not a campaign folder with a baseline (no {CONFIG_FILE}, or round 0 has not run)")
         return 2
+    asked = []
+    for i, text in enumerate(args.change, 1):
+        try:
+            asked.append((f"asked {i}", parse_proposal(json.dumps({"hypothesis": "asked", "edits": json.loads(text)}))))
+        except (ValueError, ProposalError) as err:  # JSONDecodeError is a ValueError
+            print(f"--change {text!r}: not a JSON list of edits: {err}")
+            return 2
     config = frozen_config(campaign)
     baseline = read_result(campaign / journal.get("baseline")["result"])
     # relative paths in the config are from where the campaign was started: <there>/<runs_dir>/<name>
@@ -145,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     files = initial_files(campaign, baseline["scaffold"]["commit"])
     initial_dir = committed_scaffold(files, out / "scaffolds" / "initial")
 
+    def scaffold_of(name: str, proposal: Proposal) -> Path:
+        changed = render(proposal, initial_dir)
+        return committed_scaffold(files | {rel: text.encode("utf-8") for rel, text in changed.items()},
+                                  out / "scaffolds" / name)
+
     try:
         initial = trained("initial", initial_dir, out, args, options)
         if isinstance(initial, str):
@@ -155,37 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'change':<46} {header}  {'vs initial':>10}  {'95% interval':>17}  confirmed")
         print(f"{'initial scaffold':<46} " + " ".join(
             f"{initial[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds))
-        confirmed, moves_kept, moves_confirmed = 0, 0, 0
         kept = kept_changes(journal, campaign)
+        confirmed, moves_kept, moves_confirmed = 0, 0, 0
         for n, proposal in kept:
-            label = f"round {n}: {proposal.kind} ({len(proposal.edits)} edits)"
-            results = scored(f"round-{n:03d}", proposal, initial_dir, files, out, args, options)
-            if isinstance(results, str):
-                print(f"{label:<46} {results}")
-                continue
-            delta, (low, high) = change(results, initial)
-            confirmed += delta > 0
-            accs = " ".join(f"{results[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds)
-            print(f"{label:<46} {accs}  {delta:>+10.3f}  [{low:+.3f}, {high:+.3f}]  {'yes' if delta > 0 else 'NO'}")
-            for edit in proposal.to_dict()["edits"]:
-                print(f"    {edit}")
-            others = tuple(edit for edit in proposal.edits if not isinstance(edit, MoveEdit))
-            if len(others) == len(proposal.edits):
-                continue
-            moves_kept += 1
-            if not others:  # moves only: the change alone is the moves' part
-                moves_confirmed += delta > 0
-                continue
-            without = scored(f"round-{n:03d}-without-moves", Proposal(proposal.hypothesis, others), initial_dir,
-                             files, out, args, options)
-            if isinstance(without, str):
-                print(f"    without its code moves: {without}")
-                continue
-            part, (low, high) = change(results, without)
-            moves_confirmed += part > 0
-            accs = " ".join(f"{without[s]['heldout']['metrics']['accuracy']:.3f}" for s in args.train_seeds)
-            print(f"    without its code moves: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  "
-                  f"{'yes' if part > 0 else 'NO'}")
+            whole, moves = report(f"round {n}", f"round-{n:03d}", proposal, initial, scaffold_of, out, args, options)
+            confirmed += bool(whole)
+            moves_kept += moves is not None
+            moves_confirmed += bool(moves)
+        for label, proposal in asked:
+            report(label, label.replace(" ", "-"), proposal, initial, scaffold_of, out, args, options)
         print(f"\n{confirmed} of {len(kept)} kept changes confirmed on held-out alone on the initial scaffold")
         print(f"{moves_confirmed} of {moves_kept} kept changes with code moves have the moves' part confirmed")
     finally:
