@@ -114,3 +114,14 @@ def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_once():
     # a near miss of one edit is never refined: another value of its knob alone is a plain proposal
     assert pick_stack(np.random.default_rng(0), near_misses([LR_OBS], CURRENT, offered), candidates[:2],
                       np.ones(2) / 2, [LR_OBS]) is None
+
+
+def test_a_refinement_draws_its_value_uniformly_whatever_the_scores():
+    lr_format = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
+    rates = [f'{{"knob": "grpo.learning_rate", "value": {v}}}' for v in (1.41e-05, 3.42e-05, 8.27e-05)]
+    candidates = [(LR, "grpo.learning_rate"), *((r, "grpo.learning_rate") for r in rates)]
+    probs = np.array([0.0, 0.98, 0.01, 0.01])  # the scores all but rule out the two higher rates
+    (miss,) = near_misses([lr_format], CURRENT, {text for text, _ in candidates} | {FORMAT})
+    rng = np.random.default_rng(0)
+    drawn = [candidates[pick_stack(rng, [miss], candidates, probs, [lr_format]).index][0] for _ in range(3000)]
+    assert LR not in drawn and all(abs(drawn.count(r) / 3000 - 1 / 3) < 0.04 for r in rates)
