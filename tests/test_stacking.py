@@ -17,6 +17,7 @@ def obs(knob, old, new, text, delta, round_no, stacked=()):
 
 
 LR_OBS = obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, 0.008, 7)
+LR_FORMAT_OBS = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
 
 
 def test_a_near_miss_gained_and_still_applies_to_the_incumbent():
@@ -93,11 +94,10 @@ def test_only_deltas_against_the_current_incumbent_make_near_misses():
 
 
 def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_once():
-    lr_format = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
     other_lr = '{"knob": "grpo.learning_rate", "value": 8.27e-05}'
     candidates = [(LR, "grpo.learning_rate"), (other_lr, "grpo.learning_rate"), (FORMAT, "reward.format")]
     offered = {text for text, _ in candidates}
-    observations = [lr_format]
+    observations = [LR_FORMAT_OBS]
     (miss,) = near_misses(observations, CURRENT, offered)
     # the near miss's own edits are no partners, and the lone format edit is not a stack: the rate at another value
     pick = pick_stack(np.random.default_rng(0), [miss], candidates, np.ones(3) / 3, observations)
@@ -105,23 +105,22 @@ def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_once():
     assert [e["text"] for e in pick.kept] == [FORMAT] and pick.text(other_lr) == f"{FORMAT} + {other_lr}"
     # measured, it is paired with the near miss it refined, and a near miss when it gained over that one
     refined = obs("grpo.learning_rate", 1e-6, 8.27e-05, other_lr, 0.03, 13,
-                  stacked=[{k: lr_format[k] for k in EDIT_KEYS}]) | {"onto": [LR, FORMAT]}
+                  stacked=[{k: LR_FORMAT_OBS[k] for k in EDIT_KEYS}]) | {"onto": [LR, FORMAT]}
     observations.append(refined)
     assert pick_stack(np.random.default_rng(0), [miss], candidates, np.ones(3) / 3, observations) is None
     assert [m.texts for m in near_misses(observations, CURRENT, offered)] == [(LR, FORMAT), (FORMAT, other_lr)]
     worse = refined | {"delta": 0.015}  # a gain, but less than the near miss it refined
-    assert [m.texts for m in near_misses([lr_format, worse], CURRENT, offered)] == [(LR, FORMAT)]
+    assert [m.texts for m in near_misses([LR_FORMAT_OBS, worse], CURRENT, offered)] == [(LR, FORMAT)]
     # a near miss of one edit is never refined: another value of its knob alone is a plain proposal
     assert pick_stack(np.random.default_rng(0), near_misses([LR_OBS], CURRENT, offered), candidates[:2],
                       np.ones(2) / 2, [LR_OBS]) is None
 
 
 def test_a_refinement_draws_its_value_uniformly_whatever_the_scores():
-    lr_format = obs("reward.format", 0.0, 0.5, FORMAT, 0.02, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
     rates = [f'{{"knob": "grpo.learning_rate", "value": {v}}}' for v in (1.41e-05, 3.42e-05, 8.27e-05)]
     candidates = [(LR, "grpo.learning_rate"), *((r, "grpo.learning_rate") for r in rates)]
     probs = np.array([0.0, 0.98, 0.01, 0.01])  # the scores all but rule out the two higher rates
-    (miss,) = near_misses([lr_format], CURRENT, {text for text, _ in candidates} | {FORMAT})
+    (miss,) = near_misses([LR_FORMAT_OBS], CURRENT, {text for text, _ in candidates} | {FORMAT})
     rng = np.random.default_rng(0)
-    drawn = [candidates[pick_stack(rng, [miss], candidates, probs, [lr_format]).index][0] for _ in range(3000)]
+    drawn = [candidates[pick_stack(rng, [miss], candidates, probs, [LR_FORMAT_OBS]).index][0] for _ in range(3000)]
     assert LR not in drawn and all(abs(drawn.count(r) / 3000 - 1 / 3) < 0.04 for r in rates)

@@ -337,7 +337,7 @@ class LocalResearcher(Researcher):
                 proposal = Proposal(hypothesis, (edit,))
             else:
                 how = (f"refine the near miss {stack.miss.describe()}, {knob} at another value"
-                       if knob in stack.miss.knobs else f"stack onto the near miss {stack.miss.describe()}")
+                       if stack.refines else f"stack onto the near miss {stack.miss.describe()}")
                 proposal = Proposal(f"{how}: {hypothesis}", (*(offered[e["text"]] for e in stack.kept), edit))
                 pick |= {"stacked": list(stack.kept), "onto": list(stack.miss.texts),
                          "text": stack.text(candidates[choice][0])}
@@ -478,8 +478,7 @@ class LocalResearcher(Researcher):
             observations.append(edit_record(knob, pick["old_value"], value, pick.get("last_text", text)) | {
                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
                 "round": pending["round"], "decision": verdict.get("decision"), "state": key}
-                | ({"stacked": pick["stacked"]} if pick.get("stacked") else {})
-                | ({"onto": pick["onto"]} if pick.get("onto") else {}))
+                | {key: pick[key] for key in ("stacked", "onto") if pick.get(key)})
         same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations,

@@ -18,10 +18,9 @@ move) that no proposal has yet stacked onto that near miss. The knob may be one 
 already sets (when it sets another too): the stack then sets it to another value instead (a
 refinement), so a pair found at one learning rate can move to a better one (a campaign's 36
 stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers, because a
-stack could only add knobs). A round stacks with probability `stack`
-times g / (g + GAIN_SCALE), g the near misses' gains summed: a lone gain of one answer in six
-hundred is most likely noise and rarely takes a round; several gains of a point or more take most
-of them. The near miss is drawn in proportion to its gain; the knob uniformly among those not yet
+stack could only add knobs). A round stacks with probability `stack` times g / (g + GAIN_SCALE),
+g the near misses' gains summed: a lone gain of one answer in six hundred is most likely noise and
+rarely takes a round; several gains of a point or more take most of them. The near miss is drawn in proportion to its gain; the knob uniformly among those not yet
 paired with it (each pair once: coverage of pairs, not the credit model's preference, which has
 learned that each part alone does nothing); the value by the researcher's own scores within that
 knob, or uniformly for a refinement (the scores price a value alone, not within the pair). A
@@ -32,8 +31,7 @@ stacking, chains of seven edits grew that way, each addition inert).
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
 `stacked`, the near miss's edits that it kept: `{"knob", "from", "to", "text"}` each, and `onto`,
 the texts of the near miss it was built on; every observation keeps its incumbent's state key,
-`state`. The credit model reads a stacked delta as the sum of its
-edits' effects.
+`state`. The credit model reads a stacked delta as the sum of its edits' effects.
 
     observations = measured_on(all_observations, state)  # against the incumbent keyed `state`
     misses = near_misses(observations, current, offered={text for text, _ in candidates})
@@ -137,6 +135,11 @@ class StackPick:
     miss: NearMiss
     index: int  # the added edit, an index into the candidates it was drawn from
     knob: str  # the added edit's knob; one the near miss sets is set to the new value instead
+
+    @property
+    def refines(self) -> bool:
+        """The added edit sets a knob of the near miss to another value."""
+        return self.knob in self.miss.knobs
 
     @property
     def kept(self) -> tuple[dict, ...]:
