@@ -541,5 +541,5 @@ def test_local_refines_a_stack_that_gained_on_one_of_its_knobs(tmp_path, scaffol
             assert proposal.hypothesis.startswith(f"refine the near miss {' + '.join(pair_texts)} (+0.300 in round ")
             observation = researcher.state["observations"][-1]
             assert observation["onto"] == pair_texts and observation["stacked"][0]["text"] == edit_text(kept)
-            refined.append(knob)
-    assert refined and len(set(refined)) == len(refined)  # each of the pair's knobs refined at most once
+            refined.append(edit_text(new))
+    assert refined and len(set(refined)) == len(refined)  # each value of the pair's knobs tried at most once

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.researchers.stacking import EDIT_KEYS, measured_on, near_misses, pick_stack, stack_chance
+from harness.researchers.stacking import EDIT_KEYS, REFINE_SHARE, measured_on, near_misses, pick_stack, stack_chance
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -68,7 +68,7 @@ def test_near_misses_are_drawn_in_proportion_to_their_gain():
     drawn = [pick_stack(rng, misses, candidates, np.ones(1), []).miss.texts for _ in range(2000)]
     assert abs(drawn.count((TOP_P,)) / 2000 - 0.75) < 0.04  # 0.024 against 0.008
     # a pair already picked this round is not picked twice
-    assert pick_stack(rng, misses[:1], candidates, np.ones(1), [], taken={((LR,), "reward.format")}) is None
+    assert pick_stack(rng, misses[:1], candidates, np.ones(1), [], taken={((LR,), "reward.format", FORMAT)}) is None
 
 
 def test_a_lone_small_gain_rarely_takes_a_round_and_several_large_ones_take_most():
@@ -93,10 +93,10 @@ def test_only_deltas_against_the_current_incumbent_make_near_misses():
     assert measured_on(observations, "another") == []
 
 
-def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_once():
-    other_lr = '{"knob": "grpo.learning_rate", "value": 8.27e-05}'
+def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_at_each_value_once():
+    other_lr, third_lr = ('{"knob": "grpo.learning_rate", "value": %s}' % v for v in ("8.27e-05", "3.42e-05"))
     candidates = [(LR, "grpo.learning_rate"), (other_lr, "grpo.learning_rate"), (FORMAT, "reward.format")]
-    offered = {text for text, _ in candidates}
+    offered = {text for text, _ in candidates} | {third_lr}
     observations = [LR_FORMAT_OBS]
     (miss,) = near_misses(observations, CURRENT, offered)
     # the near miss's own edits are no partners, and the lone format edit is not a stack: the rate at another value
@@ -108,12 +108,28 @@ def test_a_near_miss_of_two_edits_can_be_refined_on_one_of_its_knobs_once():
                   stacked=[{k: LR_FORMAT_OBS[k] for k in EDIT_KEYS}]) | {"onto": [LR, FORMAT]}
     observations.append(refined)
     assert pick_stack(np.random.default_rng(0), [miss], candidates, np.ones(3) / 3, observations) is None
+    # the rate is refined again while it has a value not yet tried on the near miss, and no more
+    more = [*candidates, (third_lr, "grpo.learning_rate")]
+    pick = pick_stack(np.random.default_rng(0), [miss], more, np.ones(4) / 4, observations)
+    assert pick.refines and more[pick.index][0] == third_lr
+    assert pick_stack(np.random.default_rng(0), [miss], more, np.ones(4) / 4, observations,
+                      taken={((LR, FORMAT), "grpo.learning_rate", third_lr)}) is None
     assert [m.texts for m in near_misses(observations, CURRENT, offered)] == [(LR, FORMAT), (FORMAT, other_lr)]
     worse = refined | {"delta": 0.015}  # a gain, but less than the near miss it refined
     assert [m.texts for m in near_misses([LR_FORMAT_OBS, worse], CURRENT, offered)] == [(LR, FORMAT)]
     # a near miss of one edit is never refined: another value of its knob alone is a plain proposal
     assert pick_stack(np.random.default_rng(0), near_misses([LR_OBS], CURRENT, offered), candidates[:2],
                       np.ones(2) / 2, [LR_OBS]) is None
+
+
+def test_a_near_miss_that_can_be_both_refined_and_added_to_is_refined_in_a_share_of_stacks():
+    other_lr = '{"knob": "grpo.learning_rate", "value": 8.27e-05}'
+    candidates = [(other_lr, "grpo.learning_rate"), (TOP_P, "sampling.top_p"), (MOVE, "move:reward_partial_credit")]
+    (miss,) = near_misses([LR_FORMAT_OBS], CURRENT, {LR, FORMAT, *(text for text, _ in candidates)})
+    rng = np.random.default_rng(0)
+    picks = [pick_stack(rng, [miss], candidates, np.ones(3) / 3, [LR_FORMAT_OBS]) for _ in range(3000)]
+    # one rate against two knobs to add: without the share, a third of the stacks would refine
+    assert abs(sum(pick.refines for pick in picks) / 3000 - REFINE_SHARE) < 0.04
 
 
 def test_a_refinement_draws_its_value_uniformly_whatever_the_scores():

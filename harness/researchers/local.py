@@ -370,7 +370,7 @@ class LocalResearcher(Researcher):
             return [None] * len(choices)
         keyed = [(text, credit_edit(edit)[0]) for text, edit in candidates]
         chance = self.stack * stack_chance(misses)
-        taken: set[tuple[tuple[str, ...], str]] = set()
+        taken: set[tuple[tuple[str, ...], str, str]] = set()
         stacks: list[StackPick | None] = []
         for _ in choices:
             stack = pick_stack(rng, misses, keyed, probs, observations, taken) if rng.random() < chance else None
@@ -383,7 +383,8 @@ class LocalResearcher(Researcher):
                 else:
                     stack = None if stack.text(text) in tried else stack
             if stack is not None:
-                taken.add((stack.miss.texts, keyed[stack.index][1]))
+                text, knob = keyed[stack.index]
+                taken.add((stack.miss.texts, knob, text))
             stacks.append(stack)
         return stacks
 

@@ -20,10 +20,14 @@ refinement), so a pair found at one learning rate can move to a better one (a ca
 stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers, because a
 stack could only add knobs). A round stacks with probability `stack` times g / (g + GAIN_SCALE),
 g the near misses' gains summed: a lone gain of one answer in six hundred is most likely noise and
-rarely takes a round; several gains of a point or more take most of them. The near miss is drawn in proportion to its gain; the knob uniformly among those not yet
-paired with it (each pair once: coverage of pairs, not the credit model's preference, which has
-learned that each part alone does nothing); the value by the researcher's own scores within that
-knob, or uniformly for a refinement (the scores price a value alone, not within the pair). A
+rarely takes a round; several gains of a point or more take most of them. The near miss is drawn
+in proportion to its gain. An added knob is drawn uniformly among those not yet paired with it
+(each pair once: coverage of pairs, not the credit model's preference, which has learned that each
+part alone does nothing), its value by the researcher's own scores within that knob. A refinement
+tries each value of a knob once (drawn uniformly: the scores price a value alone, not within the
+pair), and takes REFINE_SHARE of the stacks that could do either: with one try per knob, two
+campaigns refined the rate of a pair found at a poor one once each, at 1.41e-5, 2.42e-6 and
+5.85e-6, and never reached 3.42e-5 or 8.27e-5, where the pair with a reward move wins. A
 stacked proposal that gains more than the near miss it was built on is a near miss in turn, so a
 third edit can follow; one whose added edit added nothing is not (in the first campaign with
 stacking, chains of seven edits grew that way, each addition inert).
@@ -49,6 +53,7 @@ from harness.researchers.base import same_value
 
 JOIN = " + "  # between the texts of a stacked proposal's edits, in its tried key
 GAIN_SCALE = 0.01  # near misses whose gains sum to this make half the rounds stack (at stack=1)
+REFINE_SHARE = 0.5  # of the stacks onto a near miss that could both refine and add, those that refine
 EDIT_KEYS = ("knob", "from", "to", "text")  # an edit as observations record it
 
 
@@ -123,10 +128,10 @@ def stack_chance(misses: list[NearMiss]) -> float:
     return gains / (gains + GAIN_SCALE)
 
 
-def stacked_knobs(observations: list[dict], miss: NearMiss) -> set[str]:
-    """The knobs already stacked onto `miss` in this campaign (an observation from before `onto` was
-    kept names its near miss by its stacked edits)."""
-    return {obs["knob"] for obs in observations
+def stacked_onto(observations: list[dict], miss: NearMiss) -> set[tuple[str, str]]:
+    """The edits already stacked onto `miss` in this campaign, as `(knob, text)` (an observation from
+    before `onto` was kept names its near miss by its stacked edits)."""
+    return {(obs["knob"], obs["text"]) for obs in observations
             if tuple(obs.get("onto") or (edit["text"] for edit in obs.get("stacked", []))) == miss.texts}
 
 
@@ -151,31 +156,38 @@ class StackPick:
 
 
 def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: list[tuple[str, str]],
-               probs: np.ndarray, observations: list[dict], taken: set[tuple[tuple[str, ...], str]] = frozenset()
+               probs: np.ndarray, observations: list[dict], taken: set[tuple[tuple[str, ...], str, str]] = frozenset()
                ) -> StackPick | None:
-    """A near miss and one candidate (`(text, knob)`, drawn with `probs` within its knob) to add to
-    it, on a knob not yet stacked onto it (nor in `taken`, pairs already picked this round), other
-    than an edit the near miss makes already; None when every near miss has been paired with every
-    knob."""
-    open_knobs = {}
+    """A near miss and one candidate (`(text, knob)`) to add to it, none already stacked onto it (nor
+    in `taken`, `(near miss texts, knob, text)` picked this round); None when nothing is left.
+
+    An added edit is on a knob not yet paired with the near miss, its value drawn with `probs`
+    within the knob. A refinement sets one of the near miss's knobs (it has two or more) to a value
+    not yet tried on it, drawn uniformly; when both are open, a round refines with probability
+    `REFINE_SHARE`."""
+    open_edits = {}
     for miss in misses:
-        done = stacked_knobs(observations, miss) | {knob for texts, knob in taken if texts == miss.texts}
-        refinable = miss.knobs if len(miss.edits) > 1 else set()  # a lone edit at another value is no stack
-        knobs = sorted({knob for text, knob in candidates
-                        if text not in miss.texts and (knob not in miss.knobs or knob in refinable)} - done)
-        if knobs:
-            open_knobs[miss.texts] = knobs
-    usable = [miss for miss in misses if miss.texts in open_knobs]
+        done = stacked_onto(observations, miss) | {(knob, text) for texts, knob, text in taken if texts == miss.texts}
+        added = {knob for knob, _ in done}
+        adds = sorted({knob for _, knob in candidates if knob not in miss.knobs} - added)
+        refines = sorted({knob for text, knob in candidates if knob in miss.knobs and len(miss.edits) > 1
+                          and text not in miss.texts and (knob, text) not in done})
+        if adds or refines:
+            open_edits[miss.texts] = (adds, refines, done)
+    usable = [miss for miss in misses if miss.texts in open_edits]
     if not usable:
         return None
     gains = np.array([miss.delta for miss in usable])
     miss = usable[int(rng.choice(len(usable), p=gains / gains.sum()))]
-    knobs = open_knobs[miss.texts]
+    adds, refines, done = open_edits[miss.texts]
+    refine = bool(refines) and (not adds or rng.random() < REFINE_SHARE)
+    knobs = refines if refine else adds
     knob = knobs[int(rng.integers(len(knobs)))]
-    within = np.array([i for i, (text, k) in enumerate(candidates) if k == knob and text not in miss.texts])
+    within = np.array([i for i, (text, k) in enumerate(candidates)
+                       if k == knob and text not in miss.texts and (k, text) not in done])
     # a refinement's value uniformly: the scores price each value alone, and alone a rate moves
     # nothing at the incumbent's decoder (two campaigns' scores drew 1.41e-5, 2.42e-6 and 5.85e-6)
-    weights = probs[within] if knob not in miss.knobs else np.ones(len(within))
+    weights = np.ones(len(within)) if refine else probs[within]
     weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(within), 1.0 / len(within))
     return StackPick(miss, int(within[int(rng.choice(len(within), p=weights))]), knob)
 
