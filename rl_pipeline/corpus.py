@@ -155,10 +155,11 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
     return summary
 
 
-def ensure_base(base: str, seed: int = 0) -> None:
-    """Pretrain the base policy into `base` unless a checkpoint is already there."""
+def ensure_base(base: str, seed: int = 0, *, data_dir: str = "runs/data", band: Band = CALIBRATION) -> None:
+    """Pretrain the base policy into `base` unless a checkpoint is already there, on the splits in
+    `data_dir` (a campaign's own `<runs_dir>/data`, the folder its runs evaluate on)."""
     if (Path(base) / "config.json").is_file():
         Console().print(f"base policy: {base} (found)")
         return
     Console().print(f"base policy: {base} missing, pretraining it")
-    pretrain_base(out=base, seed=seed)
+    pretrain_base(out=base, seed=seed, data_dir=data_dir, band=band)

@@ -5,7 +5,8 @@ from collections import Counter
 
 import pytest
 
-from rl_pipeline.corpus import ANSWER_STYLES, Band, answer_value, pretrain_base, pretrain_pairs, styled_answer
+from rl_pipeline.corpus import (ANSWER_STYLES, Band, answer_value, ensure_base, pretrain_base, pretrain_pairs,
+                                styled_answer)
 from rl_pipeline.tasks import get_task
 
 
@@ -48,3 +49,13 @@ def test_a_base_that_never_reaches_the_band_is_reported(tmp_path, capsys):
     assert [h[0] for h in summary["calibration"]["history"]] == [2, 4]
     assert not summary["calibration"]["in_band"]
     assert "outside the band 0.99-1.00" in " ".join(capsys.readouterr().out.split())
+
+
+def test_ensure_base_pretrains_on_the_data_folder_it_is_given_and_writes_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "campaigns" / "data"
+    ensure_base(str(tmp_path / "campaigns" / "models" / "base"), data_dir=str(data),
+                band=Band(low=0.0, high=1.0, every=2, max_steps=10))
+    assert (tmp_path / "campaigns" / "models" / "base" / "config.json").is_file()
+    assert (data / "arith" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaigns"]  # no stray runs/data in the working folder

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     config = compose_config(DEFAULT_CAMPAIGN + args.overrides)
     from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the config is checked
 
-    ensure_base(config["base_model"], seed=config["seed"])
+    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(Path(config["runs_dir"]) / "data"))
     path = Path(config["runs_dir"]) / config["name"]
     if (path / CONFIG_FILE).is_file():
         Console().print(f"resuming campaign {config['name']} in {path}")

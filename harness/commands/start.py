@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness.campaigns import create_campaign, new_campaign_dir, run_campaign
 from harness.commands import command
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     new_campaign_dir(config)
     from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the config is checked
 
-    ensure_base(config["base_model"], seed=config["seed"])
+    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(Path(config["runs_dir"]) / "data"))
     return run_campaign(config, create_campaign(config))
 
 
