@@ -20,6 +20,7 @@ from pathlib import Path
 from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
 from harness.compare import decide, heldout_change, merge_results, noise_floor
+from harness.config import data_dir
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
 from harness.live import LiveView
@@ -63,7 +64,7 @@ class Campaign:
     # ----------------------------------------------------------------------------- setup
     def _runner_options(self) -> dict:
         runner = self.config["runner"]
-        return {"base": self.config["base_model"], "data_dir": str(Path(self.config["runs_dir"]) / "data"),
+        return {"base": self.config["base_model"], "data_dir": str(data_dir(self.config)),
                 "cache_dir": str(Path(self.config["runs_dir"]) / "cache" / "train"),
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 

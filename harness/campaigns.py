@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.config import CONFIG_FILE, companions, freeze_config
+from harness.config import CONFIG_FILE, companions, data_dir, freeze_config
 from harness.journal import CampaignLock
 
 console = Console()
@@ -61,6 +61,13 @@ def create_campaign(config: dict) -> Path:
 def interactive() -> bool:
     """Whether a person at a terminal can answer approvals here (never in CI)."""
     return sys.stdin.isatty() and os.environ.get("CI") != "true"
+
+
+def ensure_campaign_base(config: dict) -> None:
+    """Pretrain the campaign's base policy if it is missing, on the campaign's own data folder."""
+    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): only once the config is checked
+
+    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(data_dir(config)))
 
 
 def run_campaign(config: dict, path: Path) -> int:

@@ -453,6 +453,11 @@ def scaffold_path(value: str) -> Path:
     raise ValueError(f"scaffold {value!r} not found (a folder under scaffolds/ or a path to one)")
 
 
+def data_dir(config: dict) -> Path:
+    """The splits a campaign's base is pretrained on and its runs are scored on: `<runs_dir>/data`."""
+    return Path(config["runs_dir"]) / "data"
+
+
 def frozen_config(path: Path) -> dict:
     """The config a campaign was started with, as frozen in its folder, validated and completed
     with today's defaults (a campaign frozen by an older version reads the same); nothing is written."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.campaigns import create_campaign, run_campaign
+from harness.campaigns import create_campaign, ensure_campaign_base, run_campaign
 from harness.commands import command
 from harness.config import CONFIG_FILE, compose_config, frozen_config
 
@@ -29,9 +29,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = compose_config(DEFAULT_CAMPAIGN + args.overrides)
-    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the config is checked
-
-    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(Path(config["runs_dir"]) / "data"))
+    ensure_campaign_base(config)
     path = Path(config["runs_dir"]) / config["name"]
     if (path / CONFIG_FILE).is_file():
         Console().print(f"resuming campaign {config['name']} in {path}")

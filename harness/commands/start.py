@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from harness.campaigns import create_campaign, new_campaign_dir, run_campaign
+from harness.campaigns import create_campaign, ensure_campaign_base, new_campaign_dir, run_campaign
 from harness.commands import command
 from harness.config import compose_config
 
@@ -30,9 +29,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = compose_config(args.overrides)  # a bad override fails here, before any pretraining
     new_campaign_dir(config)
-    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the config is checked
-
-    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(Path(config["runs_dir"]) / "data"))
+    ensure_campaign_base(config)
     return run_campaign(config, create_campaign(config))
 
 
