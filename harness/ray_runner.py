@@ -62,7 +62,8 @@ class Evaluator:
         from rl_pipeline.run import run_scaffold
 
         return run_scaffold(job["scaffold"], job["out"], seeds=job["seeds"], heldout=job["heldout"],
-                            train_seed=job.get("train_seed", 0), **self.options)
+                            calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
+                            **self.options)
 
     def warm(self) -> None:
         from rl_pipeline.run import start_warm

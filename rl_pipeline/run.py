@@ -63,11 +63,12 @@ WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded 
 log = logging.getLogger(__name__)
 
 
-def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float) -> dict[str, float]:
+def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float,
+                calibration: bool = False) -> dict[str, float]:
     """Seconds allowed to the sandboxed job (with and without training on `completions`) and to the
-    whole run."""
+    whole run. The held-out split is the size of eval; the calibration split twice that."""
     train_s = PROMPTS_S + TRAIN_S_PER_COMPLETION * completions + TRAIN_MARGIN_S
-    total = train_s + EVAL_S + EVAL_S_PER_SEED * seeds * (2 if heldout else 1)
+    total = train_s + EVAL_S + EVAL_S_PER_SEED * seeds * (1 + (1 if heldout else 0) + (2 if calibration else 0))
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
@@ -186,9 +187,10 @@ def shutdown() -> None:
 
 
 def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | None = None,
-                 heldout: bool = False, **options) -> dict:
+                 heldout: bool = False, calibration: bool = False, **options) -> dict:
     """Evaluate `scaffold` (prompt.py and reward.py in the sandbox, scoring outside it); return the
-    result (also written to `out`). Raises SandboxUnavailable when the sandbox cannot be built."""
+    result (also written to `out`). `heldout` and `calibration` score those splits too, each in a
+    part of its own. Raises SandboxUnavailable when the sandbox cannot be built."""
     from rl_pipeline.scaffold import ScaffoldError, load_scaffold
 
     unknown = set(options) - set(DEFAULTS)
@@ -204,6 +206,7 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
         "out": str(out),
         "overrides": overrides or {},
         "heldout": heldout,
+        "calibration": calibration,
         "base": str(Path(opts["base"]).resolve()),
         "data_dir": str(Path(opts["data_dir"]).resolve()),
         "cache_dir": str(Path(opts["cache_dir"]).resolve()),
@@ -230,7 +233,7 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
     except ScaffoldError as err:
         return failed(f"{type(err).__name__}: {err}")
     job["limits"] = time_limits(config.train_completions, seeds=len(job["seeds"]), heldout=heldout,
-                                cap=opts["timeout_s"])
+                                calibration=calibration, cap=opts["timeout_s"])
     (out / "job.json").write_text(json.dumps(job, indent=2))
 
     start = time.perf_counter()

@@ -344,6 +344,8 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     questions = {"eval": list(splits["eval"]["question"])}
     if job["heldout"]:
         questions["heldout"] = list(splits["heldout"]["question"])
+    if job.get("calibration"):
+        questions["calibration"] = list(splits["calibration"]["question"])
 
     # The untrusted job: copy its inputs in (never an answer of eval or held-out).
     sandbox.reset()
@@ -395,7 +397,18 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         heldout = evaluate(policy, tokenizer, scaffold, splits["heldout"], prompts["heldout"], seeds=job["seeds"],
                            split="heldout")
         timings["heldout_s"] = time.perf_counter() - start
+    calibration = None
+    if job.get("calibration"):
+        start = time.perf_counter()
+        calibration = evaluate(policy, tokenizer, scaffold, splits["calibration"], prompts["calibration"],
+                               seeds=job["seeds"], split="calibration")
+        timings["calibration_s"] = time.perf_counter() - start
     result = result_schema.ok_result(job, scaffold, training, evaluation, heldout, hashes, timings)
+    if calibration is not None:
+        from rl_pipeline.data import split_hash
+
+        result["calibration"] = {"metrics": calibration["metrics"], "per_example": calibration["per_example"],
+                                 "seeds": list(job["seeds"]), "data_hash": split_hash(splits["calibration"])}
     result["sandbox"] = {"isolated": sandbox.isolated}
     return result
 

@@ -135,3 +135,19 @@ def test_hang_is_killed_and_secrets_are_scrubbed(tmp_path, env, monkeypatch):
 def test_missing_base_policy(tmp_path, env):
     result = run_scaffold(scaffold_with(tmp_path), tmp_path / "out", **env | {"base": str(tmp_path / "none")})
     assert result["status"] == "failed" and "researcher model pretrain" in result["reason"]
+
+
+def test_calibration_scores_the_calibration_split_in_a_part_of_its_own(tmp_path, env):
+    from rl_pipeline.data import load_splits, split_hash
+
+    scaffold = scaffold_with(tmp_path)
+    plain = run_scaffold(scaffold, tmp_path / "a", overrides=FAST, **env)
+    both = run_scaffold(scaffold, tmp_path / "b", overrides=FAST, calibration=True, **env | {"seeds": [0, 1]})
+    assert both["status"] == "ok", both.get("reason")
+    assert "calibration" not in plain and both["training"]["cached"]
+    part, splits = both["calibration"], load_splits("arith", data_dir=env["data_dir"])
+    assert part["seeds"] == [0, 1] and part["data_hash"] == split_hash(splits["calibration"])
+    assert sorted(part["per_example"]) == sorted(splits["calibration"]["id"])
+    assert all(len(scores) == 2 for scores in part["per_example"].values())
+    assert {i: s[0] for i, s in both["per_example"].items()} == {i: s[0] for i, s in plain["per_example"].items()}
+    assert both["data_hashes"] == plain["data_hashes"]  # the result still pairs with results made without it
