@@ -407,7 +407,10 @@ class Campaign:
             return None
         if previous["round"] == 0:
             return read_result(self.dir / self.journal.get("baseline")["result"])
-        return read_result(self.rounds_dir / f"{previous['round']:03d}" / "heldout")
+        # In its round's folder, or in its candidate's of a round of several (only the chosen one has it).
+        folder = self.rounds_dir / f"{previous['round']:03d}"
+        return read_result(next(held for held in (folder / "heldout", *sorted(folder.glob("cand-*/heldout")))
+                                if (held / "result.json").is_file()))
 
     def _verdicts(self, n: int) -> tuple[dict, dict]:
         """The round's last verdict (for a round that never reached a comparison, its decision and
