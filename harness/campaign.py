@@ -19,7 +19,8 @@ from pathlib import Path
 
 from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
-from harness.compare import decide, heldout_change, merge_results, noise_floor
+from harness.compare import (decide, deterministic, heldout_change, merge_results, noise_floor, on_more_examples,
+                             with_calibration)
 from harness.config import data_dir
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
@@ -28,7 +29,8 @@ from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
 from harness.tracking import make_tracker
-from harness.training_noise import changes_training, retrain_dir, reusable, training_seed_verdict
+from harness.training_noise import (calibration_dir, changes_training, retrain_dir, reusable,
+                                    training_seed_verdict)
 from harness.workspace import Workspace
 from memory import Memory, RoundRecord
 from rl_pipeline.files import write_atomic
@@ -68,24 +70,26 @@ class Campaign:
                 "cache_dir": str(Path(self.config["runs_dir"]) / "cache" / "train"),
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 
-    def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0) -> dict:
+    def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
+                  calibration: bool = False) -> dict:
         """The runner's result for the scaffold as checked out now (see `_evaluate_all`)."""
-        return self._evaluate_all([(self.workspace.path, out)], seeds, heldout=heldout, train_seed=train_seed)[0]
+        return self._evaluate_all([(self.workspace.path, out)], seeds, heldout=heldout, train_seed=train_seed,
+                                  calibration=calibration)[0]
 
     def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False,
-                      train_seed: int = 0) -> list[dict]:
+                      train_seed: int = 0, calibration: bool = False) -> list[dict]:
         """The runner's result for every (scaffold folder, out folder): one after another on this
         machine, or at once on Ray (`runner=ray`). A result is failed when it does not name the commit
         that was evaluated or the baseline's data (every split's hash), so that no round is ever
         compared on other data or another scaffold than the one it claims."""
         commits = [scaffold_commit(scaffold) for scaffold, _ in targets]
-        jobs = [{"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed}
-                for scaffold, out in targets]
+        jobs = [{"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed,
+                 "calibration": calibration} for scaffold, out in targets]
         if self.pool is not None:
             results = self.pool.run(jobs)
         else:
             results = [run_scaffold(job["scaffold"], job["out"], heldout=heldout, seeds=seeds, train_seed=train_seed,
-                                    **self._runner_options()) for job in jobs]
+                                    calibration=calibration, **self._runner_options()) for job in jobs]
         baseline = self.journal.get("baseline")
         checked = []
         for result, commit, (_, out) in zip(results, commits, targets):
@@ -272,9 +276,23 @@ class Campaign:
         return {"verdict": verdict.to_dict()}
 
     def _reeval(self, n: int, out: Path) -> dict:
-        """More seeds for the candidate and the incumbent, then the final verdict on all of them."""
+        """More seeds for the candidate and the incumbent, then the final verdict on all of them; under
+        deterministic decoding more examples instead (see `_with_calibration`)."""
         extra = self.config["reeval_seeds"]
         candidate = read_result(out)
+
+        def evaluate(folder: Path, seeds: list[int]) -> dict:
+            self.workspace.checkout(n)
+            try:
+                return self._evaluate(folder, seeds, calibration=True)
+            finally:
+                self.workspace.checkout_main()
+
+        commit = self.workspace.candidate_commit(n)
+        pooled = self._with_calibration(candidate, calibration_dir(out, 0), commit, evaluate)
+        if pooled:
+            verdict = decide(*pooled, can_reeval=False, **self._verdict_args())
+            return {"verdict": on_more_examples(verdict).to_dict(), "seeds": candidate["seeds"]}
         # A replay after a kill may find the merged result already written: skip its seeds.
         missing = [s for s in extra if s not in candidate["seeds"]]
         if missing:
@@ -291,6 +309,35 @@ class Campaign:
             incumbent = self._incumbent_with_seeds(incumbent, extra)
         verdict = decide(candidate, incumbent, can_reeval=False, **self._verdict_args())
         return {"verdict": verdict.to_dict(), "seeds": candidate["seeds"]}
+
+    def _with_calibration(self, candidate: dict, folder: Path, commit: str, evaluate) -> tuple[dict, dict] | None:
+        """Under deterministic decoding every seed gives the same scores, so more seeds cannot settle
+        an uncertain verdict: the candidate and the incumbent instead, each pooled with its scores on
+        the calibration split (examples neither eval nor held-out has). None when decoding is not
+        deterministic or a calibration run failed: the caller re-evaluates on more seeds."""
+        incumbent = self._incumbent_result()
+        if not (deterministic(candidate) and deterministic(incumbent)):
+            return None
+        ours, theirs = self._calibrated(folder, commit, evaluate), self._incumbent_calibrated()
+        if ours is None or theirs is None or ours["calibration"]["data_hash"] != theirs["calibration"]["data_hash"]:
+            return None
+        return with_calibration(candidate, ours["calibration"]), with_calibration(incumbent, theirs["calibration"])
+
+    def _calibrated(self, folder: Path, commit: str, evaluate, train_seed: int = 0) -> dict | None:
+        """A result with a calibration part, on the first eval seed only (decoding is deterministic):
+        the one a replay (or an earlier round) left at `folder` when it measured `commit` so, else
+        `evaluate(folder, seeds)`'s; None when that failed."""
+        seeds = self.config["eval_seeds"][:1]
+        result = reusable(folder, commit=commit, seeds=seeds, train_seed=train_seed)
+        if result is None or "calibration" not in result:
+            result = evaluate(folder, seeds)
+        return result if result["status"] == "ok" and "calibration" in result else None
+
+    def _incumbent_calibrated(self, train_seed: int = 0) -> dict | None:
+        """The incumbent's `_calibrated` result, kept beside its own for the rounds to come."""
+        folder, commit = calibration_dir(self._incumbent_dir(), train_seed), self.journal.get("incumbent")["commit"]
+        return self._calibrated(folder, commit, train_seed=train_seed, evaluate=lambda at, seeds: self._evaluate(
+            at, seeds, calibration=True, train_seed=train_seed))
 
     def _incumbent_with_seeds(self, incumbent: dict, seeds: list[int]) -> dict:
         """The incumbent evaluated on `seeds` too (eval only: its training is cached)."""
@@ -317,18 +364,33 @@ class Campaign:
         """The candidate (candidate k of a round of several) and the incumbent re-trained with each
         fresh training seed and evaluated on the same seeds (results already there from a replay, or
         from an earlier round for the incumbent, are reused); the verdict on the paired change over
-        every training seed."""
+        every training seed. Under deterministic decoding each is scored on eval and calibration
+        examples on one seed instead (see `_with_calibration`)."""
+        commit = self.workspace.candidate_commit(n, candidate)
+
+        def evaluate(at: Path, seeds: list[int], train_seed: int, calibration: bool) -> dict:
+            self.workspace.checkout(n, candidate)
+            try:
+                return self._evaluate(at, seeds, train_seed=train_seed, calibration=calibration)
+            finally:
+                self.workspace.checkout_main()
+
         seeds, inc_dir = self.config["eval_seeds"], self._incumbent_dir()
+        if deterministic(read_result(out)) and deterministic(self._incumbent_result()):
+            pairs = {}
+            for train_seed in [0, *self.config["retrain_seeds"]]:
+                at = calibration_dir(out, train_seed)
+                ours = self._calibrated(at, commit, lambda to, seeds: evaluate(to, seeds, train_seed, True), train_seed)
+                if ours is None or self._incumbent_calibrated(train_seed) is None:
+                    break
+                pairs[train_seed] = (at, calibration_dir(inc_dir, train_seed))
+            else:
+                return training_seed_verdict(pairs, margin=self.config["margin"], calibration=True)
         pairs = {read_result(out)["training"]["train_seed"]: (out, inc_dir)}
         for train_seed in self.config["retrain_seeds"]:
             cand, inc = pairs[train_seed] = retrain_dir(out, train_seed), retrain_dir(inc_dir, train_seed)
-            if not reusable(cand, commit=self.workspace.candidate_commit(n, candidate), seeds=seeds,
-                            train_seed=train_seed):
-                self.workspace.checkout(n, candidate)
-                try:
-                    self._evaluate(cand, seeds, train_seed=train_seed)
-                finally:
-                    self.workspace.checkout_main()
+            if not reusable(cand, commit=commit, seeds=seeds, train_seed=train_seed):
+                evaluate(cand, seeds, train_seed, False)
             if not reusable(inc, commit=self.journal.get("incumbent")["commit"], seeds=seeds, train_seed=train_seed):
                 self._evaluate(inc, seeds, train_seed=train_seed)
         return training_seed_verdict(pairs, margin=self.config["margin"])

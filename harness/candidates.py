@@ -41,9 +41,10 @@ from pathlib import Path
 from harness.analyze import Evidence
 from harness.approvals import keep_question, proposal_question
 from harness.campaign import Campaign, _write_json
-from harness.compare import decide, merge_results
+from harness.compare import decide, merge_results, on_more_examples
 from harness.proposal import ProposalError, parse_proposal
 from harness.selection import choose, confirm, promising
+from harness.training_noise import calibration_dir
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
 
@@ -124,12 +125,14 @@ class CandidatesCampaign(Campaign):
             return {"candidates": applied}
         return {"candidates": applied, "error": "; ".join(a["error"] for a in applied)}
 
-    def _evaluate_snapshots(self, n: int, targets: list[tuple[int, Path]], seeds: list[int]) -> list[dict]:
+    def _evaluate_snapshots(self, n: int, targets: list[tuple[int, Path]], seeds: list[int], *,
+                            calibration: bool = False) -> list[dict]:
         """Candidates k evaluated at once, each from a snapshot of its commit into its folder."""
         with contextlib.ExitStack() as stack:
             scaffolds = [stack.enter_context(self.workspace.snapshot(n, k, self.dir / SNAPSHOTS / f"{n:03d}-{k}"))
                          for k, _ in targets]
-            return self._evaluate_all([(s, out) for s, (_, out) in zip(scaffolds, targets)], seeds)
+            return self._evaluate_all([(s, out) for s, (_, out) in zip(scaffolds, targets)], seeds,
+                                      calibration=calibration)
 
     def _evaluate_candidates(self, n: int, out: Path) -> dict:
         applied = self._outputs(n, "apply", "candidates")
@@ -159,13 +162,19 @@ class CandidatesCampaign(Campaign):
         as a kept incumbent's must), and judged on all of them against the incumbent on the same."""
         fresh_seeds = self.config["reeval_seeds"]
         candidate = read_result(folder)
+        evaluated = sum(status is not None for status in self._outputs(n, "evaluate", "candidates"))
+        pooled = self._with_calibration(
+            candidate, calibration_dir(folder, 0), self.workspace.candidate_commit(n, k),
+            lambda at, seeds: self._evaluate_snapshots(n, [(k, at)], seeds, calibration=True)[0])
+        if pooled:
+            verdict = confirm(*pooled, count=evaluated, margin=self.config["margin"])
+            return {"verdict": on_more_examples(verdict).to_dict(), "seeds": candidate["seeds"]}
         if any(s not in candidate["seeds"] for s in fresh_seeds):  # a replay may find them merged already
             fresh = self._evaluate_snapshots(n, [(k, folder / "retest")], fresh_seeds)[0]
             if fresh["status"] == "ok":
                 candidate = merge_results(candidate, fresh)
                 _write_json(folder / "result.json", candidate)
         incumbent = self._incumbent_with_seeds(self._incumbent_result(), fresh_seeds)
-        evaluated = sum(status is not None for status in self._outputs(n, "evaluate", "candidates"))
         verdict = confirm(candidate, incumbent, count=evaluated, margin=self.config["margin"])
         return {"verdict": verdict.to_dict(), "seeds": candidate["seeds"]}
 

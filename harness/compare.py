@@ -9,12 +9,15 @@ differences with a seeded paired-bootstrap 95% interval.
     verdict = decide(candidate, incumbent, margin=0.0, reeval_band=floor["halfwidth"], can_reeval=True)
     if verdict.decision == "reeval":
         candidate = merge_results(candidate, more_seeds_of_the_candidate)
+    if deterministic(candidate) and deterministic(incumbent):  # greedy: more seeds add nothing
+        verdict = decide(with_calibration(candidate, its_calibration_part),
+                         with_calibration(incumbent, the_incumbents_calibration_part), ...)
     change = heldout_change(new_incumbent_heldout_result, previous_incumbent_heldout_result)  # for the record
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -68,6 +71,31 @@ def metric_deltas(candidate: dict, incumbent: dict) -> dict[str, float]:
     if "per_example" in candidate and "per_example" in incumbent:
         deltas["accuracy"] = float(paired_differences(candidate, incumbent)[0].mean())
     return deltas
+
+
+def deterministic(result: dict) -> bool:
+    """Whether every example of `result` got the same score under each of its seeds (greedy
+    decoding, or a policy whose sampling never changes an answer's fate): more seeds then add
+    nothing to a comparison, only more examples do. False with a single seed (nothing to tell)."""
+    return len(result["seeds"]) > 1 and all(len(set(scores)) == 1 for scores in result["per_example"].values())
+
+
+def with_calibration(result: dict, part: dict) -> dict:
+    """`result`'s eval examples and its calibration `part`'s as one result, on the seeds both cover:
+    the examples a comparison pairs when it needs more of them than eval has. Calibration ids are
+    prefixed so that none can collide with an eval id. Raises ValueError when they share no seed."""
+    seeds = [s for s in part["seeds"] if s in set(result["seeds"])]
+    if not seeds:
+        raise ValueError(f"the calibration part (seeds {part['seeds']}) shares no seed with its result "
+                         f"({result['seeds']})")
+    per_example = {}
+    for prefix, source in (("", result), ("calibration/", part)):
+        position = {seed: i for i, seed in enumerate(source["seeds"])}
+        for i, scores in source["per_example"].items():
+            per_example[prefix + i] = [scores[position[s]] for s in seeds]
+    means = [sum(v) / len(v) for v in per_example.values()]
+    return {"status": "ok", "seeds": seeds, "per_example": per_example,
+            "metrics": {"accuracy": sum(means) / len(means)}}
 
 
 # ---------------------------------------------------------------- the noise floor
@@ -169,6 +197,15 @@ def decide(candidate: dict, incumbent: dict, *, margin: float, reeval_band: floa
         decision, why = "revert", f"the estimate is not above the margin {margin:+.3f}"
     return Verdict(decision, delta, (low, high), margin, len(ids), len(seeds), f"{decision}: {numbers}; {why}.",
                    metric_deltas(candidate, incumbent))
+
+
+DETERMINISTIC = "every seed gives the same scores (deterministic decoding)"
+
+
+def on_more_examples(verdict: Verdict) -> Verdict:
+    """A verdict on eval and calibration examples pooled (`with_calibration`), saying why."""
+    return replace(verdict, reason=f"{DETERMINISTIC}, so eval's examples are pooled with the calibration "
+                                   f"split's: {verdict.reason}")
 
 
 # ---------------------------------------------------------------- a keep on held-out, for the record

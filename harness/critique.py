@@ -23,12 +23,14 @@ import math
 import re
 from typing import Any
 
+from harness.compare import DETERMINISTIC
 from harness.proposal import FileEdit, KnobEdit, MoveEdit, Proposal
 
 METRICS = ("accuracy", "format_valid_rate", "truncation_rate", "repetition_rate", "mean_completion_tokens")
 DIGITS = {"mean_completion_tokens": 2}  # decimals printed; rates get 3
 # Moves smaller than these are "no change" for the advice; they are never printed.
 RATE_MOVE = 0.01
+POOLED = " (eval's and the calibration split's: every seed gave the same answers, so more examples, not seeds)"
 REASON_CHARS = 200
 CONSTANTS = (95.0, 100.0)  # the interval's level and the percent base
 
@@ -208,7 +210,8 @@ def critique(proposal: Proposal, result: dict, incumbent: dict, verdict: dict, t
         low, high = verdict["ci95"]
         out += [f"**What it did.** Decision: {final['decision']}. Paired accuracy change "
                 f"{verdict['delta']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}]) over {verdict['n_examples']} "
-                f"examples x {verdict['n_seeds']} seeds{' of the first training run' if training else ''}, "
+                f"examples x {verdict['n_seeds']} seeds{' of the first training run' if training else ''}"
+                f"{POOLED if verdict['reason'].startswith(DETERMINISTIC) else ''}, "
                 f"against a margin of {verdict['margin']:+.3f}.", "",
                 *_table(result, incumbent, verdict), "", f"**Beyond noise?** {_noise(verdict)}", ""]
         if training:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.compare import Verdict, metric_deltas, paired_differences
+from harness.compare import Verdict, metric_deltas, on_more_examples, paired_differences, with_calibration
 from rl_pipeline.result import read_result
 from rl_pipeline.stats import bootstrap_mean_ci
 
@@ -38,6 +38,12 @@ def changes_training(candidate: dict, incumbent: dict) -> bool:
 def retrain_dir(round_dir: Path, train_seed: int) -> Path:
     """Where a round's scaffold re-trained with `train_seed` keeps its result."""
     return Path(round_dir) / "retrain" / f"seed-{train_seed}"
+
+
+def calibration_dir(round_dir: Path, train_seed: int) -> Path:
+    """Where a round's scaffold (re-trained with `train_seed` unless it is 0) keeps its result with a
+    calibration part: the extra examples of a comparison under deterministic decoding."""
+    return (Path(round_dir) if train_seed == 0 else retrain_dir(round_dir, train_seed)) / "calibration"
 
 
 def reusable(out: Path, *, commit: str, seeds: list[int], train_seed: int) -> dict | None:
@@ -70,14 +76,17 @@ def _pooled(per_seed: list[dict], diffs: list[np.ndarray], margin: float) -> tup
     return decision, delta, (low, high), f"{decision}: {numbers}; {why}."
 
 
-def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float) -> dict:
+def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float,
+                          calibration: bool = False) -> dict:
     """The keep rule on the paired change averaged over training seeds.
 
     `pairs` maps each training seed to the result folders of the candidate and the incumbent
-    trained with it. Returns `verdict` (a `Verdict` as a dict: keep only when the pooled interval's
-    lower bound is above `margin`), `per_seed` (each training seed's paired change and interval)
-    and `left_out` (training seeds whose incumbent failed, so nothing could be paired). A candidate
-    that fails with any training seed is reverted: it does not train reliably.
+    trained with it; with `calibration`, each result's eval and calibration examples are pooled
+    (`with_calibration`: the re-test of a deterministic decoder). Returns `verdict` (a `Verdict` as
+    a dict: keep only when the pooled interval's lower bound is above `margin`), `per_seed` (each
+    training seed's paired change and interval) and `left_out` (training seeds whose incumbent
+    failed, so nothing could be paired). A candidate that fails with any training seed is reverted:
+    it does not train reliably.
     """
     per_seed, left_out, diffs, deltas = [], [], [], []
     n_seeds = 0
@@ -91,6 +100,9 @@ def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float)
         if incumbent["status"] != "ok":
             left_out.append({"train_seed": train_seed, "reason": incumbent.get("reason") or "no reason given"})
             continue
+        if calibration:
+            candidate = with_calibration(candidate, candidate["calibration"])
+            incumbent = with_calibration(incumbent, incumbent["calibration"])
         diff, _, seeds = paired_differences(candidate, incumbent)
         low, high = bootstrap_mean_ci(diff)
         per_seed.append({"train_seed": train_seed, "delta": float(diff.mean()), "ci95": [low, high],
@@ -105,4 +117,6 @@ def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float)
     shared = set.intersection(*(set(d) for d in deltas))
     mean_deltas = {name: float(np.mean([d[name] for d in deltas])) for name in sorted(shared)}
     verdict = Verdict(decision, delta, ci95, margin, len(diffs[0]), n_seeds, reason, mean_deltas)
+    if calibration:
+        verdict = on_more_examples(verdict)
     return {"verdict": verdict.to_dict(), "per_seed": per_seed, "left_out": left_out}

@@ -7,7 +7,8 @@ Results are synthetic: a per-example score matrix turned into the `result.json` 
 import numpy as np
 import pytest
 
-from harness.compare import Verdict, decide, heldout_change, merge_results, noise_floor
+from harness.compare import (Verdict, decide, deterministic, heldout_change, merge_results, noise_floor,
+                             on_more_examples, with_calibration)
 from rl_pipeline.stats import bootstrap_mean_ci
 
 N = 200
@@ -219,3 +220,51 @@ def test_a_heldout_change_of_zero_is_a_false_keep_and_unpaired_scores_give_the_p
     other_seeds = with_heldout(base_scores(60, 2), seeds=[7, 8])
     assert heldout_change(other_seeds, same) == {"heldout_delta": pytest.approx(-0.2), "heldout_paired": False,
                                                  "false_keep": True}
+
+
+def mixed_scores(n: int, correct: int, lost: int, gained: int, n_seeds: int = 1) -> np.ndarray:
+    """The first `correct` of `n` examples right, less the first `lost` of them, plus the `gained`
+    after them: a change that wins some examples and loses others, the same under every seed."""
+    scores = np.zeros((n, n_seeds), dtype=int)
+    scores[lost:correct + gained] = 1
+    return scores
+
+
+def calibration_part(scores: np.ndarray, seeds=(0,)) -> dict:
+    """A calibration part of the result shape from an examples x seeds matrix."""
+    return {"seeds": list(seeds), "data_hash": "c" * 16, "metrics": {"accuracy": float(scores.mean())},
+            "per_example": {f"ex{i:03d}": [int(v) for v in row] for i, row in enumerate(scores)}}
+
+
+def test_deterministic_means_no_seed_changes_any_score():
+    assert deterministic(make_result(base_scores(100)))
+    flipped = base_scores(100)
+    flipped[150, 2] = 1
+    assert not deterministic(make_result(flipped))
+    assert not deterministic(make_result(base_scores(100, 1), seeds=[0]))  # one seed tells nothing
+
+
+def test_with_calibration_pools_both_splits_on_their_common_seeds():
+    part = calibration_part(mixed_scores(400, 300, 0, 0, n_seeds=2), seeds=(5, 0))
+    pooled = with_calibration(make_result(base_scores(100)), part)
+    assert pooled["seeds"] == [0] and len(pooled["per_example"]) == N + 400
+    assert pooled["per_example"]["ex000"] == [1] and pooled["per_example"]["calibration/ex399"] == [0]
+    assert pooled["metrics"]["accuracy"] == pytest.approx((100 + 300) / 600)
+    with pytest.raises(ValueError, match="shares no seed"):
+        with_calibration(make_result(base_scores(100)), calibration_part(mixed_scores(400, 300, 0, 0), seeds=(7,)))
+
+
+def test_more_examples_settle_what_more_seeds_cannot_under_greedy_decoding():
+    """+4 points on 200 examples (10 lost, 18 won) is within noise whatever the number of identical
+    seeds; the same change on 400 more examples is not."""
+    incumbent, candidate = make_result(base_scores(100)), make_result(mixed_scores(N, 100, 10, 18, 3))
+    on_eval = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=False)
+    more_seeds = decide(make_result(mixed_scores(N, 100, 10, 18, 6), seeds=range(6)),
+                        make_result(base_scores(100, 6), seeds=range(6)), margin=0.0, reeval_band=0.05,
+                        can_reeval=False)
+    assert on_eval.decision == more_seeds.decision == "revert" and on_eval.ci95 == more_seeds.ci95
+    pooled = on_more_examples(decide(with_calibration(candidate, calibration_part(mixed_scores(400, 200, 20, 36))),
+                                     with_calibration(incumbent, calibration_part(mixed_scores(400, 200, 0, 0))),
+                                     margin=0.0, reeval_band=0.05, can_reeval=False))
+    assert pooled.decision == "keep" and pooled.delta == pytest.approx(0.04) and pooled.n_examples == 600
+    assert pooled.reason.startswith("every seed gives the same scores") and "600 examples x 1 seeds" in pooled.reason
