@@ -375,8 +375,8 @@ class Campaign:
             finally:
                 self.workspace.checkout_main()
 
-        seeds, inc_dir = self.config["eval_seeds"], self._incumbent_dir()
-        if deterministic(read_result(out)) and deterministic(self._incumbent_result()):
+        seeds, inc_dir, result = self.config["eval_seeds"], self._incumbent_dir(), read_result(out)
+        if deterministic(result) and deterministic(self._incumbent_result()):
             pairs = {}
             for train_seed in [0, *self.config["retrain_seeds"]]:
                 at = calibration_dir(out, train_seed)
@@ -386,7 +386,7 @@ class Campaign:
                 pairs[train_seed] = (at, calibration_dir(inc_dir, train_seed))
             else:
                 return training_seed_verdict(pairs, margin=self.config["margin"], calibration=True)
-        pairs = {read_result(out)["training"]["train_seed"]: (out, inc_dir)}
+        pairs = {result["training"]["train_seed"]: (out, inc_dir)}
         for train_seed in self.config["retrain_seeds"]:
             cand, inc = pairs[train_seed] = retrain_dir(out, train_seed), retrain_dir(inc_dir, train_seed)
             if not reusable(cand, commit=commit, seeds=seeds, train_seed=train_seed):

@@ -40,7 +40,9 @@ def _base(job: dict, status: str) -> dict:
     }
 
 
-def ok_result(job, scaffold, training, evaluation, heldout, data_hashes, timings) -> dict:
+def ok_result(job, scaffold, training, evaluation, heldout, data_hashes, timings, calibration=None) -> dict:
+    """A successful run's result: eval's scores, and a part of its own for held-out and for the
+    calibration split (`calibration`: its evaluation and its data hash) when they were scored."""
     result = _base(job, "ok")
     result["scaffold"]["content_hash"] = scaffold.content_hash
     result |= {
@@ -58,6 +60,10 @@ def ok_result(job, scaffold, training, evaluation, heldout, data_hashes, timings
     }
     if heldout is not None:
         result["heldout"] = {"metrics": heldout["metrics"], "per_example": heldout["per_example"]}
+    if calibration is not None:
+        scores, data_hash = calibration
+        result["calibration"] = {"metrics": scores["metrics"], "per_example": scores["per_example"],
+                                 "seeds": list(job["seeds"]), "data_hash": data_hash}
     return result
 
 

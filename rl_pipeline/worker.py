@@ -399,16 +399,13 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         timings["heldout_s"] = time.perf_counter() - start
     calibration = None
     if job.get("calibration"):
-        start = time.perf_counter()
-        calibration = evaluate(policy, tokenizer, scaffold, splits["calibration"], prompts["calibration"],
-                               seeds=job["seeds"], split="calibration")
-        timings["calibration_s"] = time.perf_counter() - start
-    result = result_schema.ok_result(job, scaffold, training, evaluation, heldout, hashes, timings)
-    if calibration is not None:
         from rl_pipeline.data import split_hash
 
-        result["calibration"] = {"metrics": calibration["metrics"], "per_example": calibration["per_example"],
-                                 "seeds": list(job["seeds"]), "data_hash": split_hash(splits["calibration"])}
+        start = time.perf_counter()
+        calibration = (evaluate(policy, tokenizer, scaffold, splits["calibration"], prompts["calibration"],
+                                seeds=job["seeds"], split="calibration"), split_hash(splits["calibration"]))
+        timings["calibration_s"] = time.perf_counter() - start
+    result = result_schema.ok_result(job, scaffold, training, evaluation, heldout, hashes, timings, calibration)
     result["sandbox"] = {"isolated": sandbox.isolated}
     return result
 
