@@ -73,12 +73,17 @@ def test_two_candidates_a_round_on_ray_and_a_killed_worker_is_one_failed_candida
 
     def kill_a_worker_in_round_1():
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not evaluating(camp, 1):
-            time.sleep(0.1)
-        actors = [p for p in psutil.Process().children(recursive=True) if cmdline(p).startswith("ray::Evaluator")]
-        if actors:  # both are in the middle of their candidate's job, which takes seconds
-            actors[0].kill()
-            killed.append(actors[0].pid)
+        results = [camp / "rounds" / "001" / f"cand-{k}" / "result.json" for k in (1, 2)]
+        while time.monotonic() < deadline and not killed and not all(r.exists() for r in results):
+            if evaluating(camp, 1):
+                # Ray titles an actor's process by the method it runs: a candidate that reuses round
+                # 0's training can be done before the other has begun, and its actor is idle then.
+                busy = [p for p in psutil.Process().children(recursive=True)
+                        if cmdline(p).startswith("ray::Evaluator.evaluate")]
+                if busy:
+                    busy[0].kill()
+                    killed.append(busy[0].pid)
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_a_worker_in_round_1)
     killer.start()
