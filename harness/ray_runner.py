@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rl_pipeline.env import scrubbed_env
 from rl_pipeline.result import failed_result, scaffold_commit, write_result
-from rl_pipeline.run import WORKER_GRACE_S, WORKER_START_S
+from rl_pipeline.run import WORKER_GRACE_S, WORKER_START_S, expected_work_s
 from rl_pipeline.sandbox import SandboxUnavailable
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -163,10 +163,11 @@ class RayPool:
 
     def run(self, jobs: list[dict]) -> list[dict]:
         """Every job's result ({scaffold, out, seeds, heldout}: what `run_scaffold` is called with, less
-        the pool's options), in job order; at most `workers` run at once."""
+        the pool's options), in job order; at most `workers` run at once, the longest first (a run
+        that trains before one whose training is cached), so that the short ones fill the gaps."""
         ray = self.ray
         results: list[dict | None] = [None] * len(jobs)
-        queue = list(enumerate(jobs))
+        queue = sorted(enumerate(jobs), key=lambda item: -self._work_s(item[1]))
         running: dict = {}  # object ref -> (index, actor, started)
         retried: set[int] = set()
         while queue or running:
@@ -188,6 +189,11 @@ class RayPool:
                     ray.kill(actor)
                     results[index] = failed(jobs[index], f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
         return results
+
+    def _work_s(self, job: dict) -> float:
+        return expected_work_s(job["scaffold"], seeds=job["seeds"], heldout=job["heldout"],
+                               calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
+                               **self.actor_options)
 
     def _collect(self, ref, job: dict, actor, *, retry: bool) -> dict | None:
         """The job's result; a failed one when its actor died or raised (the actor is then dropped),

@@ -72,6 +72,27 @@ def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float,
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
+def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict | None = None, heldout: bool = False,
+                    calibration: bool = False, train_seed: int = 0, **options) -> float:
+    """A rough estimate of a run's seconds, to order runs (longest first) where several share
+    workers: training on the scaffold's budget unless its training is cached, then the scoring.
+    A scaffold that does not load fails at once: 0."""
+    from rl_pipeline.scaffold import ScaffoldError, load_scaffold
+    from rl_pipeline.worker import trains
+
+    opts = DEFAULTS | options
+    scoring_s = EVAL_S_PER_SEED * len(seeds) * (1 + (1 if heldout else 0) + (2 if calibration else 0))
+    try:
+        config = load_scaffold(scaffold, overrides, import_code=False)
+    except (ScaffoldError, OSError):
+        return 0.0
+    try:
+        training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed)
+    except (OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
+        training = True
+    return scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0)
+
+
 def _limit_memory(memory_gb: float):
     def apply():
         limit = int(memory_gb * 1024 ** 3)

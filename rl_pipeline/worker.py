@@ -197,6 +197,15 @@ def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int) -> bool:
+    """Whether a job on `scaffold` would train (no policy of its training key in the cache yet),
+    told without loading the data: the training split's hash is the one its manifest holds."""
+    from rl_pipeline.data import MANIFEST
+
+    train_hash = json.loads((Path(data_dir) / scaffold.task / MANIFEST).read_text())["hashes"]["train"]
+    return not (Path(cache_dir) / training_key(scaffold, base_dir, train_hash, seed)).is_dir()
+
+
 # ----------------------------------------------------------------------------- outputs
 def _inside(job: Path, rel: str, *, max_bytes: int) -> Path:
     """A regular file the sandbox wrote under `job`: no link out of it, not larger than max_bytes."""

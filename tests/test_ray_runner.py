@@ -38,8 +38,9 @@ def options(root) -> dict:
             "cache_dir": str(runs / "cache" / "train"), "timeout_s": 600, "memory_gb": 8}
 
 
-def jobs(root, scaffold, name: str, count: int) -> list[dict]:
-    return [{"scaffold": scaffold, "out": root / name / str(i), "seeds": [0], "heldout": False} for i in range(count)]
+def jobs(root, scaffold, name: str, count: int, train_seed: int = 0) -> list[dict]:
+    return [{"scaffold": scaffold, "out": root / name / str(i), "seeds": [0], "heldout": False, "train_seed": train_seed}
+            for i in range(count)]
 
 
 def ours(pid: int, before: frozenset[int] = frozenset()) -> list[psutil.Process]:
@@ -80,11 +81,14 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         # A worker killed in the middle of a job: that job fails, the others and the pool go on.
         victim = pool.ray.get(pool.idle[0].pid.remote())
         results: list = []
-        second = jobs(root, scaffold, "second", 2)
+        second = jobs(root, scaffold, "second", 2, train_seed=1)  # each trains: seconds, not a fraction of one
         thread = threading.Thread(target=lambda: results.extend(pool.run(second)))
         thread.start()
-        while not all((job["out"] / "job.json").exists() for job in second):
-            time.sleep(0.05)
+        deadline = time.monotonic() + 600
+        while not (all((job["out"] / "job.json").exists() for job in second)
+                   and cmdline(psutil.Process(victim)).startswith("ray::Evaluator.evaluate")):
+            assert time.monotonic() < deadline and thread.is_alive(), "the victim was never seen in a job"
+            time.sleep(0.02)
         os.kill(victim, signal.SIGKILL)
         thread.join(timeout=600)
         assert sorted(r["status"] for r in results) == ["failed", "ok"]
@@ -96,6 +100,12 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         (idle,) = pool.idle
         os.kill(pool.ray.get(idle.pid.remote()), signal.SIGKILL)
         assert [r["status"] for r in pool.run(jobs(root, scaffold, "third", 2))] == ["ok", "ok"]
+        # The longest job first: one that trains starts beside the first of two whose training is cached.
+        fourth = jobs(root, scaffold, "fourth", 2) + jobs(root, scaffold, "fourth-trains", 1, train_seed=2)
+        results = pool.run(fourth)
+        assert [(r["status"], r["training"]["cached"]) for r in results] == [("ok", True), ("ok", True), ("ok", False)]
+        began = [(job["out"] / "job.json").stat().st_mtime for job in fourth]
+        assert began[2] < began[1], began
         running = ours(os.getpid(), before)
     finally:
         pool.close()

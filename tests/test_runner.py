@@ -15,7 +15,7 @@ import pytest
 from fast_scaffold import COMPLETIONS, TEST_PRESET, with_budget
 
 from model import build_policy, build_tokenizer, save_policy
-from rl_pipeline.run import run_scaffold
+from rl_pipeline.run import expected_work_s, run_scaffold
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 FAST = {"sampling.max_new_tokens": 6, "grpo.max_completion_length": 6}
@@ -41,6 +41,7 @@ def scaffold_with(tmp_path, reward_body: str | None = None) -> Path:
 
 def test_ok_result_and_training_cache(tmp_path, env):
     scaffold = scaffold_with(tmp_path)
+    training_s = expected_work_s(scaffold, overrides=FAST, **env)
     first = run_scaffold(scaffold, tmp_path / "a", overrides=FAST, **env)
     assert first["status"] == "ok", first.get("reason")
     assert first["schema_version"] == 1 and not first["training"]["cached"]
@@ -59,7 +60,14 @@ def test_ok_result_and_training_cache(tmp_path, env):
     second = run_scaffold(scaffold, tmp_path / "b", overrides=FAST | {"sampling.temperature": 0.5}, **env)
     assert second["status"] == "ok" and second["training"]["cached"]
     assert second["training"]["key"] == first["training"]["key"]
+    # The estimate that orders runs sharing workers (longest first) knows which will train.
+    scoring_s = expected_work_s(scaffold, overrides=FAST | {"sampling.temperature": 0.5}, **env)
+    assert 0 < scoring_s < training_s
+    assert expected_work_s(scaffold, overrides=FAST | {"grpo.learning_rate": 1e-5}, **env) == training_s
+    assert expected_work_s(scaffold, overrides=FAST, **env | {"train_seed": 7}) == training_s
+    assert expected_work_s(scaffold, overrides={"sampling.top_p": 3}, **env) == 0  # fails at once
     third = run_scaffold(scaffold, tmp_path / "c", overrides=FAST | {"grpo.learning_rate": 1e-5}, **env)
+    assert expected_work_s(scaffold, overrides=FAST | {"grpo.learning_rate": 1e-5}, **env) == scoring_s
     assert third["status"] == "ok" and not third["training"]["cached"]
 
     # The budget is work, not time: twice the completions is twice the steps at the same batch, and
