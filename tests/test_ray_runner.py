@@ -1,7 +1,7 @@
 """The Ray runner on a real local Ray (no mock): jobs at once in sandboxed actors, the longest (one
 that trains) first, a worker killed in a job as that one failed job (and one killed while idle as
-nothing), nothing of ours left running
-after a close or a kill -9 of the process that started it (checked in the process table).
+nothing), nothing of ours left running after a close or a kill -9 of the process that started it
+(checked in the process table).
 
 A random-weight micro base and a scaffold cut to one GRPO step keep each evaluation to seconds.
 """
