@@ -63,12 +63,17 @@ WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded 
 log = logging.getLogger(__name__)
 
 
+def _scoring_s(seeds: int, *, heldout: bool, calibration: bool) -> float:
+    """Seconds allowed for scoring: eval, held-out (its size) and calibration (twice that), per seed."""
+    return EVAL_S_PER_SEED * seeds * (1 + (1 if heldout else 0) + (2 if calibration else 0))
+
+
 def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float,
                 calibration: bool = False) -> dict[str, float]:
     """Seconds allowed to the sandboxed job (with and without training on `completions`) and to the
     whole run. The held-out split is the size of eval; the calibration split twice that."""
     train_s = PROMPTS_S + TRAIN_S_PER_COMPLETION * completions + TRAIN_MARGIN_S
-    total = train_s + EVAL_S + EVAL_S_PER_SEED * seeds * (1 + (1 if heldout else 0) + (2 if calibration else 0))
+    total = train_s + EVAL_S + _scoring_s(seeds, heldout=heldout, calibration=calibration)
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
@@ -81,7 +86,7 @@ def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict |
     from rl_pipeline.worker import trains
 
     opts = DEFAULTS | options
-    scoring_s = EVAL_S_PER_SEED * len(seeds) * (1 + (1 if heldout else 0) + (2 if calibration else 0))
+    scoring_s = _scoring_s(len(seeds), heldout=heldout, calibration=calibration)
     try:
         config = load_scaffold(scaffold, overrides, import_code=False)
     except (ScaffoldError, OSError):
