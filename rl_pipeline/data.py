@@ -34,6 +34,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from rl_pipeline.files import file_lock, remove_stale, replacing_dir
+from rl_pipeline.manifest import MANIFEST
 from rl_pipeline.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ DEFAULT_SIZES = {"train": 10000, "calibration": 400, "eval": 200, "heldout": 200
 # no problem with any of them.
 BUCKETS = {"heldout": (0, 5), "eval": (5, 10), "train": (10, 100)}
 BUCKETS_OF = {"calibration": "train"}
-MANIFEST = "manifest.json"
 # A split gives up after this many times the expected number of draws: the problem space is
 # then too small for the size asked.
 _MAX_DRAW_FACTOR = 50

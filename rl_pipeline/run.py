@@ -82,6 +82,7 @@ def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict |
     """A rough estimate of a run's seconds, to order runs (longest first) where several share
     workers: training on the scaffold's budget unless its training is cached, then the scoring.
     A scaffold that does not load fails at once: 0."""
+    from rl_pipeline.manifest import ManifestError
     from rl_pipeline.scaffold import ScaffoldError, load_scaffold
     from rl_pipeline.worker import trains
 
@@ -93,7 +94,7 @@ def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict |
         return 0.0
     try:
         training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed)
-    except (OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
+    except (ManifestError, OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
         training = True
     return scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0)
 

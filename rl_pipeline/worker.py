@@ -36,6 +36,7 @@ from pathlib import Path
 
 from rl_pipeline import result as result_schema
 from rl_pipeline.files import replacing_dir
+from rl_pipeline.manifest import MANIFEST, split_hashes
 from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
 
 TRAIN_CODE_VERSION = "3"  # 2: weights trained in the sandbox, checked here; 3: a budget of completions
@@ -156,7 +157,7 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 def load_data(task: str, data_dir: str) -> tuple[dict, dict, str]:
     """The task's splits, their hashes and the training split as JSON lines (what the sandbox
     gets), kept in memory while the manifest is unchanged."""
-    from rl_pipeline.data import MANIFEST, load_splits, split_hash
+    from rl_pipeline.data import load_splits, split_hash
 
     manifest = Path(data_dir) / task / MANIFEST
     stamp = manifest.stat().st_mtime_ns if manifest.exists() else -1
@@ -200,9 +201,7 @@ def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
 def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int) -> bool:
     """Whether a job on `scaffold` would train (no policy of its training key in the cache yet),
     told without loading the data: the training split's hash is the one its manifest holds."""
-    from rl_pipeline.data import MANIFEST
-
-    train_hash = json.loads((Path(data_dir) / scaffold.task / MANIFEST).read_text())["hashes"]["train"]
+    train_hash = split_hashes(data_dir, scaffold.task)["train"]
     return not (Path(cache_dir) / training_key(scaffold, base_dir, train_hash, seed)).is_dir()
 
 

@@ -2,14 +2,19 @@
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
 from rl_pipeline import data
 from rl_pipeline.data import SPLITS, build_splits, load_splits, split_hash, split_of
+from rl_pipeline.manifest import ManifestError, split_hashes
 from rl_pipeline.tasks import ArithTask, get_task
 
+ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 SMALL = {"train": 600, "calibration": 60, "eval": 60, "heldout": 60}
 
 
@@ -92,6 +97,29 @@ def test_cache_is_reused(tmp_path, builds):
     assert manifest["hashes"] == hashes(first)
     assert manifest["key"]["version"] == ArithTask.version
     assert {len(first[s]) for s in SPLITS} == set(SMALL.values())
+
+
+def test_split_hashes_reads_the_manifest_without_datasets(tmp_path):
+    splits = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    assert split_hashes(tmp_path, "arith") == hashes(splits)
+    # What the Ray driver calls to order its jobs reads the manifest, and never imports `datasets`.
+    probe = ("import sys; from rl_pipeline.run import expected_work_s; "
+             f"print(expected_work_s({str(ARITH)!r}, seeds=[0], base={str(tmp_path / 'base')!r}, "
+             f"data_dir={str(tmp_path)!r}, cache_dir={str(tmp_path / 'cache')!r}) > 0, 'datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json", "no hashes"])
+def test_split_hashes_says_which_manifest_it_cannot_read(tmp_path, damage):
+    load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+    manifest = tmp_path / "arith" / data.MANIFEST
+    if damage == "missing":
+        manifest.unlink()
+    else:
+        manifest.write_text("{not json" if damage == "not json" else json.dumps({"key": {}}))
+    with pytest.raises(ManifestError, match=f"no readable data manifest at {manifest}"):
+        split_hashes(tmp_path, "arith")
 
 
 def test_cache_is_rebuilt_when_the_task_version_changes(tmp_path, builds, monkeypatch):
