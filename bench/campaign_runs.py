@@ -1,6 +1,9 @@
 """What the campaign benchmarks share: a runs folder set up once, campaigns created or resumed in
 it by name, and the rounds at which an incumbent reached a level.
 
+`reuse` takes a campaign run earlier in another runs folder in place of one a benchmark would run,
+once it has checked that it ran the same config on the same base, data and scaffold.
+
 Two set-ups: `real_setup` links a pretrained base and copies the data into the runs folder (the
 arith scaffold at its defaults); `fast_setup` builds the end-to-end tests' tiny random base and the
 arith scaffold cut to one GRPO step (tests/fast_scaffold.py), whose accuracy is 0 whatever the
@@ -22,9 +25,11 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 use_offline_env()
 
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
-from harness.config import CONFIG_FILE, compose_config, freeze_config, frozen_config  # noqa: E402
+from harness.config import CONFIG_FILE, compose_config, data_dir, freeze_config, frozen_config  # noqa: E402
 from harness.journal import Journal  # noqa: E402
 from harness.report import NEAR_BEST, campaign_stats  # noqa: E402
+from rl_pipeline.manifest import ManifestError, split_hashes  # noqa: E402
+from rl_pipeline.scaffold import load_scaffold  # noqa: E402
 
 # the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
 FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
@@ -72,6 +77,76 @@ def run(runs: Path, name: str, rounds: int, overrides: list[str]) -> list[dict]:
         path = create_campaign(config)
     run_campaign(config, path)
     return Journal(path).get("history") or []
+
+
+class ReuseError(ValueError):
+    """A campaign offered for reuse that is not the campaign the benchmark would run."""
+
+
+# where a campaign's files are, and whether it showed a live view: free to differ in a reused campaign
+PLACES = {"name", "runs_dir", "scaffold", "base_model", "live", "rounds"}
+
+
+def initial_scaffold(campaign: Path) -> dict[str, bytes]:
+    """The files of a campaign's scaffold as its first commit holds them."""
+    import git
+
+    repo = git.Repo(campaign / "scaffold")
+    root = next(c for c in repo.iter_commits() if not c.parents)
+    return {b.path: b.data_stream.read() for b in root.tree.traverse() if b.type == "blob"}
+
+
+def scaffold_files(folder: Path) -> dict[str, bytes]:
+    """A scaffold folder's files, as a campaign copies them (no bytecode)."""
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"}
+
+
+def reuse(campaign: Path, runs: Path, rounds: int, overrides: list[str]) -> list[dict]:
+    """The first `rounds` rounds of the history of `campaign`, a campaign run in another runs folder,
+    in place of the one `run(runs, ..., rounds, overrides)` would run: its frozen config must be the one
+    `overrides` compose, apart from where its files are; its base policy the same folder (links
+    followed), its data splits and initial scaffold the same contents, and it must have run `rounds`
+    rounds. Anything else raises ReuseError saying what differs."""
+    campaign = Path(campaign).resolve()
+    if not (campaign / CONFIG_FILE).is_file():
+        raise ReuseError(f"{campaign}: not a campaign folder (no {CONFIG_FILE})")
+    old = frozen_config(campaign)
+    new = compose_config([f"runs_dir={runs}", f"name={campaign.name}", f"rounds={rounds}", "live=false", *overrides])
+    differ = [f"{k} {old.get(k)!r}, wanted {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+              if k not in PLACES and old.get(k) != new.get(k)]
+    if Path(old["base_model"]).resolve() != Path(new["base_model"]).resolve():
+        differ.append(f"base_model {Path(old['base_model']).resolve()}, wanted {Path(new['base_model']).resolve()}")
+    task = load_scaffold(new["scaffold"], import_code=False).task
+    try:
+        if split_hashes(data_dir(old), task) != split_hashes(data_dir(new), task):
+            differ.append(f"data splits of {data_dir(old)}, wanted those of {data_dir(new)}")
+    except ManifestError as err:
+        raise ReuseError(f"{campaign}: {err}") from None
+    if initial_scaffold(campaign) != scaffold_files(Path(new["scaffold"])):
+        differ.append(f"initial scaffold, wanted the files of {new['scaffold']}")
+    if differ:
+        raise ReuseError(f"{campaign} is another campaign: " + "; ".join(differ))
+    history = sorted(Journal(campaign).get("history") or [], key=lambda r: r["round"])
+    done = max((r["round"] for r in history), default=0)
+    if done < rounds:
+        raise ReuseError(f"{campaign} has run {done} of the {rounds} rounds: resume it first")
+    return [r for r in history if r["round"] <= rounds]
+
+
+def parse_reuse(items: list[str], groups: list[str], seeds: list[int]) -> dict[tuple[str, int], Path]:
+    """`GROUP:SEED=FOLDER` items (`--reuse`) as {(group, seed): folder}; ReuseError for a malformed one
+    or a group or seed the benchmark does not run."""
+    out = {}
+    for item in items:
+        key, sep, folder = item.partition("=")
+        group, colon, seed = key.partition(":")
+        if not (sep and colon and group and folder and seed.isdigit()):
+            raise ReuseError(f"--reuse {item!r}: write GROUP:SEED=FOLDER, e.g. local:0=runs/old/default")
+        if group not in groups or int(seed) not in seeds:
+            raise ReuseError(f"--reuse {item!r}: {group}:{seed} is not run here (groups {groups}, seeds {seeds})")
+        out[group, int(seed)] = Path(folder)
+    return out
 
 
 def reached(history: list[dict], level: float | None) -> int | None:

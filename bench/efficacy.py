@@ -26,6 +26,8 @@ project and the runs folder at the same paths). Each campaign evaluates with its
     .venv/bin/python bench/efficacy.py --rounds 100 --seeds 3 --runs-dir runs/bench-efficacy
                                         # the full comparison: a pretrained base at runs/models/base
                                         # (`researcher model pretrain`), about an hour per campaign here
+    .venv/bin/python bench/efficacy.py --rounds 100 --seeds 1 --runs-dir runs/bench-efficacy \
+        --reuse local:0=runs/default    # the default campaign (`make run`) as local's seed 0
 
 `--fast` (and a missing base) runs the end-to-end tests' set-up instead (bench/campaign_runs.py):
 its accuracy is 0 whatever the researcher does, so it checks that the bench runs, not who wins.
@@ -40,7 +42,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import REPO, group_stats, median, near_median, run, setup  # noqa: E402
+from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse, run,  # noqa: E402
+                           setup)
 
 from harness.report import NEAR_BEST, comparison_markdown, comparison_plot  # noqa: E402
 
@@ -55,14 +58,14 @@ def overrides(researcher: str, seed: int, common: list[str]) -> list[str]:
     return [f"seed={seed}", f"researcher={researcher}", *common]
 
 
-def run_all(runs: Path, researchers: list[str], seeds: list[int], rounds: int, common: list[str]) -> dict:
-    """Every campaign, one after another; their histories by (researcher, seed)."""
-    return {(r, s): run(runs, campaign_name(r, s), rounds, overrides(r, s, common)) for s in seeds for r in researchers}
+def run_all(runs: Path, keys: list[tuple[str, int]], rounds: int, common: list[str]) -> dict:
+    """The campaigns of `keys` (researcher, seed), one after another; their histories by key."""
+    return {(r, s): run(runs, campaign_name(r, s), rounds, overrides(r, s, common)) for r, s in keys}
 
 
-def run_all_on_ray(runs: Path, researchers: list[str], seeds: list[int], rounds: int, common: list[str],
+def run_all_on_ray(runs: Path, keys: list[tuple[str, int]], rounds: int, common: list[str],
                    *, address: str | None, cpus: int) -> dict:
-    """Every campaign as a Ray task reserving `cpus` CPUs, at once as the cluster allows."""
+    """The campaigns of `keys` as Ray tasks reserving `cpus` CPUs each, at once as the cluster allows."""
     from harness.ray_runner import LOCAL_ONLY_ENV
 
     os.environ.update(LOCAL_ONLY_ENV)
@@ -76,7 +79,6 @@ def run_all_on_ray(runs: Path, researchers: list[str], seeds: list[int], rounds:
              runtime_env={"env_vars": env}, **local)
     try:
         task = ray.remote(num_cpus=cpus, max_retries=0)(run)
-        keys = [(r, s) for s in seeds for r in researchers]
         refs = [task.remote(runs, campaign_name(r, s), rounds, overrides(r, s, common)) for r, s in keys]
         return dict(zip(keys, ray.get(refs)))
     finally:
@@ -104,21 +106,33 @@ def main() -> int:
     parser.add_argument("--ray", action="store_true", help="run the campaigns at once as Ray tasks")
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto', 'ray://HOST:PORT')")
     parser.add_argument("--cpus", type=int, default=1, help="--ray: CPUs reserved per campaign")
+    parser.add_argument("--reuse", action="append", default=[], metavar="RESEARCHER:SEED=DIR",
+                        help="take the campaign in DIR, run earlier elsewhere, as this researcher's seed (repeatable)")
     parser.add_argument("--plot", default="efficacy.png", help="where to write the plot (in the runs folder)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for every campaign")
     args = parser.parse_args()
     if args.rounds < 1 or args.seeds < 1:
         parser.error("--rounds and --seeds must be at least 1")
     seeds = list(range(args.seeds))
+    try:
+        reused = parse_reuse(args.reuse, args.researchers, seeds)
+    except ReuseError as err:
+        parser.error(str(err))
 
     with tempfile.TemporaryDirectory(prefix="bench-efficacy-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
         common = setup(runs, Path(args.base), args.fast) + args.overrides
-        if args.ray:
-            histories = run_all_on_ray(runs, args.researchers, seeds, args.rounds, common,
-                                       address=args.ray_address, cpus=args.cpus)
-        else:
-            histories = run_all(runs, args.researchers, seeds, args.rounds, common)
+        try:
+            histories = {(r, s): reuse(path, runs, args.rounds, overrides(r, s, common))
+                         for (r, s), path in reused.items()}
+        except ReuseError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        keys = [(r, s) for s in seeds for r in args.researchers if (r, s) not in reused]
+        if args.ray and keys:
+            histories |= run_all_on_ray(runs, keys, args.rounds, common, address=args.ray_address, cpus=args.cpus)
+        elif keys:
+            histories |= run_all(runs, keys, args.rounds, common)
         report(histories, args.researchers, seeds, args.rounds)
         plot = comparison_plot({f"{r}-s{s}": histories[r, s] for s in seeds for r in args.researchers},
                                Path(args.runs_dir or ".") / args.plot, title="Incumbent by round, per researcher")

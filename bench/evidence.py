@@ -15,7 +15,9 @@ the training cache are common to both. Per condition it prints, over the seeds:
 
 then every campaign's row (`researcher compare`'s table). Trailing KEY=VALUE items set the
 campaign config of both conditions. A campaign already in the runs folder is resumed, not
-restarted, so a long comparison can be stopped and picked up again.
+restarted, so a long comparison can be stopped and picked up again; `--reuse present:0=DIR` takes
+the campaign in DIR (run earlier, in another runs folder) as that condition's seed-0 campaign, after
+checking that it ran this config on the same base, data and scaffold (`bench/efficacy.py` says more).
 
     .venv/bin/python bench/evidence.py --rounds 2 --seeds 1 --fast      # a smoke run of the bench itself
     .venv/bin/python bench/evidence.py --rounds 2 --seeds 1 --fast margin=-0.01   # ties are kept: false keeps
@@ -36,17 +38,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import REPO, group_stats, median, near_median, run, setup  # noqa: E402
+from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse, run,  # noqa: E402
+                           setup)
 
 from harness.report import comparison_markdown  # noqa: E402
 
 CONDITIONS = {"present": "true", "blanked": "false"}
 
 
-def campaign(runs: Path, common: list[str], condition: str, seed: int, rounds: int) -> list[dict]:
-    """One condition's campaign for `seed`; its history."""
-    return run(runs, f"evidence-{condition}-s{seed}", rounds,
-               [f"seed={seed}", "researcher=local", f"researcher.evidence={CONDITIONS[condition]}", *common])
+def overrides(condition: str, seed: int, common: list[str]) -> list[str]:
+    return [f"seed={seed}", "researcher=local", f"researcher.evidence={CONDITIONS[condition]}", *common]
 
 
 def report(histories: dict[tuple[str, int], list[dict]], seeds: list[int], rounds: int) -> None:
@@ -66,15 +67,27 @@ def main() -> int:
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
     parser.add_argument("--runs-dir", default=None, help="keep the campaigns here (default: a temporary folder)")
     parser.add_argument("--fast", action="store_true", help="the tests' tiny random base and one-step scaffold")
+    parser.add_argument("--reuse", action="append", default=[], metavar="CONDITION:SEED=DIR",
+                        help="take the campaign in DIR, run earlier elsewhere, as this condition's seed (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for both conditions")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
+    try:
+        reused = parse_reuse(args.reuse, list(CONDITIONS), seeds)
+    except ReuseError as err:
+        parser.error(str(err))
 
     with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
         common = setup(runs, Path(args.base), args.fast) + args.overrides
-        histories = {(condition, seed): campaign(runs, common, condition, seed, args.rounds)
-                     for seed in seeds for condition in CONDITIONS}
+        try:
+            histories = {(c, s): reuse(path, runs, args.rounds, overrides(c, s, common))
+                         for (c, s), path in reused.items()}
+        except ReuseError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        histories |= {(c, s): run(runs, f"evidence-{c}-s{s}", args.rounds, overrides(c, s, common))
+                      for s in seeds for c in CONDITIONS if (c, s) not in reused}
         report(histories, seeds, args.rounds)
     return 0
 

@@ -1,0 +1,86 @@
+"""The campaign benchmarks' `--reuse`: a campaign run earlier in another runs folder stands in for
+the one a benchmark would run only when it ran the same config on the same base, data and scaffold
+and got through the rounds; anything else is refused, saying what differs."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from campaign_runs import ReuseError, fast_setup, parse_reuse, reuse, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A real 2-round campaign of the random researcher on the fast set-up; its runs folder, its
+    overrides and its history."""
+    runs = tmp_path_factory.mktemp("earlier") / "runs"
+    common = fast_setup(runs)
+    overrides = ["seed=0", "researcher=random", *common]
+    history = run(runs, "old", 2, overrides)
+    assert [r["round"] for r in history] == [0, 1, 2]
+    return runs, overrides, history
+
+
+def other_runs(tmp_path: Path, earlier_runs: Path) -> Path:
+    """A second runs folder holding the same data splits (as a benchmark's set-up copies them)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(earlier_runs / "data", runs / "data")
+    return runs
+
+
+def test_the_same_campaign_is_taken_for_its_first_rounds(earlier, tmp_path):
+    runs, overrides, history = earlier
+    here = other_runs(tmp_path, runs)
+    assert reuse(runs / "old", here, 2, overrides) == history
+    assert reuse(runs / "old", here, 1, overrides) == history[:2]
+    with pytest.raises(ReuseError, match="has run 2 of the 3 rounds: resume it first"):
+        reuse(runs / "old", here, 3, overrides)
+
+
+def test_another_config_base_scaffold_or_data_is_refused(earlier, tmp_path):
+    runs, overrides, _ = earlier
+    here = other_runs(tmp_path, runs)
+    with pytest.raises(ReuseError, match=r"researcher {'name': 'random'}, wanted {'name': 'tpe'.*}; seed 0, wanted 1"):
+        reuse(runs / "old", here, 2, ["seed=1", "researcher=tpe", *overrides[2:]])
+
+    base = Path(next(o for o in overrides if o.startswith("base_model="))[len("base_model="):])
+    shutil.copytree(base, tmp_path / "base")
+    with pytest.raises(ReuseError, match=f"base_model {base}, wanted {tmp_path / 'base'}"):
+        reuse(runs / "old", here, 2, [*overrides, f"base_model={tmp_path / 'base'}"])
+
+    scaffold = Path(next(o for o in overrides if o.startswith("scaffold="))[len("scaffold="):])
+    changed = shutil.copytree(scaffold, tmp_path / "scaffold")
+    (changed / "reward.py").write_text((changed / "reward.py").read_text() + "\n# changed\n")
+    with pytest.raises(ReuseError, match="initial scaffold, wanted the files of"):
+        reuse(runs / "old", here, 2, [*overrides, f"scaffold={changed}"])
+
+    manifest = here / "data" / "arith" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    recorded["hashes"]["eval"] = "0" * 64
+    manifest.write_text(json.dumps(recorded))
+    with pytest.raises(ReuseError, match="data splits of"):
+        reuse(runs / "old", here, 2, overrides)
+
+
+def test_a_folder_that_is_no_campaign_or_has_no_data_says_so(earlier, tmp_path):
+    runs, overrides, _ = earlier
+    with pytest.raises(ReuseError, match="not a campaign folder"):
+        reuse(tmp_path, tmp_path / "runs", 2, overrides)
+    with pytest.raises(ReuseError, match="manifest"):
+        reuse(runs / "old", tmp_path / "empty", 2, overrides)
+
+
+def test_reuse_items_are_parsed_and_checked_against_what_the_bench_runs():
+    assert parse_reuse(["local:0=a/b", "tpe:2=c"], ["local", "tpe"], [0, 1, 2]) == {
+        ("local", 0): Path("a/b"), ("tpe", 2): Path("c")}
+    for item in ["local=a", "local:x=a", "local:0=", ":0=a"]:
+        with pytest.raises(ReuseError, match="write GROUP:SEED=FOLDER"):
+            parse_reuse([item], ["local"], [0])
+    with pytest.raises(ReuseError, match="cmaes:0 is not run here"):
+        parse_reuse(["cmaes:0=a"], ["local"], [0])
+    with pytest.raises(ReuseError, match="local:3 is not run here"):
+        parse_reuse(["local:3=a"], ["local"], [0])
