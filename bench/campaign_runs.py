@@ -134,6 +134,15 @@ def reuse(campaign: Path, runs: Path, rounds: int, overrides: list[str]) -> list
     return [r for r in history if r["round"] <= rounds]
 
 
+def reuse_all(reused: dict[tuple[str, int], Path], runs: Path, rounds: int, overrides_of) -> dict:
+    """`reuse` for each of `reused` ({(group, seed): folder}), with `overrides_of(group, seed)`; the
+    histories by (group, seed). A campaign that cannot stand in ends the benchmark, saying why."""
+    try:
+        return {(g, s): reuse(path, runs, rounds, overrides_of(g, s)) for (g, s), path in reused.items()}
+    except ReuseError as err:
+        sys.exit(f"error: {err}")
+
+
 def parse_reuse(items: list[str], groups: list[str], seeds: list[int]) -> dict[tuple[str, int], Path]:
     """`GROUP:SEED=FOLDER` items (`--reuse`) as {(group, seed): folder}; ReuseError for a malformed one
     or a group or seed the benchmark does not run."""

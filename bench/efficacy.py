@@ -42,8 +42,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse, run,  # noqa: E402
-                           setup)
+from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
+                           run, setup)
 
 from harness.report import NEAR_BEST, comparison_markdown, comparison_plot  # noqa: E402
 
@@ -122,12 +122,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-efficacy-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
         common = setup(runs, Path(args.base), args.fast) + args.overrides
-        try:
-            histories = {(r, s): reuse(path, runs, args.rounds, overrides(r, s, common))
-                         for (r, s), path in reused.items()}
-        except ReuseError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        histories = reuse_all(reused, runs, args.rounds, lambda r, s: overrides(r, s, common))
         keys = [(r, s) for s in seeds for r in args.researchers if (r, s) not in reused]
         if args.ray and keys:
             histories |= run_all_on_ray(runs, keys, args.rounds, common, address=args.ray_address, cpus=args.cpus)

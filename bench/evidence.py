@@ -38,8 +38,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse, run,  # noqa: E402
-                           setup)
+from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
+                           run, setup)
 
 from harness.report import comparison_markdown  # noqa: E402
 
@@ -80,12 +80,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
         common = setup(runs, Path(args.base), args.fast) + args.overrides
-        try:
-            histories = {(c, s): reuse(path, runs, args.rounds, overrides(c, s, common))
-                         for (c, s), path in reused.items()}
-        except ReuseError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        histories = reuse_all(reused, runs, args.rounds, lambda c, s: overrides(c, s, common))
         histories |= {(c, s): run(runs, f"evidence-{c}-s{s}", args.rounds, overrides(c, s, common))
                       for s in seeds for c in CONDITIONS if (c, s) not in reused}
         report(histories, seeds, args.rounds)
