@@ -463,7 +463,11 @@ def frozen_config(path: Path) -> dict:
     with today's defaults (a campaign frozen by an older version reads the same); nothing is written."""
     file = Path(path) / CONFIG_FILE
     try:
-        return campaign_config(yaml.safe_load(file.read_text()) or {})
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not readable YAML ({' '.join(str(err).split())})") from None
+    try:
+        return campaign_config(data or {})
     except ConfigError as err:
         raise ConfigError(f"{file}: {err}") from None
 

@@ -230,6 +230,9 @@ def test_a_minimal_frozen_config_is_completed_and_a_bad_one_named(tmp_path):
     (tmp_path / "config.yaml").write_text("name: frozen\nround: 5\n")
     with pytest.raises(ConfigError, match=r"config.yaml: round: unknown key; valid keys of the campaign: name, rounds"):
         frozen_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("name: frozen\nseed: [0\n")  # cut short mid-write
+    with pytest.raises(ConfigError, match=r"config.yaml: not readable YAML \(while parsing a flow sequence"):
+        frozen_config(tmp_path)
 
 
 def test_resume_merges_only_its_keys_and_types_them():
