@@ -25,7 +25,7 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 use_offline_env()
 
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
-from harness.config import CONFIG_FILE, compose_config, data_dir, freeze_config, frozen_config  # noqa: E402
+from harness.config import CONFIG_FILE, ConfigError, compose_config, data_dir, freeze_config, frozen_config  # noqa: E402
 from harness.journal import Journal  # noqa: E402
 from harness.report import NEAR_BEST, campaign_stats  # noqa: E402
 from rl_pipeline.manifest import ManifestError, split_hashes  # noqa: E402
@@ -91,8 +91,11 @@ def initial_scaffold(campaign: Path) -> dict[str, bytes]:
     """The files of a campaign's scaffold as its first commit holds them."""
     import git
 
-    repo = git.Repo(campaign / "scaffold")
-    root = next(c for c in repo.iter_commits() if not c.parents)
+    try:
+        repo = git.Repo(campaign / "scaffold")
+        root = next(c for c in repo.iter_commits() if not c.parents)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as err:
+        raise ReuseError(f"{campaign}: no scaffold history to compare ({type(err).__name__}: {err})") from None
     return {b.path: b.data_stream.read() for b in root.tree.traverse() if b.type == "blob"}
 
 
@@ -111,7 +114,10 @@ def reuse(campaign: Path, runs: Path, rounds: int, overrides: list[str]) -> list
     campaign = Path(campaign).resolve()
     if not (campaign / CONFIG_FILE).is_file():
         raise ReuseError(f"{campaign}: not a campaign folder (no {CONFIG_FILE})")
-    old = frozen_config(campaign)
+    try:
+        old = frozen_config(campaign)
+    except ConfigError as err:
+        raise ReuseError(str(err)) from None
     new = compose_config([f"runs_dir={runs}", f"name={campaign.name}", f"rounds={rounds}", "live=false", *overrides])
     differ = [f"{k} {old.get(k)!r}, wanted {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
               if k not in PLACES and old.get(k) != new.get(k)]
