@@ -29,7 +29,8 @@ from harness.config import CONFIG_FILE, ConfigError, compose_config, data_dir, f
 from harness.journal import Journal  # noqa: E402
 from harness.report import NEAR_BEST, campaign_stats  # noqa: E402
 from rl_pipeline.manifest import ManifestError, split_hashes  # noqa: E402
-from rl_pipeline.scaffold import load_scaffold  # noqa: E402
+from rl_pipeline.result import read_result  # noqa: E402
+from rl_pipeline.scaffold import content_hash, load_scaffold  # noqa: E402
 
 # the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
 FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
@@ -87,22 +88,13 @@ class ReuseError(ValueError):
 PLACES = {"name", "runs_dir", "scaffold", "base_model", "live", "rounds"}
 
 
-def initial_scaffold(campaign: Path) -> dict[str, bytes]:
-    """The files of a campaign's scaffold as its first commit holds them."""
-    import git
-
+def initial_scaffold_hash(campaign: Path) -> str:
+    """The content hash of the scaffold a campaign's baseline round evaluated: its initial scaffold."""
     try:
-        repo = git.Repo(campaign / "scaffold")
-        root = next(c for c in repo.iter_commits() if not c.parents)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as err:
-        raise ReuseError(f"{campaign}: no scaffold history to compare ({type(err).__name__}: {err})") from None
-    return {b.path: b.data_stream.read() for b in root.tree.traverse() if b.type == "blob"}
-
-
-def scaffold_files(folder: Path) -> dict[str, bytes]:
-    """A scaffold folder's files, as a campaign copies them (no bytecode)."""
-    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"}
+        return read_result(campaign / "rounds" / "000")["scaffold"]["content_hash"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ReuseError(f"{campaign}: no baseline result to compare its scaffold with "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def reuse(campaign: Path, runs: Path, rounds: int, overrides: list[str]) -> list[dict]:
@@ -129,7 +121,7 @@ def reuse(campaign: Path, runs: Path, rounds: int, overrides: list[str]) -> list
             differ.append(f"data splits of {data_dir(old)}, wanted those of {data_dir(new)}")
     except ManifestError as err:
         raise ReuseError(f"{campaign}: {err}") from None
-    if initial_scaffold(campaign) != scaffold_files(Path(new["scaffold"])):
+    if initial_scaffold_hash(campaign) != content_hash(Path(new["scaffold"])):
         differ.append(f"initial scaffold, wanted the files of {new['scaffold']}")
     if differ:
         raise ReuseError(f"{campaign} is another campaign: " + "; ".join(differ))

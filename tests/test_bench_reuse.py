@@ -89,8 +89,8 @@ def test_reuse_items_are_parsed_and_checked_against_what_the_bench_runs():
 def test_a_damaged_campaign_folder_says_what_is_wrong(earlier, tmp_path):
     runs, overrides, _ = earlier
     here = other_runs(tmp_path, runs)
-    broken = shutil.copytree(runs / "old", tmp_path / "broken", ignore=shutil.ignore_patterns("scaffold"))
-    with pytest.raises(ReuseError, match="no scaffold history to compare"):
+    broken = shutil.copytree(runs / "old", tmp_path / "broken", ignore=shutil.ignore_patterns("rounds"))
+    with pytest.raises(ReuseError, match="no baseline result to compare its scaffold with"):
         reuse(broken, here, 2, overrides)
     (broken / "config.yaml").write_text("seed: [not a seed\n")
     with pytest.raises(ReuseError, match="config.yaml"):
