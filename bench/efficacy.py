@@ -28,6 +28,8 @@ project and the runs folder at the same paths). Each campaign evaluates with its
                                         # (`researcher model pretrain`), about an hour per campaign here
     .venv/bin/python bench/efficacy.py --rounds 100 --seeds 1 --runs-dir runs/bench-efficacy \
         --reuse local:0=runs/default    # the default campaign (`make run`) as local's seed 0
+    .venv/bin/python bench/efficacy.py --rounds 100 --seeds 1 --first-seed 1 --runs-dir runs/bench-efficacy
+                                        # seed 1 alone: a comparison can be run a seed at a time
 
 `--fast` (and a missing base) runs the end-to-end tests' set-up instead (bench/campaign_runs.py):
 its accuracy is 0 whatever the researcher does, so it checks that the bench runs, not who wins.
@@ -98,7 +100,8 @@ def report(histories: dict[tuple[str, int], list[dict]], researchers: list[str],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--seeds", type=int, default=3, help="campaign seeds 0..N-1, one campaign per researcher each")
+    parser.add_argument("--seeds", type=int, default=3, help="how many campaign seeds, one campaign per researcher each")
+    parser.add_argument("--first-seed", type=int, default=0, help="the seeds are FIRST..FIRST+N-1 (default 0)")
     parser.add_argument("--researchers", nargs="+", default=RESEARCHERS)
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
     parser.add_argument("--runs-dir", default=None, help="keep the campaigns here (default: a temporary folder)")
@@ -111,9 +114,9 @@ def main() -> int:
     parser.add_argument("--plot", default="efficacy.png", help="where to write the plot (in the runs folder)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for every campaign")
     args = parser.parse_args()
-    if args.rounds < 1 or args.seeds < 1:
-        parser.error("--rounds and --seeds must be at least 1")
-    seeds = list(range(args.seeds))
+    if args.rounds < 1 or args.seeds < 1 or args.first_seed < 0:
+        parser.error("--rounds and --seeds must be at least 1, --first-seed at least 0")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     try:
         reused = parse_reuse(args.reuse, args.researchers, seeds)
     except ReuseError as err:

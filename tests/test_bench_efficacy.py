@@ -1,0 +1,41 @@
+"""`bench/efficacy.py` as a user runs it: a real one-round campaign on the fast set-up, a seed at a
+time with `--first-seed`, and bad seed arguments refused before anything runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def efficacy(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, str(REPO / "bench" / "efficacy.py"), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_first_seed_runs_that_seed_alone(tmp_path):
+    runs = tmp_path / "runs"
+    done = efficacy("--fast", "--rounds", "1", "--seeds", "1", "--first-seed", "2", "--researchers", "random",
+                    "--runs-dir", str(runs))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in runs.glob("efficacy-*")) == ["efficacy-random-s2"]
+    config = yaml.safe_load((runs / "efficacy-random-s2" / "config.yaml").read_text())
+    assert config["seed"] == 2 and config["researcher"]["name"] == "random"
+    assert "medians over seeds [2], 1 rounds each" in done.stdout
+    assert "| random-s2 |" in done.stdout
+
+
+def test_bad_seed_arguments_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    negative = efficacy("--fast", "--rounds", "1", "--seeds", "1", "--first-seed", "-1", "--runs-dir", str(runs))
+    assert negative.returncode == 2 and "--first-seed at least 0" in negative.stderr
+    outside = efficacy("--fast", "--rounds", "1", "--seeds", "1", "--first-seed", "1",
+                       "--reuse", f"local:0={tmp_path}", "--runs-dir", str(runs))
+    assert outside.returncode == 2 and "local:0 is not run here" in outside.stderr and "seeds [1]" in outside.stderr
+    assert not runs.exists()
