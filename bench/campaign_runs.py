@@ -2,7 +2,10 @@
 it by name, and the rounds at which an incumbent reached a level.
 
 `reuse` takes a campaign run earlier in another runs folder in place of one a benchmark would run,
-once it has checked that it ran the same config on the same base, data and scaffold.
+once it has checked that it ran the same config on the same base, data and scaffold. The campaign
+may also come as its record (`write_record`): a small JSON file of what those checks read and its
+history, which outlives the campaign folder (a machine's runs go with it; a record can be kept in
+the repository, so the seeds of a long comparison can be run on different days).
 
 Two set-ups: `real_setup` links a pretrained base and copies the data into the runs folder (the
 arith scaffold at its defaults); `fast_setup` builds the end-to-end tests' tiny random base and the
@@ -12,6 +15,7 @@ researcher does, so it checks that a benchmark runs, not who wins.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -30,7 +34,8 @@ from harness.journal import Journal  # noqa: E402
 from harness.report import NEAR_BEST, campaign_stats  # noqa: E402
 from rl_pipeline.manifest import ManifestError, split_hashes  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
-from rl_pipeline.scaffold import content_hash, load_scaffold  # noqa: E402
+from rl_pipeline.scaffold import ScaffoldError, content_hash, load_scaffold  # noqa: E402
+from rl_pipeline.worker import file_hash  # noqa: E402
 
 # the end-to-end tests' set-up, and their seeds: a pair for the baseline, one a candidate
 FAST_OVERRIDES = ["baseline_seeds=[0,1]", "eval_seeds=[0]", "reeval_seeds=[1]"]
@@ -97,39 +102,96 @@ def initial_scaffold_hash(campaign: Path) -> str:
                          f"({type(err).__name__}: {err})") from None
 
 
-def reuse(campaign: Path, runs: Path, rounds: int, overrides: list[str]) -> list[dict]:
-    """The first `rounds` rounds of the history of `campaign`, a campaign run in another runs folder,
-    in place of the one `run(runs, ..., rounds, overrides)` would run: its frozen config must be the one
-    `overrides` compose, apart from where its files are; its base policy the same folder (links
-    followed), its data splits and initial scaffold the same contents, and it must have run `rounds`
-    rounds. Anything else raises ReuseError saying what differs."""
+# the files that make a base policy what it is (pretrain.json also holds how long it took)
+BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+RECORD_KEYS = {"campaign", "config", "base", "data", "scaffold", "history"}
+
+
+def base_fingerprint(base: Path) -> str:
+    """The hashes of the base's weights, config and tokenizer: the same for a copy or a link of the
+    base, or the same pretraining repeated bit for bit, different for any other policy."""
+    base = Path(base).resolve()
+    try:
+        return " ".join(f"{name}:{file_hash(base / name)[:16]}" for name in BASE_FILES)
+    except OSError as err:
+        raise ReuseError(f"no base policy at {base} ({err.strerror}: {err.filename})") from None
+
+
+def _comparable(config: dict) -> dict:
+    """A config without where its files are, as JSON keeps it (so a record compares equal)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in PLACES}, default=str))
+
+
+def campaign_record(campaign: Path) -> dict:
+    """What `reuse` checks of the campaign folder `campaign`, and its history: its record."""
     campaign = Path(campaign).resolve()
     if not (campaign / CONFIG_FILE).is_file():
-        raise ReuseError(f"{campaign}: not a campaign folder (no {CONFIG_FILE})")
+        raise ReuseError(f"{campaign}: not a campaign folder (no {CONFIG_FILE}) nor a record file")
     try:
-        old = frozen_config(campaign)
-    except ConfigError as err:
-        raise ReuseError(str(err)) from None
-    new = compose_config([f"runs_dir={runs}", f"name={campaign.name}", f"rounds={rounds}", "live=false", *overrides])
-    differ = [f"{k} {old.get(k)!r}, wanted {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-              if k not in PLACES and old.get(k) != new.get(k)]
-    if Path(old["base_model"]).resolve() != Path(new["base_model"]).resolve():
-        differ.append(f"base_model {Path(old['base_model']).resolve()}, wanted {Path(new['base_model']).resolve()}")
-    task = load_scaffold(new["scaffold"], import_code=False).task
-    try:
-        if split_hashes(data_dir(old), task) != split_hashes(data_dir(new), task):
-            differ.append(f"data splits of {data_dir(old)}, wanted those of {data_dir(new)}")
-    except ManifestError as err:
+        config = frozen_config(campaign)
+        data = split_hashes(data_dir(config), load_scaffold(campaign / "scaffold", import_code=False).task)
+    except (ConfigError, ManifestError, ScaffoldError) as err:
         raise ReuseError(f"{campaign}: {err}") from None
-    if initial_scaffold_hash(campaign) != content_hash(Path(new["scaffold"])):
+    return {"campaign": campaign.name, "config": _comparable(config), "base": base_fingerprint(config["base_model"]),
+            "data": data, "scaffold": initial_scaffold_hash(campaign),
+            "history": sorted(Journal(campaign).get("history") or [], key=lambda r: r["round"])}
+
+
+def write_record(campaign: Path, path: Path) -> Path:
+    """The record of `campaign` written to `path` (JSON)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(campaign_record(campaign), indent=1, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def write_records(runs: Path, names: list[str], out: Path) -> None:
+    """The record of each campaign `names` of `runs` written to `out/NAME.json`, saying where."""
+    for name in names:
+        print(f"record: {write_record(runs / name, Path(out) / f'{name}.json')}")
+
+
+def read_record(path: Path) -> dict:
+    """A record written by `write_record`; ReuseError naming the file if it is not one."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ReuseError(f"{path}: not a readable campaign record ({type(err).__name__}: {err})") from None
+    if not isinstance(record, dict) or not RECORD_KEYS <= record.keys():
+        missing = sorted(RECORD_KEYS - record.keys()) if isinstance(record, dict) else sorted(RECORD_KEYS)
+        raise ReuseError(f"{path}: not a campaign record (missing {', '.join(missing)})")
+    return record
+
+
+def reuse(source: Path, runs: Path, rounds: int, overrides: list[str]) -> list[dict]:
+    """The first `rounds` rounds of the history of `source`, a campaign folder from another runs
+    folder or its record (`write_record`), in place of the one `run(runs, ..., rounds, overrides)`
+    would run: its frozen config must be the one `overrides` compose, apart from where its files
+    are; its base policy, data splits and initial scaffold the same contents, and it must have run
+    `rounds` rounds. Anything else raises ReuseError saying what differs."""
+    source = Path(source).resolve()
+    old = read_record(source) if source.is_file() else campaign_record(source)
+    new = compose_config([f"runs_dir={runs}", f"name={old['campaign']}", f"rounds={rounds}", "live=false", *overrides])
+    wanted = _comparable(new)
+    differ = [f"{k} {old['config'].get(k)!r}, wanted {wanted.get(k)!r}"
+              for k in sorted(old["config"].keys() | wanted.keys()) if old["config"].get(k) != wanted.get(k)]
+    base = base_fingerprint(new["base_model"])
+    if old["base"] != base:
+        differ.append(f"base policy {old['base']}, wanted that of {Path(new['base_model']).resolve()}: {base}")
+    try:
+        data = split_hashes(data_dir(new), load_scaffold(Path(new["scaffold"]), import_code=False).task)
+    except (ManifestError, ScaffoldError) as err:
+        raise ReuseError(f"{runs}: {err}") from None
+    if old["data"] != data:
+        splits = sorted(k for k in old["data"].keys() | data.keys() if old["data"].get(k) != data.get(k))
+        differ.append(f"data splits of {data_dir(new)} differ ({', '.join(splits)})")
+    if old["scaffold"] != content_hash(Path(new["scaffold"])):
         differ.append(f"initial scaffold, wanted the files of {new['scaffold']}")
     if differ:
-        raise ReuseError(f"{campaign} is another campaign: " + "; ".join(differ))
-    history = sorted(Journal(campaign).get("history") or [], key=lambda r: r["round"])
-    done = max((r["round"] for r in history), default=0)
+        raise ReuseError(f"{source} is another campaign: " + "; ".join(differ))
+    done = max((r["round"] for r in old["history"]), default=0)
     if done < rounds:
-        raise ReuseError(f"{campaign} has run {done} of the {rounds} rounds: resume it first")
-    return [r for r in history if r["round"] <= rounds]
+        raise ReuseError(f"{source} has run {done} of the {rounds} rounds: resume it first")
+    return [r for r in old["history"] if r["round"] <= rounds]
 
 
 def reuse_all(reused: dict[tuple[str, int], Path], runs: Path, rounds: int, overrides_of) -> dict:
@@ -142,14 +204,15 @@ def reuse_all(reused: dict[tuple[str, int], Path], runs: Path, rounds: int, over
 
 
 def parse_reuse(items: list[str], groups: list[str], seeds: list[int]) -> dict[tuple[str, int], Path]:
-    """`GROUP:SEED=FOLDER` items (`--reuse`) as {(group, seed): folder}; ReuseError for a malformed one
+    """`GROUP:SEED=PATH` items (`--reuse`) as {(group, seed): path}; ReuseError for a malformed one
     or a group or seed the benchmark does not run."""
     out = {}
     for item in items:
         key, sep, folder = item.partition("=")
         group, colon, seed = key.partition(":")
         if not (sep and colon and group and folder and seed.isdigit()):
-            raise ReuseError(f"--reuse {item!r}: write GROUP:SEED=FOLDER, e.g. local:0=runs/old/default")
+            raise ReuseError(f"--reuse {item!r}: write GROUP:SEED=PATH (a campaign folder or its record), "
+                             "e.g. local:0=runs/old/default")
         if group not in groups or int(seed) not in seeds:
             raise ReuseError(f"--reuse {item!r}: {group}:{seed} is not run here (groups {groups}, seeds {seeds})")
         out[group, int(seed)] = Path(folder)

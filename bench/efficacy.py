@@ -28,8 +28,15 @@ project and the runs folder at the same paths). Each campaign evaluates with its
                                         # (`researcher model pretrain`), about an hour per campaign here
     .venv/bin/python bench/efficacy.py --rounds 100 --seeds 1 --runs-dir runs/bench-efficacy \
         --reuse local:0=runs/default    # the default campaign (`make run`) as local's seed 0
-    .venv/bin/python bench/efficacy.py --rounds 100 --seeds 1 --first-seed 1 --runs-dir runs/bench-efficacy
-                                        # seed 1 alone: a comparison can be run a seed at a time
+    .venv/bin/python bench/efficacy.py --rounds 100 --seeds 1 --first-seed 1 --runs-dir runs/bench-efficacy \
+        --records bench/records         # seed 1 alone, its campaigns' records kept in the repository
+    .venv/bin/python bench/efficacy.py --rounds 100 --seeds 2 --runs-dir runs/bench-efficacy \
+        --reuse local:1=bench/records/efficacy-local-s1.json ...   # seed 1 from its records, on the same base
+
+A record (`--records`) is a small JSON file: the campaign's config, base and data fingerprints,
+initial scaffold hash and history. `--reuse` takes a record as it takes a folder, with the same
+checks, so a comparison of several seeds can be run on different days and machines, provided the
+base policy there has the same weights, config and tokenizer (checked by their hashes).
 
 `--fast` (and a missing base) runs the end-to-end tests' set-up instead (bench/campaign_runs.py):
 its accuracy is 0 whatever the researcher does, so it checks that the bench runs, not who wins.
@@ -45,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
-                           run, setup)
+                           run, setup, write_records)
 
 from harness.report import NEAR_BEST, comparison_markdown, comparison_plot  # noqa: E402
 
@@ -109,8 +116,11 @@ def main() -> int:
     parser.add_argument("--ray", action="store_true", help="run the campaigns at once as Ray tasks")
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto', 'ray://HOST:PORT')")
     parser.add_argument("--cpus", type=int, default=1, help="--ray: CPUs reserved per campaign")
-    parser.add_argument("--reuse", action="append", default=[], metavar="RESEARCHER:SEED=DIR",
-                        help="take the campaign in DIR, run earlier elsewhere, as this researcher's seed (repeatable)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="RESEARCHER:SEED=PATH",
+                        help="take the campaign at PATH (a folder run earlier elsewhere, or its record) as this "
+                             "researcher's seed (repeatable)")
+    parser.add_argument("--records", default=None, metavar="DIR",
+                        help="write a record of each campaign run here to DIR, for a later --reuse")
     parser.add_argument("--plot", default="efficacy.png", help="where to write the plot (in the runs folder)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for every campaign")
     args = parser.parse_args()
@@ -132,6 +142,8 @@ def main() -> int:
         elif keys:
             histories |= run_all(runs, keys, args.rounds, common)
         report(histories, args.researchers, seeds, args.rounds)
+        if args.records:
+            write_records(runs, [campaign_name(r, s) for r, s in keys], Path(args.records))
         plot = comparison_plot({f"{r}-s{s}": histories[r, s] for s in seeds for r in args.researchers},
                                Path(args.runs_dir or ".") / args.plot, title="Incumbent by round, per researcher")
         print(f"plot: {plot.resolve()}")

@@ -15,9 +15,10 @@ the training cache are common to both. Per condition it prints, over the seeds:
 
 then every campaign's row (`researcher compare`'s table). Trailing KEY=VALUE items set the
 campaign config of both conditions. A campaign already in the runs folder is resumed, not
-restarted, so a long comparison can be stopped and picked up again; `--reuse present:0=DIR` takes
-the campaign in DIR (run earlier, in another runs folder) as that condition's seed-0 campaign, after
-checking that it ran this config on the same base, data and scaffold (`bench/efficacy.py` says more).
+restarted, so a long comparison can be stopped and picked up again; `--reuse present:0=PATH` takes
+the campaign at PATH (run earlier, in another runs folder, or its record written by `--records`) as
+that condition's seed-0 campaign, after checking that it ran this config on the same base, data and
+scaffold (`bench/efficacy.py` says more).
 
     .venv/bin/python bench/evidence.py --rounds 2 --seeds 1 --fast      # a smoke run of the bench itself
     .venv/bin/python bench/evidence.py --rounds 2 --seeds 1 --fast margin=-0.01   # ties are kept: false keeps
@@ -39,11 +40,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
-                           run, setup)
+                           run, setup, write_records)
 
 from harness.report import comparison_markdown  # noqa: E402
 
 CONDITIONS = {"present": "true", "blanked": "false"}
+
+
+def campaign_name(condition: str, seed: int) -> str:
+    return f"evidence-{condition}-s{seed}"
 
 
 def overrides(condition: str, seed: int, common: list[str]) -> list[str]:
@@ -67,8 +72,11 @@ def main() -> int:
     parser.add_argument("--base", default=str(REPO / "runs/models/base"))
     parser.add_argument("--runs-dir", default=None, help="keep the campaigns here (default: a temporary folder)")
     parser.add_argument("--fast", action="store_true", help="the tests' tiny random base and one-step scaffold")
-    parser.add_argument("--reuse", action="append", default=[], metavar="CONDITION:SEED=DIR",
-                        help="take the campaign in DIR, run earlier elsewhere, as this condition's seed (repeatable)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="CONDITION:SEED=PATH",
+                        help="take the campaign at PATH (a folder run earlier elsewhere, or its record) as this "
+                             "condition's seed (repeatable)")
+    parser.add_argument("--records", default=None, metavar="DIR",
+                        help="write a record of each campaign run here to DIR, for a later --reuse")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign config for both conditions")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
@@ -81,9 +89,11 @@ def main() -> int:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()
         common = setup(runs, Path(args.base), args.fast) + args.overrides
         histories = reuse_all(reused, runs, args.rounds, lambda c, s: overrides(c, s, common))
-        histories |= {(c, s): run(runs, f"evidence-{c}-s{s}", args.rounds, overrides(c, s, common))
-                      for s in seeds for c in CONDITIONS if (c, s) not in reused}
+        keys = [(c, s) for s in seeds for c in CONDITIONS if (c, s) not in reused]
+        histories |= {(c, s): run(runs, campaign_name(c, s), args.rounds, overrides(c, s, common)) for c, s in keys}
         report(histories, seeds, args.rounds)
+        if args.records:
+            write_records(runs, [campaign_name(c, s) for c, s in keys], Path(args.records))
     return 0
 
 

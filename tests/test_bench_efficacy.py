@@ -1,7 +1,9 @@
 """`bench/efficacy.py` as a user runs it: a real one-round campaign on the fast set-up, a seed at a
-time with `--first-seed`, and bad seed arguments refused before anything runs."""
+time with `--first-seed`, its record taken later in its place, and bad seed arguments refused
+before anything runs."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +21,25 @@ def efficacy(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_first_seed_runs_that_seed_alone(tmp_path):
+def test_first_seed_runs_that_seed_alone_and_its_record_stands_in_later(tmp_path):
     runs = tmp_path / "runs"
-    done = efficacy("--fast", "--rounds", "1", "--seeds", "1", "--first-seed", "2", "--researchers", "random",
-                    "--runs-dir", str(runs))
+    args = ["--fast", "--rounds", "1", "--seeds", "1", "--first-seed", "2", "--researchers", "random",
+            "--runs-dir", str(runs)]
+    done = efficacy(*args, "--records", str(tmp_path / "records"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in runs.glob("efficacy-*")) == ["efficacy-random-s2"]
     config = yaml.safe_load((runs / "efficacy-random-s2" / "config.yaml").read_text())
     assert config["seed"] == 2 and config["researcher"]["name"] == "random"
     assert "medians over seeds [2], 1 rounds each" in done.stdout
-    assert "| random-s2 |" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| random-s2 |"))
+
+    record = tmp_path / "records" / "efficacy-random-s2.json"
+    assert f"record: {record}" in done.stdout
+    shutil.rmtree(runs / "efficacy-random-s2")
+    again = efficacy(*args, "--reuse", f"random:2={record}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert row in again.stdout.splitlines()
+    assert not (runs / "efficacy-random-s2").exists()  # taken from the record, not run again
 
 
 def test_bad_seed_arguments_are_refused(tmp_path):

@@ -1,6 +1,6 @@
-"""The campaign benchmarks' `--reuse`: a campaign run earlier in another runs folder stands in for
-the one a benchmark would run only when it ran the same config on the same base, data and scaffold
-and got through the rounds; anything else is refused, saying what differs."""
+"""The campaign benchmarks' `--reuse`: a campaign run earlier in another runs folder, or its record,
+stands in for the one a benchmark would run only when it ran the same config on the same base, data
+and scaffold and got through the rounds; anything else is refused, saying what differs."""
 
 import json
 import shutil
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from campaign_runs import ReuseError, fast_setup, parse_reuse, reuse, run  # noqa: E402
+from campaign_runs import ReuseError, fast_setup, parse_reuse, reuse, run, write_record  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +42,19 @@ def test_the_same_campaign_is_taken_for_its_first_rounds(earlier, tmp_path):
 
 
 def test_another_config_base_scaffold_or_data_is_refused(earlier, tmp_path):
-    runs, overrides, _ = earlier
+    runs, overrides, history = earlier
     here = other_runs(tmp_path, runs)
     with pytest.raises(ReuseError, match=r"researcher {'name': 'random'}, wanted {'name': 'tpe'.*}; seed 0, wanted 1"):
         reuse(runs / "old", here, 2, ["seed=1", "researcher=tpe", *overrides[2:]])
 
     base = Path(next(o for o in overrides if o.startswith("base_model="))[len("base_model="):])
-    shutil.copytree(base, tmp_path / "base")
-    with pytest.raises(ReuseError, match=f"base_model {base}, wanted {tmp_path / 'base'}"):
-        reuse(runs / "old", here, 2, [*overrides, f"base_model={tmp_path / 'base'}"])
+    copy = shutil.copytree(base, tmp_path / "base")
+    assert reuse(runs / "old", here, 2, [*overrides, f"base_model={copy}"]) == history  # the same policy
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ReuseError, match=f"base policy .*, wanted that of {copy}: .*model.safetensors:"):
+        reuse(runs / "old", here, 2, [*overrides, f"base_model={copy}"])
 
     scaffold = Path(next(o for o in overrides if o.startswith("scaffold="))[len("scaffold="):])
     changed = shutil.copytree(scaffold, tmp_path / "scaffold")
@@ -62,7 +66,7 @@ def test_another_config_base_scaffold_or_data_is_refused(earlier, tmp_path):
     recorded = json.loads(manifest.read_text())
     recorded["hashes"]["eval"] = "0" * 64
     manifest.write_text(json.dumps(recorded))
-    with pytest.raises(ReuseError, match="data splits of"):
+    with pytest.raises(ReuseError, match=r"data splits of .* differ \(eval\)"):
         reuse(runs / "old", here, 2, overrides)
 
 
@@ -78,7 +82,7 @@ def test_reuse_items_are_parsed_and_checked_against_what_the_bench_runs():
     assert parse_reuse(["local:0=a/b", "tpe:2=c"], ["local", "tpe"], [0, 1, 2]) == {
         ("local", 0): Path("a/b"), ("tpe", 2): Path("c")}
     for item in ["local=a", "local:x=a", "local:0=", ":0=a"]:
-        with pytest.raises(ReuseError, match="write GROUP:SEED=FOLDER"):
+        with pytest.raises(ReuseError, match="write GROUP:SEED=PATH"):
             parse_reuse([item], ["local"], [0])
     with pytest.raises(ReuseError, match="cmaes:0 is not run here"):
         parse_reuse(["cmaes:0=a"], ["local"], [0])
@@ -95,3 +99,24 @@ def test_a_damaged_campaign_folder_says_what_is_wrong(earlier, tmp_path):
     (broken / "config.yaml").write_text("seed: [not a seed\n")
     with pytest.raises(ReuseError, match="config.yaml"):
         reuse(broken, here, 2, overrides)
+
+
+def test_a_record_outlives_its_campaign_and_is_checked_alike(earlier, tmp_path):
+    runs, overrides, history = earlier
+    here = other_runs(tmp_path, runs)
+    folder = shutil.copytree(runs / "old", tmp_path / "old")
+    record = write_record(folder, tmp_path / "records" / "old.json")
+    shutil.rmtree(folder)
+    assert reuse(record, here, 2, overrides) == history
+    assert reuse(record, here, 1, overrides) == history[:2]
+    with pytest.raises(ReuseError, match="has run 2 of the 3 rounds"):
+        reuse(record, here, 3, overrides)
+    with pytest.raises(ReuseError, match=r"old.json is another campaign: .*seed 0, wanted 1"):
+        reuse(record, here, 2, ["seed=1", *overrides[1:]])
+
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ReuseError, match="bad.json: not a readable campaign record"):
+        reuse(tmp_path / "bad.json", here, 2, overrides)
+    (tmp_path / "bad.json").write_text(json.dumps({"campaign": "old", "history": []}))
+    with pytest.raises(ReuseError, match="bad.json: not a campaign record .missing base, config, data, scaffold"):
+        reuse(tmp_path / "bad.json", here, 2, overrides)
