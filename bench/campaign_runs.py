@@ -159,6 +159,11 @@ def read_record(path: Path) -> dict:
     if not isinstance(record, dict) or not RECORD_KEYS <= record.keys():
         missing = sorted(RECORD_KEYS - record.keys()) if isinstance(record, dict) else sorted(RECORD_KEYS)
         raise ReuseError(f"{path}: not a campaign record (missing {', '.join(missing)})")
+    history = record["history"]
+    if not (isinstance(record["config"], dict) and isinstance(record["data"], dict) and isinstance(history, list)
+            and all(isinstance(r, dict) and isinstance(r.get("round"), int) for r in history)):
+        raise ReuseError(f"{path}: a damaged campaign record (config and data must be mappings, history "
+                         "a list of rounds)")
     return record
 
 

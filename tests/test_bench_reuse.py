@@ -120,3 +120,7 @@ def test_a_record_outlives_its_campaign_and_is_checked_alike(earlier, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"campaign": "old", "history": []}))
     with pytest.raises(ReuseError, match="bad.json: not a campaign record .missing base, config, data, scaffold"):
         reuse(tmp_path / "bad.json", here, 2, overrides)
+    (tmp_path / "bad.json").write_text(json.dumps({"campaign": "old", "config": {}, "base": "", "data": {},
+                                                   "scaffold": "", "history": [{"accuracy": 0.1}]}))
+    with pytest.raises(ReuseError, match="bad.json: a damaged campaign record"):
+        reuse(tmp_path / "bad.json", here, 2, overrides)
