@@ -167,6 +167,17 @@ def read_record(path: Path) -> dict:
     return record
 
 
+def built_splits(data: Path, scaffold: Path) -> str:
+    """The task of `scaffold`, its splits built in `data` first if they are not there (as the first
+    campaign there would build them), so records can stand in for every campaign of a new runs folder."""
+    task = load_scaffold(scaffold, import_code=False).task
+    if not (Path(data) / task).exists():
+        from rl_pipeline.data import load_splits  # datasets: only when there is something to build
+
+        load_splits(task, data_dir=data)
+    return task
+
+
 def reuse(source: Path, runs: Path, rounds: int, overrides: list[str]) -> list[dict]:
     """The first `rounds` rounds of the history of `source`, a campaign folder from another runs
     folder or its record (`write_record`), in place of the one `run(runs, ..., rounds, overrides)`
@@ -183,7 +194,7 @@ def reuse(source: Path, runs: Path, rounds: int, overrides: list[str]) -> list[d
     if old["base"] != base:
         differ.append(f"base policy {old['base']}, wanted that of {Path(new['base_model']).resolve()}: {base}")
     try:
-        data = split_hashes(data_dir(new), load_scaffold(Path(new["scaffold"]), import_code=False).task)
+        data = split_hashes(data_dir(new), built_splits(data_dir(new), Path(new["scaffold"])))
     except (ManifestError, ScaffoldError) as err:
         raise ReuseError(f"{runs}: {err}") from None
     if old["data"] != data:

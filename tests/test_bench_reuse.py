@@ -70,11 +70,15 @@ def test_another_config_base_scaffold_or_data_is_refused(earlier, tmp_path):
         reuse(runs / "old", here, 2, overrides)
 
 
-def test_a_folder_that_is_no_campaign_or_has_no_data_says_so(earlier, tmp_path):
-    runs, overrides, _ = earlier
+def test_a_folder_that_is_no_campaign_or_has_damaged_data_says_so(earlier, tmp_path):
+    runs, overrides, history = earlier
     with pytest.raises(ReuseError, match="not a campaign folder"):
         reuse(tmp_path, tmp_path / "runs", 2, overrides)
-    with pytest.raises(ReuseError, match="manifest"):
+    # a new runs folder gets the splits a campaign there would build, and they are the same
+    assert reuse(runs / "old", tmp_path / "empty", 2, overrides) == history
+    assert (tmp_path / "empty" / "data" / "arith" / "manifest.json").is_file()
+    (tmp_path / "empty" / "data" / "arith" / "manifest.json").write_text("{")
+    with pytest.raises(ReuseError, match="no readable data manifest"):
         reuse(runs / "old", tmp_path / "empty", 2, overrides)
 
 
