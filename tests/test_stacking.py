@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from harness.researchers.stacking import EDIT_KEYS, REFINE_SHARE, measured_on, near_misses, pick_stack, stack_chance
+from harness.researchers.stacking import (EDIT_KEYS, REFINE_SHARE, TARGET_PULL, measured_on, near_misses, pick_stack,
+                                         stack_chance, target_pull)
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -59,6 +60,24 @@ def test_each_knob_is_stacked_onto_a_near_miss_once():
         observations.append(obs(knob, None, None, text, 0.0, 8 + len(knobs), stacked=[dict(LR_OBS)]))
     assert sorted(knobs) == ["move:reward_partial_credit", "reward.format", "sampling.top_p"]
     assert pick_stack(np.random.default_rng(0), misses, candidates, probs, observations) is None  # all paired
+
+
+def test_an_added_edit_that_targets_common_failures_is_drawn_more_often():
+    candidates = [(FORMAT, "reward.format"), (TOP_P, "sampling.top_p"), (MOVE, "move:reward_partial_credit")]
+    misses = near_misses([LR_OBS], CURRENT, {LR, FORMAT, TOP_P, MOVE})
+    targets = {"move:reward_partial_credit": ("format_failure",), "move:reward_near_miss_credit": ("near_miss",)}
+    pull = target_pull(targets, {"format_failure": 0.5, "near_miss": 0.0})
+    assert pull == {"move:reward_partial_credit": 1 + 0.5 * TARGET_PULL, "move:reward_near_miss_credit": 1.0}
+
+    def share(pull):
+        rng = np.random.default_rng(0)
+        knobs = [candidates[pick_stack(rng, misses, candidates, np.ones(3) / 3, [], pull=pull).index][1]
+                 for _ in range(3000)]
+        return knobs.count("move:reward_partial_credit") / len(knobs)
+    steered = (1 + 0.5 * TARGET_PULL) / (2 + 1 + 0.5 * TARGET_PULL)
+    assert abs(share(pull) - steered) < 0.03
+    assert abs(share(target_pull(targets, {})) - 1 / 3) < 0.03  # blank evidence: uniform
+    assert abs(share(None) - 1 / 3) < 0.03
 
 
 def test_near_misses_are_drawn_in_proportion_to_their_gain():

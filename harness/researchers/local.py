@@ -36,8 +36,9 @@ ablation: no summary in the prompt and the zero context, now and in the observat
 
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
 miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
-yet paired with it, or set one of the near miss's knobs to another value (`researcher.stack`, 0
-for one edit a round); the drawn edit is then the one learned from.
+yet paired with it (moves that target the incumbent's common failures first), or set one of the
+near miss's knobs to another value (`researcher.stack`, 0 for one edit a round); the drawn edit is
+then the one learned from.
 
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
@@ -83,7 +84,7 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_c
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
 from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
-                                         stack_chance)
+                                         stack_chance, target_pull)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -310,8 +311,9 @@ class LocalResearcher(Researcher):
         scores = self._candidate_logprobs(prompt_ids, sequences, build_trie(sequences))
         edits = [credit_edit(edit) for _, edit in candidates]
         moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
+        targets = {name: target_features(move.targets) for name, move in moves.items()}
         credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves},
-                             targets={name: target_features(move.targets) for name, move in moves.items()})
+                             targets=targets)
         current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
         context = evidence_context(evidence) if self.evidence else blank_context()
         if self.credit_weight > 0:
@@ -322,7 +324,8 @@ class LocalResearcher(Researcher):
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
         choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
-        stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, state_key, Path(scaffold_dir))
+        stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, state_key, Path(scaffold_dir),
+                              target_pull(targets, context))
         picks, proposals = [], []
         for choice, stack in zip(choices, stacks):
             if stack is not None:
@@ -359,10 +362,10 @@ class LocalResearcher(Researcher):
 
     def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
                 probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
-                state_key: str, scaffold_dir: Path) -> list[StackPick | None]:
+                state_key: str, scaffold_dir: Path, pull: dict[str, float]) -> list[StackPick | None]:
         """Per choice, with probability `stack` times `stack_chance` when there is a near miss against
         this incumbent (`state_key`), the near miss to add an edit to (that edit takes the choice's
-        place), else None. A stack the scaffold rejects, or one tried already against this
+        place, its knob drawn with the evidence's `pull`), else None. A stack the scaffold rejects, or one tried already against this
         incumbent, leaves the choice alone."""
         observations = measured_on(self.state.get("observations", []), state_key)
         misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
@@ -373,7 +376,7 @@ class LocalResearcher(Researcher):
         taken: set[tuple[tuple[str, ...], str, str]] = set()
         stacks: list[StackPick | None] = []
         for _ in choices:
-            stack = pick_stack(rng, misses, keyed, probs, observations, taken) if rng.random() < chance else None
+            stack = pick_stack(rng, misses, keyed, probs, observations, taken, pull) if rng.random() < chance else None
             if stack is not None:
                 text, edit = candidates[stack.index]
                 try:
