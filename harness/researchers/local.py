@@ -36,9 +36,9 @@ ablation: no summary in the prompt and the zero context, now and in the observat
 
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
 miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
-yet paired with it (moves that target the incumbent's common failures first), or set one of the
-near miss's knobs to another value (`researcher.stack`, 0 for one edit a round); the drawn edit is
-then the one learned from.
+yet paired with it (a move that targets the incumbent's common failures drawn more often), or set
+one of the near miss's knobs to another value (`researcher.stack`, 0 for one edit a round); the
+drawn edit is then the one learned from.
 
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
