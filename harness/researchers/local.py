@@ -365,8 +365,8 @@ class LocalResearcher(Researcher):
                 state_key: str, scaffold_dir: Path, pull: dict[str, float]) -> list[StackPick | None]:
         """Per choice, with probability `stack` times `stack_chance` when there is a near miss against
         this incumbent (`state_key`), the near miss to add an edit to (that edit takes the choice's
-        place, its knob drawn with the evidence's `pull`), else None. A stack the scaffold rejects, or one tried already against this
-        incumbent, leaves the choice alone."""
+        place, its knob drawn with the evidence's `pull`), else None. A stack the scaffold rejects,
+        or one tried already against this incumbent, leaves the choice alone."""
         observations = measured_on(self.state.get("observations", []), state_key)
         misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
         if not misses:

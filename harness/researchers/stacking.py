@@ -177,9 +177,9 @@ def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: lis
     in `taken`, `(near miss texts, knob, text)` picked this round); None when nothing is left.
 
     An added edit is on a knob not yet paired with the near miss, the knob drawn with weights `pull`
-    (`target_pull`; 1 for a knob it does not name), its value with `probs` within the knob. A refinement sets one of the near miss's knobs (it has two or more) to a value
-    not yet tried on it, drawn uniformly; when both are open, a round refines with probability
-    `REFINE_SHARE`."""
+    (`target_pull`; 1 for a knob it does not name), its value with `probs` within the knob. A
+    refinement sets one of the near miss's knobs (it has two or more) to a value not yet tried on
+    it, drawn uniformly; when both are open, a round refines with probability `REFINE_SHARE`."""
     open_edits = {}
     for miss in misses:
         done = stacked_onto(observations, miss) | {(knob, text) for texts, knob, text in taken if texts == miss.texts}
