@@ -1,7 +1,8 @@
 """The live view of a running campaign: round, step, incumbent, last decisions, ETA.
 
-On a terminal it is a rich `Live` panel redrawn in place; elsewhere (logs, CI) each change is
-one plain line, so a campaign's output stays readable when redirected to a file. `paused()`
+On an interactive terminal it is a rich `Live` panel redrawn in place; elsewhere (logs, CI, a
+dumb terminal, `TTY_INTERACTIVE=0`) each change is one plain line, so a campaign's output stays
+readable when redirected to a file (a `Live` there would draw nothing until it stops). `paused()`
 stops the redrawing while a person is asked something at the terminal (the live panel would
 otherwise draw over the question and the prompt) and resumes it after the answer.
 """
@@ -30,7 +31,7 @@ class LiveView:
         self._first_round: int | None = None
 
     def __enter__(self):
-        if self.enabled and self.console.is_terminal:
+        if self.enabled and self.console.is_interactive:
             self._start()
         return self
 
