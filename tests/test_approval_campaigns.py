@@ -83,10 +83,12 @@ class Screen:
         self.seen += data
         self.stream.feed(data)
 
-    def expect(self, pattern: str, timeout: float) -> None:
-        self.child.expect(pattern, timeout=timeout)
+    def expect(self, pattern, timeout: float) -> int:
+        """Read up to the pattern (or the first of a list that shows up); which one it was."""
+        index = self.child.expect(pattern, timeout=timeout)
         after = self.child.after if isinstance(self.child.after, bytes) else b""  # EOF's is a class
         self.feed(self.child.before + after)
+        return index
 
     def settle(self, seconds: float = 2.0) -> None:
         """Read whatever the child draws in the next `seconds` (a live view redraws 4 times a second)."""
@@ -111,8 +113,11 @@ def test_terminal_gate_in_a_campaign_shows_the_question_and_the_live_view_resume
                           cwd=os.getcwd(), dimensions=(ROWS, COLUMNS))
     screen = Screen(child)
     try:
-        screen.expect(r"step: (analyze|propose|evaluate)", timeout=CAMPAIGN_S)  # the live view runs
-        screen.expect(r"Approve\?[^\n]*\[y/n\][^:\n]*: ", timeout=CAMPAIGN_S)  # styles sit between the words
+        asked = r"Approve\?[^\n]*\[y/n\][^:\n]*: "  # styles sit between the words
+        # the live view runs; a question first means it drew nothing (and would wait here for ever)
+        first = screen.expect([r"step: (analyze|propose|evaluate)", asked], timeout=CAMPAIGN_S)
+        assert first == 0, screen.seen.decode(errors="replace")[-3000:]
+        screen.expect(asked, timeout=CAMPAIGN_S)
         screen.settle()  # a live view still running would now draw over the question
         shown = screen.text()
         question = re.sub(r"\s+", " ", shown)
