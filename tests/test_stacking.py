@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from harness.researchers.stacking import (EDIT_KEYS, REFINE_SHARE, TARGET_PULL, clear_losses, measured_on, near_misses,
-                                         pick_stack, stack_chance, target_pull)
+from harness.researchers.stacking import (EDIT_KEYS, REFINE_SHARE, TARGET_PULL, measured_on, near_misses, pick_stack,
+                                         stack_chance, target_pull)
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -78,20 +78,6 @@ def test_an_added_edit_that_targets_common_failures_is_drawn_more_often():
     assert abs(share(pull) - steered) < 0.03
     assert abs(share(target_pull(targets, {})) - 1 / 3) < 0.03  # blank evidence: uniform
     assert abs(share(None) - 1 / 3) < 0.03
-
-
-def test_a_targeted_move_measured_clearly_below_its_incumbent_loses_its_pull():
-    one_shot = '{"move": "prompt_one_shot"}'
-    observations = [
-        obs("move:prompt_one_shot", False, True, one_shot, -0.037, 3, [dict(LR_OBS)]) | {"ci95": [-0.05, -0.02]},
-        obs("move:reward_partial_credit", False, True, MOVE, -0.02, 4) | {"ci95": [-0.045, 0.005]},  # not clear
-        obs("reward.format", 0.0, 0.5, FORMAT, -0.03, 5) | {"ci95": [-0.05, -0.01]},
-        obs("sampling.top_p", 1.0, 0.525, TOP_P, -0.01, 6)]  # no interval: a failed run
-    lost = clear_losses(observations)
-    assert lost == {"move:prompt_one_shot", "reward.format"}
-    targets = {"move:reward_partial_credit": ("format_failure",), "move:prompt_one_shot": ("format_failure",)}
-    assert target_pull(targets, {"format_failure": 0.5}, lost) == {
-        "move:reward_partial_credit": 1 + 0.5 * TARGET_PULL, "move:prompt_one_shot": 1.0}
 
 
 def test_near_misses_are_drawn_in_proportion_to_their_gain():

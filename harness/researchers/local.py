@@ -83,8 +83,8 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_c
                                       move_space, round_seed, same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.stacking import (JOIN, StackPick, clear_losses, edit_record, measured_on, near_misses,
-                                         pick_stack, stack_chance, target_pull)
+from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
+                                         stack_chance, target_pull)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -324,9 +324,8 @@ class LocalResearcher(Researcher):
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
         choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
-        pull = target_pull(targets, context, clear_losses(self.state.get("observations", [])))
         stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, state_key, Path(scaffold_dir),
-                              pull)
+                              target_pull(targets, context))
         picks, proposals = [], []
         for choice, stack in zip(choices, stacks):
             if stack is not None:

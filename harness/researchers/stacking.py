@@ -25,11 +25,7 @@ in proportion to its gain. An added knob is drawn among those not yet paired wit
 once: coverage of pairs, not the credit model's preference, which has learned that each part alone
 does nothing), its value by the researcher's own scores within that knob. The draw is steered by
 the evidence: a move whose `targets` are common failures of the incumbent weighs 1 + TARGET_PULL
-times the share of answers with them (`target_pull`), any other knob 1, and so does a targeted move
-that a round of this campaign measured clearly below its incumbent as its last edit (`clear_losses`:
-the interval under zero; for a stack, the added edit more than undid its near miss's gain). Without
-that, the prompt moves, which also target malformed answers and cost 3-14 points wherever they were
-measured, took 5 and 6 of two campaigns' stacks, all but one after such a loss. Drawn uniformly, a good
+times the share of answers with them (`target_pull`), any other knob 1. Drawn uniformly, a good
 pair's reward move was one add in twenty-odd: a campaign whose answers were 61% malformed stacked
 ten edits onto its best near misses (lr 3.42e-5 or 8.27e-5 with greedy decoding, +0.026), none of
 them the partial-credit move that makes that rate pay (+0.074 held-out, README), and a keep of a
@@ -49,8 +45,7 @@ the texts of the near miss it was built on; every observation keeps its incumben
 
     observations = measured_on(all_observations, state)  # against the incumbent keyed `state`
     misses = near_misses(observations, current, offered={text for text, _ in candidates})
-    pull = target_pull({"move:reward_partial_credit": ("format_failure",)}, context,   # {...: 4.7} at 61%
-                       clear_losses(all_observations))
+    pull = target_pull({"move:reward_partial_credit": ("format_failure",)}, context)   # {...: 4.7} at 61%
     pick = pick_stack(rng, misses, [(text, knob) for ...], probs, observations, pull=pull)
 """
 
@@ -141,18 +136,10 @@ def stack_chance(misses: list[NearMiss]) -> float:
     return gains / (gains + GAIN_SCALE)
 
 
-def clear_losses(observations: list[dict]) -> set[str]:
-    """The knobs (moves as `move:<name>`) that a round of this campaign, against any incumbent, put
-    clearly below that incumbent as its last edit: the paired delta's interval under zero."""
-    return {obs["knob"] for obs in observations if obs.get("ci95") and obs["ci95"][1] < 0}
-
-
-def target_pull(targets: dict[str, tuple[str, ...]], context: dict[str, float],
-                lost: set[str] = frozenset()) -> dict[str, float]:
+def target_pull(targets: dict[str, tuple[str, ...]], context: dict[str, float]) -> dict[str, float]:
     """Per targeted knob (a move as `move:<name>`, its targets as context features), its weight as a
-    stack's added edit: 1 + TARGET_PULL times the context's targeted features summed (capped at 1);
-    1 for a knob in `lost` (`clear_losses`): the failures it targets are no reason to try it again."""
-    return {knob: 1.0 if knob in lost else 1.0 + TARGET_PULL * min(sum(context.get(f, 0.0) for f in features), 1.0)
+    stack's added edit: 1 + TARGET_PULL times the context's targeted features summed (capped at 1)."""
+    return {knob: 1.0 + TARGET_PULL * min(sum(context.get(f, 0.0) for f in features), 1.0)
             for knob, features in targets.items() if features}
 
 
