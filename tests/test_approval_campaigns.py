@@ -20,6 +20,7 @@ import pyte
 import pytest
 from fast_scaffold import campaign_root
 from mlflow.tracking import MlflowClient
+from terminal_env import terminal_env
 
 
 PROPOSAL = {"hypothesis": "lower temperature sharpens answers",
@@ -40,15 +41,8 @@ def start_args(root, scaffold, script, name, **extra):
     return ["-m", "harness.cli", "start", *(f"{k}={v}" for k, v in items.items())]
 
 
-# Settings of the test's own environment that would tell the child it is not at a full terminal:
-# CI=true turns the terminal gate off; rich reads the others (TTY_INTERACTIVE=0 turns its live view
-# into plain lines, which have no "step: ..." to wait for).
-NOT_A_TERMINAL = ("CI", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR", "COLUMNS", "LINES")
-
-
 def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in NOT_A_TERMINAL}
-    return env | {"TERM": "xterm-256color", "PYTHONUNBUFFERED": "1"}
+    return terminal_env(PYTHONUNBUFFERED="1")
 
 
 def candidate_diff(camp, n: int) -> str:

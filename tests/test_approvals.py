@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import sys
 import threading
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
+from terminal_env import terminal_env
 
 from harness.approvals import (ApprovalError, ApprovalPolicy, FileGate, NullGate, TerminalGate, approve,
                                keep_question, make_gate, pending, proposal_question)
@@ -231,7 +231,7 @@ def test_terminal_gate_under_a_live_view_is_seen_and_answered_in_a_real_terminal
     screen = pyte.Screen(100, 40)
     stream = pyte.ByteStream(screen)
     child = pexpect.spawn(sys.executable, ["-c", TERMINAL_CHILD % DIFF], dimensions=(40, 100),
-                          env=os.environ | {"TERM": "xterm-256color", "PYTHONPATH": str(CONF.parent)})
+                          env=terminal_env(PYTHONPATH=str(CONF.parent)))
 
     def expect(pattern):
         child.expect(pattern, timeout=60)
