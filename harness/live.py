@@ -75,8 +75,8 @@ class LiveView:
         return Group(head, table)
 
     def _show(self, line: str) -> None:
-        if self._live is not None:
-            self._live.update(self._render())
+        if self._live is not None:  # drawn now: a step shorter than the 4 Hz redraw is still seen
+            self._live.update(self._render(), refresh=True)
         elif self.enabled:
             self.console.print(line, markup=False, highlight=False)
 
