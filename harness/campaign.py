@@ -38,6 +38,7 @@ from rl_pipeline.result import integrity_problem, read_result, scaffold_commit, 
 from rl_pipeline.run import run_scaffold
 
 log = logging.getLogger(__name__)
+SNAPSHOTS = "snapshots"  # campaign_dir/snapshots/NNN-k: candidate k's commit while it is evaluated
 
 
 def _write_json(path: Path, data) -> None:
@@ -78,26 +79,36 @@ class Campaign:
 
     def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False,
                       train_seed: int = 0, calibration: bool = False) -> list[dict]:
-        """The runner's result for every (scaffold folder, out folder): one after another on this
-        machine, or at once on Ray (`runner=ray`). A result is failed when it does not name the commit
-        that was evaluated or the baseline's data (every split's hash), so that no round is ever
-        compared on other data or another scaffold than the one it claims."""
-        commits = [scaffold_commit(scaffold) for scaffold, _ in targets]
-        jobs = [{"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed,
-                 "calibration": calibration} for scaffold, out in targets]
+        """The runner's result for every (scaffold folder, out folder) on the same seeds (see `_run_jobs`)."""
+        return self._run_jobs([self._job(scaffold, out, seeds, heldout=heldout, train_seed=train_seed,
+                                         calibration=calibration) for scaffold, out in targets])
+
+    @staticmethod
+    def _job(scaffold: Path, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
+             calibration: bool = False) -> dict:
+        return {"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed,
+                "calibration": calibration}
+
+    def _run_jobs(self, jobs: list[dict]) -> list[dict]:
+        """The runner's result for every job: one after another on this machine, or at once on Ray
+        (`runner=ray`). A result is failed when it does not name the commit that was evaluated or the
+        baseline's data (every split's hash), so that no round is ever compared on other data or
+        another scaffold than the one it claims."""
+        commits = [scaffold_commit(job["scaffold"]) for job in jobs]
         if self.pool is not None:
             results = self.pool.run(jobs)
         else:
-            results = [run_scaffold(job["scaffold"], job["out"], heldout=heldout, seeds=seeds, train_seed=train_seed,
-                                    calibration=calibration, **self._runner_options()) for job in jobs]
+            results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
+                                    train_seed=job["train_seed"], calibration=job["calibration"],
+                                    **self._runner_options()) for job in jobs]
         baseline = self.journal.get("baseline")
         checked = []
-        for result, commit, (_, out) in zip(results, commits, targets):
+        for result, commit, job in zip(results, commits, jobs):
             reference = read_result(self.dir / baseline["result"]) if baseline else result
             problem = integrity_problem(result, reference, commit=commit)
             if problem:
                 result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
-                write_result(out, result)
+                write_result(job["out"], result)
             checked.append(result)
         return checked
 
@@ -362,38 +373,41 @@ class Campaign:
 
     def _retrain(self, n: int, out: Path, candidate: int | None = None) -> dict:
         """The candidate (candidate k of a round of several) and the incumbent re-trained with each
-        fresh training seed and evaluated on the same seeds (results already there from a replay, or
-        from an earlier round for the incumbent, are reused); the verdict on the paired change over
+        fresh training seed and evaluated on the same seeds; the verdict on the paired change over
         every training seed. Under deterministic decoding each is scored on eval and calibration
         examples on one seed instead (see `_with_calibration`)."""
-        commit = self.workspace.candidate_commit(n, candidate)
-
-        def evaluate(at: Path, seeds: list[int], train_seed: int, calibration: bool) -> dict:
-            self.workspace.checkout(n, candidate)
-            try:
-                return self._evaluate(at, seeds, train_seed=train_seed, calibration=calibration)
-            finally:
-                self.workspace.checkout_main()
-
         seeds, inc_dir, result = self.config["eval_seeds"], self._incumbent_dir(), read_result(out)
         if deterministic(result) and deterministic(self._incumbent_result()):
-            pairs = {}
-            for train_seed in [0, *self.config["retrain_seeds"]]:
-                at = calibration_dir(out, train_seed)
-                ours = self._calibrated(at, commit, lambda to, seeds: evaluate(to, seeds, train_seed, True), train_seed)
-                if ours is None or self._incumbent_calibrated(train_seed) is None:
-                    break
-                pairs[train_seed] = (at, calibration_dir(inc_dir, train_seed))
-            else:
+            pairs = {t: (calibration_dir(out, t), calibration_dir(inc_dir, t))
+                     for t in [0, *self.config["retrain_seeds"]]}
+            if self._train_pairs(n, candidate, pairs, seeds[:1], calibration=True):
                 return training_seed_verdict(pairs, margin=self.config["margin"], calibration=True)
-        pairs = {result["training"]["train_seed"]: (out, inc_dir)}
-        for train_seed in self.config["retrain_seeds"]:
-            cand, inc = pairs[train_seed] = retrain_dir(out, train_seed), retrain_dir(inc_dir, train_seed)
-            if not reusable(cand, commit=commit, seeds=seeds, train_seed=train_seed):
-                evaluate(cand, seeds, train_seed, False)
-            if not reusable(inc, commit=self.journal.get("incumbent")["commit"], seeds=seeds, train_seed=train_seed):
-                self._evaluate(inc, seeds, train_seed=train_seed)
+        fresh = {t: (retrain_dir(out, t), retrain_dir(inc_dir, t)) for t in self.config["retrain_seeds"]}
+        self._train_pairs(n, candidate, fresh, seeds, calibration=False)
+        pairs = {result["training"]["train_seed"]: (out, inc_dir)} | fresh
         return training_seed_verdict(pairs, margin=self.config["margin"])
+
+    def _train_pairs(self, n: int, candidate: int | None, pairs: dict[int, tuple[Path, Path]], seeds: list[int], *,
+                     calibration: bool) -> bool:
+        """Each training seed's (candidate folder, incumbent folder) measured with that seed where no
+        result is there yet (a replay's, or an earlier round's for the incumbent): all of them in one
+        batch, so `runner=ray` trains them at once. Whether every one is now there, with its
+        calibration part when asked."""
+        commits = (self.workspace.candidate_commit(n, candidate), self.journal.get("incumbent")["commit"])
+        runs = [(folder, commit, t, side) for t, folders in pairs.items()
+                for side, (folder, commit) in enumerate(zip(folders, commits))]
+
+        def missing(folder: Path, commit: str, train_seed: int) -> bool:
+            found = reusable(folder, commit=commit, seeds=seeds, train_seed=train_seed)
+            return found is None or (calibration and "calibration" not in found)
+
+        todo = [(folder, t, side) for folder, commit, t, side in runs if missing(folder, commit, t)]
+        if todo:
+            snapshot = self.dir / SNAPSHOTS / f"{n:03d}-{candidate or 0}-retrain"
+            with self.workspace.snapshot(n, candidate, snapshot) as at:
+                self._run_jobs([self._job(self.workspace.path if side else at, folder, seeds, train_seed=t,
+                                          calibration=calibration) for folder, t, side in todo])
+        return not any(missing(folder, commit, t) for folder, commit, t, _ in runs)
 
     def _critique(self, out: Path, n: int, proposal, verdict: dict) -> dict:
         """Self-feedback on the verdict of the evaluation seeds, and on the training seeds' when the

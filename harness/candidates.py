@@ -40,7 +40,7 @@ from pathlib import Path
 
 from harness.analyze import Evidence
 from harness.approvals import keep_question, proposal_question
-from harness.campaign import Campaign, _write_json
+from harness.campaign import SNAPSHOTS, Campaign, _write_json
 from harness.compare import decide, merge_results, on_more_examples
 from harness.proposal import ProposalError, parse_proposal
 from harness.selection import choose, confirm, promising
@@ -48,7 +48,6 @@ from harness.training_noise import calibration_dir
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
 
-SNAPSHOTS = "snapshots"  # campaign_dir/snapshots/NNN-k: candidate k's commit while it is evaluated
 
 
 def candidate_dir(round_dir: Path, k: int) -> Path:

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.journal import Journal
+from harness.training_noise import retrain_dir
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 
@@ -108,6 +109,30 @@ def test_two_candidates_a_round_on_ray_and_a_killed_worker_is_one_failed_candida
         assert {r.path for r in repo.refs} >= {f"refs/rejected/{n:03d}", f"refs/rejected/{n:03d}-{3 - chosen}"}
     assert child_runs(root, "ray2") == [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2)]
     assert not [p for p in psutil.Process().children(recursive=True) if "ray" in cmdline(p)]
+
+
+def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
+    """A change to training that would be kept is re-trained with a fresh training seed, and so is
+    the incumbent: two GRPO runs of one step, given to the two workers together (a margin of -0.5
+    makes the random-weight policy's ties keeps)."""
+    root, scaffold, _ = setup
+    script = root / "retrain.jsonl"
+    script.write_text(json.dumps({"hypothesis": "learn faster",
+                                  "edits": [{"knob": "grpo.learning_rate", "value": 1e-5}]}) + "\n")
+    args = overrides(root, scaffold, name="retrain2", rounds=1, candidates_per_round=1, margin=-0.5,
+                     retrain_seeds="[1]", researcher="scripted", **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    camp = root / "runs" / "retrain2"
+    journal = Journal(camp)
+    assert journal.step_output(1, "decide")["decision"] == "keep"
+    assert [p["train_seed"] for p in journal.step_output(1, "retrain")["per_seed"]] == [0, 1]
+    runs = [retrain_dir(camp / "rounds" / n, 1) for n in ("001", "000")]
+    for run in runs:
+        assert not json.loads((run / "result.json").read_text())["training"]["cached"]  # really trained
+    spans = [(os.stat(run / "job.json").st_mtime, os.stat(run / "result.json").st_mtime) for run in runs]
+    (began_1, ended_1), (began_2, ended_2) = spans
+    assert began_1 < ended_2 and began_2 < ended_1, "the two re-trainings ran one after the other"
+    assert not (camp / "snapshots" / "001-0-retrain").exists()
 
 
 @pytest.mark.slow
