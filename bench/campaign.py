@@ -9,6 +9,8 @@ what the runner and the loop add when evaluations run one at a time.
 
     .venv/bin/python bench/campaign.py [--rounds 5] [--researcher random|local] [--scaffold PATH]
     .venv/bin/python bench/campaign.py --runner ray --workers 2 --cpus 1 --candidates 2
+    .venv/bin/python bench/campaign.py --runner ray --workers 2 margin=-0.5   # any campaign config after the
+                                                                       # options (here: every tie a keep)
     .venv/bin/python bench/campaign.py --from-campaign runs/default    # the same numbers, read from
                                                                        # a campaign that already ran
 
@@ -51,6 +53,7 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=1, help="ray: CPUs (and torch threads) per candidate")
     parser.add_argument("--candidates", type=int, default=1, help="candidates_per_round")
     parser.add_argument("--from-campaign", default=None, help="read the timings of this campaign folder instead")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more campaign config (hydra overrides)")
     args = parser.parse_args()
     if args.from_campaign:
         journal = Journal(Path(args.from_campaign))
@@ -74,12 +77,13 @@ def main() -> int:
         runner += [f"runner.workers={args.workers}"] if args.runner == "ray" and args.workers else []
         config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}", f"scaffold={args.scaffold}",
                                  f"researcher={args.researcher}", "live=false", "tracking.enabled=true",
-                                 f"candidates_per_round={args.candidates}", *runner])
+                                 f"candidates_per_round={args.candidates}", *runner, *args.overrides])
         start = time.perf_counter()
         run_campaign(config, create_campaign(config))
         wall = time.perf_counter() - start
         label = (f"{args.researcher}, {args.candidates} candidate(s)/round, " +
-                 (f"ray: {args.workers or 'all'} workers x {args.cpus} CPU" if args.runner == "ray" else "local runner"))
+                 (f"ray: {args.workers or 'all'} workers x {args.cpus} CPU" if args.runner == "ray" else "local runner") +
+                 "".join(f", {o}" for o in args.overrides))
         report(Journal(runs / "bench"), runs / "bench", args.rounds, label, wall_s=wall)
     return 0
 
