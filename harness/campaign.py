@@ -334,21 +334,20 @@ class Campaign:
             return None
         return with_calibration(candidate, ours["calibration"]), with_calibration(incumbent, theirs["calibration"])
 
-    def _calibrated(self, folder: Path, commit: str, evaluate, train_seed: int = 0) -> dict | None:
+    def _calibrated(self, folder: Path, commit: str, evaluate) -> dict | None:
         """A result with a calibration part, on the first eval seed only (decoding is deterministic):
         the one a replay (or an earlier round) left at `folder` when it measured `commit` so, else
         `evaluate(folder, seeds)`'s; None when that failed."""
         seeds = self.config["eval_seeds"][:1]
-        result = reusable(folder, commit=commit, seeds=seeds, train_seed=train_seed)
+        result = reusable(folder, commit=commit, seeds=seeds, train_seed=0)
         if result is None or "calibration" not in result:
             result = evaluate(folder, seeds)
         return result if result["status"] == "ok" and "calibration" in result else None
 
-    def _incumbent_calibrated(self, train_seed: int = 0) -> dict | None:
+    def _incumbent_calibrated(self) -> dict | None:
         """The incumbent's `_calibrated` result, kept beside its own for the rounds to come."""
-        folder, commit = calibration_dir(self._incumbent_dir(), train_seed), self.journal.get("incumbent")["commit"]
-        return self._calibrated(folder, commit, train_seed=train_seed, evaluate=lambda at, seeds: self._evaluate(
-            at, seeds, calibration=True, train_seed=train_seed))
+        folder, commit = calibration_dir(self._incumbent_dir(), 0), self.journal.get("incumbent")["commit"]
+        return self._calibrated(folder, commit, lambda at, seeds: self._evaluate(at, seeds, calibration=True))
 
     def _incumbent_with_seeds(self, incumbent: dict, seeds: list[int]) -> dict:
         """The incumbent evaluated on `seeds` too (eval only: its training is cached)."""

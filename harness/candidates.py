@@ -49,7 +49,6 @@ from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
 
 
-
 def candidate_dir(round_dir: Path, k: int) -> Path:
     return Path(round_dir) / f"cand-{k}"
 
