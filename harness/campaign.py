@@ -339,8 +339,8 @@ class Campaign:
         the one a replay (or an earlier round) left at `folder` when it measured `commit` so, else
         `evaluate(folder, seeds)`'s; None when that failed."""
         seeds = self.config["eval_seeds"][:1]
-        result = reusable(folder, commit=commit, seeds=seeds, train_seed=0)
-        if result is None or "calibration" not in result:
+        result = reusable(folder, commit=commit, seeds=seeds, train_seed=0, calibration=True)
+        if result is None:
             result = evaluate(folder, seeds)
         return result if result["status"] == "ok" and "calibration" in result else None
 
@@ -397,8 +397,7 @@ class Campaign:
                 for side, (folder, commit) in enumerate(zip(folders, commits))]
 
         def missing(folder: Path, commit: str, train_seed: int) -> bool:
-            found = reusable(folder, commit=commit, seeds=seeds, train_seed=train_seed)
-            return found is None or (calibration and "calibration" not in found)
+            return reusable(folder, commit=commit, seeds=seeds, train_seed=train_seed, calibration=calibration) is None
 
         todo = [(folder, t, side) for folder, commit, t, side in runs if missing(folder, commit, t)]
         if todo:

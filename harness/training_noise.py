@@ -46,14 +46,16 @@ def calibration_dir(round_dir: Path, train_seed: int) -> Path:
     return (Path(round_dir) if train_seed == 0 else retrain_dir(round_dir, train_seed)) / "calibration"
 
 
-def reusable(out: Path, *, commit: str, seeds: list[int], train_seed: int) -> dict | None:
+def reusable(out: Path, *, commit: str, seeds: list[int], train_seed: int, calibration: bool = False) -> dict | None:
     """The successful result already at `out` when it measured `commit` trained with `train_seed`
-    on exactly `seeds` (a replay after a kill, or the incumbent's re-train from an earlier round)."""
+    on exactly `seeds`, with its calibration part when `calibration` (a replay after a kill, or the
+    incumbent's re-train from an earlier round)."""
     if not (Path(out) / "result.json").is_file():
         return None
     result = read_result(out)
     ok = (result.get("status") == "ok" and result["scaffold"].get("commit") == commit
-          and result["seeds"] == list(seeds) and result["training"].get("train_seed") == train_seed)
+          and result["seeds"] == list(seeds) and result["training"].get("train_seed") == train_seed
+          and (not calibration or "calibration" in result))
     return result if ok else None
 
 

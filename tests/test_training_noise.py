@@ -98,4 +98,5 @@ def test_only_a_change_to_training_is_checked_and_earlier_runs_are_reused(tmp_pa
     assert reusable(folder, commit="c2", seeds=EVAL_SEEDS, train_seed=1) is None  # another incumbent
     assert reusable(folder, commit="c1", seeds=[0, 1], train_seed=1) is None
     assert reusable(folder, commit="c1", seeds=EVAL_SEEDS, train_seed=2) is None
+    assert reusable(folder, commit="c1", seeds=EVAL_SEEDS, train_seed=1, calibration=True) is None  # none scored
     assert reusable(retrain_dir(tmp_path / "000", 2), commit="c1", seeds=EVAL_SEEDS, train_seed=2) is None
