@@ -1,12 +1,18 @@
 """The pretraining corpus's answer styles and the calibrated stop of the base, on the real corpus."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import pytest
 
+from rl_pipeline import env
 from rl_pipeline.corpus import (ANSWER_STYLES, Band, answer_value, ensure_base, pretrain_base, pretrain_pairs,
                                 styled_answer)
+from rl_pipeline.env import SPIN_COUNT, free_cores
 from rl_pipeline.tasks import get_task
 
 
@@ -59,3 +65,32 @@ def test_ensure_base_pretrains_on_the_data_folder_it_is_given_and_writes_nothing
     assert (tmp_path / "campaigns" / "models" / "base" / "config.json").is_file()
     assert (data / "arith" / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["campaigns"]  # no stray runs/data in the working folder
+
+
+def test_free_cores_counts_the_cores_other_processes_keep_busy():
+    cores = len(os.sched_getaffinity(0))
+    with open("/proc/stat") as f:
+        listed = sum(1 for line in f if line.startswith("cpu") and line[3].isdigit())
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        free = free_cores()
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    if listed != cores:  # a container's view of its host: no reading
+        assert free is None
+    else:
+        assert free is not None and 0.0 <= free < 0.75, free
+
+
+@pytest.mark.parametrize("free, wait_policy, spin_count", [(2.0, None, str(SPIN_COUNT)), (1.0, "PASSIVE", None),
+                                                            (None, "PASSIVE", None)])
+def test_pretraining_threads_spin_only_where_the_cores_were_idle(tmp_path, monkeypatch, free, wait_policy,
+                                                                 spin_count):
+    monkeypatch.setattr(env, "free_cores", lambda: free)  # the reading; the child and its env are real
+    summary = pretrain_base(str(tmp_path / "base"), data_dir=str(tmp_path / "data"), steps=1)
+    assert summary["steps"] == 1
+    assert summary["openmp"] == {"threads": 2, "free_cores": free, "OMP_WAIT_POLICY": wait_policy,
+                                 "GOMP_SPINCOUNT": spin_count}
