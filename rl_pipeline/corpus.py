@@ -23,12 +23,15 @@ band, so any machine starts the loop from a comparable policy.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,16 +150,20 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
 
     threads = PretrainConfig.threads
     env, free = idle_cores_env(scrubbed_env() | {"PYTHONPATH": str(REPO)}, threads)
-    job = {"out": out, "seed": seed, "steps": steps, "preset": preset, "data_dir": data_dir,
-           "band": asdict(band), "free_cores": free}
     idle = env.get("OMP_WAIT_POLICY") or f"spin {env.get('GOMP_SPINCOUNT', 'default')}"
     Console().print(f"pretraining on {threads} threads ({'?' if free is None else f'{free:.1f}'} cores idle), "
                     f"OpenMP's idle threads: {idle}")
-    code = subprocess.run([sys.executable, "-P", "-m", "rl_pipeline.corpus", json.dumps(job)], env=env,
-                          preexec_fn=die_with_parent).returncode
+    with tempfile.TemporaryDirectory() as tmp:
+        error_file = Path(tmp) / "error.json"
+        job = {"out": out, "seed": seed, "steps": steps, "preset": preset, "data_dir": data_dir,
+               "band": asdict(band), "free_cores": free, "error_file": str(error_file)}
+        code = subprocess.run([sys.executable, "-P", "-m", "rl_pipeline.corpus", json.dumps(job)], env=env,
+                              preexec_fn=die_with_parent).returncode
+        if error_file.is_file():
+            _raise_child_error(json.loads(error_file.read_text()))
     summary_file = Path(out) / "pretrain.json"
     if code or not summary_file.is_file():
-        raise RuntimeError(f"pretraining the base into {out} failed (exit status {code}): its error is above")
+        raise RuntimeError(f"pretraining the base into {out} failed (exit status {code})")
     summary = json.loads(summary_file.read_text())
     last = summary["calibration"]["answer_accuracy"]
     console = Console()
@@ -166,6 +173,15 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
         console.print(f"[yellow]warning:[/] the base ended at calibration answer accuracy {last}, outside the band "
                       f"{band.low:.2f}-{band.high:.2f}: campaigns on it are not comparable with others")
     return summary
+
+
+def _raise_child_error(error: dict) -> None:
+    """Raise in this process what the pretraining child raised: the same built-in exception (so a
+    bad argument still reads as one line), else a RuntimeError with the child's traceback."""
+    cls = getattr(builtins, error["type"], None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        raise cls(error["message"])
+    raise RuntimeError(f"pretraining failed: {error['type']}: {error['message']}\n{error['traceback']}")
 
 
 def _pretrain_here(out: str, seed: int, steps: int | None, preset: str, data_dir: str, band: Band,
@@ -201,4 +217,10 @@ def ensure_base(base: str, seed: int = 0, *, data_dir: str = "runs/data", band: 
 
 if __name__ == "__main__":  # the environment is the parent's choice (`pretrain_base`)
     job = json.loads(sys.argv[1])
-    _pretrain_here(**(job | {"band": Band(**job["band"])}))
+    error_file = Path(job.pop("error_file"))
+    try:
+        _pretrain_here(**(job | {"band": Band(**job["band"])}))
+    except Exception as err:  # the parent raises it again
+        error_file.write_text(json.dumps({"type": type(err).__name__, "message": str(err),
+                                          "traceback": traceback.format_exc()}))
+        sys.exit(1)

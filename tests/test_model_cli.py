@@ -96,3 +96,11 @@ def test_pretraining_is_deterministic(tmp_path):
     assert written["steps"] == 12 and written["stopped_by"] == "steps"
     with pytest.raises(ValueError, match="at least one"):
         pretrain(PretrainConfig(out=str(tmp_path / "x"), steps=1), [], texts)
+
+
+def test_pretrain_command_reports_its_child_s_error_as_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the corpus's splits land in runs/data here
+    assert main(["model", "pretrain", "--out", "/proc/no-such-folder/base", "--steps", "1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error: [Errno 2] No such file or directory: '/proc/no-such-folder'" in err
+    assert "Traceback" not in err
