@@ -49,6 +49,9 @@ MIXTURE = {"arith": 1.0}
 # How the corpus writes an answer, and each style's share. Only "bare" passes the strict scorer.
 ANSWER_STYLES = {"bare": ("{answer}", 0.35), "suffix": ("{answer} is the answer.", 0.50),
                  "period": ("{answer}.", 0.15)}
+# Torch threads of the pretraining child; a constant here, so that the parent, which only decides
+# the child's OpenMP set-up for them, need not import torch (about 3.6 s) to read it.
+PRETRAIN_THREADS = 2
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
@@ -146,9 +149,7 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
     pretraining 1.5x faster on two idle cores (rl_pipeline/env.py). Its own thread count is fixed,
     so the arithmetic, and the base, is the same either way.
     """
-    from model.pretrain import PretrainConfig
-
-    threads = PretrainConfig.threads
+    threads = PRETRAIN_THREADS
     env, free = idle_cores_env(scrubbed_env() | {"PYTHONPATH": str(REPO)}, threads)
     idle = env.get("OMP_WAIT_POLICY") or f"spin {env.get('GOMP_SPINCOUNT', 'default')}"
     Console().print(f"pretraining on {threads} threads ({'?' if free is None else f'{free:.1f}'} cores idle), "
@@ -191,7 +192,8 @@ def _pretrain_here(out: str, seed: int, steps: int | None, preset: str, data_dir
     from model.pretrain import PretrainConfig, pretrain
 
     pairs = pretrain_pairs(data_dir)
-    config = PretrainConfig(out=out, preset=preset, steps=steps, seed=seed, max_steps=band.max_steps)
+    config = PretrainConfig(out=out, preset=preset, steps=steps, seed=seed, max_steps=band.max_steps,
+                            threads=PRETRAIN_THREADS)
     check = calibration_check(data_dir, band)
 
     def report() -> dict:
