@@ -58,7 +58,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def assert_matches_eager(module, x_TD, top_k_index, top_k_weights, seed=0):
-    """Output and the four gradients within TOL of eager, and the output again without autograd."""
+    """Output and the four gradients within TOL of eager, and the output again without autograd,
+    plain and reading the transposed copies a rollout gives."""
     g_TD = torch.randn(x_TD.shape, generator=torch.Generator().manual_seed(seed + 1))
     ours = run(module, EXPERTS_IMPL, x_TD, top_k_index, top_k_weights, g_TD)
     ref = run(module, "eager", x_TD, top_k_index, top_k_weights, g_TD)
@@ -67,6 +68,8 @@ def assert_matches_eager(module, x_TD, top_k_index, top_k_weights, seed=0):
     module.config._experts_implementation = EXPERTS_IMPL
     with torch.no_grad():
         assert rel_err(module(x_TD, top_k_index, top_k_weights), ref[0]) <= TOL
+        with experts.transposed_weights(module):  # as a rollout runs it
+            assert rel_err(module(x_TD, top_k_index, top_k_weights), ref[0]) <= TOL
 
 
 # C, the rows per padded expert block, of each forced layout; experts over C get their own matmul
@@ -205,6 +208,39 @@ def test_streamed_only_without_autograd(monkeypatch):
         module(x_TD[:2], top_k_index[:2], top_k_weights[:2])  # decode-sized: grouped
     assert len(calls) == 1
     assert_matches_eager(module, x_TD, top_k_index, top_k_weights)
+
+
+def test_transposed_weights_only_inside_their_block():
+    """Inside `transposed_weights` the no-grad forward reads contiguous transposed copies and still
+    matches eager; the copies are made on entry, so weights changed between two blocks (an
+    optimizer step, which moves no version counter when fused) show in the next one, and they are
+    gone after the block, an exception included."""
+    gen = torch.Generator().manual_seed(6)
+    module = make_experts(8, 32, 16, 2)
+    top_k_index, top_k_weights = random_routing(12, 8, 2, gen)
+    x_TD = torch.randn(12, 32, generator=gen)
+
+    def in_block():
+        module.config._experts_implementation = "eager"
+        with torch.no_grad():
+            ref = module(x_TD, top_k_index, top_k_weights)
+        module.config._experts_implementation = EXPERTS_IMPL
+        with torch.inference_mode(), experts.transposed_weights(module):
+            assert experts._TRANSPOSED in module.__dict__
+            out = module(x_TD, top_k_index, top_k_weights)
+        assert experts._TRANSPOSED not in module.__dict__
+        assert rel_err(out, ref) <= TOL
+        return out
+
+    before = in_block()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, fused=True)
+    module(x_TD, top_k_index, top_k_weights).sum().backward()
+    optimizer.step()
+    assert rel_err(in_block(), before) > 1e-3  # the step changed the output, and the copies followed
+    with pytest.raises(RuntimeError, match="inside"):
+        with experts.transposed_weights(module):
+            raise RuntimeError("inside")
+    assert experts._TRANSPOSED not in module.__dict__
 
 
 # ---- the whole model -----------------------------------------------------------------------------
