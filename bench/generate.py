@@ -9,7 +9,10 @@ token (`min_new_tokens = max_new_tokens`), so every call yields exactly rows x n
 - `model.generate` as `transformers` runs this checkpoint by default (its `grouped_mm` experts):
   what TRL or any library user gets; the headline ratio (target >= 3x);
 - `model.generate` with our experts kernel installed: isolates what our decode loop adds;
-- ours: our decode loop with our experts kernel.
+- ours: our decode loop with our experts kernel;
+- ours without the weight copies: the same loop, its experts reading the library's transposed
+  view of their weights instead of the contiguous copies a rollout makes
+  (`model.experts.transposed_weights`): what the copies add (the "copies" column).
 
 The medians give tokens per second. Two batch shapes of 64 rows:
 
@@ -23,12 +26,15 @@ second thread mostly adds scheduling noise to the timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 
 from model import build_policy, build_tokenizer
+import model.generate
+from model.experts import transposed_weights
 from model.generate import generate_ids
 
 TARGET = 3.0
@@ -50,8 +56,9 @@ def prompts(n: int) -> list[str]:
             for i in range(n)]
 
 
-def time_all(policy, batch: dict, new_tokens: int, repeats: int) -> tuple[float, float, float]:
-    """Median seconds per call: library generate (library experts), library generate (ours), ours."""
+def time_all(policy, batch: dict, new_tokens: int, repeats: int) -> tuple[float, float, float, float]:
+    """Median seconds per call: library generate (library experts), library generate (ours), ours,
+    ours without the transposed weight copies."""
     knobs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
                  min_new_tokens=new_tokens)
     expected_shape = (batch["input_ids"].shape[0], batch["input_ids"].shape[1] + new_tokens)
@@ -65,9 +72,16 @@ def time_all(policy, batch: dict, new_tokens: int, repeats: int) -> tuple[float,
         finally:
             policy.config._experts_implementation = ours_impl
 
+    def without_copies():
+        model.generate.transposed_weights = lambda model: contextlib.nullcontext()
+        try:
+            return generate_ids(policy, **batch, **knobs)
+        finally:
+            model.generate.transposed_weights = transposed_weights
+
     contenders = [lambda: library(LIBRARY_EXPERTS), lambda: library(ours_impl),
-                  lambda: generate_ids(policy, **batch, **knobs)]
-    times: list[list[float]] = [[], [], []]
+                  lambda: generate_ids(policy, **batch, **knobs), without_copies]
+    times: list[list[float]] = [[] for _ in contenders]
     for i in range(repeats + 1):
         for k, run in enumerate(contenders):
             start = time.perf_counter()
@@ -92,15 +106,15 @@ def main(argv=None) -> float:
     print(f"preset={args.preset} threads={args.threads} new_tokens={args.new_tokens} repeats={args.repeats} "
           f"experts={policy.config._experts_implementation}")
     print(f"{'batch':28s} {'generate tok/s':>15s} {'+our experts':>13s} {'ours tok/s':>11s} "
-          f"{'vs generate':>12s} {'vs +experts':>12s}")
+          f"{'vs generate':>12s} {'vs +experts':>12s} {'copies':>7s}")
     speedups = []
     for name, texts in shapes:
         batch = tokenizer(texts, return_tensors="pt", padding=True)
-        library_s, library_ours_s, ours_s = time_all(policy, batch, args.new_tokens, args.repeats)
+        library_s, library_ours_s, ours_s, no_copies_s = time_all(policy, batch, args.new_tokens, args.repeats)
         tokens = len(texts) * args.new_tokens
         speedups.append((library_s / ours_s, library_ours_s / ours_s))
         print(f"{name:28s} {tokens / library_s:15.0f} {tokens / library_ours_s:13.0f} {tokens / ours_s:11.0f} "
-              f"{speedups[-1][0]:11.2f}x {speedups[-1][1]:11.2f}x")
+              f"{speedups[-1][0]:11.2f}x {speedups[-1][1]:11.2f}x {no_copies_s / ours_s:6.3f}x")
     headline, loop_only = speedups[0]
     verdict = "met" if headline >= TARGET else "not met"
     print(f"speedup: {headline:.2f}x vs model.generate as transformers runs it ({LIBRARY_EXPERTS} experts), "

@@ -21,7 +21,8 @@ finished, dropped from the batch once they are a quarter of it.
 
 For the whole rollout the experts read contiguous transposed copies of their weights
 (`model.experts.transposed_weights`): a CPU bmm reads them about twice as fast as the transposed
-views the library's layout gives, which made rollouts about 6% faster here (bench/experts.py).
+views the library's layout gives, which made rollouts about 6% faster here (bench/generate.py's
+"copies" column).
 
 Why greedy output equals `model.generate`'s token for token: the decode step applies the same
 ops in the same order on tensors of the same shapes as `MiniMaxM2Model.forward` with a
