@@ -102,7 +102,9 @@ def mean_row(by_seed: list[dict]) -> dict:
     would mean nothing."""
     if len(by_seed) == 1:
         return by_seed[0] | {"by_seed": by_seed}
-    mean = lambda key: sum(r[key] for r in by_seed) / len(by_seed)  # noqa: E731
+    def mean(key: str) -> float:
+        return sum(r[key] for r in by_seed) / len(by_seed)
+
     return {"sampling": ", ".join(dict.fromkeys(r["sampling"] for r in by_seed)), "eval": mean("eval"),
             "heldout": mean("heldout"), "heldout_ci95": None,
             "format_valid_rate": mean("format_valid_rate"), "train_s": round(mean("train_s"), 1),
@@ -113,17 +115,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="runs/models/base")
     parser.add_argument("--pretrain", action="store_true", help="pretrain the base into --base first, timed")
-    parser.add_argument("--data-dir", default="runs/data")
+    parser.add_argument("--data-dir", default=None,
+                        help="where the task splits are cached (default runs/data, or runs/data-N for a "
+                             "--split-size N other than the default, so the campaigns' cache stays as it is)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0],
                         help="training seeds: each recipe trains once a seed; its row is their mean")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="NAME")
     parser.add_argument("--split-size", type=int, default=DEFAULT_SIZES["eval"],
                         help="problems in eval and in held-out (the first 200 are the default splits'; "
-                             "arith holds about 830 of each); give a --data-dir of its own, the splits "
-                             "of another size are cached apart")
+                             "arith holds about 830 of each)")
     parser.add_argument("--out", default=None, help="write every number as JSON here too")
     args = parser.parse_args()
+    if args.data_dir is None:
+        default = args.split_size == DEFAULT_SIZES["eval"]
+        args.data_dir = "runs/data" if default else f"runs/data-{args.split_size}"
     console = Console()
     if not console.is_terminal:  # a log file: wide enough that the table's names are not cut
         console = Console(width=160)
@@ -136,7 +142,10 @@ def main() -> None:
                   f"answer accuracy {calibration.get('answer_accuracy')} (band {calibration.get('band')})")
 
     sizes = {"eval": args.split_size, "heldout": args.split_size}
-    splits = load_splits("arith", data_dir=args.data_dir, sizes=sizes)
+    try:
+        splits = load_splits("arith", data_dir=args.data_dir, sizes=sizes)
+    except (ValueError, RuntimeError) as err:  # a size below 1, or more problems than the task holds
+        parser.error(f"--split-size {args.split_size}: {err}")
     report = {"pretrain": {"steps": pretrained["steps"], "seconds": pretrained["seconds"],
                            "calibration": calibration}, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
