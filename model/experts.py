@@ -390,8 +390,9 @@ def _cpu_experts(self, x_TD: torch.Tensor, topk_ids_TK: torch.Tensor, topk_weigh
     args = (x_TD, topk_weights_TK.to(x_TD.dtype), self.gate_up_proj, self.down_proj, groups, src_R, row_S)
     if needs_grad:
         return _GroupedExperts.apply(*args)
-    if _TRANSPOSED in self.__dict__:  # a rollout: the weights in the layout the bmm reads fastest
-        return _inference_rows(x_TD, args[1], *self.__dict__[_TRANSPOSED], groups, src_R, row_S)
+    copies = self.__dict__.get(_TRANSPOSED)  # one read: another thread's block may end meanwhile
+    if copies is not None:  # a rollout: the weights in the layout the bmm reads fastest
+        return _inference_rows(x_TD, args[1], *copies, groups, src_R, row_S)
     return _experts_rows(*args)[0]  # no autograd node, nothing kept
 
 
