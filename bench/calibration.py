@@ -60,6 +60,10 @@ RECIPES = {
                                                    ["reward_malformed_penalty", "reward_partial_credit"]),
     "lr 3e-5, malformed penalty, rollout T=0.7": ({"grpo.learning_rate": 3e-5, "grpo.temperature": 0.7},
                                                   ["reward_malformed_penalty"]),
+    "lr 3e-5, malformed penalty, rollout T=0.5": ({"grpo.learning_rate": 3e-5, "grpo.temperature": 0.5},
+                                                  ["reward_malformed_penalty"]),
+    "lr 5e-5, malformed penalty, rollout T=0.7": ({"grpo.learning_rate": 5e-5, "grpo.temperature": 0.7},
+                                                  ["reward_malformed_penalty"]),
 }
 
 
