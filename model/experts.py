@@ -182,13 +182,19 @@ def _sum_rows(rows_RD: torch.Tensor, src_R: torch.Tensor, num_tokens: int, padde
     return out[:num_tokens] if padded else out
 
 
+def _row_weights(topk_weights_TK: torch.Tensor, groups: _Groups, row_S: torch.Tensor) -> torch.Tensor:
+    """The routing weight of each grouped row, (R, 1); zero on padding rows."""
+    w_R1 = topk_weights_TK.new_zeros(groups.num_rows, 1)
+    w_R1.view(-1).index_copy_(0, row_S, topk_weights_TK.reshape(-1))
+    return w_R1
+
+
 def _experts_rows(x_TD, topk_weights_TK, w_gate_up_E2ID, w_down_EDI, groups, src_R, row_S):
     """The experts output, and the row tensors its backward needs."""
     I = w_down_EDI.shape[2]
     x_RD = _gather_rows(x_TD, src_R, groups.padded)
     # the routing weight of each row, zero on padding rows
-    w_R1 = topk_weights_TK.new_zeros(groups.num_rows, 1)
-    w_R1.view(-1).index_copy_(0, row_S, topk_weights_TK.reshape(-1))
+    w_R1 = _row_weights(topk_weights_TK, groups, row_S)
 
     gate_RI = groups.matmul_t(x_RD, w_gate_up_E2ID[:, :I])
     up_RI = groups.matmul_t(x_RD, w_gate_up_E2ID[:, I:])
@@ -309,9 +315,12 @@ _TRANSPOSED = "_ar_fused_transposed"  # the attribute the copies live in, on eac
 
 @contextlib.contextmanager
 def transposed_weights(model):
-    """For the block's duration, the no-grad forward of every experts module under `model` on the
-    CPU reads its weights from contiguous (E, D, 2I) and (E, I, D) copies."""
-    modules = [m for m in model.modules() if isinstance(getattr(m, "gate_up_proj", None), torch.Tensor)
+    """For the block's duration, the no-grad forward of every experts module under `model` that
+    runs our implementation on the CPU reads its weights from contiguous (E, D, 2I) and (E, I, D)
+    copies; a module under another implementation gets none (it would never read them)."""
+    modules = [m for m in model.modules()
+               if getattr(getattr(m, "config", None), "_experts_implementation", None) == EXPERTS_IMPL
+               and isinstance(getattr(m, "gate_up_proj", None), torch.Tensor)
                and isinstance(getattr(m, "down_proj", None), torch.Tensor) and m.gate_up_proj.device.type == "cpu"
                and m.gate_up_proj.dim() == 3 and m.down_proj.dim() == 3 and _TRANSPOSED not in m.__dict__]
     try:
@@ -329,8 +338,7 @@ def _inference_rows(x_TD, topk_weights_TK, w_gate_up_ED2I, w_down_EID, groups, s
     """`_experts_rows`' output from the transposed weights, one matmul for [gate; up]."""
     I = w_down_EID.shape[1]
     x_RD = _gather_rows(x_TD, src_R, groups.padded)
-    w_R1 = topk_weights_TK.new_zeros(groups.num_rows, 1)
-    w_R1.view(-1).index_copy_(0, row_S, topk_weights_TK.reshape(-1))
+    w_R1 = _row_weights(topk_weights_TK, groups, row_S)
     gate_up_R2I = x_RD.new_empty(groups.num_rows, 2 * I)
     groups.matmul(x_RD, w_gate_up_ED2I, gate_up_R2I)
     actw_RI = F.silu(gate_up_R2I[:, :I]).mul_(gate_up_R2I[:, I:]).mul_(w_R1)
