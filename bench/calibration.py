@@ -34,6 +34,7 @@ from rich.table import Table
 from model import load_policy, load_tokenizer
 from rl_pipeline.corpus import pretrain_base
 from rl_pipeline.data import DEFAULT_SIZES, load_splits
+from rl_pipeline.manifest import eval_sizes
 from rl_pipeline.evaluate import evaluate
 from rl_pipeline.scaffold import load_scaffold
 from rl_pipeline.train import train_grpo
@@ -119,9 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="runs/models/base")
     parser.add_argument("--pretrain", action="store_true", help="pretrain the base into --base first, timed")
-    parser.add_argument("--data-dir", default=None,
-                        help="where the task splits are cached (default runs/data, or runs/data-N for a "
-                             "--split-size N other than the default, so the campaigns' cache stays as it is)")
+    parser.add_argument("--data-dir", default="runs/data",
+                        help="where the task splits are cached (splits of another --split-size have a folder "
+                             "of their own there)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0],
                         help="training seeds: each recipe trains once a seed; its row is their mean")
@@ -131,9 +132,6 @@ def main() -> None:
                              "arith holds about 830 of each)")
     parser.add_argument("--out", default=None, help="write every number as JSON here too")
     args = parser.parse_args()
-    if args.data_dir is None:
-        default = args.split_size == DEFAULT_SIZES["eval"]
-        args.data_dir = "runs/data" if default else f"runs/data-{args.split_size}"
     console = Console()
     if not console.is_terminal:  # a log file: wide enough that the table's names are not cut
         console = Console(width=160)
@@ -145,9 +143,8 @@ def main() -> None:
     console.print(f"base {args.base}: {pretrained['steps']} steps in {pretrained['seconds']:.0f}s, calibration "
                   f"answer accuracy {calibration.get('answer_accuracy')} (band {calibration.get('band')})")
 
-    sizes = {"eval": args.split_size, "heldout": args.split_size}
     try:
-        splits = load_splits("arith", data_dir=args.data_dir, sizes=sizes)
+        splits = load_splits("arith", data_dir=args.data_dir, sizes=eval_sizes(args.split_size))
     except (ValueError, RuntimeError) as err:  # a size below 1, or more problems than the task holds
         parser.error(f"--split-size {args.split_size}: {err}")
     report = {"pretrain": {"steps": pretrained["steps"], "seconds": pretrained["seconds"],

@@ -29,10 +29,11 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 use_offline_env()
 
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
-from harness.config import CONFIG_FILE, ConfigError, compose_config, data_dir, freeze_config, frozen_config  # noqa: E402
+from harness.config import (CONFIG_FILE, ConfigError, campaign_config, compose_config, data_dir,  # noqa: E402
+                            freeze_config, frozen_config)
 from harness.journal import Journal  # noqa: E402
 from harness.report import NEAR_BEST, campaign_stats  # noqa: E402
-from rl_pipeline.manifest import ManifestError, split_hashes  # noqa: E402
+from rl_pipeline.manifest import ManifestError, eval_sizes, split_hashes, splits_folder  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
 from rl_pipeline.scaffold import ScaffoldError, content_hash, load_scaffold  # noqa: E402
 from rl_pipeline.worker import file_hash  # noqa: E402
@@ -129,7 +130,8 @@ def campaign_record(campaign: Path) -> dict:
         raise ReuseError(f"{campaign}: not a campaign folder (no {CONFIG_FILE}) nor a record file")
     try:
         config = frozen_config(campaign)
-        data = split_hashes(data_dir(config), load_scaffold(campaign / "scaffold", import_code=False).task)
+        data = split_hashes(data_dir(config), load_scaffold(campaign / "scaffold", import_code=False).task,
+                            eval_sizes(config["split_size"]))
     except (ConfigError, ManifestError, ScaffoldError) as err:
         raise ReuseError(f"{campaign}: {err}") from None
     return {"campaign": campaign.name, "config": _comparable(config), "base": base_fingerprint(config["base_model"]),
@@ -167,14 +169,15 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def built_splits(data: Path, scaffold: Path) -> str:
-    """The task of `scaffold`, its splits built in `data` first if they are not there (as the first
-    campaign there would build them), so records can stand in for every campaign of a new runs folder."""
+def built_splits(data: Path, scaffold: Path, split_size: int) -> str:
+    """The task of `scaffold`, its splits (`split_size` problems in eval and held-out) built in `data`
+    first if they are not there (as the first campaign there would build them), so records can
+    stand in for every campaign of a new runs folder."""
     task = load_scaffold(scaffold, import_code=False).task
-    if not (Path(data) / task).exists():
+    if not splits_folder(data, task, eval_sizes(split_size)).exists():
         from rl_pipeline.data import load_splits  # datasets: only when there is something to build
 
-        load_splits(task, data_dir=data)
+        load_splits(task, data_dir=data, sizes=eval_sizes(split_size))
     return task
 
 
@@ -188,13 +191,15 @@ def reuse(source: Path, runs: Path, rounds: int, overrides: list[str]) -> list[d
     old = read_record(source) if source.is_file() else campaign_record(source)
     new = compose_config([f"runs_dir={runs}", f"name={old['campaign']}", f"rounds={rounds}", "live=false", *overrides])
     wanted = _comparable(new)
-    differ = [f"{k} {old['config'].get(k)!r}, wanted {wanted.get(k)!r}"
-              for k in sorted(old["config"].keys() | wanted.keys()) if old["config"].get(k) != wanted.get(k)]
+    recorded = _comparable(campaign_config({})) | old["config"]  # a key newer than the record: its default
+    differ = [f"{k} {recorded.get(k)!r}, wanted {wanted.get(k)!r}"
+              for k in sorted(recorded.keys() | wanted.keys()) if recorded.get(k) != wanted.get(k)]
     base = base_fingerprint(new["base_model"])
     if old["base"] != base:
         differ.append(f"base policy {old['base']}, wanted that of {Path(new['base_model']).resolve()}: {base}")
     try:
-        data = split_hashes(data_dir(new), built_splits(data_dir(new), Path(new["scaffold"])))
+        task = built_splits(data_dir(new), Path(new["scaffold"]), new["split_size"])
+        data = split_hashes(data_dir(new), task, eval_sizes(new["split_size"]))
     except (ManifestError, ScaffoldError) as err:
         raise ReuseError(f"{runs}: {err}") from None
     if old["data"] != data:

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     started_in = campaign.parent if runs_dir.is_absolute() else campaign.parents[len(runs_dir.parts)]
     runs = campaign.parent
     options = {"base": str(started_in / config["base_model"]), "data_dir": str(runs / "data"),
-               "cache_dir": str(runs / "cache" / "train")}
+               "cache_dir": str(runs / "cache" / "train"), "split_size": config["split_size"]}
     out = (args.out or campaign / "confirm").resolve()
     files = initial_files(campaign, baseline["scaffold"]["commit"])
     initial_dir = committed_scaffold(files, out / "scaffolds" / "initial")

@@ -68,6 +68,7 @@ class Campaign:
     def _runner_options(self) -> dict:
         runner = self.config["runner"]
         return {"base": self.config["base_model"], "data_dir": str(data_dir(self.config)),
+                "split_size": self.config["split_size"],
                 "cache_dir": str(Path(self.config["runs_dir"]) / "cache" / "train"),
                 "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
 

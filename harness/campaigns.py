@@ -64,9 +64,19 @@ def interactive() -> bool:
 
 
 def ensure_campaign_base(config: dict) -> None:
-    """Pretrain the campaign's base policy if it is missing, on the campaign's own data folder."""
+    """Pretrain the campaign's base policy if it is missing, on the campaign's own data folder, and
+    build the splits its runs are scored on (`split_size` problems in eval and held-out). Raises
+    ValueError when the task cannot hold that many distinct problems in a split."""
     from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): only once the config is checked
+    from rl_pipeline.data import load_splits
+    from rl_pipeline.manifest import eval_sizes
+    from rl_pipeline.scaffold import load_scaffold
 
+    task = load_scaffold(config["scaffold"], import_code=False).task
+    try:
+        load_splits(task, data_dir=data_dir(config), sizes=eval_sizes(config["split_size"]))
+    except RuntimeError as err:  # the problem space is too small for the size asked
+        raise ValueError(f"split_size={config['split_size']}: {err}") from None
     ensure_base(config["base_model"], seed=config["seed"], data_dir=str(data_dir(config)))
 
 

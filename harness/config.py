@@ -28,6 +28,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 from pydantic_core import PydanticCustomError
 
 from rl_pipeline.files import write_atomic
+from rl_pipeline.manifest import DEFAULT_SIZES
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -272,6 +273,9 @@ class Campaign(Section):
         "kept only if the paired gain averaged over these and the first training seed (0) still clears the "
         "margin; [] disables the check"))
     margin: Number() = Field(0.0, description="keep only if the CI's lower bound of the gain is above this")
+    split_size: PositiveInt = Field(DEFAULT_SIZES["eval"], description=(
+        "problems in the eval split every candidate is scored on, and in held-out (at 200 eval cannot tell apart "
+        "recipes 2-3 points apart that 800 can; a size the task cannot hold fails at the start)"))
     memory_budget_tokens: PositiveInt = Field(600, description="the rendered memory the researcher sees")
     runner: RunnerOptions = Runner()
     tracking: Tracking = Tracking()
@@ -454,7 +458,9 @@ def scaffold_path(value: str) -> Path:
 
 
 def data_dir(config: dict) -> Path:
-    """The splits a campaign's base is pretrained on and its runs are scored on: `<runs_dir>/data`."""
+    """The folder of the splits a campaign's base is pretrained on and its runs are scored on:
+    `<runs_dir>/data`, where the splits of each size have a folder of their own
+    (`rl_pipeline.manifest.splits_folder`; the training split is the same at every size)."""
     return Path(config["runs_dir"]) / "data"
 
 

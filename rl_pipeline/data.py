@@ -14,10 +14,13 @@ appears once.
 Each split is drawn from its own random stream, seeded by (task, split, seed), so changing the
 train size leaves eval and heldout as they were.
 
-The cache, `data_dir/<task>/`, is a `DatasetDict.save_to_disk` folder plus `manifest.json`: the
-task's version and parameters, the sizes, the seed and each split's content hash. When any of
-them differs from what was asked, or the folder fails to load or to match its hashes, the
-splits are rebuilt in a temporary folder and swapped in by rename, under a file lock.
+The cache, `data_dir/<task>/` (at other sizes `data_dir/<task>-eval800-heldout800/`, naming the
+sizes that differ from `DEFAULT_SIZES`), is a `DatasetDict.save_to_disk` folder plus
+`manifest.json`: the task's version and parameters, the sizes, the seed and each split's content
+hash. When any of them differs from what was asked, or the folder fails to load or to match its
+hashes, the splits are rebuilt in a temporary folder and swapped in by rename, under a file lock.
+A split's first N problems are the same at any size of it: the default eval split is the first
+200 problems of an 800-problem one.
 """
 
 from __future__ import annotations
@@ -34,14 +37,12 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from rl_pipeline.files import file_lock, remove_stale, replacing_dir
-from rl_pipeline.manifest import MANIFEST
+from rl_pipeline.manifest import DEFAULT_SIZES, MANIFEST, SPLITS, splits_folder
 from rl_pipeline.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 2  # bump when the way splits are drawn here changes
-SPLITS = ("train", "calibration", "eval", "heldout")
-DEFAULT_SIZES = {"train": 10000, "calibration": 400, "eval": 200, "heldout": 200}
 # Buckets [lo, hi) out of 100 that each split owns. Fixed, so the split of a problem never
 # depends on the sizes or the seed: no seed's heldout problem is another seed's train problem.
 # Calibration (layout 2) has no buckets of its own: it draws from train's buckets, on its own
@@ -174,9 +175,9 @@ def load_splits(
     key = _cache_key(task, resolved, seed)
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    folder = root / task.name
+    folder = splits_folder(root, task.name, resolved)
     # The harness and a runner child may ask for the same splits at once; one builds, one waits.
-    with file_lock(root / f".{task.name}.lock"):
+    with file_lock(root / f".{folder.name}.lock"):
         splits = _load_cached(folder, key)
         if splits is None:
             _rebuild(task, key, resolved, seed, folder)

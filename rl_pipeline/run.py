@@ -35,12 +35,14 @@ import time
 from pathlib import Path
 
 from rl_pipeline.env import scrubbed_env
+from rl_pipeline.manifest import DEFAULT_SIZES
 from rl_pipeline.result import NO_SANDBOX_WARNING, failed_result, read_result, scaffold_commit, write_result
 from rl_pipeline.sandbox import SandboxUnavailable, check_sandbox
 
 DEFAULTS = {
     "base": "runs/models/base",
     "data_dir": "runs/data",
+    "split_size": DEFAULT_SIZES["eval"],  # problems in eval and held-out (their splits' folder names other sizes)
     "cache_dir": "runs/cache/train",
     "seeds": [0, 1, 2],
     "train_seed": 0,
@@ -57,23 +59,25 @@ PROMPTS_S = 30.0  # import the scaffold's files and format every question
 TRAIN_S_PER_COMPLETION = 0.5
 TRAIN_MARGIN_S = 60.0  # load the base, set up TRL, save
 EVAL_S = 60.0  # load the trained policy
-EVAL_S_PER_SEED = 20.0  # per seed and split scored
+EVAL_S_PER_SEED = 20.0  # per seed and split scored, at the default size of eval (200 problems)
 WORKER_GRACE_S = 30.0  # past the run's limit before the trusted worker itself is killed
 WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded machine
 log = logging.getLogger(__name__)
 
 
-def _scoring_s(seeds: int, *, heldout: bool, calibration: bool) -> float:
-    """Seconds allowed for scoring: eval, held-out (its size) and calibration (twice that), per seed."""
-    return EVAL_S_PER_SEED * seeds * (1 + (1 if heldout else 0) + (2 if calibration else 0))
+def _scoring_s(seeds: int, *, heldout: bool, calibration: bool, split_size: int = DEFAULT_SIZES["eval"]) -> float:
+    """Seconds allowed for scoring, per seed: eval and held-out (`split_size` problems each) and
+    calibration (its default size), in proportion to their problems."""
+    problems = split_size * (1 + (1 if heldout else 0)) + (DEFAULT_SIZES["calibration"] if calibration else 0)
+    return EVAL_S_PER_SEED * seeds * problems / DEFAULT_SIZES["eval"]
 
 
-def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float,
-                calibration: bool = False) -> dict[str, float]:
+def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float, calibration: bool = False,
+                split_size: int = DEFAULT_SIZES["eval"]) -> dict[str, float]:
     """Seconds allowed to the sandboxed job (with and without training on `completions`) and to the
-    whole run. The held-out split is the size of eval; the calibration split twice that."""
+    whole run. The held-out split is the size of eval; the calibration split twice the default."""
     train_s = PROMPTS_S + TRAIN_S_PER_COMPLETION * completions + TRAIN_MARGIN_S
-    total = train_s + EVAL_S + _scoring_s(seeds, heldout=heldout, calibration=calibration)
+    total = train_s + EVAL_S + _scoring_s(seeds, heldout=heldout, calibration=calibration, split_size=split_size)
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
@@ -87,13 +91,13 @@ def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict |
     from rl_pipeline.worker import trains
 
     opts = DEFAULTS | options
-    scoring_s = _scoring_s(len(seeds), heldout=heldout, calibration=calibration)
+    scoring_s = _scoring_s(len(seeds), heldout=heldout, calibration=calibration, split_size=opts["split_size"])
     try:
         config = load_scaffold(scaffold, overrides, import_code=False)
     except (ScaffoldError, OSError):
         return 0.0
     try:
-        training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed)
+        training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed, opts["split_size"])
     except (ManifestError, OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
         training = True
     return scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0)
@@ -236,6 +240,7 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
         "calibration": calibration,
         "base": str(Path(opts["base"]).resolve()),
         "data_dir": str(Path(opts["data_dir"]).resolve()),
+        "split_size": opts["split_size"],
         "cache_dir": str(Path(opts["cache_dir"]).resolve()),
         "seeds": list(opts["seeds"]),
         "train_seed": opts["train_seed"],
@@ -260,7 +265,7 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
     except ScaffoldError as err:
         return failed(f"{type(err).__name__}: {err}")
     job["limits"] = time_limits(config.train_completions, seeds=len(job["seeds"]), heldout=heldout,
-                                calibration=calibration, cap=opts["timeout_s"])
+                                calibration=calibration, cap=opts["timeout_s"], split_size=opts["split_size"])
     (out / "job.json").write_text(json.dumps(job, indent=2))
 
     start = time.perf_counter()
@@ -290,6 +295,12 @@ def _exit_reason(code: int | None, memory_gb: float) -> str:
     return f"exit code {code}"
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     from rl_pipeline.scaffold import parse_overrides
 
@@ -298,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for result.json, samples.jsonl, worker.log")
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULTS["seeds"])
     parser.add_argument("--heldout", action="store_true", help="also score the held-out split")
+    parser.add_argument("--split-size", type=_positive, default=DEFAULTS["split_size"],
+                        help="problems in eval and held-out (default %(default)s)")
     parser.add_argument("--train-seed", type=int, default=DEFAULTS["train_seed"], help="seed of GRPO training")
     parser.add_argument("--base", default=DEFAULTS["base"], help="base policy checkpoint")
     parser.add_argument("--timeout", type=float, default=DEFAULTS["timeout_s"], help="cap on the run's seconds")
@@ -307,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_scaffold(args.scaffold, args.out, overrides=parse_overrides(args.set), heldout=args.heldout,
                               seeds=args.seeds, train_seed=args.train_seed, base=args.base, timeout_s=args.timeout,
-                              sandbox=not args.no_sandbox)
+                              sandbox=not args.no_sandbox, split_size=args.split_size)
     except SandboxUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from rl_pipeline import result as result_schema
 from rl_pipeline.files import replacing_dir
-from rl_pipeline.manifest import MANIFEST, split_hashes
+from rl_pipeline.manifest import DEFAULT_SIZES, MANIFEST, eval_sizes, split_hashes, splits_folder
 from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
 
 TRAIN_CODE_VERSION = "3"  # 2: weights trained in the sandbox, checked here; 3: a budget of completions
@@ -150,24 +150,25 @@ class Sandbox:
 
 
 # ----------------------------------------------------------------------------- inputs
-_SPLITS: dict[tuple[str, str], tuple[int, dict, dict, str]] = {}
+_SPLITS: dict[tuple[str, str, int], tuple[int, dict, dict, str]] = {}
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def load_data(task: str, data_dir: str) -> tuple[dict, dict, str]:
-    """The task's splits, their hashes and the training split as JSON lines (what the sandbox
-    gets), kept in memory while the manifest is unchanged."""
+def load_data(task: str, data_dir: str, split_size: int = DEFAULT_SIZES["eval"]) -> tuple[dict, dict, str]:
+    """The task's splits (`split_size` problems in eval and held-out), their hashes and the training
+    split as JSON lines (what the sandbox gets), kept in memory while the manifest is unchanged."""
     from rl_pipeline.data import load_splits, split_hash
 
-    manifest = Path(data_dir) / task / MANIFEST
+    sizes = eval_sizes(split_size)
+    manifest = splits_folder(data_dir, task, sizes) / MANIFEST
     stamp = manifest.stat().st_mtime_ns if manifest.exists() else -1
-    cached = _SPLITS.get((task, data_dir))
+    cached = _SPLITS.get((task, data_dir, split_size))
     if cached is None or cached[0] != stamp or stamp == -1:
-        splits = load_splits(task, data_dir=data_dir)
+        splits = load_splits(task, data_dir=data_dir, sizes=sizes)
         hashes = {name: split_hash(splits[name]) for name in ("train", "eval", "heldout")}
         stamp = manifest.stat().st_mtime_ns if manifest.exists() else -1
         train_jsonl = "".join(json.dumps(row) + "\n" for row in splits["train"].to_list())
-        cached = _SPLITS[(task, data_dir)] = (stamp, splits, hashes, train_jsonl)
+        cached = _SPLITS[(task, data_dir, split_size)] = (stamp, splits, hashes, train_jsonl)
     return cached[1:]
 
 
@@ -198,10 +199,11 @@ def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int) -> bool:
+def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int,
+           split_size: int = DEFAULT_SIZES["eval"]) -> bool:
     """Whether a job on `scaffold` would train (no policy of its training key in the cache yet),
     told without loading the data: the training split's hash is the one its manifest holds."""
-    train_hash = split_hashes(data_dir, scaffold.task)["train"]
+    train_hash = split_hashes(data_dir, scaffold.task, eval_sizes(split_size))["train"]
     return not (Path(cache_dir) / training_key(scaffold, base_dir, train_hash, seed)).is_dir()
 
 
@@ -344,7 +346,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     scaffold = load_scaffold(job["scaffold"], job["overrides"], import_code=False)
-    splits, hashes, train_jsonl = load_data(scaffold.task, job["data_dir"])
+    splits, hashes, train_jsonl = load_data(scaffold.task, job["data_dir"], job.get("split_size", DEFAULT_SIZES["eval"]))
     base_dir = Path(job["base"])
     key = training_key(scaffold, base_dir, hashes["train"], job["train_seed"])
     cache_dir = Path(job["cache_dir"]) / key

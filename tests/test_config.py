@@ -146,7 +146,7 @@ def test_every_researcher_has_a_schema_and_a_backend():
                                   "temperature, learning_rate, grid_points, context_tokens, reward_scale, "
                                   "credit_weight, evidence"),
     (["rounds_=5"], "rounds_: unknown key; valid keys of the campaign: name, rounds, scaffold, runs_dir, seed, "
-                    "base_model, baseline_seeds, eval_seeds, reeval_seeds, retrain_seeds, margin, "
+                    "base_model, baseline_seeds, eval_seeds, reeval_seeds, retrain_seeds, margin, split_size, "
                     "memory_budget_tokens, runner, tracking, live, researcher, approvals"),
     (["runner.memory=8"], "runner.memory: unknown key; valid keys of runner: timeout_s, memory_gb"),
     (["researcher=random", "researcher.temperature=1"],
@@ -195,6 +195,15 @@ def test_start_shows_the_schema_error_and_creates_nothing(tmp_path, capsys):
     assert main(["start", "name=typo", f"runs_dir={tmp_path}", "bogus.key=1"]) == 2
     assert "error: bogus: unknown key; valid keys of the campaign: name, rounds," in one_line_error(capsys)
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_split_size_the_task_cannot_hold_is_one_error_before_any_pretraining(tmp_path, capsys):
+    assert main(["start", "name=big", f"runs_dir={tmp_path}", "split_size=0"]) == 2
+    assert "error: split_size must be a positive integer, got 0" in one_line_error(capsys)
+    assert main(["start", "name=big", f"runs_dir={tmp_path}", "split_size=1000"]) == 2
+    error = one_line_error(capsys)
+    assert "error: split_size=1000: arith: found only" in error and "distinct eval problems of 1000" in error
+    assert not (tmp_path / "big").exists() and not (tmp_path / "models").exists()  # no campaign, no base
 
 
 # ---------------------------------------------------------------- frozen configs

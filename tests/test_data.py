@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from rl_pipeline import data
 from rl_pipeline.data import SPLITS, build_splits, load_splits, split_hash, split_of
-from rl_pipeline.manifest import ManifestError, split_hashes
+from rl_pipeline.manifest import DEFAULT_SIZES, ManifestError, eval_sizes, split_hashes, splits_folder
 from rl_pipeline.tasks import ArithTask, get_task
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
@@ -93,7 +93,7 @@ def test_cache_is_reused(tmp_path, builds):
     again = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
     assert len(builds) == 1
     assert hashes(first) == hashes(again)
-    manifest = json.loads((tmp_path / "arith" / data.MANIFEST).read_text())
+    manifest = json.loads((splits_folder(tmp_path, "arith", SMALL) / data.MANIFEST).read_text())
     assert manifest["hashes"] == hashes(first)
     assert manifest["key"]["version"] == ArithTask.version
     assert {len(first[s]) for s in SPLITS} == set(SMALL.values())
@@ -101,8 +101,10 @@ def test_cache_is_reused(tmp_path, builds):
 
 def test_split_hashes_reads_the_manifest_without_datasets(tmp_path):
     splits = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
-    assert split_hashes(tmp_path, "arith") == hashes(splits)
-    # What the Ray driver calls to order its jobs reads the manifest, and never imports `datasets`.
+    assert split_hashes(tmp_path, "arith", SMALL) == hashes(splits)
+    # What the Ray driver calls to order its jobs reads the manifest, and never imports `datasets`;
+    # it asks for the default sizes, so the small splits stand in for them.
+    shutil.copytree(splits_folder(tmp_path, "arith", SMALL), tmp_path / "arith")
     probe = ("import sys; from rl_pipeline.run import expected_work_s; "
              f"print(expected_work_s({str(ARITH)!r}, seeds=[0], base={str(tmp_path / 'base')!r}, "
              f"data_dir={str(tmp_path)!r}, cache_dir={str(tmp_path / 'cache')!r}) > 0, 'datasets' in sys.modules)")
@@ -113,13 +115,13 @@ def test_split_hashes_reads_the_manifest_without_datasets(tmp_path):
 @pytest.mark.parametrize("damage", ["missing", "not json", "no hashes"])
 def test_split_hashes_says_which_manifest_it_cannot_read(tmp_path, damage):
     load_splits("arith", data_dir=tmp_path, sizes=SMALL)
-    manifest = tmp_path / "arith" / data.MANIFEST
+    manifest = splits_folder(tmp_path, "arith", SMALL) / data.MANIFEST
     if damage == "missing":
         manifest.unlink()
     else:
         manifest.write_text("{not json" if damage == "not json" else json.dumps({"key": {}}))
     with pytest.raises(ManifestError, match=f"no readable data manifest at {manifest}"):
-        split_hashes(tmp_path, "arith")
+        split_hashes(tmp_path, "arith", SMALL)
 
 
 def test_cache_is_rebuilt_when_the_task_version_changes(tmp_path, builds, monkeypatch):
@@ -128,24 +130,47 @@ def test_cache_is_rebuilt_when_the_task_version_changes(tmp_path, builds, monkey
     load_splits("arith", data_dir=tmp_path, sizes=SMALL)
     load_splits("arith", data_dir=tmp_path, sizes=SMALL)
     assert len(builds) == 2
-    manifest = json.loads((tmp_path / "arith" / data.MANIFEST).read_text())
+    manifest = json.loads((splits_folder(tmp_path, "arith", SMALL) / data.MANIFEST).read_text())
     assert manifest["key"]["version"] == "test-bump"
 
 
-def test_cache_is_rebuilt_when_sizes_or_seed_change(tmp_path, builds):
-    load_splits("arith", data_dir=tmp_path, sizes=SMALL)
+def test_other_sizes_have_a_folder_of_their_own_and_a_seed_change_rebuilds(tmp_path, builds):
+    small = load_splits("arith", data_dir=tmp_path, sizes=SMALL)
     resized = load_splits("arith", data_dir=tmp_path, sizes={**SMALL, "eval": 30})
+    assert hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL)) == hashes(small)  # not replaced
     reseeded = load_splits("arith", data_dir=tmp_path, sizes={**SMALL, "eval": 30}, seed=5)
     assert len(builds) == 3
     assert len(resized["eval"]) == 30
     assert split_hash(resized["eval"]) != split_hash(reseeded["eval"])
     # No temporary or old folders are left behind by the swaps.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".arith.lock", "arith"]
+    names = [splits_folder(tmp_path, "arith", sizes).name for sizes in (SMALL, {**SMALL, "eval": 30})]
+    assert names == ["arith-train600-calibration60-eval60-heldout60", "arith-train600-calibration60-eval30-heldout60"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + [f".{name}.lock" for name in names])
+
+
+def test_a_larger_eval_split_begins_with_the_smaller_one_and_trains_on_the_same_data(tmp_path):
+    task = get_task("arith")
+    small, large = build_splits(task, SMALL, 0), build_splits(task, {**SMALL, "eval": 120, "heldout": 120}, 0)
+    for split in ("eval", "heldout"):
+        assert large[split].select(range(60)).to_list() == small[split].to_list()
+        assert len(large[split]) == 120
+    assert split_hash(large["train"]) == split_hash(small["train"])
+    assert split_hash(large["calibration"]) == split_hash(small["calibration"])
+    # A campaign's split_size names its folder; the default size is the plain task folder.
+    assert splits_folder(tmp_path, "arith", eval_sizes(800)) == tmp_path / "arith-eval800-heldout800"
+    assert splits_folder(tmp_path, "arith", eval_sizes(DEFAULT_SIZES["eval"])) == tmp_path / "arith"
+    assert splits_folder(tmp_path, "arith") == tmp_path / "arith"
+
+
+def test_a_split_larger_than_the_task_holds_says_so(tmp_path):
+    with pytest.raises(RuntimeError, match="distinct eval problems of 1000 .* too small for this size"):
+        load_splits("arith", data_dir=tmp_path, sizes={**SMALL, "eval": 1000})
+    assert not splits_folder(tmp_path, "arith", {**SMALL, "eval": 5000}).exists()
 
 
 def test_corrupted_cache_is_rebuilt(tmp_path, builds):
     original = hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL))
-    arrow = next((tmp_path / "arith" / "eval").glob("*.arrow"))
+    arrow = next((splits_folder(tmp_path, "arith", SMALL) / "eval").glob("*.arrow"))
     arrow.write_bytes(b"not an arrow file")
     assert hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL)) == original
     assert len(builds) == 2
@@ -153,9 +178,10 @@ def test_corrupted_cache_is_rebuilt(tmp_path, builds):
 
 def test_partial_cache_is_rebuilt(tmp_path, builds):
     original = hashes(load_splits("countdown", data_dir=tmp_path, sizes=SMALL))
-    (tmp_path / "countdown" / data.MANIFEST).unlink()  # as if killed before the manifest was written
+    folder = splits_folder(tmp_path, "countdown", SMALL)
+    (folder / data.MANIFEST).unlink()  # as if killed before the manifest was written
     assert hashes(load_splits("countdown", data_dir=tmp_path, sizes=SMALL)) == original
-    (tmp_path / "countdown" / data.MANIFEST).write_text("{not json")
+    (folder / data.MANIFEST).write_text("{not json")
     assert hashes(load_splits("countdown", data_dir=tmp_path, sizes=SMALL)) == original
     assert len(builds) == 3
 
@@ -166,8 +192,8 @@ def test_tampered_split_is_rebuilt(tmp_path, builds):
     # Rewrite eval with one answer changed but keep the manifest: the hash check must catch it.
     rows = splits["eval"].to_list()
     rows[0]["answer"] = "0"
-    shutil.rmtree(tmp_path / "arith" / "eval")
-    Dataset.from_list(rows).save_to_disk(str(tmp_path / "arith" / "eval"))
+    shutil.rmtree(splits_folder(tmp_path, "arith", SMALL) / "eval")
+    Dataset.from_list(rows).save_to_disk(str(splits_folder(tmp_path, "arith", SMALL) / "eval"))
     assert hashes(load_splits("arith", data_dir=tmp_path, sizes=SMALL)) == original
     assert len(builds) == 2
 

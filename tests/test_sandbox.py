@@ -124,6 +124,23 @@ def test_scorer_patched_at_import_leaves_the_score_unchanged(tmp_path, env):
         assert task.score(record["completion"], examples[record["id"]]).correct == record["correct"]
 
 
+def test_a_larger_split_size_scores_more_problems_beside_the_default_splits(tmp_path, env):
+    default = run_scaffold(scaffold(tmp_path / "a"), tmp_path / "default", overrides=FAST, heldout=True, **env)
+    larger = run_scaffold(scaffold(tmp_path / "b"), tmp_path / "larger", overrides=FAST, heldout=True,
+                          split_size=240, **env)
+    assert default["status"] == larger["status"] == "ok", (default.get("reason"), larger.get("reason"))
+    assert len(default["per_example"]) == len(default["heldout"]["per_example"]) == 200
+    assert len(larger["per_example"]) == len(larger["heldout"]["per_example"]) == 240
+    # The same training data (so the same trained policy, from the cache), more of the same problems.
+    assert larger["data_hashes"]["train"] == default["data_hashes"]["train"]
+    assert larger["training"]["cached"] and larger["training"]["key"] == default["training"]["key"]
+    assert set(default["per_example"]) < set(larger["per_example"])
+    assert larger["data_hashes"]["eval"] != default["data_hashes"]["eval"]
+    assert json.loads((tmp_path / "larger" / "job.json").read_text())["split_size"] == 240
+    assert (Path(env["data_dir"]) / "arith-eval240-heldout240" / "manifest.json").is_file()
+    assert (Path(env["data_dir"]) / "arith" / "manifest.json").is_file()  # not replaced
+
+
 def test_probes_cannot_read_answers_write_outside_or_connect(tmp_path, env):
     run_scaffold(scaffold(tmp_path / "warm"), tmp_path / "first", overrides=FAST, **env)  # data, cache exist
     listener = socket.socket()

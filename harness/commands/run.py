@@ -29,12 +29,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = compose_config(DEFAULT_CAMPAIGN + args.overrides)
-    ensure_campaign_base(config)
     path = Path(config["runs_dir"]) / config["name"]
-    if (path / CONFIG_FILE).is_file():
+    resuming = (path / CONFIG_FILE).is_file()
+    if resuming:  # the campaign goes on with the config it was started with
         Console().print(f"resuming campaign {config['name']} in {path}")
-        return run_campaign(frozen_config(path), path)
-    return run_campaign(config, create_campaign(config))
+        config = frozen_config(path)
+    ensure_campaign_base(config)
+    return run_campaign(config, path if resuming else create_campaign(config))
 
 
 add_parser, main = command("run", HELP, arguments, run)
