@@ -6,9 +6,10 @@
 `rl_pipeline.data` writes `<folder>/manifest.json` last when it builds a task's splits, with each
 split's content hash. The folder is `<data_dir>/<task>` at the default sizes and names the sizes
 that differ from them otherwise, so splits of other sizes (a campaign scored on 800 eval problems)
-sit beside the default ones instead of replacing them. A caller that needs only a hash (the Ray driver ordering its jobs
-by whether they train) reads it here instead of importing `rl_pipeline.data`, which pulls in
-`datasets` and pyarrow: seconds and tens of MB in a process that never loads a split.
+sit beside the default ones instead of replacing them. A caller that needs only a hash (the Ray
+driver ordering its jobs by whether they train) reads it here instead of importing
+`rl_pipeline.data`, which pulls in `datasets` and pyarrow: seconds and tens of MB in a process
+that never loads a split.
 """
 
 from __future__ import annotations

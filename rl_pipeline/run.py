@@ -75,7 +75,8 @@ def _scoring_s(seeds: int, *, heldout: bool, calibration: bool, split_size: int 
 def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float, calibration: bool = False,
                 split_size: int = DEFAULT_SIZES["eval"]) -> dict[str, float]:
     """Seconds allowed to the sandboxed job (with and without training on `completions`) and to the
-    whole run. The held-out split is the size of eval; the calibration split twice the default."""
+    whole run. The held-out split is the size of eval (`split_size`); the calibration split keeps its
+    default size."""
     train_s = PROMPTS_S + TRAIN_S_PER_COMPLETION * completions + TRAIN_MARGIN_S
     total = train_s + EVAL_S + _scoring_s(seeds, heldout=heldout, calibration=calibration, split_size=split_size)
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
@@ -97,7 +98,8 @@ def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict |
     except (ScaffoldError, OSError):
         return 0.0
     try:
-        training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed, opts["split_size"])
+        training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed,
+                          opts["split_size"])
     except (ManifestError, OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
         training = True
     return scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0)

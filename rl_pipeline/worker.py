@@ -346,7 +346,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     scaffold = load_scaffold(job["scaffold"], job["overrides"], import_code=False)
-    splits, hashes, train_jsonl = load_data(scaffold.task, job["data_dir"], job.get("split_size", DEFAULT_SIZES["eval"]))
+    splits, hashes, train_jsonl = load_data(scaffold.task, job["data_dir"], job["split_size"])
     base_dir = Path(job["base"])
     key = training_key(scaffold, base_dir, hashes["train"], job["train_seed"])
     cache_dir = Path(job["cache_dir"]) / key
