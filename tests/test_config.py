@@ -131,6 +131,8 @@ def test_defaults_come_from_the_schema(tmp_path):
     assert config["approvals"] == {"name": "none", "when": [], "n": 10, "timeout_s": 3600.0, "default": "reject"}
     assert config["base_model"] == f"{tmp_path}/models/base"
     assert config["scaffold"] == str(ARITH)
+    # conf/campaign.yaml scores new campaigns on 800 problems; the schema keeps 200 for frozen configs
+    assert config["split_size"] == 800 and Campaign().split_size == 200
     # a key conf/ does not write out is still overridable: its default is the schema's
     approvals = compose_config(["researcher=random", "approvals=keep", "approvals.n=3"])["approvals"]
     assert approvals == {"name": "keep", "when": ["keep"], "n": 3, "timeout_s": 3600.0, "default": "reject"}
@@ -219,6 +221,7 @@ def test_a_config_frozen_by_the_previous_version_reads_unchanged(tmp_path, text)
         assert config["researcher"]["credit_weight"] == 100.0 and config["researcher"]["learning_rate"] == 1e-4
         assert config["researcher"]["evidence"] is True  # as before the option: the evidence was always seen
         assert config["approvals"]["when"] == ["keep", "code"] and config["runner"]["timeout_s"] == 900
+        assert config["split_size"] == 200  # the eval split it was scored on, not the size new campaigns get
     else:
         assert config["researcher"]["budget"]["tokens"] == 2000000
         assert config["researcher"]["prices"] == {"prompt": 0.3, "completion": 1.2}
