@@ -12,6 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from campaign_runs import ReuseError, fast_setup, parse_reuse, reuse, run, write_record  # noqa: E402
 
+from harness.config import compose_config  # noqa: E402
+from rl_pipeline.manifest import MANIFEST, eval_sizes, splits_folder  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def earlier(tmp_path_factory):
@@ -30,6 +33,11 @@ def other_runs(tmp_path: Path, earlier_runs: Path) -> Path:
     runs = tmp_path / "runs"
     shutil.copytree(earlier_runs / "data", runs / "data")
     return runs
+
+
+def manifest_of(runs: Path, overrides: list[str]) -> Path:
+    """The manifest of the splits a campaign of `overrides` in `runs` is scored on."""
+    return splits_folder(runs / "data", "arith", eval_sizes(compose_config(overrides)["split_size"])) / MANIFEST
 
 
 def test_the_same_campaign_is_taken_for_its_first_rounds(earlier, tmp_path):
@@ -62,7 +70,7 @@ def test_another_config_base_scaffold_or_data_is_refused(earlier, tmp_path):
     with pytest.raises(ReuseError, match="initial scaffold, wanted the files of"):
         reuse(runs / "old", here, 2, [*overrides, f"scaffold={changed}"])
 
-    manifest = here / "data" / "arith" / "manifest.json"
+    manifest = manifest_of(here, overrides)
     recorded = json.loads(manifest.read_text())
     recorded["hashes"]["eval"] = "0" * 64
     manifest.write_text(json.dumps(recorded))
@@ -76,8 +84,8 @@ def test_a_folder_that_is_no_campaign_or_has_damaged_data_says_so(earlier, tmp_p
         reuse(tmp_path, tmp_path / "runs", 2, overrides)
     # a new runs folder gets the splits a campaign there would build, and they are the same
     assert reuse(runs / "old", tmp_path / "empty", 2, overrides) == history
-    assert (tmp_path / "empty" / "data" / "arith" / "manifest.json").is_file()
-    (tmp_path / "empty" / "data" / "arith" / "manifest.json").write_text("{")
+    assert manifest_of(tmp_path / "empty", overrides).is_file()
+    manifest_of(tmp_path / "empty", overrides).write_text("{")
     with pytest.raises(ReuseError, match="no readable data manifest"):
         reuse(runs / "old", tmp_path / "empty", 2, overrides)
 
@@ -117,6 +125,15 @@ def test_a_record_outlives_its_campaign_and_is_checked_alike(earlier, tmp_path):
         reuse(record, here, 3, overrides)
     with pytest.raises(ReuseError, match=r"old.json is another campaign: .*seed 0, wanted 1"):
         reuse(record, here, 2, ["seed=1", *overrides[1:]])
+    # A campaign scored on another split size is another campaign; a record older than the key was
+    # scored on the size of its time, 200.
+    with pytest.raises(ReuseError, match=r"old.json is another campaign: split_size 800, wanted 200"):
+        reuse(record, here, 2, [*overrides, "split_size=200"])
+    older = json.loads(record.read_text())
+    del older["config"]["split_size"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    with pytest.raises(ReuseError, match=r"older.json is another campaign: split_size 200, wanted 800"):
+        reuse(tmp_path / "older.json", here, 2, overrides)
 
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ReuseError, match="bad.json: not a readable campaign record"):
