@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/calibration.py [--base runs/models/base] [--pretrain] [--seeds 0 1 2]
                                            [--train-seeds 0] [--recipes NAME ...] [--data-dir runs/data]
-                                           [--split-size 200]
+                                           [--split-size 800]
 
 On one base (pretrained here with `--pretrain`, timed, or read from its pretrain.json):
 
@@ -31,11 +31,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harness.config import compose_config
 from model import load_policy, load_tokenizer
 from rl_pipeline.corpus import pretrain_base
-from rl_pipeline.data import DEFAULT_SIZES, load_splits
-from rl_pipeline.manifest import eval_sizes
+from rl_pipeline.data import load_splits
 from rl_pipeline.evaluate import evaluate
+from rl_pipeline.manifest import eval_sizes
 from rl_pipeline.scaffold import load_scaffold
 from rl_pipeline.train import train_grpo
 
@@ -127,9 +128,10 @@ def main() -> None:
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0],
                         help="training seeds: each recipe trains once a seed; its row is their mean")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="NAME")
-    parser.add_argument("--split-size", type=int, default=DEFAULT_SIZES["eval"],
-                        help="problems in eval and in held-out (the first 200 are the default splits'; "
-                             "arith holds about 830 of each)")
+    parser.add_argument("--split-size", type=int, default=compose_config([])["split_size"],
+                        help="problems in eval and in held-out (default: those of a new campaign, "
+                             "conf/campaign.yaml; the first 200 are the 200-problem splits'; arith holds "
+                             "about 830 of each)")
     parser.add_argument("--out", default=None, help="write every number as JSON here too")
     args = parser.parse_args()
     console = Console()
