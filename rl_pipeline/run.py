@@ -65,7 +65,7 @@ WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded 
 log = logging.getLogger(__name__)
 
 
-def _scoring_s(seeds: int, *, heldout: bool, calibration: bool, split_size: int = DEFAULT_SIZES["eval"]) -> float:
+def _scoring_s(seeds: int, *, heldout: bool, calibration: bool, split_size: int) -> float:
     """Seconds allowed for scoring, per seed: eval and held-out (`split_size` problems each) and
     calibration (its default size), in proportion to their problems."""
     problems = split_size * (1 + (1 if heldout else 0)) + (DEFAULT_SIZES["calibration"] if calibration else 0)

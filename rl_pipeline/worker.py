@@ -36,7 +36,7 @@ from pathlib import Path
 
 from rl_pipeline import result as result_schema
 from rl_pipeline.files import replacing_dir
-from rl_pipeline.manifest import DEFAULT_SIZES, MANIFEST, eval_sizes, split_hashes, splits_folder
+from rl_pipeline.manifest import MANIFEST, eval_sizes, split_hashes, splits_folder
 from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
 
 TRAIN_CODE_VERSION = "3"  # 2: weights trained in the sandbox, checked here; 3: a budget of completions
@@ -154,7 +154,7 @@ _SPLITS: dict[tuple[str, str, int], tuple[int, dict, dict, str]] = {}
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def load_data(task: str, data_dir: str, split_size: int = DEFAULT_SIZES["eval"]) -> tuple[dict, dict, str]:
+def load_data(task: str, data_dir: str, split_size: int) -> tuple[dict, dict, str]:
     """The task's splits (`split_size` problems in eval and held-out), their hashes and the training
     split as JSON lines (what the sandbox gets), kept in memory while the manifest is unchanged."""
     from rl_pipeline.data import load_splits, split_hash
@@ -199,8 +199,7 @@ def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int,
-           split_size: int = DEFAULT_SIZES["eval"]) -> bool:
+def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int, split_size: int) -> bool:
     """Whether a job on `scaffold` would train (no policy of its training key in the cache yet),
     told without loading the data: the training split's hash is the one its manifest holds."""
     train_hash = split_hashes(data_dir, scaffold.task, eval_sizes(split_size))["train"]
