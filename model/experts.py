@@ -193,7 +193,6 @@ def _experts_rows(x_TD, topk_weights_TK, w_gate_up_E2ID, w_down_EDI, groups, src
     """The experts output, and the row tensors its backward needs."""
     I = w_down_EDI.shape[2]
     x_RD = _gather_rows(x_TD, src_R, groups.padded)
-    # the routing weight of each row, zero on padding rows
     w_R1 = _row_weights(topk_weights_TK, groups, row_S)
 
     gate_RI = groups.matmul_t(x_RD, w_gate_up_E2ID[:, :I])
