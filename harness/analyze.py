@@ -2,7 +2,8 @@
 
 Evidence is all a researcher sees of the numbers: the incumbent's metrics, the last round's
 outcome (its metric deltas, verdict, or the exact reason it failed or was rejected), the
-failure categories with a few examples, and the accuracy trend. Held-out scores are never in it.
+failure categories with a few examples, the accuracy trend, and how far training moved the
+incumbent's policy from the base. Held-out scores are never in it.
 
     evidence = analyze(incumbent_result, last_round, history)
 """
@@ -25,6 +26,8 @@ class Evidence:
     last_round: dict | None = None               # {"round", "hypothesis", "decision", "delta", "ci95",
                                                  #  "metric_deltas", "reason"} of the previous round
     trend: list[float] = field(default_factory=list)   # accuracy of the incumbent after each round
+    weight_change: float | None = None           # how far training moved the incumbent's policy from the
+                                                 # base (relative L2), None where its result does not say
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,6 +39,8 @@ class Evidence:
         for name in ("format_valid_rate", "truncation_rate", "repetition_rate", "mean_completion_tokens"):
             if name in self.incumbent_metrics:
                 lines.append(f"  {name}: {self.incumbent_metrics[name]:.3f}")
+        if self.weight_change is not None:
+            lines.append(f"  training moved the weights by {self.weight_change:.2e} of their norm")
         for category, group in list(self.failures.items())[:5]:
             example = group["examples"][0] if group["examples"] else {}
             lines.append(f"  failures {category}: {group['count']} e.g. {example.get('question')!r} -> "
@@ -62,4 +67,5 @@ def analyze(incumbent: dict, round_no: int, last_round: dict | None, trend: list
         failures=incumbent.get("failures", {}),
         last_round=last_round,
         trend=list(trend[-TREND_LENGTH:]),
+        weight_change=(incumbent.get("training") or {}).get("weight_change"),
     )

@@ -290,6 +290,19 @@ def check_policy(job: Path, base_dir: Path) -> tuple[Path, dict]:
     return weights, summary
 
 
+def weight_change(base_weights: Path, weights: Path) -> float:
+    """How far training moved the policy: the L2 norm of the weights' change over the base's norm,
+    all tensors as one vector. About 2e-4 where 768 completions at TRL's lr 1e-6 leave the answers as
+    they were, 6e-3 at 3.42e-5 where greedy answers go from none well-formed to most."""
+    import torch
+    from safetensors.torch import load_file
+
+    base, trained = load_file(base_weights), load_file(weights)
+    change = sum(float(torch.linalg.vector_norm(trained[k].float() - t.float())) ** 2 for k, t in base.items())
+    norm = sum(float(torch.linalg.vector_norm(t.float())) ** 2 for t in base.values())
+    return math.sqrt(change / norm) if norm > 0 else 0.0
+
+
 def cache_policy(weights: Path, summary: dict, base_dir: Path, cache_dir: Path) -> None:
     """Checked weights plus the base's own config and tokenizer files, renamed into place whole."""
     # Another run that cached the same key first keeps its entry: it passed the same checks.
@@ -387,11 +400,14 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     prompts = check_prompts(sandbox.job, {split: len(q) for split, q in questions.items()})
     if train:
         weights, summary = check_policy(sandbox.job, base_dir)
+        summary["weight_change"] = weight_change(base_dir / "model.safetensors", weights)
         cache_policy(weights, summary, base_dir, cache_dir)
         timings.update({f"train_{k}": v for k, v in summary["timings"].items() if v is not None})
     training = ({"key": key, "cached": not train, "train_seed": job["train_seed"],
                  "budget_completions": scaffold.train_completions}
                 | json.loads((cache_dir / "training.json").read_text()))
+    if training.get("weight_change") is None:  # a policy cached before the measure was kept
+        training["weight_change"] = weight_change(base_dir / "model.safetensors", cache_dir / "model.safetensors")
     sandbox.reset()
     timings["check_s"] = time.perf_counter() - start
 

@@ -60,6 +60,15 @@ def test_ok_result_and_training_cache(tmp_path, env):
     second = run_scaffold(scaffold, tmp_path / "b", overrides=FAST | {"sampling.temperature": 0.5}, **env)
     assert second["status"] == "ok" and second["training"]["cached"]
     assert second["training"]["key"] == first["training"]["key"]
+    # How far training moved the weights, measured by the trusted side when it cached them, and for
+    # a policy cached before the measure, measured when it is read.
+    moved = first["training"]["weight_change"]
+    assert 0 < moved < 0.01 and second["training"]["weight_change"] == moved
+    cached = Path(env["cache_dir"]) / first["training"]["key"] / "training.json"
+    summary = json.loads(cached.read_text())
+    cached.write_text(json.dumps({k: v for k, v in summary.items() if k != "weight_change"}))
+    older = run_scaffold(scaffold, tmp_path / "b2", overrides=FAST | {"sampling.temperature": 0.4}, **env)
+    assert older["training"]["cached"] and older["training"]["weight_change"] == pytest.approx(moved, rel=1e-9)
     # The estimate that orders runs sharing workers (longest first) knows which will train.
     scoring_s = expected_work_s(scaffold, overrides=FAST | {"sampling.temperature": 0.5}, **env)
     assert 0 < scoring_s < training_s
@@ -69,6 +78,7 @@ def test_ok_result_and_training_cache(tmp_path, env):
     third = run_scaffold(scaffold, tmp_path / "c", overrides=FAST | {"grpo.learning_rate": 1e-5}, **env)
     assert expected_work_s(scaffold, overrides=FAST | {"grpo.learning_rate": 1e-5}, **env) == scoring_s
     assert third["status"] == "ok" and not third["training"]["cached"]
+    assert third["training"]["weight_change"] > 3 * moved  # ten times the rate, the same two steps
 
     # The budget is work, not time: twice the completions is twice the steps at the same batch, and
     # a batch twice as large spends the same budget in half the steps. It is in the cache key too.
