@@ -34,7 +34,8 @@ from ruamel.yaml import YAML, YAMLError
 
 from rl_pipeline.tasks import CATEGORIES
 
-REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", "reward.py")
+REWARD_FILE = "reward.py"  # used by GRPO alone: the evaluator scores with the fixed scorer
+REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", REWARD_FILE)
 MOVES_FILE = "moves.yaml"
 FAILURE_CATEGORIES = tuple(c for c in CATEGORIES if c != "correct")  # what a move's `targets` may name
 SECTIONS = ("sampling", "grpo", "reward")
@@ -62,6 +63,11 @@ class Move:
     doc: str
     patches: tuple[Patch, ...]
     targets: tuple[str, ...] = ()
+
+    @property
+    def shapes_reward(self) -> bool:
+        """Whether the move patches reward.py alone: it changes what training optimizes, nothing else."""
+        return all(patch.file == REWARD_FILE for patch in self.patches)
 
 
 @dataclass

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness.analyze import Evidence
-from harness.researchers.context import FEATURES, blank_context, evidence_context, target_features
+from harness.researchers.context import DRIFT, FEATURES, blank_context, evidence_context, target_features
 from harness.researchers.credit import TARGET_GAIN, CreditModel, position
 
 SPECS = {"sampling.top_p": {"type": "float", "min": 0.05, "max": 1.0},
@@ -109,6 +109,47 @@ def test_the_context_is_read_off_the_evidence_in_unit_range():
     assert target_features(("bad_format", "no_answer")) == ("format_failure",)
     assert target_features(("sign_error", "wrong_answer")) == ("wrong_answer", "near_miss")
     assert target_features(("truncated",)) == ()
+
+
+def test_the_policy_drift_is_how_far_training_moved_the_weights_on_a_log_scale():
+    def drift(weight_change):
+        return evidence_context(Evidence(**evidence(0.2, {}).to_dict() | {"weight_change": weight_change}))
+
+    assert DRIFT not in MALFORMED  # a result that does not say: no drift, so nothing is scaled
+    assert drift(1.8e-4)[DRIFT] == 0.0  # TRL's lr 1e-6 on the make run base: the policy as it was
+    assert drift(5.8e-3)[DRIFT] == pytest.approx(0.86, abs=0.01)  # lr 3.42e-5: greedy answers well-formed
+    assert drift(2e-4 * 50 ** 0.5)[DRIFT] == pytest.approx(0.5) and drift(0.3)[DRIFT] == 1.0
+    assert drift(0.0)[DRIFT] == 0.0 and drift(5.8e-3)["format_failure"] == MALFORMED["format_failure"]
+    assert "training moved the weights by 5.80e-03" in Evidence(**evidence(0.2, {}).to_dict()
+                                                                | {"weight_change": 5.8e-3}).summary()
+
+
+def test_a_reward_edit_tried_where_training_moved_nothing_is_not_written_off():
+    """Ten zeros of a reward move where training left the policy as it was (drift 0): for a reward
+    edit they say nothing, so once a kept rate moves the policy (drift 1) the move is as open as
+    before it was tried; a knob of the optimizer is not scaled, and the same zeros do write it off."""
+    still = MALFORMED | {DRIFT: 0.0}
+    moving = MALFORMED | {DRIFT: 1.0}
+    zeros = [observation(MOVE, False, True, 0.0, 0.004) | {"context": still}] * 10
+    scaled = CreditModel(WITH_MOVE, targets={MOVE: ("format_failure",)}, scaled={MOVE, "reward.format"})
+    untried = CreditModel(WITH_MOVE, targets={MOVE: ("format_failure",)}, scaled={MOVE, "reward.format"})
+    scaled.fit(zeros)
+    (mean,), (sd,) = scaled.predict([(MOVE, True)], OFF, moving)
+    (prior_mean,), (prior_sd,) = untried.predict([(MOVE, True)], OFF, moving)
+    assert mean == pytest.approx(prior_mean) == pytest.approx(TARGET_GAIN * 0.8) and sd == pytest.approx(prior_sd)
+    assert scaled.predict([(MOVE, True)], OFF, still) == (0.0, 0.0)  # where nothing moves, neither does it
+    unscaled = CreditModel(WITH_MOVE, targets={MOVE: ("format_failure",)})
+    unscaled.fit(zeros)
+    (mean,), (sd,) = unscaled.predict([(MOVE, True)], OFF, moving)
+    assert abs(mean) < 0.005 and sd < prior_sd / 4
+    # a reward edit measured where the policy moves is learned as before, and expected to show half
+    # as much where the policy moves half as far
+    scaled.fit([observation("reward.format", 0.0, 0.5, 0.04, 0.004) | {"context": moving}])
+    assert scaled.predict([("reward.format", 0.5)], CURRENT, moving)[0][0] == pytest.approx(0.04, abs=0.005)
+    assert scaled.predict([("reward.format", 0.5)], CURRENT, MALFORMED | {DRIFT: 0.5})[0][0] \
+        == pytest.approx(0.02, abs=0.003)
+    # blanked evidence carries no drift: nothing is scaled
+    assert scaled.scale(MOVE, blank_context()) == 1.0 and scaled.scale("grpo.learning_rate", still) == 1.0
 
 
 def test_a_move_that_helped_only_under_format_failures_is_expected_to_help_only_there():

@@ -38,6 +38,8 @@ def test_arith_declares_its_moves_with_docs():
         assert {p.file for p in m.patches} <= {"reward.py", "prompt.py"}
         assert m.targets and set(m.targets) <= set(FAILURE_CATEGORIES)  # every arith move says what it aims at
     assert moves["reward_near_miss_credit"].targets == ("off_by_small", "sign_error")
+    # the reward moves shape training alone (their effect scales with how far training moves the policy)
+    assert [m.name for m in moves.values() if m.shapes_reward] == [n for n in ARITH_MOVES if n.startswith("reward_")]
 
 
 def test_a_scaffold_without_moves_yaml_has_no_moves(scaffold):

@@ -25,11 +25,20 @@ mean of TARGET_GAIN per unit of each such feature on its interaction: before any
 expected to help where those failures are common. It is a mean with the interaction's prior spread,
 not a rule: the outcomes of the rounds the move is tried in overturn it.
 
+Drift. A reward edit (a `reward.*` weight, a move that patches reward.py alone) changes what
+training optimizes, not how far it goes: where training leaves the policy as it was, it changes
+nothing. Its row is scaled by the context's `policy_drift` (context.py; 1 where the context does not
+say), so a zero measured at drift 0 says nothing about the edit and neither moves its mean nor
+shrinks its prior scale (a round counts drift^2 of an observation there), and once a rate that
+moves the policy is kept the edit is expected to do what it was never able to show. Knobs of the
+optimizer itself (the learning rate sets the drift) are not scaled.
+
 `sample` draws one posterior sample of the weights (Thompson sampling) and gives, per candidate
 edit, the gain it predicts over the incumbent's value in a context; `predict` gives the posterior
 mean and standard deviation of that gain, for the hypothesis text.
 
-    model = CreditModel(specs, targets={"move:reward_malformed_penalty": ("format_failure",)})
+    model = CreditModel(specs, targets={"move:reward_malformed_penalty": ("format_failure",)},
+                        scaled={"reward.format", "move:reward_malformed_penalty"})
     model.fit([{"knob": "sampling.top_p", "from": 1.0, "to": 0.683, "delta": 0.085, "ci95": [0.053, 0.117],
                 "context": {"format_failure": 0.3, "truncation": 0.0}}])
     gains = model.sample([("sampling.top_p", 0.367), ("reward.format", 0.5)], current, np.random.default_rng(0),
@@ -43,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.researchers.context import FEATURES
+from harness.researchers.context import DRIFT, FEATURES
 
 BUMPS = np.linspace(0.0, 1.0, 5)  # centres of the bump features, in the knob's normalised range
 BUMP_WIDTH = 0.15
@@ -66,6 +75,12 @@ def position(spec: dict, value: Any) -> float:
     return float(np.clip((x - low) / (high - low), 0.0, 1.0)) if high > low else 0.0
 
 
+def drift_of(context: dict[str, float] | None) -> float:
+    """The scale of a reward edit's effect in `context`: its `policy_drift`, 1 where it has none."""
+    drift = (context or {}).get(DRIFT)
+    return 1.0 if drift is None else float(drift)
+
+
 def context_vector(context: dict[str, float] | None) -> np.ndarray:
     """A context by name as a vector in FEATURES order; a feature it does not name (or no context) is 0."""
     return np.array([float((context or {}).get(name, 0.0)) for name in FEATURES])
@@ -78,8 +93,10 @@ class CreditModel:
     one block of the same layout per context feature (the interactions).
     """
 
-    def __init__(self, specs: dict[str, dict], targets: dict[str, tuple[str, ...]] | None = None):
+    def __init__(self, specs: dict[str, dict], targets: dict[str, tuple[str, ...]] | None = None,
+                 scaled: set[str] | frozenset[str] = frozenset()):
         self.specs = dict(specs)
+        self.scaled = set(scaled)  # the reward edits: their effect scales with the context's policy_drift
         self.offsets: dict[str, tuple[int, int]] = {}
         start = 0
         for name in sorted(self.specs):
@@ -120,10 +137,14 @@ class CreditModel:
             phi[start + 1:end] = np.exp(-0.5 * ((u - BUMPS) / BUMP_WIDTH) ** 2)
         return phi
 
+    def scale(self, knob: str, context: dict[str, float] | None) -> float:
+        """How much of the knob's effect shows in `context`: its drift for a reward edit, else all."""
+        return drift_of(context) if knob in self.scaled else 1.0
+
     def design(self, knob: str, old: Any, new: Any, context: dict[str, float] | None) -> np.ndarray:
         """The regression row of an edit in a context: its change of features, then that change
-        times each context feature."""
-        change = self.features(knob, new) - self.features(knob, old)
+        times each context feature; a reward edit's whole row times the context's drift."""
+        change = self.scale(knob, context) * (self.features(knob, new) - self.features(knob, old))
         return np.concatenate([change, np.outer(context_vector(context), change).ravel()])
 
     def fit(self, observations: list[dict]) -> None:
@@ -133,13 +154,14 @@ class CreditModel:
         failed (delta None) and knobs no longer on the surface are left out."""
         usable = [o for o in observations if o.get("delta") is not None
                   and all(edit["knob"] in self.specs for edit in [o, *o.get("stacked", [])])]
-        squares = dict.fromkeys(self.specs, 0.0)
+        squares, seen = dict.fromkeys(self.specs, 0.0), dict.fromkeys(self.specs, 0.0)
         self.counts = dict.fromkeys(self.specs, 0)
         for obs in usable:
             squares[obs["knob"]] += float(obs["delta"]) ** 2
+            seen[obs["knob"]] += self.scale(obs["knob"], obs.get("context")) ** 2
             self.counts[obs["knob"]] += 1
         prior = self._prior_precision({name: (PRIOR_WEIGHT * PRIOR_SCALE ** 2 + squares[name])
-                                       / (PRIOR_WEIGHT + self.counts[name]) for name in self.specs})
+                                       / (PRIOR_WEIGHT + seen[name]) for name in self.specs})
         rows = np.array([sum(self.design(edit["knob"], edit["from"], edit["to"], o.get("context"))
                              for edit in [o, *o.get("stacked", [])]) for o in usable]).reshape(-1, self.width)
         deltas = np.array([float(o["delta"]) for o in usable])

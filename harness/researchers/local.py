@@ -34,6 +34,11 @@ were malformed is expected to pay off again where they are). A move's `targets` 
 that a weak start, a prior the outcomes overturn. `evidence: false` blanks it all, for the
 ablation: no summary in the prompt and the zero context, now and in the observations it saves.
 
+Where training leaves the policy as it was (TRL's lr 1e-6), a reward edit (a `reward.*` weight, a
+move on reward.py) cannot show what it does; the incumbent's `policy_drift`, how far its training
+moved the weights, scales such an edit's effect in the credit model, so its zeros there do not
+write it off for later, when a kept rate moves the policy.
+
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
 miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
 yet paired with it (a move that targets the incumbent's common failures drawn more often), or set
@@ -312,8 +317,10 @@ class LocalResearcher(Researcher):
         edits = [credit_edit(edit) for _, edit in candidates]
         moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
         targets = {name: target_features(move.targets) for name, move in moves.items()}
+        reward_edits = ({knob for knob in specs if knob.startswith("reward.")}
+                        | {name for name, move in moves.items() if move.shapes_reward})
         credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves},
-                             targets=targets)
+                             targets=targets, scaled=reward_edits)
         current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
         context = evidence_context(evidence) if self.evidence else blank_context()
         if self.credit_weight > 0:
