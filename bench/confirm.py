@@ -15,8 +15,11 @@ against a later incumbent) is reported as such.
 A kept change that holds code moves beside other edits (a reward move stacked onto a learning
 rate: on the initial scaffold's rate a reward move alone changes nothing, since the policy does not
 move) is also scored without its moves, and the moves' own part is printed: the change against
-the change without them, paired the same way. Code moves count as confirmed when that part is
-positive, or, for a change of moves only, when the change is. `--change` scores any other change
+the change without them, paired the same way. A change of moves only that does not help alone (a
+reward move kept after a rate that moves the policy: on the initial rate it cannot show anything)
+is also scored on top of the kept changes before it that were confirmed alone, and its part there
+printed. Code moves count as confirmed when their part is positive: alone, beside the change's
+other edits, or on those confirmed changes. `--change` scores any other change
 the same way (a JSON list of edits), for a what-if beside the kept ones.
 
 The trained policies go to the campaign's training cache, so the initial scaffold with training
@@ -128,11 +131,32 @@ def scored(name: str, proposal: Proposal, scaffold_of, out: Path, args, options:
     return f"failed: {results}" if isinstance(results, str) else results
 
 
+def moves_part(label: str, name: str, moves: tuple, others: tuple, scaffold_of, out: Path, args, options: dict,
+               results: dict[int, dict] | None = None) -> bool | None:
+    """Print the part of `moves` on top of the edits `others` (the change with them against the
+    change without them, paired the same way); whether it is positive, None if a run failed.
+    `results`, if given, are those of the change with the moves, scored already."""
+    if results is None:
+        results = scored(name, Proposal("moves", (*others, *moves)), scaffold_of, out, args, options)
+    without = scored(f"{name}-without-moves", Proposal("without", others), scaffold_of, out, args, options)
+    for outcome in (results, without):
+        if isinstance(outcome, str):
+            print(f"    {label}: {outcome}")
+            return None
+    part, (low, high) = change(results, without)
+    accs = " ".join(f"{without[s]['heldout']['metrics']['accuracy']:.3f}" for s in args.train_seeds)
+    print(f"    {label}: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  {'yes' if part > 0 else 'NO'}")
+    return part > 0
+
+
 def report(label: str, name: str, proposal: Proposal, initial: dict[int, dict], scaffold_of, out: Path, args,
-           options: dict) -> tuple[bool | None, bool | None]:
+           options: dict, confirmed_before: tuple = ()) -> tuple[bool | None, bool | None]:
     """Score `proposal` alone on the initial scaffold and print its row, its edits and, where it holds
-    code moves beside other edits, the moves' part. Returns (confirmed, moves' part confirmed):
-    None where it could not be scored, or holds no code move."""
+    code moves beside other edits, the moves' part. A change of moves alone that does not help on
+    the initial scaffold (a reward move where the initial rate leaves the policy as it was) is also
+    scored on top of `confirmed_before`, the edits of the kept changes before it that were confirmed
+    alone. Returns (confirmed, moves' part confirmed): None where it could not be scored, or holds
+    no code move."""
     label = f"{label}: {proposal.kind} ({len(proposal.edits)} edits)"
     results = scored(name, proposal, scaffold_of, out, args, options)
     if isinstance(results, str):
@@ -147,16 +171,19 @@ def report(label: str, name: str, proposal: Proposal, initial: dict[int, dict], 
     if len(others) == len(proposal.edits):
         return delta > 0, None
     if not others:  # moves only: the change alone is the moves' part
-        return delta > 0, delta > 0
-    without = scored(f"{name}-without-moves", Proposal(proposal.hypothesis, others), scaffold_of, out, args, options)
-    if isinstance(without, str):
-        print(f"    without its code moves: {without}")
-        return delta > 0, None
-    part, (low, high) = change(results, without)
-    accs = " ".join(f"{without[s]['heldout']['metrics']['accuracy']:.3f}" for s in args.train_seeds)
-    print(f"    without its code moves: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  "
-          f"{'yes' if part > 0 else 'NO'}")
-    return delta > 0, part > 0
+        if delta > 0 or not confirmed_before:
+            return delta > 0, delta > 0
+        return delta > 0, moves_part("on the confirmed kept changes before it", f"{name}-on-confirmed",
+                                     proposal.edits, confirmed_before, scaffold_of, out, args, options)
+    moves = tuple(edit for edit in proposal.edits if isinstance(edit, MoveEdit))
+    return delta > 0, moves_part("without its code moves", name, moves, others, scaffold_of, out, args, options,
+                                 results)
+
+
+def merged(edits: list) -> tuple:
+    """Knob edits merged in order (a later value of a knob replaces an earlier one), moves after them."""
+    knobs = {edit.knob: edit for edit in edits if not isinstance(edit, MoveEdit)}
+    return (*knobs.values(), *dict.fromkeys(edit for edit in edits if isinstance(edit, MoveEdit)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,16 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'initial scaffold':<46} " + " ".join(
             f"{initial[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds))
         kept = kept_changes(journal, campaign)
-        confirmed, moves_kept, moves_confirmed = 0, 0, 0
+        confirmed, moves_kept, moves_confirmed, before = 0, 0, 0, []
         for n, proposal in kept:
-            whole, moves = report(f"round {n}", f"round-{n:03d}", proposal, initial, scaffold_of, out, args, options)
+            whole, moves = report(f"round {n}", f"round-{n:03d}", proposal, initial, scaffold_of, out, args, options,
+                                  merged(before))
+            before += list(proposal.edits) if whole else []
             confirmed += bool(whole)
             moves_kept += moves is not None
             moves_confirmed += bool(moves)
         for label, proposal in asked:
             report(label, label.replace(" ", "-"), proposal, initial, scaffold_of, out, args, options)
         print(f"\n{confirmed} of {len(kept)} kept changes confirmed on held-out alone on the initial scaffold")
-        print(f"{moves_confirmed} of {moves_kept} kept changes with code moves have the moves' part confirmed")
+        print(f"{moves_confirmed} of {moves_kept} kept changes with code moves have the moves' part confirmed "
+              "(alone, beside the change's other edits, or on the confirmed kept changes before it)")
     finally:
         shutdown()
     return 0
