@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -73,9 +74,16 @@ def ensure_campaign_base(config: dict) -> None:
     from rl_pipeline.scaffold import load_scaffold
 
     task = load_scaffold(config["scaffold"], import_code=False).task
+    root = data_dir(config)
+    fresh = not root.exists()
     try:
-        load_splits(task, data_dir=data_dir(config), sizes=eval_sizes(config["split_size"]))
+        load_splits(task, data_dir=root, sizes=eval_sizes(config["split_size"]))
     except RuntimeError as err:  # the problem space is too small for the size asked
+        if fresh:  # leave no data folder behind that holds nothing but the failed build's lock
+            for lock in root.glob(".*.lock"):
+                lock.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                root.rmdir()
         raise ValueError(f"split_size={config['split_size']}: {err}") from None
     ensure_base(config["base_model"], seed=config["seed"], data_dir=str(data_dir(config)))
 

@@ -206,6 +206,7 @@ def test_a_split_size_the_task_cannot_hold_is_one_error_before_any_pretraining(t
     error = one_line_error(capsys)
     assert "error: split_size=1000: arith: found only" in error and "distinct eval problems of 1000" in error
     assert not (tmp_path / "big").exists() and not (tmp_path / "models").exists()  # no campaign, no base
+    assert not (tmp_path / "data").exists()  # nor a data folder holding only the failed build's lock
 
 
 # ---------------------------------------------------------------- frozen configs
