@@ -30,7 +30,7 @@ from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
 from harness.tracking import make_tracker
 from harness.training_noise import (calibration_dir, changes_training, retrain_dir, reusable,
-                                    training_seed_verdict)
+                                    training_seed_verdict, worth_retraining)
 from harness.workspace import Workspace
 from memory import Memory, RoundRecord
 from rl_pipeline.files import write_atomic
@@ -234,7 +234,7 @@ class Campaign:
         if verdict["decision"] == "reeval":
             verdict = step(n, "reeval", lambda: self._reeval(n, out))["verdict"]
         final = verdict
-        if verdict["decision"] == "keep" and self._changes_training(n, out):
+        if self._worth_retraining(verdict) and self._changes_training(n, out):
             final = step(n, "retrain", lambda: self._retrain(n, out))["verdict"]
         step(n, "critique", lambda: self._critique(out, n, proposal, verdict))
         if final["decision"] == "keep":
@@ -362,6 +362,10 @@ class Campaign:
         merged = merge_results(incumbent, more)
         _write_json(inc_dir / "result.json", merged)
         return merged
+
+    def _worth_retraining(self, verdict: dict) -> bool:
+        """Whether a change to training with this verdict on its first training seed is re-trained."""
+        return worth_retraining(verdict, margin=self.config["margin"], band=self._verdict_args()["reeval_band"])
 
     def _changes_training(self, n: int, out: Path) -> bool:
         """Whether a keep must hold across training seeds: the check is on and the candidate trains

@@ -20,8 +20,9 @@ A round goes through the steps of `harness.journal.STEPS`, whose outputs hold ev
                    re-evaluated alone
     reeval         that one evaluated on `reeval_seeds` too and judged on all its seeds at the level K
                    candidates call for: the round's verdict
-    retrain        a chosen change to training that would be kept, re-trained on fresh training
-                   seeds with the incumbent, as for one candidate
+    retrain        a chosen change to training that would be kept, or gains beyond the noise floor
+                   without a keep, re-trained on fresh training seeds with the incumbent, as for
+                   one candidate
     critique, gate_keep and heldout act on the chosen candidate, in its folder;
     decide         names it cand/NNN, which is kept or reverted as in any round, and reverts the rest
     learn          the researcher learns from each candidate's own verdict
@@ -91,7 +92,7 @@ class CandidatesCampaign(Campaign):
         chosen, folder = proposals[k - 1], candidate_dir(out, k)
         if verdict["decision"] == "reeval":
             verdict = step(n, "reeval", lambda: self._retest(n, folder, k))["verdict"]
-        if verdict["decision"] == "keep" and self._changes_training(n, folder):
+        if self._worth_retraining(verdict) and self._changes_training(n, folder):
             verdict = step(n, "retrain", lambda: self._retrain(n, folder, k))["verdict"]
         step(n, "critique", lambda: self._critique(folder, n, chosen, verdict))
         if verdict["decision"] == "keep":

@@ -40,7 +40,8 @@ JOURNAL_FILE = "journal.json"
 LOCK_FILE = ".lock"
 # A round's steps in order, each doing one thing: `compare` gives the verdict, `reeval` (only when
 # that verdict asks for more seeds) the verdict on all of them, `retrain` (only when a change to
-# training would be kept) the verdict across fresh training seeds, `decide` moves git and nothing
+# training would be kept, or gains beyond the noise floor) the verdict across fresh training
+# seeds, `decide` moves git and nothing
 # else, `heldout` scores a keep for the record, `learn` updates and saves the researcher, and
 # `record` writes memory, the round's files, the plot and MLflow.
 STEPS = ("analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", "reeval", "retrain", "critique",

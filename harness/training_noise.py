@@ -10,6 +10,13 @@ cache reuses its weights), evaluates both on the same evaluation seeds, and keep
 per-example paired difference, averaged over every training seed (the first one and the fresh
 ones), still has the lower bound of its 95% interval above the margin.
 
+A change to training that gains more than the evaluation noise floor's half-width on its first
+training seed without clearing the margin goes to the same re-training (`worth_retraining`): one
+trained policy is one draw of training randomness, and the spread between draws (0.064 to 0.140
+held-out for one recipe on the make run base) is wider than evaluation's, so more evaluation seeds
+cannot settle it and fresh training seeds can. A reward move measured +0.014 [-0.010, +0.036] on
+its first training seed was worth +0.052 [+0.037, +0.067] averaged over three.
+
     if changes_training(candidate, incumbent):
         out = training_seed_verdict({0: (round_dir, incumbent_dir), 1: (retrain_dir(round_dir, 1),
                                     retrain_dir(incumbent_dir, 1))}, margin=0.0)
@@ -33,6 +40,13 @@ def changes_training(candidate: dict, incumbent: dict) -> bool:
     which reuses the incumbent's trained policy, does not count)."""
     keys = [(result.get("training") or {}).get("key") for result in (candidate, incumbent)]
     return keys[0] != keys[1]
+
+
+def worth_retraining(verdict: dict, *, margin: float, band: float) -> bool:
+    """Whether a change to training goes on to fresh training seeds: it would be kept on its first
+    one, or its gain there is above the margin by more than `band` (the noise floor's half-width)."""
+    delta = verdict.get("delta")
+    return verdict["decision"] == "keep" or (delta is not None and delta > margin + band)
 
 
 def retrain_dir(round_dir: Path, train_seed: int) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness.compare import decide
-from harness.training_noise import changes_training, retrain_dir, reusable, training_seed_verdict
+from harness.training_noise import changes_training, retrain_dir, reusable, training_seed_verdict, worth_retraining
 from rl_pipeline.result import SCHEMA_VERSION, failed_result, read_result, write_result
 
 N = 200
@@ -54,6 +54,26 @@ def test_a_gain_of_one_lucky_training_run_is_reverted(tmp_path):
     assert (verdict["n_examples"], verdict["n_seeds"]) == (N, 9)
     assert "by training seed: 0 +0.040, 1 +0.000, 2 +0.000" in verdict["reason"]
     assert "the first training's gain did not hold on fresh ones" in verdict["reason"]
+
+
+def test_a_gain_beyond_the_noise_floor_that_one_training_run_cannot_settle_is_retrained_and_kept(tmp_path):
+    """+0.015 with training seed 0, its interval reaching below 0 (a revert on evaluation seeds
+    alone), but above the noise floor's half-width: re-trained, the recipe gains +0.06 with seeds 1
+    and 2, and the pooled verdict keeps it. A gain inside the noise floor is not worth the training."""
+    incumbent = [i for i in range(N) if i % 2 == 0]  # half right, spread over the examples
+    lucky_less = incumbent[:-12] + [i for i in range(N) if i % 2][:15]  # 12 lost, 15 won: +0.015
+    more = incumbent + [i for i in range(N) if i % 2][:12]
+    runs = pairs(tmp_path, {0: lucky_less, 1: more, 2: more}, incumbent=incumbent)
+    first = decide(read_result(runs[0][0]), read_result(runs[0][1]), margin=0.0, reeval_band=0.0096,
+                   can_reeval=True).to_dict()
+    assert first["decision"] == "revert" and first["delta"] == pytest.approx(0.015) and first["ci95"][0] < 0
+    assert worth_retraining(first, margin=0.0, band=0.0096)
+    assert not worth_retraining(first, margin=0.0, band=0.02)  # inside a wider floor: not worth it
+    assert not worth_retraining(first | {"delta": -0.03}, margin=0.0, band=0.0)
+    assert not worth_retraining(first | {"delta": None}, margin=0.0, band=0.0)  # a failed run
+    assert worth_retraining(first | {"decision": "keep", "delta": 0.001}, margin=0.0, band=0.0096)
+    verdict = training_seed_verdict(runs, margin=0.0)["verdict"]
+    assert verdict["decision"] == "keep" and verdict["delta"] == pytest.approx((0.015 + 0.06 + 0.06) / 3)
 
 
 def test_a_gain_that_holds_on_every_training_seed_is_kept(tmp_path):
