@@ -85,7 +85,7 @@ def ensure_campaign_base(config: dict) -> None:
             with contextlib.suppress(OSError):
                 root.rmdir()
         raise ValueError(f"split_size={config['split_size']}: {err}") from None
-    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(data_dir(config)))
+    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(root))
 
 
 def run_campaign(config: dict, path: Path) -> int:
