@@ -375,21 +375,22 @@ class Campaign:
         return j.is_done(n, "retrain") or (bool(self.config["retrain_seeds"]) and not j.is_done(n, "critique")
                                            and changes_training(read_result(out), self._incumbent_result()))
 
-    def _retrain(self, n: int, out: Path, candidate: int | None = None) -> dict:
-        """The candidate (candidate k of a round of several) and the incumbent re-trained with each
-        fresh training seed and evaluated on the same seeds; the verdict on the paired change over
-        every training seed. Under deterministic decoding each is scored on eval and calibration
-        examples on one seed instead (see `_with_calibration`)."""
+    def _retrain(self, n: int, out: Path, candidate: int | None = None, count: int = 1) -> dict:
+        """The candidate (candidate k of a round of several, chosen as the best of `count`) and the
+        incumbent re-trained with each fresh training seed and evaluated on the same seeds; the
+        verdict on the paired change over every training seed, at the level `count` candidates call
+        for. Under deterministic decoding each is scored on eval and calibration examples on one
+        seed instead (see `_with_calibration`)."""
         seeds, inc_dir, result = self.config["eval_seeds"], self._incumbent_dir(), read_result(out)
         if deterministic(result) and deterministic(self._incumbent_result()):
             pairs = {t: (calibration_dir(out, t), calibration_dir(inc_dir, t))
                      for t in [0, *self.config["retrain_seeds"]]}
             if self._train_pairs(n, candidate, pairs, seeds[:1], calibration=True):
-                return training_seed_verdict(pairs, margin=self.config["margin"], calibration=True)
+                return training_seed_verdict(pairs, margin=self.config["margin"], calibration=True, count=count)
         fresh = {t: (retrain_dir(out, t), retrain_dir(inc_dir, t)) for t in self.config["retrain_seeds"]}
         self._train_pairs(n, candidate, fresh, seeds, calibration=False)
         pairs = {result["training"]["train_seed"]: (out, inc_dir)} | fresh
-        return training_seed_verdict(pairs, margin=self.config["margin"])
+        return training_seed_verdict(pairs, margin=self.config["margin"], count=count)
 
     def _train_pairs(self, n: int, candidate: int | None, pairs: dict[int, tuple[Path, Path]], seeds: list[int], *,
                      calibration: bool) -> bool:

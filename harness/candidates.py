@@ -22,7 +22,7 @@ A round goes through the steps of `harness.journal.STEPS`, whose outputs hold ev
                    candidates call for: the round's verdict
     retrain        a chosen change to training that would be kept, or gains beyond the noise floor
                    without a keep, re-trained on fresh training seeds with the incumbent, as for
-                   one candidate
+                   one candidate, and judged at the level K candidates call for
     critique, gate_keep and heldout act on the chosen candidate, in its folder;
     decide         names it cand/NNN, which is kept or reverted as in any round, and reverts the rest
     learn          the researcher learns from each candidate's own verdict
@@ -64,6 +64,10 @@ class CandidatesCampaign(Campaign):
     def _outputs(self, n: int, step: str, key: str) -> list:
         return (self.journal.step_output(n, step) or {}).get(key) or []
 
+    def _evaluated(self, n: int) -> int:
+        """How many candidates round n evaluated: the number its chosen one was the best of."""
+        return sum(status is not None for status in self._outputs(n, "evaluate", "candidates"))
+
     def _several(self, n: int) -> bool:
         """Whether round n is a round of several candidates: its propose step names candidates and
         no single proposal (a round of one names its proposal, as a one-candidate campaign's does)."""
@@ -93,7 +97,7 @@ class CandidatesCampaign(Campaign):
         if verdict["decision"] == "reeval":
             verdict = step(n, "reeval", lambda: self._retest(n, folder, k))["verdict"]
         if self._worth_retraining(verdict) and self._changes_training(n, folder):
-            verdict = step(n, "retrain", lambda: self._retrain(n, folder, k))["verdict"]
+            verdict = step(n, "retrain", lambda: self._retrain(n, folder, k, self._evaluated(n)))["verdict"]
         step(n, "critique", lambda: self._critique(folder, n, chosen, verdict))
         if verdict["decision"] == "keep":
             step(n, "gate_keep", lambda: self._ask("keep", n, chosen.kind, keep_question(chosen, verdict),
@@ -161,7 +165,7 @@ class CandidatesCampaign(Campaign):
         as a kept incumbent's must), and judged on all of them against the incumbent on the same."""
         fresh_seeds = self.config["reeval_seeds"]
         candidate = read_result(folder)
-        evaluated = sum(status is not None for status in self._outputs(n, "evaluate", "candidates"))
+        evaluated = self._evaluated(n)
         pooled = self._with_calibration(
             candidate, calibration_dir(folder, 0), self.workspace.candidate_commit(n, k),
             lambda at, seeds: self._evaluate_snapshots(n, [(k, at)], seeds, calibration=True)[0])

@@ -8,7 +8,9 @@ kept, the campaign re-trains the candidate and the incumbent on the same fresh t
 (the incumbent's re-trains are kept in its round folder and reused by later rounds; the training
 cache reuses its weights), evaluates both on the same evaluation seeds, and keeps only if the
 per-example paired difference, averaged over every training seed (the first one and the fresh
-ones), still has the lower bound of its 95% interval above the margin.
+ones), still has the lower bound of its 95% interval above the margin. When the change was the
+best of K candidates of its round (`count`), the interval is at the level K candidates call for
+(1 - 0.05/K, `harness.selection`): its first training seed is the one it was chosen on.
 
 A change to training that gains more than the evaluation noise floor's half-width on its first
 training seed without clearing the margin goes to the same re-training (`worth_retraining`): one
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.compare import Verdict, metric_deltas, on_more_examples, paired_differences, with_calibration
+from harness.selection import ALPHA
 from rl_pipeline.result import read_result
 from rl_pipeline.stats import bootstrap_mean_ci
 
@@ -73,14 +76,17 @@ def reusable(out: Path, *, commit: str, seeds: list[int], train_seed: int, calib
     return result if ok else None
 
 
-def _pooled(per_seed: list[dict], diffs: list[np.ndarray], margin: float) -> tuple[str, float, tuple, str]:
-    """The decision, the change and its interval, and the reason, from each example's paired
-    difference averaged over the training seeds."""
+def _pooled(per_seed: list[dict], diffs: list[np.ndarray], margin: float,
+            count: int) -> tuple[str, float, tuple, str]:
+    """The decision, the change and its interval (at the level `count` candidates call for), and
+    the reason, from each example's paired difference averaged over the training seeds."""
     pooled = np.mean(diffs, axis=0)
     delta = float(pooled.mean())
-    low, high = bootstrap_mean_ci(pooled)
+    level = 1 - ALPHA / count
+    low, high = bootstrap_mean_ci(pooled, level=level)
     seeds = ", ".join(f"{p['train_seed']} {p['delta']:+.3f}" for p in per_seed)
-    numbers = (f"accuracy {delta:+.3f} (95% CI {low:+.3f} to {high:+.3f}) over {len(diffs[0])} examples, "
+    interval = "95% CI" if count == 1 else f"{level:.2%} CI, the level {count} candidates call for,"
+    numbers = (f"accuracy {delta:+.3f} ({interval} {low:+.3f} to {high:+.3f}) over {len(diffs[0])} examples, "
                f"averaged over {len(per_seed)} training seeds (by training seed: {seeds})")
     if low > margin:
         decision, why = "keep", f"the lower bound is above the margin {margin:+.3f} across training seeds"
@@ -93,13 +99,15 @@ def _pooled(per_seed: list[dict], diffs: list[np.ndarray], margin: float) -> tup
 
 
 def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float,
-                          calibration: bool = False) -> dict:
+                          calibration: bool = False, count: int = 1) -> dict:
     """The keep rule on the paired change averaged over training seeds.
 
     `pairs` maps each training seed to the result folders of the candidate and the incumbent
     trained with it; with `calibration`, each result's eval and calibration examples are pooled
-    (`with_calibration`: the re-test of a deterministic decoder). Returns `verdict` (a `Verdict` as
-    a dict: keep only when the pooled interval's lower bound is above `margin`), `per_seed` (each
+    (`with_calibration`: the re-test of a deterministic decoder). `count` is how many candidates
+    the change was chosen from on its first training seed. Returns `verdict` (a `Verdict` as a
+    dict: keep only when the pooled interval's lower bound, at level 1 - 0.05/count, is above
+    `margin`), `per_seed` (each
     training seed's paired change and interval) and `left_out` (training seeds whose incumbent
     failed, so nothing could be paired). A candidate that fails with any training seed is reverted:
     it does not train reliably.
@@ -126,7 +134,7 @@ def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float,
         diffs.append(diff)
         deltas.append(metric_deltas(candidate, incumbent))
         n_seeds += len(seeds)
-    decision, delta, ci95, reason = _pooled(per_seed, diffs, margin)
+    decision, delta, ci95, reason = _pooled(per_seed, diffs, margin, count)
     if left_out:
         reason += " Left out, the incumbent failing to train: " + "; ".join(
             f"training seed {gone['train_seed']} ({gone['reason'].splitlines()[0][:200]})" for gone in left_out) + "."

@@ -135,8 +135,8 @@ def test_local_proposes_k_distinct_candidates_and_learns_from_each(tmp_path, mon
 def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_path, monkeypatch):
     """With K = 1, a round whose proposal changes training holds two candidates, the proposal and
     its companion under the scaffold's decoder (greedy), evaluated from the same trained policy; the
-    better (here the greedy one: the fake scores any temperature below 1 higher) is re-tested at
-    the level two candidates call for and re-trained before its keep, and the researcher records the
+    better (here the greedy one: the fake scores any temperature below 1 higher) is re-tested and
+    re-trained before its keep, both at the level two candidates call for, and the researcher records the
     companion as the proposal's edits plus the decoder's. A sampling-only round keeps the
     one-candidate layout."""
     done = watch(monkeypatch)
@@ -165,6 +165,7 @@ def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_
         assert compared["chosen"] == 2 and "best of 2 candidates" in journal.step_output(n, "reeval")["verdict"]["reason"]
         assert journal.step_output(n, "decide")["decision"] == "keep"
         assert f"rounds/{n:03d}/cand-2/retrain/seed-1" in done["evaluated"]
+        assert "the level 2 candidates call for" in journal.step_output(n, "retrain")["verdict"]["reason"]
         committed = git.Repo(path / "scaffold").commit(f"cand/{n:03d}").tree["scaffold.yaml"].data_stream.read()
         assert "temperature: 0.0" in committed.decode()
     assert companion_rounds >= 1  # seed 0's three rounds draw at least one change to training

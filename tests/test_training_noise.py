@@ -120,3 +120,18 @@ def test_only_a_change_to_training_is_checked_and_earlier_runs_are_reused(tmp_pa
     assert reusable(folder, commit="c1", seeds=EVAL_SEEDS, train_seed=2) is None
     assert reusable(folder, commit="c1", seeds=EVAL_SEEDS, train_seed=1, calibration=True) is None  # none scored
     assert reusable(retrain_dir(tmp_path / "000", 2), commit="c1", seeds=EVAL_SEEDS, train_seed=2) is None
+
+
+def test_the_best_of_several_candidates_is_judged_across_training_seeds_at_the_level_they_call_for(tmp_path):
+    """The same gain over three training seeds: kept when the change was the only candidate of its
+    round, reverted when it was the best of 8 (its first training seed is the one it was chosen on,
+    so the pooled interval is at 1 - 0.05/8, as the re-test on fresh evaluation seeds is)."""
+    incumbent = [i for i in range(N) if i % 2 == 0]
+    better = incumbent + [i for i in range(N) if i % 2][:5]  # 5 won: +0.025
+    runs = pairs(tmp_path, {0: better, 1: better, 2: better}, incumbent=incumbent)
+    alone = training_seed_verdict(runs, margin=0.0)["verdict"]
+    best_of_8 = training_seed_verdict(runs, margin=0.0, count=8)["verdict"]
+    assert alone["delta"] == best_of_8["delta"] == pytest.approx(0.025)
+    assert alone["decision"] == "keep" and "(95% CI" in alone["reason"]
+    assert best_of_8["decision"] == "revert" and best_of_8["ci95"][0] <= 0.0 < alone["ci95"][0]
+    assert "(99.38% CI, the level 8 candidates call for," in best_of_8["reason"]
