@@ -24,6 +24,11 @@ from rl_pipeline.stats import bootstrap_mean_ci
 ALPHA = 0.05  # one candidate's false-keep rate, shared among the K
 
 
+def selection_level(count: int) -> float:
+    """The level of the interval that judges the best of `count` candidates: 1 - ALPHA/count."""
+    return 1 - ALPHA / count
+
+
 def choose(verdicts: list[dict | None]) -> int | None:
     """The index of the candidate with the highest paired gain (the first of equals); None when no
     candidate has one (none was evaluated, or every one failed)."""
@@ -43,7 +48,7 @@ def confirm(candidate: dict, incumbent: dict, *, count: int, margin: float) -> V
     if candidate.get("status") != "ok":
         reason = candidate.get("reason") or "no reason given"
         return Verdict("revert", None, None, margin, 0, 0, f"revert: the candidate failed to run ({reason}).")
-    level = 1 - ALPHA / count
+    level = selection_level(count)
     diff, ids, seeds = paired_differences(candidate, incumbent)
     delta = float(diff.mean())
     low, high = bootstrap_mean_ci(diff, level=level)

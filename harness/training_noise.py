@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.compare import Verdict, metric_deltas, on_more_examples, paired_differences, with_calibration
-from harness.selection import ALPHA
+from harness.selection import selection_level
 from rl_pipeline.result import read_result
 from rl_pipeline.stats import bootstrap_mean_ci
 
@@ -82,7 +82,7 @@ def _pooled(per_seed: list[dict], diffs: list[np.ndarray], margin: float,
     the reason, from each example's paired difference averaged over the training seeds."""
     pooled = np.mean(diffs, axis=0)
     delta = float(pooled.mean())
-    level = 1 - ALPHA / count
+    level = selection_level(count)
     low, high = bootstrap_mean_ci(pooled, level=level)
     seeds = ", ".join(f"{p['train_seed']} {p['delta']:+.3f}" for p in per_seed)
     interval = "95% CI" if count == 1 else f"{level:.2%} CI, the level {count} candidates call for,"
@@ -107,9 +107,8 @@ def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float,
     (`with_calibration`: the re-test of a deterministic decoder). `count` is how many candidates
     the change was chosen from on its first training seed. Returns `verdict` (a `Verdict` as a
     dict: keep only when the pooled interval's lower bound, at level 1 - 0.05/count, is above
-    `margin`), `per_seed` (each
-    training seed's paired change and interval) and `left_out` (training seeds whose incumbent
-    failed, so nothing could be paired). A candidate that fails with any training seed is reverted:
+    `margin`), `per_seed` (each training seed's paired change and interval) and `left_out`
+    (training seeds whose incumbent failed, so nothing could be paired). A candidate that fails with any training seed is reverted:
     it does not train reliably.
     """
     per_seed, left_out, diffs, deltas = [], [], [], []
