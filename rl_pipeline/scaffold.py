@@ -84,6 +84,13 @@ class Scaffold:
     def task(self) -> str:
         return self.config["task"]
 
+    def reward_edits(self) -> tuple[set[str], set[str]]:
+        """The knobs and the moves that change the reward alone: what training optimizes, nothing
+        else (a reward edit can matter only where training moves the policy)."""
+        knobs = set(self.knobs()) | set(self.surface.get("knobs") or {})
+        return ({k for k in knobs if k.startswith("reward.")},
+                {name for name, move in self.moves.items() if move.shapes_reward})
+
     def knob(self, name: str) -> Any:
         section, key = name.split(".", 1)
         return self.config[section][key]

@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 
 from rl_pipeline import result as result_schema
-from rl_pipeline.files import replacing_dir
+from rl_pipeline.files import replacing_dir, write_atomic
 from rl_pipeline.manifest import MANIFEST, eval_sizes, split_hashes, splits_folder
 from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
 
@@ -303,6 +303,15 @@ def weight_change(base_weights: Path, weights: Path) -> float:
     return math.sqrt(change / norm) if norm > 0 else 0.0
 
 
+def _record_weight_change(base_dir: Path, cache_dir: Path) -> float:
+    """The weight change of a policy cached before it was measured, written into its training
+    record (whole, by rename) so the next job that reads the entry does not measure it again."""
+    change = weight_change(base_dir / "model.safetensors", cache_dir / "model.safetensors")
+    record = json.loads((cache_dir / "training.json").read_text())
+    write_atomic(cache_dir / "training.json", json.dumps(record | {"weight_change": change}, indent=2))
+    return change
+
+
 def cache_policy(weights: Path, summary: dict, base_dir: Path, cache_dir: Path) -> None:
     """Checked weights plus the base's own config and tokenizer files, renamed into place whole."""
     # Another run that cached the same key first keeps its entry: it passed the same checks.
@@ -407,7 +416,7 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
                  "budget_completions": scaffold.train_completions}
                 | json.loads((cache_dir / "training.json").read_text()))
     if training.get("weight_change") is None:  # a policy cached before the measure was kept
-        training["weight_change"] = weight_change(base_dir / "model.safetensors", cache_dir / "model.safetensors")
+        training["weight_change"] = _record_weight_change(base_dir, cache_dir)
     sandbox.reset()
     timings["check_s"] = time.perf_counter() - start
 

@@ -69,6 +69,8 @@ def test_ok_result_and_training_cache(tmp_path, env):
     cached.write_text(json.dumps({k: v for k, v in summary.items() if k != "weight_change"}))
     older = run_scaffold(scaffold, tmp_path / "b2", overrides=FAST | {"sampling.temperature": 0.4}, **env)
     assert older["training"]["cached"] and older["training"]["weight_change"] == pytest.approx(moved, rel=1e-9)
+    # ... once: the entry's record now holds it, the rest of the record as it was
+    assert json.loads(cached.read_text()) == summary | {"weight_change": older["training"]["weight_change"]}
     # The estimate that orders runs sharing workers (longest first) knows which will train.
     scoring_s = expected_work_s(scaffold, overrides=FAST | {"sampling.temperature": 0.5}, **env)
     assert 0 < scoring_s < training_s

@@ -317,8 +317,8 @@ class LocalResearcher(Researcher):
         edits = [credit_edit(edit) for _, edit in candidates]
         moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
         targets = {name: target_features(move.targets) for name, move in moves.items()}
-        reward_edits = ({knob for knob in specs if knob.startswith("reward.")}
-                        | {name for name, move in moves.items() if move.shapes_reward})
+        reward_knobs, reward_moves = scaffold.reward_edits()
+        reward_edits = (reward_knobs & set(specs)) | {f"{MOVE_KNOB}{name}" for name in reward_moves}
         credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves},
                              targets=targets, scaled=reward_edits)
         current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
