@@ -98,9 +98,9 @@ def test_pretraining_is_deterministic(tmp_path):
         pretrain(PretrainConfig(out=str(tmp_path / "x"), steps=1), [], texts)
 
 
-def test_pretrain_command_reports_its_child_s_error_as_one_line(tmp_path, monkeypatch, capsys):
+def test_pretrain_command_reports_its_child_s_error_as_one_line(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # the corpus's splits land in runs/data here
     assert main(["model", "pretrain", "--out", "/proc/no-such-folder/base", "--steps", "1"]) == 2
-    err = " ".join(capsys.readouterr().err.split())
+    err = " ".join(capfd.readouterr().err.split())
     assert "error: [Errno 2] No such file or directory: '/proc/no-such-folder'" in err
     assert "Traceback" not in err
