@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rl_pipeline.env import scrubbed_env
 from rl_pipeline.result import failed_result, scaffold_commit, write_result
-from rl_pipeline.run import WORKER_GRACE_S, WORKER_START_S, expected_work_s
+from rl_pipeline.run import WORKER_GRACE_S, WORKER_START_S, RunPlan, run_plan
 from rl_pipeline.sandbox import SandboxUnavailable
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -164,16 +164,24 @@ class RayPool:
     def run(self, jobs: list[dict]) -> list[dict]:
         """Every job's result ({scaffold, out, seeds, heldout}: what `run_scaffold` is called with, less
         the pool's options), in job order; at most `workers` run at once, the longest first (a run
-        that trains before one whose training is cached), so that the short ones fill the gaps."""
+        that trains before one whose training is cached), so that the short ones fill the gaps. A job
+        that would train the policy a running job is training (a decoder companion beside its
+        proposal) waits for that policy and reads it from the cache (see `_next`)."""
         ray = self.ray
         results: list[dict | None] = [None] * len(jobs)
-        queue = sorted(enumerate(jobs), key=lambda item: -self._work_s(item[1]))
+        plans = [self._plan(job) for job in jobs]
+        queue = sorted(range(len(jobs)), key=lambda index: -plans[index].seconds)
         running: dict = {}  # object ref -> (index, actor, started)
         retried: set[int] = set()
         while queue or running:
+            sent: set[str] = set()  # the training keys of the jobs sent in this pass
             while queue and len(running) < self.workers:
-                index, job = queue.pop(0)
-                actor = self._actor()
+                index = self._next(queue, plans, {plans[i].training_key for i, _, _ in running.values()}, sent)
+                if index is None:
+                    break
+                queue.remove(index)
+                sent.add(plans[index].training_key)
+                job, actor = jobs[index], self._actor()
                 Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
                 running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -182,7 +190,9 @@ class RayPool:
                 results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
                 if results[index] is None:  # its actor had died before the job began (while idle): a new one
                     retried.add(index)
-                    queue.insert(0, (index, jobs[index]))
+                    queue.insert(0, index)
+                elif (key := plans[index].training_key) is not None:  # that policy is cached now, or failed to train
+                    plans = [plan._replace(training_key=None) if plan.training_key == key else plan for plan in plans]
             for ref, (index, actor, started) in list(running.items()):
                 if time.monotonic() - started > self.deadline_s:
                     running.pop(ref)
@@ -190,10 +200,23 @@ class RayPool:
                     results[index] = failed(jobs[index], f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
         return results
 
-    def _work_s(self, job: dict) -> float:
-        return expected_work_s(job["scaffold"], seeds=job["seeds"], heldout=job["heldout"],
-                               calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
-                               **self.actor_options)
+    @staticmethod
+    def _next(queue: list[int], plans: list[RunPlan], training: set, sent: set) -> int | None:
+        """The first queued job that would not train a policy a running job is training (`training`:
+        the running jobs' training keys). Failing that, one whose policy began to train in this
+        pass (`sent`): training it again on a worker that would idle ends sooner than waiting (a
+        proposal and its decoder companion sent together). Otherwise None: the worker waits, and
+        the job reads the policy from the cache once it is trained."""
+        for index in queue:
+            key = plans[index].training_key
+            if key is None or key not in training:
+                return index
+        return next((index for index in queue if plans[index].training_key in sent), None)
+
+    def _plan(self, job: dict) -> RunPlan:
+        return run_plan(job["scaffold"], seeds=job["seeds"], heldout=job["heldout"],
+                        calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
+                        **self.actor_options)
 
     def _collect(self, ref, job: dict, actor, *, retry: bool) -> dict | None:
         """The job's result; a failed one when its actor died or raised (the actor is then dropped),

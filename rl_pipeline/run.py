@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from rl_pipeline.env import scrubbed_env
 from rl_pipeline.manifest import DEFAULT_SIZES
@@ -82,27 +83,48 @@ def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float, cali
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
+class RunPlan(NamedTuple):
+    """What a run is expected to do: its seconds (training, then scoring), the seconds of its
+    scoring alone, and the training key it would train under (None: its policy is cached, or that
+    cannot be told: a scaffold that does not load, no data built yet)."""
+
+    seconds: float
+    scoring_s: float
+    training_key: str | None
+
+
 def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict | None = None, heldout: bool = False,
                     calibration: bool = False, train_seed: int = 0, **options) -> float:
     """A rough estimate of a run's seconds, to order runs (longest first) where several share
     workers: training on the scaffold's budget unless its training is cached, then the scoring.
     A scaffold that does not load fails at once: 0."""
+    return run_plan(scaffold, seeds=seeds, overrides=overrides, heldout=heldout, calibration=calibration,
+                    train_seed=train_seed, **options).seconds
+
+
+def run_plan(scaffold: str | Path, *, seeds: list[int], overrides: dict | None = None, heldout: bool = False,
+             calibration: bool = False, train_seed: int = 0, **options) -> RunPlan:
+    """`expected_work_s` with its parts. Two runs of one training key train the same policy: where
+    they share workers, the second may wait for the first's and read it from the cache (a decoder
+    companion and its proposal)."""
     from rl_pipeline.manifest import ManifestError
     from rl_pipeline.scaffold import ScaffoldError, load_scaffold
-    from rl_pipeline.worker import trains
+    from rl_pipeline.worker import pending_training
 
     opts = DEFAULTS | options
     scoring_s = _scoring_s(len(seeds), heldout=heldout, calibration=calibration, split_size=opts["split_size"])
     try:
         config = load_scaffold(scaffold, overrides, import_code=False)
     except (ScaffoldError, OSError):
-        return 0.0
+        return RunPlan(0.0, 0.0, None)
     try:
-        training = trains(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed,
-                          opts["split_size"])
+        key = pending_training(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed,
+                               opts["split_size"])
+        training = key is not None
     except (ManifestError, OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
-        training = True
-    return scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0)
+        key, training = None, True
+    return RunPlan(scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0),
+                   scoring_s, key)
 
 
 def _limit_memory(memory_gb: float):

@@ -199,11 +199,13 @@ def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def trains(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int, split_size: int) -> bool:
-    """Whether a job on `scaffold` would train (no policy of its training key in the cache yet),
-    told without loading the data: the training split's hash is the one its manifest holds."""
+def pending_training(scaffold, base_dir: Path, data_dir: str, cache_dir: str, seed: int, split_size: int) -> str | None:
+    """The training key a job on `scaffold` would train under, or None when a policy of that key is
+    cached already; told without loading the data: the training split's hash is the one its
+    manifest holds."""
     train_hash = split_hashes(data_dir, scaffold.task, eval_sizes(split_size))["train"]
-    return not (Path(cache_dir) / training_key(scaffold, base_dir, train_hash, seed)).is_dir()
+    key = training_key(scaffold, base_dir, train_hash, seed)
+    return None if (Path(cache_dir) / key).is_dir() else key
 
 
 # ----------------------------------------------------------------------------- outputs
