@@ -84,12 +84,11 @@ def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float, cali
 
 
 class RunPlan(NamedTuple):
-    """What a run is expected to do: its seconds (training, then scoring), the seconds of its
-    scoring alone, and the training key it would train under (None: its policy is cached, or that
-    cannot be told: a scaffold that does not load, no data built yet)."""
+    """What a run is expected to do: its seconds (training, then scoring), and the training key it
+    would train under (None: its policy is cached, or that cannot be told: a scaffold that does not
+    load, no data built yet)."""
 
     seconds: float
-    scoring_s: float
     training_key: str | None
 
 
@@ -116,15 +115,14 @@ def run_plan(scaffold: str | Path, *, seeds: list[int], overrides: dict | None =
     try:
         config = load_scaffold(scaffold, overrides, import_code=False)
     except (ScaffoldError, OSError):
-        return RunPlan(0.0, 0.0, None)
+        return RunPlan(0.0, None)
     try:
         key = pending_training(config, Path(opts["base"]), opts["data_dir"], opts["cache_dir"], train_seed,
                                opts["split_size"])
         training = key is not None
     except (ManifestError, OSError, ValueError, KeyError):  # no data built yet, or a file of the scaffold missing
         key, training = None, True
-    return RunPlan(scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0),
-                   scoring_s, key)
+    return RunPlan(scoring_s + (TRAIN_S_PER_COMPLETION * config.train_completions if training else 0.0), key)
 
 
 def _limit_memory(memory_gb: float):
