@@ -191,8 +191,13 @@ class RayPool:
                 if results[index] is None:  # its actor had died before the job began (while idle): a new one
                     retried.add(index)
                     queue.insert(0, index)
-                elif (key := plans[index].training_key) is not None:  # that policy is cached now, or failed to train
-                    plans = [plan._replace(training_key=None) if plan.training_key == key else plan for plan in plans]
+                elif (key := plans[index].training_key) is not None:
+                    # The runs that waited for that policy: it is cached now (they are short, and
+                    # longer runs go first), or it failed to train (one of them trains it).
+                    for waiting in queue:
+                        if plans[waiting].training_key == key:
+                            plans[waiting] = self._plan(jobs[waiting])
+                    queue.sort(key=lambda index: -plans[index].seconds)
             for ref, (index, actor, started) in list(running.items()):
                 if time.monotonic() - started > self.deadline_s:
                     running.pop(ref)
