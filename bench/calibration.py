@@ -156,6 +156,10 @@ def main() -> None:
     if not console.is_terminal:  # a log file: wide enough that the table's names are not cut
         console = Console(width=160)
 
+    try:  # before any pretraining: a size the task cannot hold fails in seconds, not after minutes
+        splits = load_splits("arith", data_dir=args.data_dir, sizes=eval_sizes(args.split_size))
+    except (ValueError, RuntimeError) as err:  # a size below 1, or more problems than the task holds
+        parser.error(f"--split-size {args.split_size}: {err}")
     if args.pretrain or not (Path(args.base) / "config.json").is_file():
         pretrain_base(args.base, data_dir=args.data_dir)
     pretrained = json.loads((Path(args.base) / "pretrain.json").read_text())
@@ -163,10 +167,6 @@ def main() -> None:
     console.print(f"base {args.base}: {pretrained['steps']} steps in {pretrained['seconds']:.0f}s, calibration "
                   f"answer accuracy {calibration.get('answer_accuracy')} (band {calibration.get('band')})")
 
-    try:
-        splits = load_splits("arith", data_dir=args.data_dir, sizes=eval_sizes(args.split_size))
-    except (ValueError, RuntimeError) as err:  # a size below 1, or more problems than the task holds
-        parser.error(f"--split-size {args.split_size}: {err}")
     report = {"pretrain": {"steps": pretrained["steps"], "seconds": pretrained["seconds"],
                            "calibration": calibration}, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
