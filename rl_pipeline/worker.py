@@ -305,15 +305,6 @@ def weight_change(base_weights: Path, weights: Path) -> float:
     return math.sqrt(change / norm) if norm > 0 else 0.0
 
 
-def _record_weight_change(base_dir: Path, cache_dir: Path) -> float:
-    """The weight change of a policy cached before it was measured, written into its training
-    record (whole, by rename) so the next job that reads the entry does not measure it again."""
-    change = weight_change(base_dir / "model.safetensors", cache_dir / "model.safetensors")
-    record = json.loads((cache_dir / "training.json").read_text())
-    write_atomic(cache_dir / "training.json", json.dumps(record | {"weight_change": change}, indent=2))
-    return change
-
-
 def cache_policy(weights: Path, summary: dict, base_dir: Path, cache_dir: Path) -> None:
     """Checked weights plus the base's own config and tokenizer files, renamed into place whole."""
     # Another run that cached the same key first keeps its entry: it passed the same checks.
@@ -414,11 +405,14 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         summary["weight_change"] = weight_change(base_dir / "model.safetensors", weights)
         cache_policy(weights, summary, base_dir, cache_dir)
         timings.update({f"train_{k}": v for k, v in summary["timings"].items() if v is not None})
-    training = ({"key": key, "cached": not train, "train_seed": job["train_seed"],
-                 "budget_completions": scaffold.train_completions}
-                | json.loads((cache_dir / "training.json").read_text()))
-    if training.get("weight_change") is None:  # a policy cached before the measure was kept
-        training["weight_change"] = _record_weight_change(base_dir, cache_dir)
+    record = json.loads((cache_dir / "training.json").read_text())
+    if record.get("weight_change") is None:
+        # A policy cached before the measure was kept: measured once, and written into its record
+        # (whole, by rename) so the next job that reads the entry does not measure it again.
+        record["weight_change"] = weight_change(base_dir / "model.safetensors", cache_dir / "model.safetensors")
+        write_atomic(cache_dir / "training.json", json.dumps(record, indent=2))
+    training = {"key": key, "cached": not train, "train_seed": job["train_seed"],
+                "budget_completions": scaffold.train_completions} | record
     sandbox.reset()
     timings["check_s"] = time.perf_counter() - start
 
