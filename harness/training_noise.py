@@ -108,8 +108,8 @@ def training_seed_verdict(pairs: dict[int, tuple[Path, Path]], *, margin: float,
     the change was chosen from on its first training seed. Returns `verdict` (a `Verdict` as a
     dict: keep only when the pooled interval's lower bound, at level 1 - 0.05/count, is above
     `margin`), `per_seed` (each training seed's paired change and interval) and `left_out`
-    (training seeds whose incumbent failed, so nothing could be paired). A candidate that fails with any training seed is reverted:
-    it does not train reliably.
+    (training seeds whose incumbent failed, so nothing could be paired). A candidate that fails
+    with any training seed is reverted: it does not train reliably.
     """
     per_seed, left_out, diffs, deltas = [], [], [], []
     n_seeds = 0
