@@ -85,7 +85,9 @@ def ensure_campaign_base(config: dict) -> None:
             with contextlib.suppress(OSError):
                 root.rmdir()
         raise ValueError(f"split_size={config['split_size']}: {err}") from None
-    ensure_base(config["base_model"], seed=config["seed"], data_dir=str(root))
+    # The base is shared by every campaign of the runs folder: pretrained with seed 0 whichever
+    # campaign (of whatever seed) happens to be the first to need it.
+    ensure_base(config["base_model"], data_dir=str(root))
 
 
 def run_campaign(config: dict, path: Path) -> int:
