@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -132,8 +133,9 @@ def lr_schedule(config: PretrainConfig) -> Callable[[int], float]:
 
 def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_texts: list[str],
              on_step: Callable[[int, object, object], Check | None] | None = None,
-             report: Callable[[], dict] | None = None) -> dict:
-    """Train a fresh `config.preset` policy on `pairs` and save it with its tokenizer to `config.out`.
+             report: Callable[[], dict] | None = None, save_to: str | Path | None = None) -> dict:
+    """Train a fresh `config.preset` policy on `pairs` and save it with its tokenizer to `config.out`
+    (or to `save_to`, a folder its caller moves to `config.out` once it is complete).
 
     `on_step(step, policy, tokenizer)`, if given, runs after every optimizer step; the `Check`
     it may return is shown on the progress bar and, unless `config.steps` is set, can stop training.
@@ -176,7 +178,7 @@ def pretrain(config: PretrainConfig, pairs: list[tuple[str, str]], tokenizer_tex
                 break
 
     policy.eval()
-    out = save_policy(policy, tokenizer, config.out)
+    out = save_policy(policy, tokenizer, save_to or config.out)
     summary = {
         "config": asdict(config),
         "steps": len(losses),

@@ -39,6 +39,7 @@ from rich.console import Console
 
 from rl_pipeline.data import load_splits
 from rl_pipeline.env import die_with_parent, idle_cores_env, scrubbed_env
+from rl_pipeline.files import file_lock, recover_dir, remove_stale, replacing_dir
 from rl_pipeline.scaffold import import_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,30 +143,49 @@ def tokenizer_texts(pairs: list[tuple[str, str]]) -> list[str]:
 def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | None = None,
                   preset: str = "tiny", data_dir: str = "runs/data", band: Band = CALIBRATION) -> dict:
     """Pretrain and save the base policy, until the calibration band (or exactly `steps` steps);
-    returns the summary written to pretrain.json, with the calibration readings.
+    returns the summary written to pretrain.json, with the calibration readings. A base already at
+    `out` is replaced, whole, once the new one is complete (see `_pretrain_locked`).
 
     Training runs in a child process, for its OpenMP set-up only: where the cores are idle when it
     starts (`free_cores`), its idle threads spin briefly instead of sleeping at once, which made
     pretraining 1.5x faster on two idle cores (rl_pipeline/env.py). Its own thread count is fixed,
     so the arithmetic, and the base, is the same either way.
     """
+    with file_lock(_base_lock(out)):
+        return _pretrain_locked(out, seed=seed, steps=steps, preset=preset, data_dir=data_dir, band=band)
+
+
+def _base_lock(out: str) -> Path:
+    """The lock that one pretraining of `out` holds, beside the folder (not in it: it is swapped)."""
+    return Path(out).with_name(f".{Path(out).name}.lock")
+
+
+def _pretrain_locked(out: str, *, seed: int, steps: int | None, preset: str, data_dir: str, band: Band) -> dict:
+    """`pretrain_base` under its lock. The child saves into a temp folder beside `out` that becomes
+    `out` in one rename once the weights, tokenizer and pretrain.json are all written: a process
+    that finds `out/config.json` finds a whole base, and a pretraining killed at any moment leaves
+    the old base or none (its temp folder is removed by the next pretraining of `out`)."""
+    remove_stale(out)
+    folder = recover_dir(out)
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "config.json").is_file())):
+        raise ValueError(f"{out} exists and is not a base policy's folder; pretraining replaces its folder whole, "
+                         f"so give it a new or empty one")
     threads = PRETRAIN_THREADS
     env, free = idle_cores_env(scrubbed_env() | {"PYTHONPATH": str(REPO)}, threads)
     idle = env.get("OMP_WAIT_POLICY") or f"spin {env.get('GOMP_SPINCOUNT', 'default')}"
     Console().print(f"pretraining on {threads} threads ({'?' if free is None else f'{free:.1f}'} cores idle), "
                     f"OpenMP's idle threads: {idle}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, replacing_dir(out) as staging:
         error_file = Path(tmp) / "error.json"
-        job = {"out": out, "seed": seed, "steps": steps, "preset": preset, "data_dir": data_dir,
-               "band": asdict(band), "free_cores": free, "error_file": str(error_file)}
+        job = {"out": out, "save_to": str(staging), "seed": seed, "steps": steps, "preset": preset,
+               "data_dir": data_dir, "band": asdict(band), "free_cores": free, "error_file": str(error_file)}
         code = subprocess.run([sys.executable, "-P", "-m", "rl_pipeline.corpus", json.dumps(job)], env=env,
                               preexec_fn=die_with_parent).returncode
         if error_file.is_file():
             _raise_child_error(json.loads(error_file.read_text()))
-    summary_file = Path(out) / "pretrain.json"
-    if code or not summary_file.is_file():
-        raise RuntimeError(f"pretraining the base into {out} failed (exit status {code})")
-    summary = json.loads(summary_file.read_text())
+        if code or not (staging / "pretrain.json").is_file():
+            raise RuntimeError(f"pretraining the base into {out} failed (exit status {code})")
+    summary = json.loads((Path(out) / "pretrain.json").read_text())
     last = summary["calibration"]["answer_accuracy"]
     console = Console()
     console.print(f"[green]base policy saved[/] to {out}: {summary['steps']} steps, loss "
@@ -185,10 +205,10 @@ def _raise_child_error(error: dict) -> None:
     raise RuntimeError(f"pretraining failed: {error['type']}: {error['message']}\n{error['traceback']}")
 
 
-def _pretrain_here(out: str, seed: int, steps: int | None, preset: str, data_dir: str, band: Band,
+def _pretrain_here(out: str, save_to: str, seed: int, steps: int | None, preset: str, data_dir: str, band: Band,
                    free_cores: float | None) -> None:
-    """`pretrain_base`'s child: train and write pretrain.json, with the calibration readings and
-    the OpenMP set-up it ran under."""
+    """`pretrain_base`'s child: train the base for `out`, and write it to `save_to` with
+    pretrain.json (the calibration readings and the OpenMP set-up it ran under)."""
     from model.pretrain import PretrainConfig, pretrain
 
     pairs = pretrain_pairs(data_dir)
@@ -204,17 +224,23 @@ def _pretrain_here(out: str, seed: int, steps: int | None, preset: str, data_dir
                                 "answer_accuracy": last,
                                 "in_band": last is not None and band.low <= last <= band.high}}
 
-    pretrain(config, pairs, tokenizer_texts(pairs), check, report=report)
+    pretrain(config, pairs, tokenizer_texts(pairs), check, report=report, save_to=save_to)
 
 
 def ensure_base(base: str, seed: int = 0, *, data_dir: str = "runs/data", band: Band = CALIBRATION) -> None:
     """Pretrain the base policy into `base` unless a checkpoint is already there, on the splits in
-    `data_dir` (a campaign's own `<runs_dir>/data`, the folder its runs evaluate on)."""
+    `data_dir` (a campaign's own `<runs_dir>/data`, the folder its runs evaluate on). Two campaigns
+    started at once on a fresh machine pretrain it once: the second waits for the first's lock and
+    then finds the base."""
     if (Path(base) / "config.json").is_file():
         Console().print(f"base policy: {base} (found)")
         return
-    Console().print(f"base policy: {base} missing, pretraining it")
-    pretrain_base(out=base, seed=seed, data_dir=data_dir, band=band)
+    with file_lock(_base_lock(base)):
+        if (recover_dir(base) / "config.json").is_file():
+            Console().print(f"base policy: {base} (found: pretrained by another process meanwhile)")
+            return
+        Console().print(f"base policy: {base} missing, pretraining it")
+        _pretrain_locked(base, seed=seed, steps=None, preset="tiny", data_dir=data_dir, band=band)
 
 
 if __name__ == "__main__":  # the environment is the parent's choice (`pretrain_base`)

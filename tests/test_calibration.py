@@ -67,6 +67,43 @@ def test_ensure_base_pretrains_on_the_data_folder_it_is_given_and_writes_nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["campaigns"]  # no stray runs/data in the working folder
 
 
+ENSURE = ("import sys; from rl_pipeline.corpus import Band, ensure_base; "
+          "ensure_base(sys.argv[1], data_dir=sys.argv[2], band=Band(low=0.0, high=1.0, every=2, max_steps=10))")
+
+
+def test_two_campaigns_starting_at_once_pretrain_the_base_once(tmp_path):
+    base, data = tmp_path / "models" / "base", tmp_path / "data"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / ".base.tmp-killed").mkdir()  # a killed pretraining's leftover
+    procs = [subprocess.Popen([sys.executable, "-c", ENSURE, str(base), str(data)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [" ".join(proc.communicate(timeout=600)[0].split()) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    assert sum("missing, pretraining it" in out for out in outs) == 1, outs
+    assert sum("(found" in out for out in outs) == 1, outs
+    assert json.loads((base / "pretrain.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".base.lock", "base"]
+
+
+def test_pretraining_refuses_a_folder_that_is_not_a_base_and_leaves_it_as_it_was(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a base policy's folder"):
+        pretrain_base(str(folder), data_dir=str(tmp_path / "data"), steps=1)
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"] and (folder / "keep.txt").read_text() == "mine"
+
+
+def test_a_pretraining_that_fails_leaves_the_base_there_as_it_was(tmp_path):
+    base, data = tmp_path / "base", str(tmp_path / "data")
+    pretrain_base(str(base), data_dir=data, steps=1)
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    with pytest.raises(ValueError, match="unknown preset"):
+        pretrain_base(str(base), data_dir=data, steps=1, preset="no-such-preset")
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".base.lock", "base", "data"]
+
+
 def test_free_cores_counts_the_cores_other_processes_keep_busy():
     cores = len(os.sched_getaffinity(0))
     with open("/proc/stat") as f:
