@@ -1,5 +1,5 @@
 """`researcher status`: one row per campaign: status, rounds, incumbent with its interval, the last
-decisions, a pending approval and the researcher's usage.
+decisions, a pending approval and the researcher's usage (these two only where some campaign has one).
 
     researcher status                   # every campaign under runs/
     researcher status demo runs_dir=x
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from harness.approvals import pending
 from harness.campaigns import campaign_dir, campaign_names, runs_dir_arg
@@ -21,6 +22,8 @@ from harness.journal import Journal, incumbent_dir, is_locked
 from rl_pipeline.result import read_result
 
 HELP = "a table of one or all campaigns"
+HEADINGS = ["status", "rounds", "incumbent", "last decisions", "pending", "researcher usage"]
+OPTIONAL = {"pending", "researcher usage"}  # shown when some campaign has one
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,29 +36,38 @@ def run(args: argparse.Namespace) -> int:
         args.overrides, args.name = [args.name, *args.overrides], None
     runs = runs_dir_arg(args.overrides)
     names = [args.name] if args.name else campaign_names(runs)
-    table = Table("campaign", "status", "rounds", "incumbent", "last decisions", "pending", "researcher usage")
-    for name in names:
-        path = campaign_dir(name, runs)
-        journal = Journal(path)
-        history = journal.get("history") or []
-        config = frozen_config(path)
-        incumbent = "-"
-        if journal.get("incumbent"):
-            try:
-                m = read_result(incumbent_dir(path, journal.get("incumbent")))["metrics"]
-                incumbent = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
-            except (OSError, ValueError, KeyError) as err:  # one damaged campaign must not hide the others
-                incumbent = f"result unreadable: {err}"
-        last = " ".join(f"{h['round']}:{h['decision']}" for h in history[-5:] if h["round"] > 0)
-        ask = pending(path)
-        status = journal.get("status")
-        if status in ("running", "pending_approval") and not is_locked(path):
-            status = "stopped (resume it)"  # the journal says running, but no process holds the lock
-        table.add_row(name, str(status), f"{max(len(history) - 1, 0)}/{config['rounds']}",
-                      incumbent, last, f"round {ask['round']} {ask['point']}" if ask else "",
-                      usage_text(journal.get("researcher_usage") or {}))
+    rows = [_row(name, campaign_dir(name, runs)) for name in names]
+    # The name is what tells the rows apart: never cut to "efficacy-…" in a narrow terminal; columns
+    # that no campaign fills (no approval pending, no model researcher) are left out to make room.
+    table = Table(Column("campaign", no_wrap=True, min_width=max((len(n) for n in names), default=8)))
+    keep = [i for i, heading in enumerate(HEADINGS, 1) if heading not in OPTIONAL or any(r[i] for r in rows)]
+    for i in keep:
+        table.add_column(HEADINGS[i - 1])
+    for row in rows:
+        table.add_row(row[0], *(row[i] for i in keep))
     Console().print(table)
     return 0
+
+
+def _row(name: str, path: Path) -> list[str]:
+    """A campaign's cells: its name, then one per `HEADINGS`."""
+    journal = Journal(path)
+    history = journal.get("history") or []
+    config = frozen_config(path)
+    incumbent = "-"
+    if journal.get("incumbent"):
+        try:
+            m = read_result(incumbent_dir(path, journal.get("incumbent")))["metrics"]
+            incumbent = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
+        except (OSError, ValueError, KeyError) as err:  # one damaged campaign must not hide the others
+            incumbent = f"result unreadable: {err}"
+    last = " ".join(f"{h['round']}:{h['decision']}" for h in history[-5:] if h["round"] > 0)
+    ask = pending(path)
+    status = journal.get("status")
+    if status in ("running", "pending_approval") and not is_locked(path):
+        status = "stopped (resume it)"  # the journal says running, but no process holds the lock
+    return [name, str(status or "not started"), f"{max(len(history) - 1, 0)}/{config['rounds']}", incumbent, last,
+            f"round {ask['round']} {ask['point']}" if ask else "", usage_text(journal.get("researcher_usage") or {})]
 
 
 def usage_text(usage: dict) -> str:
