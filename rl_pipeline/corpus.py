@@ -24,6 +24,7 @@ band, so any machine starts the loop from a comparable policy.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,13 +153,22 @@ def pretrain_base(out: str = "runs/models/base", *, seed: int = 0, steps: int | 
     pretraining 1.5x faster on two idle cores (rl_pipeline/env.py). Its own thread count is fixed,
     so the arithmetic, and the base, is the same either way.
     """
-    with file_lock(_base_lock(out)):
+    with _base_lock(out):
         return _pretrain_locked(out, seed=seed, steps=steps, preset=preset, data_dir=data_dir, band=band)
 
 
-def _base_lock(out: str) -> Path:
-    """The lock that one pretraining of `out` holds, beside the folder (not in it: it is swapped)."""
-    return Path(out).with_name(f".{Path(out).name}.lock")
+@contextlib.contextmanager
+def _base_lock(out: str) -> Iterator[None]:
+    """Hold the lock that one pretraining of `out` holds, beside the folder (not in it: it is
+    swapped), saying so when another process holds it and this one waits."""
+    lock = Path(out).with_name(f".{Path(out).name}.lock")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(lock, blocking=False))
+        except BlockingIOError:
+            Console().print(f"base policy: another process is pretraining {out}; waiting for it")
+            stack.enter_context(file_lock(lock))
+        yield
 
 
 def _pretrain_locked(out: str, *, seed: int, steps: int | None, preset: str, data_dir: str, band: Band) -> dict:
@@ -235,7 +246,7 @@ def ensure_base(base: str, seed: int = 0, *, data_dir: str = "runs/data", band: 
     if (Path(base) / "config.json").is_file():
         Console().print(f"base policy: {base} (found)")
         return
-    with file_lock(_base_lock(base)):
+    with _base_lock(base):
         if (recover_dir(base) / "config.json").is_file():
             Console().print(f"base policy: {base} (found: pretrained by another process meanwhile)")
             return

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -13,6 +14,7 @@ from rl_pipeline import env
 from rl_pipeline.corpus import (ANSWER_STYLES, Band, answer_value, ensure_base, pretrain_base, pretrain_pairs,
                                 styled_answer)
 from rl_pipeline.env import SPIN_COUNT, free_cores
+from rl_pipeline.files import file_lock
 from rl_pipeline.tasks import get_task
 
 
@@ -75,12 +77,26 @@ def test_two_campaigns_starting_at_once_pretrain_the_base_once(tmp_path):
     base, data = tmp_path / "models" / "base", tmp_path / "data"
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / ".base.tmp-killed").mkdir()  # a killed pretraining's leftover
-    procs = [subprocess.Popen([sys.executable, "-c", ENSURE, str(base), str(data)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [" ".join(proc.communicate(timeout=600)[0].split()) for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outs
-    assert sum("missing, pretraining it" in out for out in outs) == 1, outs
-    assert sum("(found" in out for out in outs) == 1, outs
+    outs: list[list[str]] = [[], []]
+    with file_lock(tmp_path / "models" / ".base.lock"):  # a third pretraining holds it: both must wait
+        procs = [subprocess.Popen([sys.executable, "-c", ENSURE, str(base), str(data)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                 for _ in range(2)]
+        readers = [threading.Thread(target=lambda p=p, out=out: out.extend(p.stdout), daemon=True)
+                   for p, out in zip(procs, outs)]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 120
+        while not all("waiting for it" in " ".join(" ".join(out).split()) for out in outs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), outs
+            time.sleep(0.2)
+    for proc, reader in zip(procs, readers):
+        proc.wait(timeout=600)
+        reader.join(timeout=10)
+    texts = [" ".join(" ".join(out).split()) for out in outs]
+    assert [proc.returncode for proc in procs] == [0, 0], texts
+    assert sum("missing, pretraining it" in text for text in texts) == 1, texts
+    assert sum("found: pretrained by another process meanwhile" in text for text in texts) == 1, texts
     assert json.loads((base / "pretrain.json").read_text())["steps"] == 2
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".base.lock", "base"]
 
