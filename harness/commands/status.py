@@ -36,21 +36,21 @@ def run(args: argparse.Namespace) -> int:
         args.overrides, args.name = [args.name, *args.overrides], None
     runs = runs_dir_arg(args.overrides)
     names = [args.name] if args.name else campaign_names(runs)
-    rows = [_row(name, campaign_dir(name, runs)) for name in names]
+    rows = {name: _cells(campaign_dir(name, runs)) for name in names}
     # The name is what tells the rows apart: never cut to "efficacy-…" in a narrow terminal; columns
     # that no campaign fills (no approval pending, no model researcher) are left out to make room.
     table = Table(Column("campaign", no_wrap=True, min_width=max((len(n) for n in names), default=8)))
-    keep = [i for i, heading in enumerate(HEADINGS, 1) if heading not in OPTIONAL or any(r[i] for r in rows)]
-    for i in keep:
-        table.add_column(HEADINGS[i - 1])
-    for row in rows:
-        table.add_row(row[0], *(row[i] for i in keep))
+    shown = [h for h in HEADINGS if h not in OPTIONAL or any(cells[h] for cells in rows.values())]
+    for heading in shown:
+        table.add_column(heading)
+    for name, cells in rows.items():
+        table.add_row(name, *(cells[h] for h in shown))
     Console().print(table)
     return 0
 
 
-def _row(name: str, path: Path) -> list[str]:
-    """A campaign's cells: its name, then one per `HEADINGS`."""
+def _cells(path: Path) -> dict[str, str]:
+    """A campaign's cell under each of `HEADINGS`."""
     journal = Journal(path)
     history = journal.get("history") or []
     config = frozen_config(path)
@@ -66,8 +66,10 @@ def _row(name: str, path: Path) -> list[str]:
     status = journal.get("status")
     if status in ("running", "pending_approval") and not is_locked(path):
         status = "stopped (resume it)"  # the journal says running, but no process holds the lock
-    return [name, str(status or "not started"), f"{max(len(history) - 1, 0)}/{config['rounds']}", incumbent, last,
-            f"round {ask['round']} {ask['point']}" if ask else "", usage_text(journal.get("researcher_usage") or {})]
+    return {"status": str(status or "not started"), "rounds": f"{max(len(history) - 1, 0)}/{config['rounds']}",
+            "incumbent": incumbent, "last decisions": last,
+            "pending": f"round {ask['round']} {ask['point']}" if ask else "",
+            "researcher usage": usage_text(journal.get("researcher_usage") or {})}
 
 
 def usage_text(usage: dict) -> str:
