@@ -26,7 +26,7 @@ all edits that do nothing measure a positive delta, and their sum grows with eve
 campaign on 800 problems stacked in 46 and 52 of its 100 rounds onto near misses of +0.001 to
 +0.007 (standard errors 0.004-0.006), and none of those stacks was kept (every keep of the two
 campaigns was a single edit or its decoder companion); replayed on their observations, the
-expected stacked rounds fall from 51 and 47 to 13 and 6, a near miss of +0.026 +/- 0.015 (95%)
+expected stacked rounds fall from 51 and 47 to 13 and 23, a near miss of +0.026 +/- 0.015 (95%)
 still counting +0.018. An observation without an interval counts its whole delta. An added knob is drawn among those not yet paired with it (each pair
 once: coverage of pairs, not the credit model's preference, which has learned that each part alone
 does nothing), its value by the researcher's own scores within that knob. The draw is steered by
