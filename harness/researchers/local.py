@@ -40,8 +40,7 @@ moved the weights, scales such an edit's effect in the credit model, so its zero
 write it off for later, when a kept rate moves the policy.
 
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
-miss, an earlier proposal that gained against the current incumbent (beyond one standard error of
-the measurement) without a keep, on a knob not
+miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
 yet paired with it (a move that targets the incumbent's common failures drawn more often), or set
 one of the near miss's knobs to another value (`researcher.stack`, 0 for one edit a round); the
 drawn edit is then the one learned from.

@@ -8,42 +8,35 @@ A researcher that proposes one edit a round and keeps only what clears the noise
 reaches such a pair, and its credit model, having seen each part do nothing, stops proposing them.
 
 A near miss is an earlier proposal of this campaign that raised the score of the incumbent it was
-measured against, the current one, by more than one standard error of its measurement (read off its
-95% interval) without being kept, whose every edit still applies to it: each knob still has the
-value the delta was measured from, and each move is still on offer. Once a keep makes a new
-incumbent, every earlier delta is a delta from another policy (a campaign stacked 44 rounds onto a
-+0.007 measured before a keep that, re-measured after it, was -0.002), so pairing starts again from
-what is measured against the new one (`measured_on`). A stacked proposal is a near miss plus one
-more edit on a knob (or move) that no proposal has yet stacked onto that near miss. The knob may be
-one the near miss already sets (when it sets another too): the stack then sets it to another value
-instead (a refinement), so a pair found at one learning rate can move to a better one (a campaign's
-36 stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers, because a
-stack could only add knobs). A round stacks with probability `stack` times g / (g + GAIN_SCALE), g
-the near misses' gains beyond their standard errors, summed: a lone gain of one answer in six
-hundred is most likely noise and rarely takes a round; several gains of a point or more take most of
-them. The near miss is drawn in proportion to that gain. Why net of the standard error: half of all
-edits that do nothing measure a positive delta, and their sum grows with every round, so a campaign
-on 800 problems stacked in 46 and 52 of its 100 rounds onto near misses of +0.001 to +0.007
-(standard errors 0.002-0.006), and none of those stacks was kept (every keep of the two campaigns
-was a single edit or its decoder companion); replayed on their observations, the expected stacked
-rounds fall from 51 and 47 to 13 and 23, a near miss of +0.026 +/- 0.015 (95%) still counting
-+0.018. An observation without an interval counts its whole delta.
-
-An added knob is drawn among those not yet paired with it (each pair once: coverage of pairs, not
-the credit model's preference, which has learned that each part alone does nothing), its value by
-the researcher's own scores within that knob. The draw is steered by the evidence: a move whose
-`targets` are common failures of the incumbent weighs 1 + TARGET_PULL times the share of answers
-with them (`target_pull`), any other knob 1. Drawn uniformly, a good pair's reward move was one add
-in twenty-odd: a campaign whose answers were 61% malformed stacked ten edits onto its best near
-misses (lr 3.42e-5 or 8.27e-5 with greedy decoding, +0.026), none of them the partial-credit move
-that makes that rate pay (+0.074 held-out, README), and a keep of a decoder then reset them. With
-`evidence: false` every weight is 1. A refinement tries each value of a knob once (drawn uniformly:
-the scores price a value alone, not within the pair), and takes REFINE_SHARE of the stacks that
-could do either: with one try per knob, two campaigns refined the rate of a pair found at a poor one
-once each, at 1.41e-5, 2.42e-6 and 5.85e-6, and never reached 3.42e-5 or 8.27e-5, where the pair
-with a reward move wins. A stacked proposal that gains more than the near miss it was built on is a
-near miss in turn, so a third edit can follow; one whose added edit added nothing is not (in the
-first campaign with stacking, chains of seven edits grew that way, each addition inert).
+measured against, the current one, without being kept (positive paired delta, interval not clear of
+the margin), whose every edit still applies to it: each knob still has the value the delta was
+measured from, and each move is still on offer. Once a keep makes a new incumbent, every earlier
+delta is a delta from another policy (a campaign stacked 44 rounds onto a +0.007 measured before a
+keep that, re-measured after it, was -0.002), so pairing starts again from what is measured against
+the new one (`measured_on`). A stacked proposal is a near miss plus one more edit on a knob (or
+move) that no proposal has yet stacked onto that near miss. The knob may be one the near miss
+already sets (when it sets another too): the stack then sets it to another value instead (a
+refinement), so a pair found at one learning rate can move to a better one (a campaign's 36
+stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers, because a
+stack could only add knobs). A round stacks with probability `stack` times g / (g + GAIN_SCALE),
+g the near misses' gains summed: a lone gain of one answer in six hundred is most likely noise and
+rarely takes a round; several gains of a point or more take most of them. The near miss is drawn
+in proportion to its gain. An added knob is drawn among those not yet paired with it (each pair
+once: coverage of pairs, not the credit model's preference, which has learned that each part alone
+does nothing), its value by the researcher's own scores within that knob. The draw is steered by
+the evidence: a move whose `targets` are common failures of the incumbent weighs 1 + TARGET_PULL
+times the share of answers with them (`target_pull`), any other knob 1. Drawn uniformly, a good
+pair's reward move was one add in twenty-odd: a campaign whose answers were 61% malformed stacked
+ten edits onto its best near misses (lr 3.42e-5 or 8.27e-5 with greedy decoding, +0.026), none of
+them the partial-credit move that makes that rate pay (+0.074 held-out, README), and a keep of a
+decoder then reset them. With `evidence: false` every weight is 1. A refinement
+tries each value of a knob once (drawn uniformly: the scores price a value alone, not within the
+pair), and takes REFINE_SHARE of the stacks that could do either: with one try per knob, two
+campaigns refined the rate of a pair found at a poor one once each, at 1.41e-5, 2.42e-6 and
+5.85e-6, and never reached 3.42e-5 or 8.27e-5, where the pair with a reward move wins. A
+stacked proposal that gains more than the near miss it was built on is a near miss in turn, so a
+third edit can follow; one whose added edit added nothing is not (in the first campaign with
+stacking, chains of seven edits grew that way, each addition inert).
 
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
 `stacked`, the near miss's edits that it kept: `{"knob", "from", "to", "text"}` each, and `onto`,
@@ -70,7 +63,6 @@ TARGET_PULL = 6.0  # an add that targets failures of half the answers weighs 4 t
 GAIN_SCALE = 0.01  # near misses whose gains sum to this make half the rounds stack (at stack=1)
 REFINE_SHARE = 0.5  # of the stacks onto a near miss that could both refine and add, those that refine
 EDIT_KEYS = ("knob", "from", "to", "text")  # an edit as observations record it
-Z95 = 1.96  # half a 95% interval, in standard errors
 
 
 @dataclass(frozen=True)
@@ -81,12 +73,6 @@ class NearMiss:
     delta: float
     round: int | None
     onto: tuple[str, ...] | None = None  # the texts of the near miss a stack was built on
-    noise: float = 0.0  # the delta's standard error, read off its 95% interval (0 without one)
-
-    @property
-    def gain(self) -> float:
-        """What the delta shows beyond one standard error of its measurement."""
-        return self.delta - self.noise
 
     @property
     def texts(self) -> tuple[str, ...]:
@@ -121,23 +107,17 @@ def _applies(edit: dict, current: dict, offered: set[str]) -> bool:
     return edit["text"] in offered and same_value(current.get(edit["knob"]), edit["from"])
 
 
-def standard_error(obs: dict) -> float:
-    """The standard error of an observation's delta, read off its 95% interval; 0 without one."""
-    low, high = obs.get("ci95") or (0.0, 0.0)
-    return max(0.0, (float(high) - float(low)) / (2 * Z95))
-
-
 def near_misses(observations: list[dict], current: dict, offered: set[str]) -> list[NearMiss]:
     """Every near miss that still applies to the incumbent `current` (knob values, moves as
-    `move:<name>` False), the latest measurement of each, with a gain beyond its standard error; a
-    stack only where it gained more than its base."""
+    `move:<name>` False), the latest measurement of each; a stack only where it gained more than
+    its base."""
     latest: dict[tuple[str, ...], NearMiss] = {}
     for obs in observations:
         edits = observation_edits(obs)
         if edits is None or obs.get("delta") is None:
             continue
         onto = tuple(obs["onto"]) if obs.get("onto") else None
-        miss = NearMiss(edits, float(obs["delta"]), obs.get("round"), onto, standard_error(obs))
+        miss = NearMiss(edits, float(obs["delta"]), obs.get("round"), onto)
         latest[miss.texts] = miss
 
     def gained(miss: NearMiss) -> bool:  # over its own base, for a stack: the added edit added something
@@ -145,14 +125,14 @@ def near_misses(observations: list[dict], current: dict, offered: set[str]) -> l
         return miss.delta > (base.delta if base is not None else 0.0)
 
     return [miss for miss in latest.values()
-            if miss.gain > 0 and gained(miss) and all(_applies(edit, current, offered) for edit in miss.edits)]
+            if miss.delta > 0 and gained(miss) and all(_applies(edit, current, offered) for edit in miss.edits)]
 
 
 def stack_chance(misses: list[NearMiss]) -> float:
     """How likely a round is to stack (at `stack: 1`): g / (g + GAIN_SCALE), g the near misses'
-    gains beyond their standard errors summed, so one gain of a single answer (noise, most likely)
-    rarely takes a round, and several of a point or more take most."""
-    gains = sum(miss.gain for miss in misses)
+    gains summed, so one gain of a single answer (noise, most likely) rarely takes a round, and
+    several of a point or more take most."""
+    gains = sum(miss.delta for miss in misses)
     return gains / (gains + GAIN_SCALE)
 
 
@@ -212,7 +192,7 @@ def pick_stack(rng: np.random.Generator, misses: list[NearMiss], candidates: lis
     usable = [miss for miss in misses if miss.texts in open_edits]
     if not usable:
         return None
-    gains = np.array([miss.gain for miss in usable])
+    gains = np.array([miss.delta for miss in usable])
     miss = usable[int(rng.choice(len(usable), p=gains / gains.sum()))]
     adds, refines, done = open_edits[miss.texts]
     refine = bool(refines) and (not adds or rng.random() < REFINE_SHARE)
