@@ -4,13 +4,8 @@ depends on the evidence.
 Every knob k adds g_k(x) to the score. A round that moved knob k from u to v and measured a paired
 delta d (with its 95% interval) is one observation d = g_k(v) - g_k(u) + noise, the noise read off
 that interval. g_k is linear in features of the value: for a number, its position in the range
-(log scale for `log: true` knobs) plus bumps around seven points of the range, so one observation
+(log scale for `log: true` knobs) plus bumps around five points of the range, so one observation
 says which way to go and how far its effect carries; for a choice knob, one weight per choice.
-The bumps sit on the points of the local researcher's default grid and the trend is no stronger
-than a bump, so before any outcome every grid value is as likely to be the best draw as another:
-with five bumps off the grid and a trend three times a bump, the draws of a fresh knob favoured the
-ends of its range (a learning rate from its minimum went to its maximum in 41% of the draws that
-found a gain, to 3.42e-5 in 10%; now 16-21% each).
 The weights have a Gaussian prior whose scale is per knob and grows with the deltas seen on that
 knob: a knob whose edits never moved the score gets a small scale and is explored less, one whose
 edits moved it a lot is explored more. The posterior is closed-form (Bayesian linear regression).
@@ -59,10 +54,10 @@ import numpy as np
 
 from harness.researchers.context import DRIFT, FEATURES
 
-BUMPS = np.linspace(0.0, 1.0, 7)  # centres of the bump features, in the knob's normalised range: the grid's points
-BUMP_WIDTH = 0.12                 # neighbouring grid points share a third of a bump: an outcome carries to them
-TREND_SCALE = 1.0                 # the trend's prior scale, a bump's: a step's outcome says a little about the
-                                  # values beyond it (most effects are monotone), and the draws stay even
+BUMPS = np.linspace(0.0, 1.0, 5)  # centres of the bump features, in the knob's normalised range
+BUMP_WIDTH = 0.15
+TREND_SCALE = 3.0                 # the trend's prior scale over a bump's: most effects are monotone over
+                                  # a range, so one good step says to take another in the same direction
 PRIOR_SCALE = 0.05                # prior standard deviation of a knob's effect, in score units
 PRIOR_WEIGHT = 1.0                # how many observations the prior scale counts for
 NOISE_FLOOR = 0.005               # a delta measured as exactly 0 (an interval of width 0) is still not exact
