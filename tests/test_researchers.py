@@ -149,8 +149,9 @@ def base_model(tmp_path_factory):
 
 
 def local(campaign_dir, base_model, **config):
-    """The local researcher, one candidate per draw (decoder companions are tested on their own)."""
-    return make_researcher({"name": "local", "context_tokens": 256, "companions": False} | config,
+    """The local researcher, one candidate per draw, one edit each (decoder companions and joint draws
+    are tested on their own)."""
+    return make_researcher({"name": "local", "context_tokens": 256, "companions": False, "joint": 0} | config,
                            campaign_dir=campaign_dir, seed=7, base_model=base_model)
 
 
@@ -159,7 +160,7 @@ def test_local_rejects_unknown_options(tmp_path, base_model):
         local(tmp_path, base_model, lr=1e-3)
     assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
                               "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence, stack, "
-                              "companions")
+                              "companions, joint")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
     with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
@@ -333,6 +334,35 @@ def test_a_change_to_training_comes_with_a_companion_under_each_decoder(tmp_path
         "temperature: 1.0", "temperature: 0.0", 1))
     assert decoder_companions(Proposal("m", (move,)), load_scaffold(scaffold, import_code=False)) == []
     assert len(researcher.propose_many(evidence(2), MEMORY, scaffold, 4)) == 4
+
+
+def test_a_joint_draw_sets_the_knobs_the_credit_model_favours_and_is_learned_as_their_sum(tmp_path, scaffold,
+                                                                                            base_model):
+    """With `joint: 1` the first proposal of every round sets every knob its draw of the credit model
+    expects a gain from: once lowering top_p has paid off, nearly every joint draw sets it at the
+    bottom of its grid, along with other knobs; each is valid, and is learned as its edits summed
+    (the others `stacked`)."""
+    steer(tmp_path / "campaign", scaffold, base_model, 16, stack=0)
+    researcher = local(tmp_path / "campaign", base_model, stack=0, joint=1.0)  # the same campaign, joint from now
+    lowered, sizes = 0, []
+    for n in range(17, 27):
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        validate(proposal, scaffold)
+        assert proposal.hypothesis.startswith(f"a joint draw of the credit model, {len(proposal.edits)} knobs")
+        knobs = [credit_edit(e)[0] for e in proposal.edits]
+        assert len(knobs) == len(set(knobs)) >= 2  # one value per knob
+        sizes.append(len(knobs))
+        lowered += KnobEdit("sampling.top_p", 0.05) in proposal.edits  # the best of its grid
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.01, "ci95": [0.0, 0.02]})
+        observation = researcher.state["observations"][-1]
+        assert observation["joint"] is True and observation["round"] == n
+        assert [edit_text(e) for e in proposal.edits] == [o["text"] for o in observation["stacked"]] + [
+            observation["text"]]
+        assert all(o["from"] == 1.0 for o in observation["stacked"] if o["knob"] == "sampling.top_p")
+    assert lowered >= 8 and np.median(sizes) >= 4
+    # the same researcher with `joint: 0` proposes one edit again
+    single = local(tmp_path / "campaign", base_model, stack=0)
+    assert len(single.propose(evidence(27), MEMORY, scaffold).edits) == 1
 
 
 def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, scaffold, base_model):
