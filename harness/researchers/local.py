@@ -50,8 +50,9 @@ same scores, each learned from on its own verdict.
 
 Joint proposals (`joint.py`). In a share `joint` of the rounds the first proposal is a whole
 configuration instead: under the round's draw of the credit model, every knob (and move) at the
-grid value of the largest predicted gain, where it predicts one (Thompson sampling over
-configurations; one knob a round set the learning rate in 3 to 6 rounds of 100). It is recorded
+grid value of the largest predicted gain, where the draw and the posterior mean both predict one
+(Thompson sampling over configurations of what has paid off; one knob a round set the learning
+rate in 3 to 6 rounds of 100). It is recorded
 like a stack, its edits' effects summed, and the model learns from its edit of the largest gain.
 
 Decoder companions (`companions`). A proposal that changes training (and sets no sampling knob)
@@ -403,8 +404,10 @@ class LocalResearcher(Researcher):
             except ProposalError:
                 return False
             return True
-        gains = credit.gains([credit_edit(edit) for _, edit in every], current, weights, context)
-        return joint_pick(gains, [(text, credit_edit(edit)[0]) for text, edit in every],
+        edits = [credit_edit(edit) for _, edit in every]
+        gains = credit.gains(edits, current, weights, context)
+        means = credit.gains(edits, current, credit.mean, context)
+        return joint_pick(gains, means, [(text, credit_edit(edit)[0]) for text, edit in every],
                           {text for text, _ in candidates}, accepts, tried)
 
     def _joint_proposal(self, joint: JointPick, every: list[tuple[str, KnobEdit | MoveEdit]],
