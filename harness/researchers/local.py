@@ -50,10 +50,10 @@ same scores, each learned from on its own verdict.
 
 Joint proposals (`joint.py`). In a share `joint` of the rounds the first proposal is a whole
 configuration instead: under the round's draw of the credit model, every knob (and move) at the
-grid value of the largest predicted gain, where the draw and the posterior mean both predict one
-(Thompson sampling over configurations of what has paid off; one knob a round set the learning
-rate in 3 to 6 rounds of 100). It is recorded
-like a stack, its edits' effects summed, and the model learns from its edit of the largest gain.
+value of the largest predicted gain among those measured in this campaign, where the draw and the
+posterior mean both predict one (Thompson sampling over configurations of what has paid off; one
+knob a round set the learning rate in 3 to 6 rounds of 100). It is recorded like a stack, its
+edits' effects summed, and the model learns from its edit of the largest gain.
 
 Decoder companions (`companions`). A proposal that changes training (and sets no sampling knob)
 is followed by a companion per decoder the scaffold declares (surface `decoders`): the same edits
@@ -96,8 +96,8 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_c
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
 from harness.researchers.joint import JointPick, joint_pick
-from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
-                                         stack_chance, target_pull)
+from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses,
+                                         observation_edits, pick_stack, stack_chance, target_pull)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -407,7 +407,9 @@ class LocalResearcher(Researcher):
         edits = [credit_edit(edit) for _, edit in every]
         gains = credit.gains(edits, current, weights, context)
         means = credit.gains(edits, current, credit.mean, context)
-        return joint_pick(gains, means, [(text, credit_edit(edit)[0]) for text, edit in every],
+        measured = {edit["text"] for obs in self.state.get("observations", []) if obs.get("delta") is not None
+                    for edit in observation_edits(obs) or ()}
+        return joint_pick(gains, means, [(text, credit_edit(edit)[0]) for text, edit in every], measured,
                           {text for text, _ in candidates}, accepts, tried)
 
     def _joint_proposal(self, joint: JointPick, every: list[tuple[str, KnobEdit | MoveEdit]],
