@@ -121,9 +121,6 @@ class LocalOptions(Section):
     companions: bool = Field(True, description=(
         "a change to training comes with a companion per decoder the scaffold declares (surface `decoders`): "
         "the same edits under that decoder, the policy trained once; false: one candidate a round"))
-    joint: Number(ge=0, le=1) = Field(0.5, description=(
-        "the share of rounds whose first proposal is a joint draw of the credit model: every knob at the value "
-        "one posterior draw favours, where it predicts a gain; 0: never"))
 
 
 class Budget(Section):

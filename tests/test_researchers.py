@@ -149,9 +149,8 @@ def base_model(tmp_path_factory):
 
 
 def local(campaign_dir, base_model, **config):
-    """The local researcher, one candidate per draw, one edit each (decoder companions and joint draws
-    are tested on their own)."""
-    return make_researcher({"name": "local", "context_tokens": 256, "companions": False, "joint": 0} | config,
+    """The local researcher, one candidate per draw (decoder companions are tested on their own)."""
+    return make_researcher({"name": "local", "context_tokens": 256, "companions": False} | config,
                            campaign_dir=campaign_dir, seed=7, base_model=base_model)
 
 
@@ -160,7 +159,7 @@ def test_local_rejects_unknown_options(tmp_path, base_model):
         local(tmp_path, base_model, lr=1e-3)
     assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
                               "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence, stack, "
-                              "companions, joint")
+                              "companions")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
     with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
@@ -334,46 +333,6 @@ def test_a_change_to_training_comes_with_a_companion_under_each_decoder(tmp_path
         "temperature: 1.0", "temperature: 0.0", 1))
     assert decoder_companions(Proposal("m", (move,)), load_scaffold(scaffold, import_code=False)) == []
     assert len(researcher.propose_many(evidence(2), MEMORY, scaffold, 4)) == 4
-
-
-def test_a_joint_draw_sets_the_knobs_that_paid_off_and_is_learned_as_their_sum(tmp_path, scaffold, base_model):
-    """With `joint: 1` the first proposal of every round sets every knob at the measured value the
-    round's draw of the credit model favours, where the posterior mean expects a gain too: after a
-    low top_p and a positive beta have each paid off alone, joint draws set both; a knob or move
-    never measured (even one whose targets are the incumbent's failures), or measured to harm,
-    stays. Each is valid, and is learned as its edits summed (the others `stacked`), marked `joint`."""
-    researcher = local(tmp_path / "campaign", base_model, stack=0, joint=1.0)
-    researcher.propose(evidence(1), MEMORY, scaffold)  # the incumbent's state key and a pending file
-    state = json.loads(researcher.pending_file.read_text())["state"]
-
-    def measured(knob, old, new, delta, n):
-        text = edit_text(KnobEdit(knob, new))
-        return {"knob": knob, "from": old, "to": new, "text": text, "delta": delta,
-                "ci95": [delta - 0.01, delta + 0.01], "context": evidence_context(evidence(n)), "round": n,
-                "decision": "revert", "state": state}
-    researcher.state["observations"] = [
-        measured("sampling.top_p", 1.0, 0.367, 0.05, 1), measured("grpo.beta", 0.0, 0.5, 0.03, 2),
-        measured("grpo.learning_rate", 1e-6, 2e-4, -0.04, 3), measured("sampling.top_k", 0, 2, 0.0, 4)]
-    proposal = researcher.propose(evidence(5), MEMORY, scaffold)
-    validate(proposal, scaffold)
-    assert proposal.hypothesis.startswith("a joint draw of the credit model, 2 knobs each at the value it favours")
-    assert set(proposal.edits) == {KnobEdit("sampling.top_p", 0.367), KnobEdit("grpo.beta", 0.5)}
-    researcher.learn(proposal, {"decision": "revert", "delta": 0.08, "ci95": [0.07, 0.09]})
-    observation = researcher.state["observations"][-1]
-    assert observation["joint"] is True and observation["round"] == 5 and observation["delta"] == 0.08
-    assert [edit_text(e) for e in proposal.edits] == [o["text"] for o in observation["stacked"]] + [
-        observation["text"]]
-    # the pair is tried against this incumbent: the next rounds propose single edits until a third
-    # knob pays off, then the three together
-    assert len(researcher.propose(evidence(6), MEMORY, scaffold).edits) == 1
-    researcher.state["observations"].append(measured("reward.format", 0.0, 0.5, 0.02, 6))
-    triple = researcher.propose(evidence(7), MEMORY, scaffold)
-    validate(triple, scaffold)
-    assert set(triple.edits) == set(proposal.edits) | {KnobEdit("reward.format", 0.5)}
-    # the same researcher with `joint: 0` proposes one edit again
-    single = local(tmp_path / "campaign", base_model, stack=0)
-    single.state["observations"] = researcher.state["observations"]
-    assert len(single.propose(evidence(7), MEMORY, scaffold).edits) == 1
 
 
 def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, scaffold, base_model):

@@ -159,9 +159,3 @@ def test_a_refinement_draws_its_value_uniformly_whatever_the_scores():
     rng = np.random.default_rng(0)
     drawn = [candidates[pick_stack(rng, [miss], candidates, probs, [LR_FORMAT_OBS]).index][0] for _ in range(3000)]
     assert LR not in drawn and all(abs(drawn.count(r) / 3000 - 1 / 3) < 0.04 for r in rates)
-
-
-def test_a_joint_proposal_is_no_near_miss():
-    joint = obs("reward.format", 0.0, 0.5, FORMAT, 0.05, 12, stacked=[{k: LR_OBS[k] for k in EDIT_KEYS}])
-    assert [m.texts for m in near_misses([joint], CURRENT, {LR, FORMAT})] == [(LR, FORMAT)]
-    assert near_misses([joint | {"joint": True}], CURRENT, {LR, FORMAT}) == []

@@ -34,8 +34,7 @@ moves the policy is kept the edit is expected to do what it was never able to sh
 optimizer itself (the learning rate sets the drift) are not scaled.
 
 `sample` draws one posterior sample of the weights (Thompson sampling) and gives, per candidate
-edit, the gain it predicts over the incumbent's value in a context (`draw` and `gains` are its two
-halves, for a caller that prices several sets of edits under one draw); `predict` gives the posterior
+edit, the gain it predicts over the incumbent's value in a context; `predict` gives the posterior
 mean and standard deviation of that gain, for the hypothesis text.
 
     model = CreditModel(specs, targets={"move:reward_malformed_penalty": ("format_failure",)},
@@ -184,19 +183,11 @@ class CreditModel:
         covariance = np.linalg.solve(self.precision, rows.T)
         return rows @ self.mean, np.sqrt(np.maximum(np.einsum("ij,ji->i", rows, covariance), 0.0))
 
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        """One draw of the weights from the posterior (Thompson sampling)."""
-        if self._root is None:  # once per fit: a campaign samples once a round, a test thousands of times
-            lower = np.linalg.cholesky(self.precision)  # precision = L L^T, so L^-T z has the posterior covariance
-            self._root = np.linalg.inv(lower.T)
-        return self.mean + self._root @ rng.standard_normal(self.width)
-
-    def gains(self, edits: list[tuple[str, Any]], current: dict, weights: np.ndarray,
-              context: dict[str, float] | None = None) -> np.ndarray:
-        """Each edit's gain over the incumbent `current` in `context` under the weights `weights` (a draw)."""
-        return self._rows(edits, current, context) @ weights
-
     def sample(self, edits: list[tuple[str, Any]], current: dict, rng: np.random.Generator,
                context: dict[str, float] | None = None) -> np.ndarray:
         """Each edit's gain in `context` under one draw of the weights from the posterior (Thompson sampling)."""
-        return self.gains(edits, current, self.draw(rng), context)
+        if self._root is None:  # once per fit: a campaign samples once a round, a test thousands of times
+            lower = np.linalg.cholesky(self.precision)  # precision = L L^T, so L^-T z has the posterior covariance
+            self._root = np.linalg.inv(lower.T)
+        weights = self.mean + self._root @ rng.standard_normal(self.width)
+        return self._rows(edits, current, context) @ weights

@@ -48,13 +48,6 @@ drawn edit is then the one learned from.
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
 
-Joint proposals (`joint.py`). In a share `joint` of the rounds the first proposal is a whole
-configuration instead: under the round's draw of the credit model, every knob (and move) at the
-value of the largest predicted gain among those measured in this campaign, where the draw and the
-posterior mean both predict one (Thompson sampling over configurations of what has paid off; one
-knob a round set the learning rate in 3 to 6 rounds of 100). It is recorded like a stack, its
-edits' effects summed, and the model learns from its edit of the largest gain.
-
 Decoder companions (`companions`). A proposal that changes training (and sets no sampling knob)
 is followed by a companion per decoder the scaffold declares (surface `decoders`): the same edits
 plus the decoder's, which trains the same policy and decodes it otherwise (a recipe may pay off
@@ -95,9 +88,8 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_c
                                       move_space, round_seed, same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.joint import JointPick, joint_pick
-from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses,
-                                         observation_edits, pick_stack, stack_chance, target_pull)
+from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
+                                         stack_chance, target_pull)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -143,12 +135,6 @@ def credit_edit(edit: KnobEdit | MoveEdit) -> tuple[str, Any]:
     return (f"{MOVE_KNOB}{edit.move}", True) if isinstance(edit, MoveEdit) else (edit.knob, edit.value)
 
 
-def recorded(text: str, edit: KnobEdit | MoveEdit, current: dict) -> dict:
-    """An edit as observations record it, from its value in `current` (a move from False)."""
-    knob, value = credit_edit(edit)
-    return edit_record(knob, current[knob], value, text)
-
-
 def build_trie(sequences: list[list[int]]) -> dict:
     """Nested dicts token -> subtree; every sequence ends in EOS, so a leaf is exactly one candidate."""
     root: dict = {}
@@ -177,8 +163,7 @@ def companion_pick(pick: dict, companion: Proposal, drawn: tuple[str, KnobEdit |
                 for e in companion.edits[len(pick["proposal"]["edits"]):]]
     *stacked, last = records
     return {"proposal": companion.to_dict(), "choice": pick["choice"], "old_value": last["from"],
-            "stacked": stacked, "last_text": last["text"], "text": JOIN.join(r["text"] for r in records)} | (
-                {"joint": True} if pick.get("joint") else {})
+            "stacked": stacked, "last_text": last["text"], "text": JOIN.join(r["text"] for r in records)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +183,6 @@ class LocalResearcher(Researcher):
         self.evidence = options.evidence
         self.stack = options.stack
         self.companions = options.companions
-        self.joint = options.joint
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
@@ -314,15 +298,15 @@ class LocalResearcher(Researcher):
         are on offer); one draw is exactly what `propose` gives."""
         scaffold = load_scaffold(scaffold_dir, import_code=False)
         specs, current = scaffold_knob_space(scaffold)
-        every = self._candidate_edits(Path(scaffold_dir), scaffold, specs, current)
-        if not every:
+        candidates = self._candidate_edits(Path(scaffold_dir), scaffold, specs, current)
+        if not candidates:
             raise ResearcherExhausted("no knob edit left that the scaffold accepts, and no move applies")
         files = {name: (Path(scaffold_dir) / name).read_text()
                  for name in scaffold.surface.get("editable_files") or []}
         state_key = knob_state_key(current, files)
         tried = set(self.state.get("tried", {}).get(state_key, []))
-        offered = dict(every)
-        candidates = [c for c in every if c[0] not in tried] or every
+        offered = dict(candidates)
+        candidates = [c for c in candidates if c[0] not in tried] or candidates
         eos = self.tokenizer.eos_token_id
         sequences = [self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text, _ in candidates]
         room = min(self.context_tokens,
@@ -339,11 +323,9 @@ class LocalResearcher(Researcher):
                              targets=targets, scaled=reward_edits)
         current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
         context = evidence_context(evidence) if self.evidence else blank_context()
-        weights = None
         if self.credit_weight > 0:
             credit.fit(self.state.get("observations", []))
-            weights = credit.draw(rng)
-            scores = scores + self.credit_weight * credit.gains(edits, current, weights, context)
+            scores = scores + self.credit_weight * credit.sample(edits, current, rng, context)
         probs = np.exp(scores - scores.max())
         probs = probs / probs.sum()
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
@@ -351,16 +333,8 @@ class LocalResearcher(Researcher):
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
         stacks = self._stacks(rng, choices, candidates, probs, current, offered, tried, state_key, Path(scaffold_dir),
                               target_pull(targets, context))
-        joint = (self._joint(every, candidates, credit, weights, current, context, tried, Path(scaffold_dir))
-                 if weights is not None and self.joint > 0 and rng.random() < self.joint else None)
         picks, proposals = [], []
-        for number, (choice, stack) in enumerate(zip(choices, stacks)):
-            if joint is not None and number == 0:
-                pick, proposal = self._joint_proposal(joint, every, candidates, credit, current, context)
-                picks.append(pick)
-                proposals.append(proposal)
-                self.counts["generated_tokens"] += len(sequences[pick["choice"]])
-                continue
+        for choice, stack in zip(choices, stacks):
             if stack is not None:
                 choice = stack.index
             edit = candidates[choice][1]
@@ -392,42 +366,6 @@ class LocalResearcher(Researcher):
             "round": evidence.round, "picks": picks, "state": state_key, "prompt_ids": prompt_ids,
             "candidates": [t for t, _ in candidates], "sequences": sequences, "context": context}))
         return proposals
-
-    def _joint(self, every: list[tuple[str, KnobEdit | MoveEdit]], candidates: list[tuple[str, KnobEdit | MoveEdit]],
-               credit: CreditModel, weights: np.ndarray, current: dict, context: dict[str, float], tried: set[str],
-               scaffold_dir: Path) -> JointPick | None:
-        """The joint proposal under the round's draw of the credit model (`joint.py`), over every edit on
-        offer (tried alone or not); the edit learned from is one of `candidates`, those the model scored."""
-        def accepts(order: list[int]) -> bool:
-            try:
-                validate(Proposal("joint", tuple(every[i][1] for i in order)), scaffold_dir)
-            except ProposalError:
-                return False
-            return True
-        edits = [credit_edit(edit) for _, edit in every]
-        gains = credit.gains(edits, current, weights, context)
-        means = credit.gains(edits, current, credit.mean, context)
-        measured = {edit["text"] for obs in self.state.get("observations", []) if obs.get("delta") is not None
-                    for edit in observation_edits(obs) or ()}
-        return joint_pick(gains, means, [(text, credit_edit(edit)[0]) for text, edit in every], measured,
-                          {text for text, _ in candidates}, accepts, tried)
-
-    def _joint_proposal(self, joint: JointPick, every: list[tuple[str, KnobEdit | MoveEdit]],
-                        candidates: list[tuple[str, KnobEdit | MoveEdit]], credit: CreditModel, current: dict,
-                        context: dict[str, float]) -> tuple[dict, Proposal]:
-        """The pending pick and proposal of a joint draw: its edits with the learned one last, recorded
-        like a stack (the others as `stacked`) and marked `joint`."""
-        chosen = [every[i] for i in joint.order]
-        expected = float(credit.predict([credit_edit(edit) for _, edit in chosen], current, context)[0].sum())
-        changes = "; ".join(f"apply move {edit.move}" if isinstance(edit, MoveEdit)
-                            else f"set {edit.knob} from {current[edit.knob]} to {edit.value}" for _, edit in chosen)
-        proposal = Proposal(f"a joint draw of the credit model, {len(chosen)} knobs each at the value it favours "
-                            f"(the model expects {expected:+.3f} in all): {changes}", tuple(e for _, e in chosen))
-        *others, (text, edit) = chosen
-        knob, _ = credit_edit(edit)
-        stacked = [recorded(t, e, current) for t, e in others]
-        return ({"proposal": proposal.to_dict(), "choice": [t for t, _ in candidates].index(text),
-                 "old_value": current[knob], "stacked": stacked, "text": joint.text, "joint": True}, proposal)
 
     def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
                 probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
@@ -551,7 +489,7 @@ class LocalResearcher(Researcher):
             observations.append(edit_record(knob, pick["old_value"], value, pick.get("last_text", text)) | {
                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
                 "round": pending["round"], "decision": verdict.get("decision"), "state": key}
-                | {key: pick[key] for key in ("stacked", "onto", "joint") if pick.get(key)})
+                | {key: pick[key] for key in ("stacked", "onto") if pick.get(key)})
         same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations,

@@ -10,33 +10,33 @@ reaches such a pair, and its credit model, having seen each part do nothing, sto
 A near miss is an earlier proposal of this campaign that raised the score of the incumbent it was
 measured against, the current one, without being kept (positive paired delta, interval not clear of
 the margin), whose every edit still applies to it: each knob still has the value the delta was
-measured from, and each move is still on offer; a joint proposal (`joint.py`) is none. Once a keep
-makes a new incumbent, every earlier delta is a delta from another policy (a campaign stacked 44
-rounds onto a +0.007 measured before a keep that, re-measured after it, was -0.002), so pairing
-starts again from what is measured against the new one (`measured_on`). A stacked proposal is a near
-miss plus one more edit on a knob (or move) that no proposal has yet stacked onto that near miss.
-The knob may be one the near miss already sets (when it sets another too): the stack then sets it to
-another value instead (a refinement), so a pair found at one learning rate can move to a better one
-(a campaign's 36 stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers,
-because a stack could only add knobs). A round stacks with probability `stack` times g / (g +
-GAIN_SCALE), g the near misses' gains summed: a lone gain of one answer in six hundred is most
-likely noise and rarely takes a round; several gains of a point or more take most of them. The near
-miss is drawn in proportion to its gain. An added knob is drawn among those not yet paired with it
-(each pair once: coverage of pairs, not the credit model's preference, which has learned that each
-part alone does nothing), its value by the researcher's own scores within that knob. The draw is
-steered by the evidence: a move whose `targets` are common failures of the incumbent weighs 1 +
-TARGET_PULL times the share of answers with them (`target_pull`), any other knob 1. Drawn uniformly,
-a good pair's reward move was one add in twenty-odd: a campaign whose answers were 61% malformed
-stacked ten edits onto its best near misses (lr 3.42e-5 or 8.27e-5 with greedy decoding, +0.026),
-none of them the partial-credit move that makes that rate pay (+0.074 held-out, README), and a keep
-of a decoder then reset them. With `evidence: false` every weight is 1. A refinement tries each
-value of a knob once (drawn uniformly: the scores price a value alone, not within the pair), and
-takes REFINE_SHARE of the stacks that could do either: with one try per knob, two campaigns refined
-the rate of a pair found at a poor one once each, at 1.41e-5, 2.42e-6 and 5.85e-6, and never reached
-3.42e-5 or 8.27e-5, where the pair with a reward move wins. A stacked proposal that gains more than
-the near miss it was built on is a near miss in turn, so a third edit can follow; one whose added
-edit added nothing is not (in the first campaign with stacking, chains of seven edits grew that way,
-each addition inert).
+measured from, and each move is still on offer. Once a keep makes a new incumbent, every earlier
+delta is a delta from another policy (a campaign stacked 44 rounds onto a +0.007 measured before a
+keep that, re-measured after it, was -0.002), so pairing starts again from what is measured against
+the new one (`measured_on`). A stacked proposal is a near miss plus one more edit on a knob (or
+move) that no proposal has yet stacked onto that near miss. The knob may be one the near miss
+already sets (when it sets another too): the stack then sets it to another value instead (a
+refinement), so a pair found at one learning rate can move to a better one (a campaign's 36
+stacks all grew from one near miss at lr 2e-4, a rate where the arithmetic suffers, because a
+stack could only add knobs). A round stacks with probability `stack` times g / (g + GAIN_SCALE),
+g the near misses' gains summed: a lone gain of one answer in six hundred is most likely noise and
+rarely takes a round; several gains of a point or more take most of them. The near miss is drawn
+in proportion to its gain. An added knob is drawn among those not yet paired with it (each pair
+once: coverage of pairs, not the credit model's preference, which has learned that each part alone
+does nothing), its value by the researcher's own scores within that knob. The draw is steered by
+the evidence: a move whose `targets` are common failures of the incumbent weighs 1 + TARGET_PULL
+times the share of answers with them (`target_pull`), any other knob 1. Drawn uniformly, a good
+pair's reward move was one add in twenty-odd: a campaign whose answers were 61% malformed stacked
+ten edits onto its best near misses (lr 3.42e-5 or 8.27e-5 with greedy decoding, +0.026), none of
+them the partial-credit move that makes that rate pay (+0.074 held-out, README), and a keep of a
+decoder then reset them. With `evidence: false` every weight is 1. A refinement
+tries each value of a knob once (drawn uniformly: the scores price a value alone, not within the
+pair), and takes REFINE_SHARE of the stacks that could do either: with one try per knob, two
+campaigns refined the rate of a pair found at a poor one once each, at 1.41e-5, 2.42e-6 and
+5.85e-6, and never reached 3.42e-5 or 8.27e-5, where the pair with a reward move wins. A
+stacked proposal that gains more than the near miss it was built on is a near miss in turn, so a
+third edit can follow; one whose added edit added nothing is not (in the first campaign with
+stacking, chains of seven edits grew that way, each addition inert).
 
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
 `stacked`, the near miss's edits that it kept: `{"knob", "from", "to", "text"}` each, and `onto`,
@@ -114,7 +114,7 @@ def near_misses(observations: list[dict], current: dict, offered: set[str]) -> l
     latest: dict[tuple[str, ...], NearMiss] = {}
     for obs in observations:
         edits = observation_edits(obs)
-        if edits is None or obs.get("delta") is None or obs.get("joint"):
+        if edits is None or obs.get("delta") is None:
             continue
         onto = tuple(obs["onto"]) if obs.get("onto") else None
         miss = NearMiss(edits, float(obs["delta"]), obs.get("round"), onto)
