@@ -10,7 +10,10 @@ matplotlib is imported by the library function that uses it, once the arguments 
 from __future__ import annotations
 
 import argparse
+import errno
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 
@@ -20,6 +23,9 @@ from rl_pipeline.env import use_offline_env
 
 # What a command may raise for bad input or a busy campaign: a one-line error, exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, CampaignBusy, ApprovalError, JournalError)
+# Below this much free space where a command runs, any error it ends with is taken for a full disk:
+# torch.save reports ENOSPC as "unexpected pos 11328 vs 11220", safetensors as an error of its own.
+LOW_DISK_BYTES = 256 * 2 ** 20
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -32,13 +38,35 @@ def subcommand(sub: argparse._SubParsersAction, name: str, help: str, arguments:
     parser.set_defaults(func=run)
 
 
+def disk_full(err: BaseException, where: Path) -> bool:
+    """`err`, or an error it came from, is the disk filling up: ENOSPC or EDQUOT, a library's
+    wrapping of it, or any error while `where`'s file system is all but full."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+                or "No space left on device" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return shutil.disk_usage(where).free < LOW_DISK_BYTES
+
+
 def run_guarded(run: Run, args: argparse.Namespace) -> int:
-    """`run(args)`, with a user's mistake shown as one red line and exit code 2."""
+    """`run(args)`, with a user's mistake shown as one red line and exit code 2, and a full disk as
+    one red line and exit code 1 (what a campaign wrote before is whole: every write is atomic, so
+    it resumes once there is room)."""
     try:
         return int(run(args) or 0)
     except USER_ERRORS as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}")
         return 2
+    except Exception as err:
+        if not disk_full(err, Path.cwd()):
+            raise
+        Console(stderr=True).print(
+            f"[bold red]error:[/] the disk is full: {err}. Every file written before "
+            "is whole; free some space (a runs folder's cache/ of trained policies can go) and run the command "
+            "again: a campaign resumes where it stopped.", soft_wrap=True)
+        return 1
 
 
 def standalone(name: str, help: str, arguments: Arguments, run: Run, argv: list[str] | None) -> int:

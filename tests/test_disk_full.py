@@ -1,0 +1,38 @@
+"""A full disk is one red line and exit code 1, not a traceback: commands run onto a real file
+system with no room, a 64 KiB tmpfs mounted in a user and mount namespace of their own."""
+
+import subprocess
+import sys
+
+TORCH_SAVE = ("import sys, torch; from harness.commands import run_guarded; "
+              "sys.exit(run_guarded(lambda args: torch.save({'w': torch.zeros(10 ** 6)}, 'w.pt'), None))")
+
+
+def on_full_disk(tmp_path, command: str) -> subprocess.CompletedProcess:
+    """`command` (sh) in the folder FULL, a 64 KiB tmpfs, with $PY this Python."""
+    full = tmp_path / "full"
+    full.mkdir()
+    script = f"mount -t tmpfs -o size=64k tmpfs '{full}' && cd '{full}' && PY='{sys.executable}' && {command}"
+    return subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "400"})
+
+
+def test_a_full_disk_under_a_command_is_one_line_and_exit_code_1(tmp_path):
+    proc = on_full_disk(tmp_path, '"$PY" -m harness.cli model new --preset tiny --out m')
+    assert proc.returncode == 1, proc.stderr
+    assert "error: the disk is full: " in proc.stderr and "No space left on device" in proc.stderr
+    assert "a campaign resumes where it stopped" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_error_that_hides_enospc_is_still_a_full_disk_where_there_is_no_room(tmp_path):
+    """torch.save says "unexpected pos", no errno: the file system's free space tells."""
+    proc = on_full_disk(tmp_path, f'"$PY" -c "{TORCH_SAVE}"')
+    assert proc.returncode == 1, proc.stderr
+    assert "error: the disk is full: " in proc.stderr and "unexpected pos" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # with room, the same save is no error at all, and an error of another kind is not called a full disk
+    ok = subprocess.run([sys.executable, "-c", TORCH_SAVE], cwd=tmp_path, capture_output=True, text=True)
+    assert ok.returncode == 0 and (tmp_path / "w.pt").stat().st_size > 4 * 10 ** 6
+    bug = subprocess.run([sys.executable, "-c", TORCH_SAVE.replace("torch.zeros(10 ** 6)", "torch.zeros(-1)")],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "disk is full" not in bug.stderr
