@@ -26,6 +26,7 @@ Ray is imported only here, and this module only when `runner=ray` is chosen.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
@@ -230,7 +231,8 @@ class RayPool:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as err:
-            if isinstance(err.cause, SandboxUnavailable):
+            if isinstance(err.cause, SandboxUnavailable) or (
+                    isinstance(err.cause, OSError) and err.cause.errno == errno.ENOSPC):  # no verdict on the job
                 raise err.cause from None
             ray.kill(actor)
             return failed(job, f"the Ray actor raised {type(err.cause).__name__}: {err.cause}")

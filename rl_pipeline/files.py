@@ -7,17 +7,36 @@ in whole, and advisory file locks.
         save_policy(policy, tokenizer, tmp)
     with file_lock(path):                     # flock: the kernel drops it when the holder dies
         ...
+    disk_full(err, where)                     # is this error a full disk? (libraries hide ENOSPC)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+NO_SPACE = "No space left on device"  # strerror(ENOSPC): how a full disk shows in a result's reason
+# Below this much free space, any error that ends a write is taken for a full disk: torch.save
+# reports ENOSPC as "unexpected pos 11328 vs 11220", safetensors as an error of its own.
+LOW_DISK_BYTES = 256 * 2 ** 20
+
+
+def disk_full(err: BaseException | str, where: str | os.PathLike) -> bool:
+    """`err` (an error, or a failed result's reason) is the disk filling up: ENOSPC or EDQUOT in it
+    or in an error it came from, or anything while `where`'s file system is all but full."""
+    seen = err
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or NO_SPACE in str(seen):
+            return True
+        seen = None if isinstance(seen, str) else (seen.__cause__ or seen.__context__)
+    return shutil.disk_usage(where).free < LOW_DISK_BYTES
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, *, exclusive: bool = False) -> bool:

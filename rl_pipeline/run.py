@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rl_pipeline.env import scrubbed_env
+from rl_pipeline.files import NO_SPACE, disk_full
 from rl_pipeline.manifest import DEFAULT_SIZES
 from rl_pipeline.result import NO_SANDBOX_WARNING, failed_result, read_result, scaffold_commit, write_result
 from rl_pipeline.sandbox import SandboxUnavailable, check_sandbox
@@ -243,7 +245,14 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
                  heldout: bool = False, calibration: bool = False, **options) -> dict:
     """Evaluate `scaffold` (prompt.py and reward.py in the sandbox, scoring outside it); return the
     result (also written to `out`). `heldout` and `calibration` score those splits too, each in a
-    part of its own. Raises SandboxUnavailable when the sandbox cannot be built."""
+    part of its own. Raises SandboxUnavailable when the sandbox cannot be built, and OSError(ENOSPC)
+    when the run failed for a full disk (`raise_if_disk_full`)."""
+    return raise_if_disk_full(_run_scaffold(scaffold, out, overrides=overrides, heldout=heldout,
+                                            calibration=calibration, **options), out)
+
+
+def _run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | None = None,
+                  heldout: bool = False, calibration: bool = False, **options) -> dict:
     from rl_pipeline.scaffold import ScaffoldError, load_scaffold
 
     unknown = set(options) - set(DEFAULTS)
@@ -306,6 +315,16 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
     result = failed(why or "the worker answered without writing result.json")
     result["timings"]["total_s"] = round(time.perf_counter() - start, 3)
     write_result(out, result)
+    return result
+
+
+def raise_if_disk_full(result: dict, where: str | Path) -> dict:
+    """`result`, unless it failed because the disk is full: that is no verdict on the candidate
+    (a campaign here once recorded 26 rounds in a row as failed candidates that way), so it is
+    raised as OSError(ENOSPC) and stops the campaign, whose resume runs the round again."""
+    if result.get("status") == "failed" and disk_full(str(result.get("reason", "")), where):
+        raise OSError(errno.ENOSPC, f"{NO_SPACE} while evaluating {result.get('scaffold', {}).get('path')}: "
+                                    f"{result.get('reason')}")
     return result
 
 

@@ -10,8 +10,6 @@ matplotlib is imported by the library function that uses it, once the arguments 
 from __future__ import annotations
 
 import argparse
-import errno
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +18,10 @@ from rich.console import Console
 from harness.approvals import ApprovalError
 from harness.journal import CampaignBusy, JournalError
 from rl_pipeline.env import use_offline_env
+from rl_pipeline.files import disk_full
 
 # What a command may raise for bad input or a busy campaign: a one-line error, exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, CampaignBusy, ApprovalError, JournalError)
-# Below this much free space where a command runs, any error it ends with is taken for a full disk:
-# torch.save reports ENOSPC as "unexpected pos 11328 vs 11220", safetensors as an error of its own.
-LOW_DISK_BYTES = 256 * 2 ** 20
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -36,18 +32,6 @@ def subcommand(sub: argparse._SubParsersAction, name: str, help: str, arguments:
     parser = sub.add_parser(name, help=help, description=help)
     arguments(parser)
     parser.set_defaults(func=run)
-
-
-def disk_full(err: BaseException, where: Path) -> bool:
-    """`err`, or an error it came from, is the disk filling up: ENOSPC or EDQUOT, a library's
-    wrapping of it, or any error while `where`'s file system is all but full."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
-                or "No space left on device" in str(seen)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return shutil.disk_usage(where).free < LOW_DISK_BYTES
 
 
 def run_guarded(run: Run, args: argparse.Namespace) -> int:
