@@ -121,6 +121,9 @@ class LocalOptions(Section):
     companions: bool = Field(True, description=(
         "a change to training comes with a companion per decoder the scaffold declares (surface `decoders`): "
         "the same edits under that decoder, the policy trained once; false: one candidate a round"))
+    interior_first: bool = Field(True, description=(
+        "a numeric knob not yet tried in the campaign is offered inside its range only, never at its min or "
+        "max; false: every grid value from the start"))
 
 
 class Budget(Section):

@@ -14,7 +14,7 @@ from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, availa
 from harness.researchers import ResearcherExhausted, make_researcher
 from harness.researchers.base import decoder_companions, knob_space
 from harness.researchers.context import evidence_context
-from harness.researchers.local import build_trie, credit_edit, edit_text, value_grid
+from harness.researchers.local import build_trie, candidate_text, credit_edit, edit_text, interior_first, value_grid
 from harness.researchers.random_search import draw_value
 from fast_scaffold import TEST_PRESET
 from model import build_policy, build_tokenizer, save_policy
@@ -159,7 +159,7 @@ def test_local_rejects_unknown_options(tmp_path, base_model):
         local(tmp_path, base_model, lr=1e-3)
     assert str(err.value) == ("researcher.lr: unknown key; valid keys of researcher (local): name, temperature, "
                               "learning_rate, grid_points, context_tokens, reward_scale, credit_weight, evidence, stack, "
-                              "companions")
+                              "companions, interior_first")
     with pytest.raises(ValueError, match="credit_weight must be >= 0"):
         local(tmp_path, base_model, credit_weight=-1)
     with pytest.raises(ValueError, match=r"researcher.temperature must be > 0(\.0)?, got 0$"):
@@ -358,6 +358,38 @@ def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, sc
     assert offered() == 3  # all tried: the whole grid is open again
     reloaded = local(tmp_path / "campaign", base_model)  # the tried edits are part of the checkpoint
     assert len(next(iter(reloaded.state["tried"].values()))) == 3
+
+
+def test_a_knob_is_first_tried_inside_its_range_then_at_its_ends(tmp_path, scaffold, base_model):
+    def offered(researcher):
+        return set(json.loads(researcher.pending_file.read_text())["candidates"])
+
+    ends = {candidate_text("sampling.top_p", 0.05), candidate_text("grpo.learning_rate", 2e-4)}
+    researcher = local(tmp_path / "campaign", base_model, stack=0)
+    researcher.propose(evidence(1), MEMORY, scaffold)
+    first = offered(researcher)
+    assert not ends & first
+    assert {candidate_text("sampling.top_p", 0.208), candidate_text("grpo.learning_rate", 8.27e-5),
+            candidate_text("grpo.loss_type", "dr_grpo")} <= first  # the middle, and every choice
+    # a knob whose only values on offer are ends keeps them: it could never be tried otherwise
+    assert interior_first([("a", KnobEdit("grpo.max_completion_length", 4))],
+                          {"grpo.max_completion_length": {"type": "int", "min": 4, "max": 8}}, []) == [
+        ("a", KnobEdit("grpo.max_completion_length", 4))]
+    specs, current = knob_space(scaffold)
+    for n in range(2, 40):  # learn until a numeric knob has been tried: then its ends are on offer
+        proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+        researcher.learn(proposal, {"decision": "revert", "delta": 0.0, "ci95": [-0.01, 0.01]})
+        edit = proposal.edits[0]
+        if isinstance(edit, KnobEdit) and "choices" not in specs[edit.knob]:
+            break
+    spec = specs[edit.knob]
+    assert edit.value not in (spec["min"], spec["max"])
+    researcher.propose(evidence(n + 1), MEMORY, scaffold)
+    assert {candidate_text(edit.knob, end) for end in (spec["min"], spec["max"])
+            if end != current[edit.knob]} <= offered(researcher)
+    everywhere = local(tmp_path / "everywhere", base_model, interior_first=False)
+    everywhere.propose(evidence(1), MEMORY, scaffold)
+    assert ends <= offered(everywhere)
 
 
 def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_model):

@@ -15,6 +15,11 @@ An edit already tried against the same incumbent (its knobs and its editable fil
 changes no knob) is left out of the trie: its verdict is known (the same seeds would give it
 again), so proposing it again would only spend a round. When every edit has been tried the whole
 grid is open again.
+A numeric knob not yet tried in the campaign is offered inside its range only, never at its min or
+max (`interior_first`): Thompson sampling on a trend (below) puts a knob's first trial at an end, and
+one bad outcome there tilts the trend against the whole range. In five campaigns at 800 problems, 59
+of 73 first trials of a numeric knob were at an end; the learning rate's, 2e-4, lost in all five, and
+the two of seeds 0-3 that reached 3.42e-5 only at round 77 or never stayed near the initial score.
 The prompt is the rendered memory then the evidence summary, cut from the left to fit the context
 (old memory goes first, the evidence of this round last).
 
@@ -145,6 +150,26 @@ def build_trie(sequences: list[list[int]]) -> dict:
     return root
 
 
+def interior_first(candidates: list[tuple[str, KnobEdit | MoveEdit]], specs: dict,
+                   observations: list[dict]) -> list[tuple[str, KnobEdit | MoveEdit]]:
+    """The candidates less the ends of a numeric knob's range while the knob has not been tried in the
+    campaign (in no observation, alone or stacked), unless its ends are all it has on offer.
+
+    A knob's first trial at an end is what Thompson sampling on a trend gives (the largest step has the
+    largest drawn gain either way), and an end is the riskiest value: one bad outcome there tilts the
+    trend against the whole range, the good middle included."""
+    tried = {edit["knob"] for obs in observations for edit in [obs, *obs.get("stacked", [])]}
+
+    def at_an_end(edit: KnobEdit | MoveEdit) -> bool:
+        if isinstance(edit, MoveEdit) or edit.knob in tried or "choices" in specs[edit.knob]:
+            return False
+        spec = specs[edit.knob]
+        return same_value(edit.value, spec["min"]) or same_value(edit.value, spec["max"])
+
+    inside = {edit.knob for _, edit in candidates if isinstance(edit, KnobEdit) and not at_an_end(edit)}
+    return [c for c in candidates if not (at_an_end(c[1]) and c[1].knob in inside)]
+
+
 def knob_state_key(current: dict, files: dict[str, str] | None = None) -> str:
     """A short name for an incumbent, its knob values and its editable files' texts: the edits tried
     are remembered per incumbent (a kept move changes the files and not the knobs)."""
@@ -183,6 +208,7 @@ class LocalResearcher(Researcher):
         self.evidence = options.evidence
         self.stack = options.stack
         self.companions = options.companions
+        self.interior_first = options.interior_first
         self.seed = seed
         self.dir = Path(campaign_dir) / "researcher"
         self.pending_file = self.dir / "pending.json"
@@ -307,6 +333,8 @@ class LocalResearcher(Researcher):
         tried = set(self.state.get("tried", {}).get(state_key, []))
         offered = dict(candidates)
         candidates = [c for c in candidates if c[0] not in tried] or candidates
+        if self.interior_first:
+            candidates = interior_first(candidates, specs, self.state.get("observations", []))
         eos = self.tokenizer.eos_token_id
         sequences = [self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text, _ in candidates]
         room = min(self.context_tokens,
