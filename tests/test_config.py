@@ -127,7 +127,8 @@ def test_defaults_come_from_the_schema(tmp_path):
         assert config[key] == schema[key], key
     assert config["researcher"] == LocalOptions().model_dump() == {
         "name": "local", "temperature": 1.0, "learning_rate": 1e-4, "grid_points": 7, "context_tokens": 768,
-        "reward_scale": 10.0, "credit_weight": 100.0, "evidence": True, "stack": 1.0, "companions": True}
+        "reward_scale": 10.0, "credit_weight": 100.0, "evidence": True, "stack": 1.0, "companions": True,
+        "interior_first": True}
     assert config["approvals"] == {"name": "none", "when": [], "n": 10, "timeout_s": 3600.0, "default": "reject"}
     assert config["base_model"] == f"{tmp_path}/models/base"
     assert config["scaffold"] == str(ARITH)

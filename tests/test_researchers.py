@@ -272,7 +272,8 @@ def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_m
 
 
 def test_local_proposes_k_distinct_edits_and_learns_each_once(tmp_path, scaffold, base_model):
-    researcher = local(tmp_path / "campaign", base_model)
+    # interior_first=False: every grid value on offer from the start, so a tried edit is all that leaves
+    researcher = local(tmp_path / "campaign", base_model, interior_first=False)
     proposals = researcher.propose_many(evidence(1), MEMORY, scaffold, 3)
     assert len({json.dumps(p.to_dict()["edits"]) for p in proposals}) == 3  # drawn without replacement
     for proposal in proposals:
