@@ -70,7 +70,8 @@ class Campaign:
         return {"base": self.config["base_model"], "data_dir": str(data_dir(self.config)),
                 "split_size": self.config["split_size"],
                 "cache_dir": str(Path(self.config["runs_dir"]) / "cache" / "train"),
-                "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"]}
+                "timeout_s": runner["timeout_s"], "memory_gb": runner["memory_gb"],
+                "cache_gb": runner.get("cache_gb")}  # a config frozen before the limit has none
 
     def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
                   calibration: bool = False) -> dict:

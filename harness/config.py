@@ -225,6 +225,9 @@ class Runner(Section):
 
     timeout_s: Number(gt=0) = Field(900, description="wall-clock limit of one evaluation, training included")
     memory_gb: Number(gt=0) = Field(16, description="address-space limit of the child")
+    cache_gb: Number(gt=0) | None = Field(None, description=(
+        "the training cache (<runs_dir>/cache/train) at most this many GiB: after a new policy is cached, the "
+        "least recently used are deleted (never one used in the last hour); null: no limit"))
 
 
 class RayRunner(Runner):

@@ -47,6 +47,7 @@ DEFAULTS = {
     "data_dir": "runs/data",
     "split_size": DEFAULT_SIZES["eval"],  # problems in eval and held-out (their splits' folder names other sizes)
     "cache_dir": "runs/cache/train",
+    "cache_gb": None,  # the training cache's limit: least recently used policies deleted past it (cache.py)
     "seeds": [0, 1, 2],
     "train_seed": 0,
     "timeout_s": 900.0,
@@ -273,6 +274,7 @@ def _run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | No
         "data_dir": str(Path(opts["data_dir"]).resolve()),
         "split_size": opts["split_size"],
         "cache_dir": str(Path(opts["cache_dir"]).resolve()),
+        "cache_gb": opts["cache_gb"],
         "seeds": list(opts["seeds"]),
         "train_seed": opts["train_seed"],
         "threads": opts["threads"],

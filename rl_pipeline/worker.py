@@ -35,6 +35,7 @@ import traceback
 from pathlib import Path
 
 from rl_pipeline import result as result_schema
+from rl_pipeline.cache import mark_used, prune
 from rl_pipeline.files import replacing_dir, write_atomic
 from rl_pipeline.manifest import MANIFEST, eval_sizes, split_hashes, splits_folder
 from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
@@ -365,6 +366,11 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
     key = training_key(scaffold, base_dir, hashes["train"], job["train_seed"])
     cache_dir = Path(job["cache_dir"]) / key
     train = not cache_dir.is_dir()
+    if not train:
+        try:
+            mark_used(cache_dir)
+        except FileNotFoundError:  # deleted under a cache limit since: trained again
+            train = True
     questions = {"eval": list(splits["eval"]["question"])}
     if job["heldout"]:
         questions["heldout"] = list(splits["heldout"]["question"])
@@ -404,7 +410,13 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         weights, summary = check_policy(sandbox.job, base_dir)
         summary["weight_change"] = weight_change(base_dir / "model.safetensors", weights)
         cache_policy(weights, summary, base_dir, cache_dir)
+        mark_used(cache_dir)
         timings.update({f"train_{k}": v for k, v in summary["timings"].items() if v is not None})
+        if job.get("cache_gb"):
+            evicted = prune(cache_dir.parent, int(job["cache_gb"] * 2 ** 30), keep=cache_dir)
+            if evicted:
+                print(f"training cache over its limit ({job['cache_gb']:g} GiB): deleted the {len(evicted)} "
+                      f"least recently used policies", flush=True)
     record = json.loads((cache_dir / "training.json").read_text())
     if record.get("weight_change") is None:
         # A policy cached before the measure was kept: measured once, and written into its record

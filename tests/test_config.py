@@ -151,7 +151,8 @@ def test_every_researcher_has_a_schema_and_a_backend():
     (["rounds_=5"], "rounds_: unknown key; valid keys of the campaign: name, rounds, scaffold, runs_dir, seed, "
                     "base_model, baseline_seeds, eval_seeds, reeval_seeds, retrain_seeds, margin, split_size, "
                     "memory_budget_tokens, runner, tracking, live, researcher, approvals"),
-    (["runner.memory=8"], "runner.memory: unknown key; valid keys of runner: timeout_s, memory_gb"),
+    (["runner.memory=8"], "runner.memory: unknown key; valid keys of runner: timeout_s, memory_gb, cache_gb"),
+    (["runner.cache_gb=0"], "runner.cache_gb must be > 0, got 0"),
     (["researcher=random", "researcher.temperature=1"],
      "researcher.temperature: unknown key; valid keys of researcher (random): name"),
     (["researcher=openai", "researcher.budget.dollars=3"],
@@ -186,7 +187,8 @@ def test_numbers_are_read_as_people_type_them():
                              "researcher.reward_scale=3E-4", "margin=-2", "name=2024"])
     assert config["researcher"]["learning_rate"] == 1e-5 and config["researcher"]["temperature"] == 0.5
     assert config["researcher"]["reward_scale"] == 3e-4 and config["margin"] == -2.0 and config["name"] == "2024"
-    assert compose_config(["runner.timeout_s=600"])["runner"] == {"timeout_s": 600, "memory_gb": 16}
+    assert compose_config(["runner.timeout_s=600"])["runner"] == {"timeout_s": 600, "memory_gb": 16, "cache_gb": None}
+    assert compose_config(["runner.cache_gb=20"])["runner"]["cache_gb"] == 20
     openai = compose_config(["researcher=openai", "researcher.budget.tokens=2e6", "researcher.prices.prompt=0.3"])
     assert openai["researcher"]["budget"] == {"tokens": 2e6, "cost_usd": None}
 
