@@ -80,3 +80,22 @@ def test_the_runner_keeps_its_cache_within_the_limit(tmp_path):
     again = run("e")  # the deleted policy is trained again, the same one
     assert not again["training"]["cached"] and again["training"]["key"] == first["training"]["key"]
     assert again["metrics"]["accuracy"] == first["metrics"]["accuracy"]
+
+
+def test_a_campaign_passes_its_limit_to_the_runner(tmp_path):
+    """`runner.cache_gb` from the command line reaches the worker: a policy cached long ago (two
+    hours unused) is gone after one round that trained a new one."""
+    from fast_scaffold import campaign_root
+
+    from harness.cli import main
+
+    proposal = {"hypothesis": "a faster rate", "edits": [{"knob": "grpo.learning_rate", "value": 1e-5}]}
+    root, scaffold, script = campaign_root(tmp_path, [proposal])
+    stale = entry(root / "runs" / "cache" / "train", "0" * 24, 1, 2 * GRACE_S)
+    args = {"name": "capped", "rounds": 1, "researcher": "scripted", "researcher.file": script,
+            "runs_dir": root / "runs", "scaffold": scaffold, "baseline_seeds": "[0,1]", "eval_seeds": "[0]",
+            "reeval_seeds": "[1]", "live": "false", "tracking.enabled": "false", "runner.cache_gb": 1e-6}
+    assert main(["start", *(f"{k}={v}" for k, v in args.items())]) == 0
+    assert not stale.exists()
+    logs = [p.read_text() for p in (root / "runs" / "capped" / "rounds").rglob("worker.log")]
+    assert any("deleted the 1 least recently used policies" in log for log in logs)
