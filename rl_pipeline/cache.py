@@ -43,11 +43,11 @@ def entry_size(entry: Path) -> int:
     return total
 
 
-def prune(root: Path, max_bytes: int, keep: Path | None = None, now: float | None = None) -> list[str]:
+def prune(root: Path, max_bytes: int, keep: Path | None = None) -> list[str]:
     """Delete the least recently used entries under `root` until they hold at most `max_bytes`,
     never `keep` nor one used within GRACE_S; the keys deleted, oldest first. Temp folders (their
     names start with a dot) are not entries; ones left by a deletion a crash cut short are removed."""
-    now = time.time() if now is None else now
+    now = time.time()
     entries = []
     for item in os.scandir(root):
         if item.name.startswith("."):
