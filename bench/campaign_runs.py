@@ -118,9 +118,19 @@ def base_fingerprint(base: Path) -> str:
         raise ReuseError(f"no base policy at {base} ({err.strerror}: {err.filename})") from None
 
 
+# how much the runner may keep on disk: it changes no result (a policy deleted under the training
+# cache's limit is trained again, the same), and a record older than the key has none
+UNSCORED = {"runner": {"cache_gb"}}
+
+
 def _comparable(config: dict) -> dict:
-    """A config without where its files are, as JSON keeps it (so a record compares equal)."""
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in PLACES}, default=str))
+    """A config without where its files are nor how much is kept, as JSON keeps it (so a record
+    compares equal)."""
+    kept = {k: v for k, v in config.items() if k not in PLACES}
+    for section, keys in UNSCORED.items():
+        if isinstance(kept.get(section), dict):
+            kept[section] = {k: v for k, v in kept[section].items() if k not in keys}
+    return json.loads(json.dumps(kept, default=str))
 
 
 def campaign_record(campaign: Path) -> dict:

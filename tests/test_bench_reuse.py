@@ -135,6 +135,14 @@ def test_a_record_outlives_its_campaign_and_is_checked_alike(earlier, tmp_path):
     with pytest.raises(ReuseError, match=r"older.json is another campaign: split_size 200, wanted 800"):
         reuse(tmp_path / "older.json", here, 2, overrides)
 
+    # The training cache's limit changes no result: a record from before the key is the same
+    # campaign with any limit, or none.
+    older["config"]["split_size"] = 800
+    older["config"]["runner"].pop("cache_gb", None)
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert reuse(tmp_path / "older.json", here, 2, overrides) == history
+    assert reuse(tmp_path / "older.json", here, 2, [*overrides, "runner.cache_gb=20"]) == history
+
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ReuseError, match="bad.json: not a readable campaign record"):
         reuse(tmp_path / "bad.json", here, 2, overrides)
