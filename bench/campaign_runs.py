@@ -123,6 +123,10 @@ def base_fingerprint(base: Path) -> str:
 UNSCORED = {"runner": {"cache_gb"}}
 
 
+# an option added with a default that changed behaviour, and how a campaign recorded before it ran
+BEFORE = {("researcher", "interior_first"): False}
+
+
 def _comparable(config: dict) -> dict:
     """A config without where its files are nor how much is kept, as JSON keeps it (so a record
     compares equal)."""
@@ -202,6 +206,9 @@ def reuse(source: Path, runs: Path, rounds: int, overrides: list[str]) -> list[d
     new = compose_config([f"runs_dir={runs}", f"name={old['campaign']}", f"rounds={rounds}", "live=false", *overrides])
     wanted = _comparable(new)
     recorded = _comparable(campaign_config({})) | old["config"]  # a key newer than the record: its default
+    for (section, key), value in BEFORE.items():  # ... or how the campaigns before it ran
+        if isinstance(recorded.get(section), dict) and key in wanted.get(section, {}):
+            recorded[section] = recorded[section] | {key: recorded[section].get(key, value)}
     differ = [f"{k} {recorded.get(k)!r}, wanted {wanted.get(k)!r}"
               for k in sorted(recorded.keys() | wanted.keys()) if recorded.get(k) != wanted.get(k)]
     base = base_fingerprint(new["base_model"])

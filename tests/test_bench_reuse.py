@@ -143,6 +143,15 @@ def test_a_record_outlives_its_campaign_and_is_checked_alike(earlier, tmp_path):
     assert reuse(tmp_path / "older.json", here, 2, overrides) == history
     assert reuse(tmp_path / "older.json", here, 2, [*overrides, "runner.cache_gb=20"]) == history
 
+    # An option whose default changed how a researcher works: a record from before it ran without it.
+    local = {k: v for k, v in compose_config(["researcher=local"])["researcher"].items() if k != "interior_first"}
+    older["config"]["researcher"] = local
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    as_local = [o if o != "researcher=random" else "researcher=local" for o in overrides]
+    with pytest.raises(ReuseError, match=r"researcher {.*'interior_first': False}, wanted {.*'interior_first': True}"):
+        reuse(tmp_path / "older.json", here, 2, as_local)
+    assert reuse(tmp_path / "older.json", here, 2, [*as_local, "researcher.interior_first=false"]) == history
+
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ReuseError, match="bad.json: not a readable campaign record"):
         reuse(tmp_path / "bad.json", here, 2, overrides)
