@@ -48,15 +48,20 @@ def prune(root: Path, max_bytes: int, keep: Path | None = None) -> list[str]:
     never `keep` nor one used within GRACE_S; the keys deleted, oldest first. Temp folders (their
     names start with a dot) are not entries; ones left by a deletion a crash cut short are removed."""
     now = time.time()
-    entries = []
+    entries, sizes = [], {}
     for item in os.scandir(root):
         if item.name.startswith("."):
             if EVICTED in item.name:
                 shutil.rmtree(item.path, ignore_errors=True)
             continue
         if item.is_dir(follow_symlinks=False):
-            entries.append((item.stat().st_mtime, Path(item.path)))
-    sizes = {path: entry_size(path) for _, path in entries}
+            path = Path(item.path)
+            try:  # another job's prune may take an entry at any moment
+                used, size = item.stat().st_mtime, entry_size(path)
+            except FileNotFoundError:
+                continue
+            entries.append((used, path))
+            sizes[path] = size
     total = sum(sizes.values())
     evicted = []
     for _, path in sorted(entries):

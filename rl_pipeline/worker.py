@@ -413,7 +413,11 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
         mark_used(cache_dir)
         timings.update({f"train_{k}": v for k, v in summary["timings"].items() if v is not None})
         if job.get("cache_gb"):
-            evicted = prune(cache_dir.parent, int(job["cache_gb"] * 2 ** 30), keep=cache_dir)
+            try:
+                evicted = prune(cache_dir.parent, int(job["cache_gb"] * 2 ** 30), keep=cache_dir)
+            except OSError as err:  # housekeeping: the run itself is fine, and its result stands
+                print(f"training cache over its limit, not pruned: {err}", flush=True)
+                evicted = []
             if evicted:
                 print(f"training cache over its limit ({job['cache_gb']:g} GiB): deleted the {len(evicted)} "
                       f"least recently used policies", flush=True)
