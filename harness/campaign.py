@@ -19,8 +19,8 @@ from pathlib import Path
 
 from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
-from harness.compare import (decide, deterministic, heldout_change, merge_results, noise_floor, on_more_examples,
-                             with_calibration)
+from harness.compare import (decide, deterministic, heldout_change, heldout_part, merge_results, noise_floor,
+                             on_more_examples, with_calibration)
 from harness.config import data_dir
 from harness.critique import check_critique, critique
 from harness.journal import Journal, incumbent_dir, run_step
@@ -470,28 +470,60 @@ class Campaign:
 
     def _heldout(self, n: int, out: Path) -> dict:
         """Held-out accuracy of the new incumbent and its change from the incumbent it replaced (a
-        false keep when not positive): reported, never shown to the researcher, never decides."""
+        false keep when not positive): reported, never shown to the researcher, never decides. A
+        change to training kept on its gain over training seeds has its change averaged over them."""
         self.workspace.checkout_main()
         held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
         if held["status"] != "ok":
             return {"heldout_accuracy": None}
+        accuracy = {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"]}
         before = self._heldout_before(n)
-        return {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"],
-                **(heldout_change(held, before) if before else {})}
+        if before is None:
+            return accuracy
+        greedy = deterministic(heldout_part(held)) and deterministic(heldout_part(read_result(before)))
+        return accuracy | heldout_change(held, read_result(before), self._heldout_retrained(n, out, before, greedy))
 
-    def _heldout_before(self, n: int) -> dict | None:
-        """The held-out result of the incumbent that round `n`'s keep replaced (the baseline or the last
-        keep before it); None when that one has no held-out score."""
+    def _heldout_before(self, n: int) -> Path | None:
+        """The held-out result's folder of the incumbent that round `n`'s keep replaced (the baseline
+        or the last keep before it); None when that one has no held-out score."""
         previous = max((h for h in self.journal.get("history")
                         if h["round"] < n and h["decision"] in ("keep", "baseline")), key=lambda h: h["round"])
         if previous.get("heldout_accuracy") is None:
             return None
         if previous["round"] == 0:
-            return read_result(self.dir / self.journal.get("baseline")["result"])
+            return self.dir / self.journal.get("baseline")["result"]
         # In its round's folder, or in its candidate's of a round of several (only the chosen one has it).
         folder = self.rounds_dir / f"{previous['round']:03d}"
-        return read_result(next(held for held in (folder / "heldout", *sorted(folder.glob("cand-*/heldout")))
-                                if (held / "result.json").is_file()))
+        return next(held for held in (folder / "heldout", *sorted(folder.glob("cand-*/heldout")))
+                    if (held / "result.json").is_file())
+
+    def _heldout_retrained(self, n: int, out: Path, before: Path, greedy: bool) -> dict[int, tuple[dict, dict]]:
+        """For each training seed but 0 that round `n`'s keep was decided on (none unless it
+        re-trained), the (new incumbent, replaced incumbent) held-out results trained with it, the
+        replaced one's taken from its own keep where it was scored there; a seed that either fails
+        on is left out. The policies are in the training cache from the re-training: only the
+        scoring runs, on one seed under deterministic decoding."""
+        per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
+        train_seeds = [p["train_seed"] for p in per_seed if p["train_seed"] != 0]
+        if not train_seeds:
+            return {}
+        seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
+        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
+
+        def done(folder: Path, commit: str, t: int) -> dict | None:
+            return reusable(folder, commit=commit, seeds=seeds, train_seed=t)
+
+        runs = {t: ((out / "heldout" / f"train-seed-{t}", new),
+                    (before / f"train-seed-{t}" if done(before / f"train-seed-{t}", old, t)
+                     else out / "heldout" / "before" / f"train-seed-{t}", old)) for t in train_seeds}
+        todo = [(folder, t, side) for t, pair in runs.items() for side, (folder, commit) in enumerate(pair)
+                if not done(folder, commit, t)]
+        if todo:
+            with self.workspace.worktree(old, self.dir / SNAPSHOTS / f"{n:03d}-heldout-before") as at:
+                self._run_jobs([self._job(at if side else self.workspace.path, folder, seeds, heldout=True,
+                                          train_seed=t) for folder, t, side in todo])
+        pairs = {t: tuple(done(folder, commit, t) for folder, commit in pair) for t, pair in runs.items()}
+        return {t: pair for t, pair in pairs.items() if all(pair)}
 
     def _verdicts(self, n: int) -> tuple[dict, dict]:
         """The round's last verdict (for a round that never reached a comparison, its decision and
@@ -547,7 +579,7 @@ class Campaign:
                  "accuracy": None if failed else result["metrics"]["accuracy"],
                  "incumbent_accuracy": incumbent["metrics"]["accuracy"],
                  "heldout_accuracy": heldout, "heldout_delta": held.get("heldout_delta"),
-                 "false_keep": held.get("false_keep"),
+                 "false_keep": held.get("false_keep"), "heldout_by_train_seed": held.get("heldout_by_train_seed"),
                  "hypothesis": proposal_dict["hypothesis"], "delta": verdict.get("delta")}
         last_round = {"round": n, "hypothesis": proposal_dict["hypothesis"], "decision": decision,
                       "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
@@ -562,7 +594,9 @@ class Campaign:
                                memory_snapshot=self.memory.snapshot(), approval=approval, heldout=held,
                                candidate=self._chosen(n),
                                extra_metrics={"usage/" + k: v for k, v in usage.items() if isinstance(v, (int, float))}
-                               | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained})
+                               | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained}
+                               | {f"heldout/delta_by_train_seed/{t}": d
+                                  for t, d in held.get("heldout_by_train_seed", {}).items()})
         self.tracker.log_campaign_progress(history, plot)
         return {"decision": decision, "history": entry, "last_round": last_round, "researcher_usage": usage}
 

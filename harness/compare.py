@@ -13,6 +13,7 @@ differences with a seeded paired-bootstrap 95% interval.
         verdict = decide(with_calibration(candidate, its_calibration_part),
                          with_calibration(incumbent, the_incumbents_calibration_part), ...)
     change = heldout_change(new_incumbent_heldout_result, previous_incumbent_heldout_result)  # for the record
+    change = heldout_change(new, old, retrained={1: (new_seed_1, old_seed_1)})  # a keep over training seeds
 """
 
 from __future__ import annotations
@@ -216,21 +217,35 @@ def heldout_part(result: dict) -> dict:
     return held | {"seeds": list(held.get("seeds", result["seeds"]))}
 
 
-def heldout_change(new: dict, old: dict) -> dict:
+def _heldout_delta(new: dict, old: dict) -> tuple[float, bool]:
+    """The held-out change from `old` to `new`, and whether it is paired per example."""
+    a, b = heldout_part(new), heldout_part(old)
+    if "per_example" in a and "per_example" in b:
+        try:
+            return float(paired_differences(a, b)[0].mean()), True
+        except ValueError:  # other examples or no common seed: the plain difference is all there is
+            pass
+    return float(a["metrics"]["accuracy"] - b["metrics"]["accuracy"]), False
+
+
+def heldout_change(new: dict, old: dict, retrained: dict[int, tuple[dict, dict]] | None = None) -> dict:
     """How a keep moved the held-out score: the new incumbent's held-out accuracy minus the previous
     incumbent's. Paired per example over the common seeds when both carry per-example scores of the
     same examples on a shared seed (the noise they share cancels, as in `decide`), else the plain
     difference of accuracies. A change that is not positive makes the keep a false keep: what won on
     eval did not carry over. Recorded only: held-out decides nothing.
+
+    `retrained` maps each further training seed a keep was decided on (a change to training is kept
+    on its gain averaged over training seeds) to the (new, old) held-out results trained with it:
+    the change is then averaged over training seed 0's and theirs, the same claim the keep made,
+    and `heldout_by_train_seed` holds each one's.
     """
-    a, b = heldout_part(new), heldout_part(old)
-    delta, paired = float(a["metrics"]["accuracy"] - b["metrics"]["accuracy"]), False
-    if "per_example" in a and "per_example" in b:
-        try:
-            delta, paired = float(paired_differences(a, b)[0].mean()), True
-        except ValueError:  # other examples or no common seed: the plain difference is all there is
-            pass
-    return {"heldout_delta": delta, "heldout_paired": paired, "false_keep": delta <= 0}
+    by_seed = {0: _heldout_delta(new, old)} | {t: _heldout_delta(*pair) for t, pair in (retrained or {}).items()}
+    delta = float(np.mean([d for d, _ in by_seed.values()]))
+    change = {"heldout_delta": delta, "heldout_paired": all(p for _, p in by_seed.values()), "false_keep": delta <= 0}
+    if retrained:
+        change["heldout_by_train_seed"] = {str(t): d for t, (d, _) in sorted(by_seed.items())}
+    return change
 
 
 # ---------------------------------------------------------------- merging re-evaluations

@@ -4,14 +4,17 @@ A history row is one round:
 
     {"round": 3, "decision": "keep" | "revert" | "failed" | "baseline", "accuracy": 0.41 | None,
      "incumbent_accuracy": 0.41, "heldout_accuracy": 0.39 | None, "heldout_delta": -0.01 | None,
-     "false_keep": True | None, "hypothesis": "...", "delta": 0.03 | None}
+     "false_keep": True | None, "heldout_by_train_seed": {"0": -0.01, ...} | None, "hypothesis": "...",
+     "delta": 0.03 | None}
 
 Round 0 is the baseline (the initial scaffold). `accuracy` is the candidate's score (None when it
 failed to run), `incumbent_accuracy` the incumbent's after the round's decision, and
 `heldout_accuracy` the held-out score, measured for the baseline and for kept rounds. A kept round
 also has `heldout_delta`, its held-out change from the incumbent it replaced, and `false_keep`,
 whether that change was not positive (both None when held-out could not be scored, and absent in
-campaigns from before they were recorded).
+campaigns from before they were recorded); a change to training kept on its gain over training
+seeds has that change averaged over them, each seed's in `heldout_by_train_seed` ({"0": ..., "1":
+...}; None otherwise).
 
     progress_plot(history, "runs/arith-100/progress.png", title="arith-100")
     Path("runs/arith-100/summary.md").write_text(summary_markdown("arith-100", history, floor))
@@ -108,6 +111,12 @@ def _delta(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
+def _over_trainings(row: dict) -> str:
+    """How many trainings a keep's held-out change is averaged over, when more than one."""
+    seeds = row.get("heldout_by_train_seed") or {}
+    return f" over {len(seeds)} trainings" if len(seeds) > 1 else ""
+
+
 def false_keeps(history: list[dict]) -> tuple[list[int], int]:
     """The rounds kept on eval whose held-out change was not positive, and how many keeps were scored."""
     scored = [r for r in history if r["decision"] == KEPT and r.get("false_keep") is not None]
@@ -156,7 +165,8 @@ def summary_markdown(campaign_name: str, history: list[dict], noise_floor: dict 
                   "|---:|---|---:|---:|---:|---:|"]
         lines += [f"| {r['round']} | {_cell(r.get('hypothesis', ''))} | {_delta(r.get('delta'))} | "
                   f"{_score(r.get('accuracy'))} | {_score(r.get('heldout_accuracy'))} | "
-                  f"{_delta(r.get('heldout_delta'))}{' (false keep)' if r.get('false_keep') else ''} |" for r in kept]
+                  f"{_delta(r.get('heldout_delta'))}{_over_trainings(r)}{' (false keep)' if r.get('false_keep') else ''} |"
+                  for r in kept]
     else:
         lines.append("No change was kept.")
     return "\n".join(lines) + "\n"

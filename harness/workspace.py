@@ -244,14 +244,19 @@ class Workspace:
         elif chosen != commit.hexsha:
             raise WorkspaceError(f"round {round_no}: cand/{_name(round_no)} already names another candidate")
 
-    @contextlib.contextmanager
-    def snapshot(self, round_no: int, candidate: int, path: str | Path) -> Iterator[Path]:
+    def snapshot(self, round_no: int, candidate: int, path: str | Path) -> contextlib.AbstractContextManager[Path]:
         """Candidate k's commit checked out at `path` (a detached worktree) for the `with` block;
         one left by a killed campaign is replaced."""
-        commit, path = self._candidate(round_no, candidate), Path(path).resolve()
+        return self.worktree(self._candidate(round_no, candidate).hexsha, path)
+
+    @contextlib.contextmanager
+    def worktree(self, commit: str, path: str | Path) -> Iterator[Path]:
+        """`commit` checked out at `path` (a detached worktree) for the `with` block; one left by a
+        killed campaign is replaced."""
+        path = Path(path).resolve()
         self._drop_worktree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.repo.git.worktree("add", "--detach", str(path), commit.hexsha)
+        self.repo.git.worktree("add", "--detach", str(path), commit)
         try:
             yield path
         finally:

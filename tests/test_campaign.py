@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import git
 import pytest
@@ -207,14 +208,15 @@ def test_a_change_to_training_is_retrained_on_a_fresh_seed_before_it_is_kept(set
     script.write_text("".join(json.dumps(p) + "\n" for p in [
         {"hypothesis": "learn faster", "edits": [{"knob": "grpo.learning_rate", "value": 1e-5}]},
         {"hypothesis": "sample cooler", "edits": [{"knob": "sampling.temperature", "value": 0.5}]},
-        {"hypothesis": "clip wider", "edits": [{"knob": "grpo.epsilon", "value": 0.3}]}]))
-    args = overrides(root, scaffold, name="retrain", rounds=3, researcher="scripted", margin=-0.5,
+        {"hypothesis": "clip wider", "edits": [{"knob": "grpo.epsilon", "value": 0.3}]},
+        {"hypothesis": "learn faster still", "edits": [{"knob": "grpo.learning_rate", "value": 2e-5}]}]))
+    args = overrides(root, scaffold, name="retrain", rounds=4, researcher="scripted", margin=-0.5,
                      retrain_seeds="[1]", **{"researcher.file": str(script)})
     assert main(["start", *args]) == 0
     camp = root / "runs" / "retrain"
     journal = Journal(camp)
-    assert [journal.step_output(n, "decide")["decision"] for n in (1, 2, 3)] == ["keep"] * 3
-    assert [journal.is_done(n, "retrain") for n in (1, 2, 3)] == [True, False, True]
+    assert [journal.step_output(n, "decide")["decision"] for n in (1, 2, 3, 4)] == ["keep"] * 4
+    assert [journal.is_done(n, "retrain") for n in (1, 2, 3, 4)] == [True, False, True, True]
 
     retrained = journal.step_output(1, "retrain")
     assert [(p["train_seed"], p["delta"]) for p in retrained["per_seed"]] == [(0, 0.0), (1, 0.0)]
@@ -240,6 +242,35 @@ def test_a_change_to_training_is_retrained_on_a_fresh_seed_before_it_is_kept(set
     run = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
                              "tags.campaign = 'retrain' and tags.round = '1'")[0]
     assert run.data.metrics["delta_by_train_seed/1"] == 0.0 and "training seed" in run.data.tags["reason"]
+
+    # Held-out, for the record: a keep decided over training seeds has its change averaged over them,
+    # the new incumbent and the one it replaced each scored with training seed 1 as well.
+    held = {n: journal.step_output(n, "heldout") for n in (1, 2, 3, 4)}
+    assert [held[n].get("heldout_by_train_seed") for n in (1, 2, 3, 4)] == [{"0": 0.0, "1": 0.0}, None,
+                                                                           {"0": 0.0, "1": 0.0}, {"0": 0.0, "1": 0.0}]
+    commits = {n: journal.step_output(n, "decide")["commits"] for n in (1, 2, 3, 4)}
+    for n, before in ((1, rounds / "001" / "heldout" / "before"), (3, rounds / "003" / "heldout" / "before"),
+                      (4, rounds / "003" / "heldout")):
+        new, old = read_result(rounds / f"{n:03d}" / "heldout" / "train-seed-1"), read_result(before / "train-seed-1")
+        assert new["scaffold"]["commit"] == commits[n]["candidate"] and "heldout" in new
+        assert old["scaffold"]["commit"] == commits[n]["incumbent_before"] and "heldout" in old
+        assert new["training"]["train_seed"] == old["training"]["train_seed"] == 1
+        assert new["training"]["cached"] and old["training"]["cached"]  # trained by the re-training, scored only
+    # Round 4 replaced round 3, a keep scored with seed 1 already: taken from there, not scored again.
+    assert not (rounds / "004" / "heldout" / "before").exists()
+    history = {h["round"]: h for h in journal.get("history")}
+    assert history[3]["heldout_by_train_seed"] == {"0": 0.0, "1": 0.0} and history[3]["false_keep"]
+    assert "| +0.0000 over 2 trainings (false keep) |" in (camp / "summary.md").read_text()
+    assert run.data.metrics["heldout/delta_by_train_seed/1"] == 0.0
+    # bench/heldout_keeps.py, which scores the keeps of campaigns from before this record, gives the same.
+    bench = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "heldout_keeps.py"), str(camp)],
+                           capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert "retrain: 3 re-trained keep(s)" in bench.stdout
+    for n in (1, 3, 4):
+        assert f"{n:>5}  {0:>+17.4f}  {0:>+19.4f}  0 +0.0000, 1 +0.0000  false keep" in bench.stdout
+    assert "3 on training seed 0 alone, 3 over the training seeds each keep was decided on" in bench.stdout
+    assert (camp / "heldout-keeps").is_dir() and not git.Repo(camp / "scaffold").is_dirty(untracked_files=True)
 
 
 def test_second_process_is_refused(setup, tmp_path):

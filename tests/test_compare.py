@@ -222,6 +222,24 @@ def test_a_heldout_change_of_zero_is_a_false_keep_and_unpaired_scores_give_the_p
                                                  "false_keep": True}
 
 
+def test_a_keep_decided_over_training_seeds_has_its_heldout_change_averaged_over_them():
+    # Training seed 0 alone makes it a false keep (-0.02); seeds 1 and 2, the same recipe trained
+    # again, gain +0.05 and +0.03: the change the keep claimed holds on held-out, +0.02 on average.
+    one_seed = with_heldout(base_scores(96)), with_heldout(base_scores(100))
+    assert heldout_change(*one_seed)["false_keep"]
+    retrained = {1: (with_heldout(base_scores(110, 1), seeds=[0]), with_heldout(base_scores(100, 1), seeds=[0])),
+                 2: (with_heldout(base_scores(104, 1), seeds=[0]), with_heldout(base_scores(98, 1), seeds=[0]))}
+    change = heldout_change(*one_seed, retrained=retrained)
+    assert change == {"heldout_delta": pytest.approx(0.02), "heldout_paired": True, "false_keep": False,
+                      "heldout_by_train_seed": {"0": pytest.approx(-0.02), "1": pytest.approx(0.05),
+                                                "2": pytest.approx(0.03)}}
+    # A seed whose results cannot be paired gives its plain difference, and the average says so.
+    retrained[2] = (retrained[2][0], make_result(base_scores(98)) | {"heldout": {"metrics": {"accuracy": 0.6}}})
+    change = heldout_change(*one_seed, retrained=retrained)
+    assert change["heldout_paired"] is False and change["heldout_by_train_seed"]["2"] == pytest.approx(-0.08)
+    assert change["heldout_delta"] == pytest.approx(-0.05 / 3) and change["false_keep"]
+
+
 def mixed_scores(n: int, correct: int, lost: int, gained: int, n_seeds: int = 1) -> np.ndarray:
     """The first `correct` of `n` examples right, less the first `lost` of them, plus the `gained`
     after them: a change that wins some examples and loses others, the same under every seed."""
