@@ -82,7 +82,8 @@ def keeps(campaign: Path) -> list[dict]:
         train_seeds = [p["train_seed"] for p in per_seed if p["train_seed"] != 0]
         if not train_seeds or row.get("heldout_delta") is None:
             continue
-        new, old = read_result(heldout_folder(campaign, journal, n)), read_result(heldout_folder(campaign, journal, before))
+        new = read_result(heldout_folder(campaign, journal, n))
+        old = read_result(heldout_folder(campaign, journal, before))
         greedy = deterministic(heldout_part(new)) and deterministic(heldout_part(old))
         seeds = frozen_config(campaign)["eval_seeds"][:1] if greedy else frozen_config(campaign)["eval_seeds"]
         commits = journal.step_output(n, "decide")["commits"]

@@ -116,12 +116,17 @@ def test_a_greedy_gain_within_eval_noise_is_kept_on_calibration_examples(tmp_pat
     assert [p["train_seed"] for p in journal.step_output(2, "retrain")["per_seed"]] == [0, 1]
     assert journal.get("incumbent")["round"] == 2
     # No seed was added (they would change nothing); the incumbent's calibration result is reused
-    # by the re-training, which scores each policy on eval and calibration on the first seed.
+    # by the re-training, which scores each policy on eval and calibration on the first seed. The
+    # keep's held-out change is over both training seeds: the new incumbent and round 1's (a keep
+    # scored on training seed 0 alone) with training seed 1 too, on the first seed.
     assert evaluated == ["rounds/000", "rounds/001", "rounds/001/heldout", "rounds/002",
                          "rounds/002/calibration +calibration", "rounds/001/calibration +calibration",
                          "rounds/002/retrain/seed-1/calibration +calibration",
-                         "rounds/001/retrain/seed-1/calibration +calibration", "rounds/002/heldout"]
+                         "rounds/001/retrain/seed-1/calibration +calibration", "rounds/002/heldout",
+                         "rounds/002/heldout/train-seed-1", "rounds/002/heldout/before/train-seed-1"]
     assert json.loads((path / "rounds" / "002" / "calibration" / "result.json").read_text())["seeds"] == [0]
+    seed_1 = path / "rounds" / "002" / "heldout" / "train-seed-1" / "result.json"
+    assert json.loads(seed_1.read_text())["seeds"] == [0]
     assert "every seed gave the same answers" in (path / "rounds" / "002" / "critique.md").read_text()
 
 
