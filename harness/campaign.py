@@ -480,8 +480,9 @@ class Campaign:
         before = self._heldout_before(n)
         if before is None:
             return accuracy
-        greedy = deterministic(heldout_part(held)) and deterministic(heldout_part(read_result(before)))
-        return accuracy | heldout_change(held, read_result(before), self._heldout_retrained(n, out, before, greedy))
+        replaced = read_result(before)
+        greedy = deterministic(heldout_part(held)) and deterministic(heldout_part(replaced))
+        return accuracy | heldout_change(held, replaced, self._heldout_retrained(n, out, before, greedy))
 
     def _heldout_before(self, n: int) -> Path | None:
         """The held-out result's folder of the incumbent that round `n`'s keep replaced (the baseline
