@@ -125,9 +125,11 @@ def test_a_round_killed_under_version_1_resumes(old_code, setup, point, monkeypa
     # Round 1 went on from where it was killed: nothing evaluated or scored again; it learned
     # only if the old code had not. Round 2 ran whole under today's steps: its candidate is trained
     # by today's code, its incumbent was by the old code, so its keep is checked on fresh training
-    # seeds, both trained by today's code.
+    # seeds, both trained by today's code, and its held-out change is over those seeds too (round 1,
+    # which the old code scored on training seed 0 alone, scored with them in round 2's folder).
     retrained = [f"rounds/{n:03d}/retrain/seed-{seed}" for seed in (1, 2) for n in (2, 1)]
-    assert evaluated == ["rounds/002", *retrained, "rounds/002/heldout"]
+    held = [f"rounds/002/heldout/{side}train-seed-{seed}" for seed in (1, 2) for side in ("", "before/")]
+    assert evaluated == ["rounds/002", *retrained, "rounds/002/heldout", *held]
     assert learned == ([] if point == "learned" else [(PROPOSALS[0]["hypothesis"], "keep")]) + \
         [(PROPOSALS[1]["hypothesis"], "keep")]
     journal = json.loads((camp / "journal.json").read_text())

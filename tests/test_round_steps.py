@@ -168,7 +168,13 @@ def test_an_uninterrupted_round_goes_through_every_step(reference):
     assert end["result"]["seeds"] == [0, 1]  # the re-evaluation's seed merged into the candidate's result
     assert end["history"][1]["heldout_accuracy"] == split(0.3, [0])["metrics"]["accuracy"]
     # (the baseline was evaluated on the re-evaluation's seed already: no `rounds/000/seeds-1`)
-    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval", *RETRAINED, "rounds/001/heldout"],
+    # The keep's held-out change is over both training seeds: the new incumbent and the baseline
+    # scored with training seed 1 as well, in the round's folder.
+    by_seed = end["history"][1]["heldout_by_train_seed"]
+    assert set(by_seed) == {"0", "1"} and by_seed["0"] > 0
+    assert end["history"][1]["heldout_delta"] == pytest.approx((by_seed["0"] + by_seed["1"]) / 2)
+    assert effects == {"evaluated": ["rounds/000", "rounds/001", "rounds/001/reeval", *RETRAINED, "rounds/001/heldout",
+                                     "rounds/001/heldout/train-seed-1", "rounds/001/heldout/before/train-seed-1"],
                        "kept": [1], "reverted": [], "learned": [(PROPOSAL["hypothesis"], "keep")]}
 
 
