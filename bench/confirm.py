@@ -44,13 +44,14 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 use_offline_env()
 
 from harness.compare import heldout_part, paired_differences  # noqa: E402
-from harness.config import CONFIG_FILE, frozen_config  # noqa: E402
+from harness.config import CONFIG_FILE  # noqa: E402
 from harness.journal import Journal  # noqa: E402
 from harness.proposal import MoveEdit, Proposal, ProposalError, parse_proposal, render  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
 from rl_pipeline.run import run_scaffold, shutdown  # noqa: E402
 from rl_pipeline.stats import bootstrap_mean_ci  # noqa: E402
+from heldout_keeps import runner_options  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,14 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, ProposalError) as err:  # JSONDecodeError is a ValueError
             print(f"--change {text!r}: not a JSON list of edits: {err}")
             return 2
-    config = frozen_config(campaign)
     baseline = read_result(campaign / journal.get("baseline")["result"])
-    # relative paths in the config are from where the campaign was started: <there>/<runs_dir>/<name>
-    runs_dir = Path(config["runs_dir"])
-    started_in = campaign.parent if runs_dir.is_absolute() else campaign.parents[len(runs_dir.parts)]
-    runs = campaign.parent
-    options = {"base": str(started_in / config["base_model"]), "data_dir": str(runs / "data"),
-               "cache_dir": str(runs / "cache" / "train"), "split_size": config["split_size"]}
+    options = runner_options(campaign)
     out = (args.out or campaign / "confirm").resolve()
     files = initial_files(campaign, baseline["scaffold"]["commit"])
     initial_dir = committed_scaffold(files, out / "scaffolds" / "initial")

@@ -36,7 +36,8 @@ from rl_pipeline.run import run_scaffold, shutdown  # noqa: E402
 
 
 def runner_options(campaign: Path) -> dict:
-    """The runner options the campaign ran with: its base, data, training cache and split size."""
+    """The runner options the campaign ran with: its base, data, training cache and split size.
+    Relative paths in its config are from where it was started: <there>/<runs_dir>/<name>."""
     config = frozen_config(campaign)
     runs_dir = Path(config["runs_dir"])
     started_in = campaign.parent if runs_dir.is_absolute() else campaign.parents[len(runs_dir.parts)]
@@ -70,7 +71,7 @@ def scored(campaign: Path, commit: str, train_seed: int, seeds: list[int], optio
 
 def keeps(campaign: Path) -> list[dict]:
     """Each re-trained keep of `campaign`: its round, its held-out change as recorded, and now."""
-    journal, options = Journal(campaign), runner_options(campaign)
+    journal, options, eval_seeds = Journal(campaign), runner_options(campaign), frozen_config(campaign)["eval_seeds"]
     history = sorted(journal.get("history"), key=lambda h: h["round"])
     rows, previous = [], 0
     for row in history:
@@ -85,7 +86,7 @@ def keeps(campaign: Path) -> list[dict]:
         new = read_result(heldout_folder(campaign, journal, n))
         old = read_result(heldout_folder(campaign, journal, before))
         greedy = deterministic(heldout_part(new)) and deterministic(heldout_part(old))
-        seeds = frozen_config(campaign)["eval_seeds"][:1] if greedy else frozen_config(campaign)["eval_seeds"]
+        seeds = eval_seeds[:1] if greedy else eval_seeds
         commits = journal.step_output(n, "decide")["commits"]
         retrained = {t: (scored(campaign, commits["candidate"], t, seeds, options),
                          scored(campaign, commits["incumbent_before"], t, seeds, options)) for t in train_seeds}
