@@ -28,7 +28,7 @@ use_offline_env()
 
 from harness.compare import deterministic, heldout_change, heldout_part  # noqa: E402
 from harness.config import frozen_config  # noqa: E402
-from harness.journal import Journal  # noqa: E402
+from harness.journal import Journal, heldout_dir  # noqa: E402
 from harness.training_noise import reusable  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
@@ -44,15 +44,6 @@ def runner_options(campaign: Path) -> dict:
     runs = campaign.parent
     return {"base": str(started_in / config["base_model"]), "data_dir": str(runs / "data"),
             "cache_dir": str(runs / "cache" / "train"), "split_size": config["split_size"]}
-
-
-def heldout_folder(campaign: Path, journal: Journal, round_no: int) -> Path:
-    """Where the campaign scored round `round_no`'s incumbent on held-out (0: the baseline)."""
-    if round_no == 0:
-        return campaign / journal.get("baseline")["result"]
-    folder = campaign / "rounds" / f"{round_no:03d}"
-    return next(held for held in (folder / "heldout", *sorted(folder.glob("cand-*/heldout")))
-                if (held / "result.json").is_file())
 
 
 def scored(campaign: Path, commit: str, train_seed: int, seeds: list[int], options: dict) -> dict:
@@ -83,8 +74,8 @@ def keeps(campaign: Path) -> list[dict]:
         train_seeds = [p["train_seed"] for p in per_seed if p["train_seed"] != 0]
         if not train_seeds or row.get("heldout_delta") is None:
             continue
-        new = read_result(heldout_folder(campaign, journal, n))
-        old = read_result(heldout_folder(campaign, journal, before))
+        new = read_result(heldout_dir(campaign, journal, n))
+        old = read_result(heldout_dir(campaign, journal, before))
         greedy = deterministic(heldout_part(new)) and deterministic(heldout_part(old))
         seeds = eval_seeds[:1] if greedy else eval_seeds
         commits = journal.step_output(n, "decide")["commits"]

@@ -23,7 +23,7 @@ from harness.compare import (decide, deterministic, heldout_change, heldout_part
                              on_more_examples, with_calibration)
 from harness.config import data_dir
 from harness.critique import check_critique, critique
-from harness.journal import Journal, incumbent_dir, run_step
+from harness.journal import Journal, heldout_dir, incumbent_dir, run_step
 from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
@@ -491,12 +491,7 @@ class Campaign:
                         if h["round"] < n and h["decision"] in ("keep", "baseline")), key=lambda h: h["round"])
         if previous.get("heldout_accuracy") is None:
             return None
-        if previous["round"] == 0:
-            return self.dir / self.journal.get("baseline")["result"]
-        # In its round's folder, or in its candidate's of a round of several (only the chosen one has it).
-        folder = self.rounds_dir / f"{previous['round']:03d}"
-        return next(held for held in (folder / "heldout", *sorted(folder.glob("cand-*/heldout")))
-                    if (held / "result.json").is_file())
+        return heldout_dir(self.dir, self.journal, previous["round"])
 
     def _heldout_retrained(self, n: int, out: Path, before: Path, greedy: bool) -> dict[int, tuple[dict, dict]]:
         """For each training seed but 0 that round `n`'s keep was decided on (none unless it

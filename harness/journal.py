@@ -246,6 +246,16 @@ def incumbent_dir(campaign_dir: str | Path, incumbent: dict) -> Path:
     return Path(campaign_dir).joinpath(*parts)
 
 
+def heldout_dir(campaign_dir: str | Path, journal: Journal, round_no: int) -> Path:
+    """Where the campaign scored round `round_no`'s incumbent on held-out (0: the baseline): its
+    round's folder, or in a round of several its chosen candidate's (only that one has it)."""
+    if round_no == 0:
+        return Path(campaign_dir) / journal.get("baseline")["result"]
+    folder = Path(campaign_dir) / "rounds" / f"{round_no:03d}"
+    return next(held for held in (folder / "heldout", *sorted(folder.glob("cand-*/heldout")))
+                if (held / "result.json").is_file())
+
+
 # ---------------------------------------------------------------- one process per campaign
 
 class CampaignBusy(RuntimeError):
