@@ -21,3 +21,11 @@ def test_status_shows_every_campaign_s_whole_name_and_only_the_columns_some_camp
     assert "not started" in lines["efficacy-local-s1"] and "0/100" in lines["efficacy-local-s1"]
     assert "stopped (resume" in lines["efficacy-tpe-s1"]  # the journal says running; nothing holds the lock
     assert "pending" not in out and "researcher usage" not in out  # no campaign has either
+
+
+def test_status_of_a_runs_folder_without_campaigns_says_so_and_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "300")  # the error on one line, so the path is not folded
+    assert main(["status", f"runs_dir={tmp_path / 'runz'}"]) == 2  # a mistyped folder
+    err = capsys.readouterr().err
+    assert f"no campaign under {tmp_path / 'runz'}/" in err and "researcher start" in err
+    assert not (tmp_path / "runz").exists()  # nothing made on the way

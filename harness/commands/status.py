@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         args.overrides, args.name = [args.name, *args.overrides], None
     runs = runs_dir_arg(args.overrides)
     names = [args.name] if args.name else campaign_names(runs)
+    if not names:  # a mistyped runs_dir= would otherwise read as an empty table and success
+        raise FileNotFoundError(f"no campaign under {runs}/ (start one with `researcher start name=NAME "
+                                f"runs_dir={runs}`)")
     rows = {name: _cells(campaign_dir(name, runs)) for name in names}
     # The name is what tells the rows apart: never cut to "efficacy-…" in a narrow terminal; columns
     # that no campaign fills (no approval pending, no model researcher) are left out to make room.
