@@ -36,7 +36,7 @@ from rl_pipeline.env import use_offline_env  # noqa: E402
 use_offline_env()
 
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
-from harness.config import compose_config  # noqa: E402
+from harness.config import ConfigError, compose_config  # noqa: E402
 from harness.journal import STEPS, Journal  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
 from rounds import work  # noqa: E402  (bench/rounds.py: training and scoring time of a result)
@@ -75,9 +75,13 @@ def main() -> int:
             shutil.copytree(REPO / "runs" / "data", runs / "data")
         runner = [f"runner={args.runner}"] + ([f"runner.cpus={args.cpus}"] if args.runner == "ray" else [])
         runner += [f"runner.workers={args.workers}"] if args.runner == "ray" and args.workers else []
-        config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}", f"scaffold={args.scaffold}",
-                                 f"researcher={args.researcher}", "live=false", "tracking.enabled=true",
-                                 f"candidates_per_round={args.candidates}", *runner, *args.overrides])
+        try:
+            config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}",
+                                     f"scaffold={args.scaffold}", f"researcher={args.researcher}", "live=false",
+                                     "tracking.enabled=true", f"candidates_per_round={args.candidates}", *runner,
+                                     *args.overrides])
+        except ConfigError as err:
+            parser.error(str(err))
         start = time.perf_counter()
         run_campaign(config, create_campaign(config))
         wall = time.perf_counter() - start

@@ -86,6 +86,16 @@ def run(runs: Path, name: str, rounds: int, overrides: list[str]) -> list[dict]:
     return Journal(path).get("history") or []
 
 
+def check_overrides(parser, override_lists: list[list[str]]) -> None:
+    """Each campaign's config composed before anything is set up (data, a base, campaigns), so that a
+    mistyped KEY=VALUE is the parser's one-line error at once, not a traceback after the set-up."""
+    for items in override_lists:
+        try:
+            compose_config(["name=check", *items])
+        except ConfigError as err:
+            parser.error(str(err))
+
+
 class ReuseError(ValueError):
     """A campaign offered for reuse that is not the campaign the benchmark would run."""
 

@@ -51,7 +51,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
+from campaign_runs import (REPO, ReuseError, check_overrides, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
                            run, setup, write_records)
 
 from harness.report import NEAR_BEST, comparison_markdown, comparison_plot  # noqa: E402
@@ -131,6 +131,7 @@ def main() -> int:
         reused = parse_reuse(args.reuse, args.researchers, seeds)
     except ReuseError as err:
         parser.error(str(err))
+    check_overrides(parser, [overrides(k, seeds[0], args.overrides) for k in args.researchers])
 
     with tempfile.TemporaryDirectory(prefix="bench-efficacy-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()

@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import (REPO, ReuseError, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
+from campaign_runs import (REPO, ReuseError, check_overrides, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
                            run, setup, write_records)
 
 from harness.report import comparison_markdown  # noqa: E402
@@ -84,6 +84,7 @@ def main() -> int:
         reused = parse_reuse(args.reuse, list(CONDITIONS), seeds)
     except ReuseError as err:
         parser.error(str(err))
+    check_overrides(parser, [overrides(k, seeds[0], args.overrides) for k in CONDITIONS])
 
     with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
         runs = Path(args.runs_dir or Path(tmp) / "runs").resolve()

@@ -50,3 +50,15 @@ def test_bad_seed_arguments_are_refused(tmp_path):
                        "--reuse", f"local:0={tmp_path}", "--runs-dir", str(runs))
     assert outside.returncode == 2 and "local:0 is not run here" in outside.stderr and "seeds [1]" in outside.stderr
     assert not runs.exists()
+
+
+def test_a_mistyped_campaign_setting_is_refused_before_any_set_up(tmp_path):
+    runs = tmp_path / "runs"
+    researcher = efficacy("--fast", "--rounds", "1", "--seeds", "1", "--researchers", "random", "tpee",
+                          "--runs-dir", str(runs))
+    assert researcher.returncode == 2 and "researcher=tpee: no such researcher" in researcher.stderr
+    assert "Traceback" not in researcher.stderr
+    knob = efficacy("--fast", "--rounds", "1", "--seeds", "1", "--researchers", "local", "--runs-dir", str(runs),
+                    "researcher.temprature=0.5")
+    assert knob.returncode == 2 and "researcher.temprature: unknown key" in knob.stderr
+    assert not runs.exists()  # no data, base or campaign made for a run that cannot start
