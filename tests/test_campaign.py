@@ -321,10 +321,17 @@ def test_eval_command(setup, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "failure categories" in out
-    assert main(["eval", "--scaffold", str(scaffold), "sampling.temperature=9", "--base", str(base),
-                 "--out", str(root / "eval-bad")]) == 1
-    assert "above the maximum" in capsys.readouterr().out
     assert main(["eval", "--scaffold", str(scaffold), "temperature", "--base", str(base)]) == 2
+    # A knob out of range, an unknown one or a missing scaffold: refused before anything runs, even
+    # with no base yet (which would otherwise be pretrained first, for minutes).
+    missing_base = root / "no-base-yet"
+    for args, message in ((["sampling.temperature=9"], "above the maximum"), (["grpo.nope=1"], "unknown knob"),
+                          (["--scaffold", str(root / "nowhere")], "does not exist")):
+        capsys.readouterr()
+        assert main(["eval", "--scaffold", str(scaffold), *args, "--base", str(missing_base),
+                     "--out", str(root / "eval-bad")]) == 2
+        assert message in " ".join(capsys.readouterr().err.split())
+    assert not missing_base.exists() and not (root / "eval-bad").exists()
 
 
 @pytest.mark.parametrize("item, message", [

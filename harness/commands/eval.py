@@ -17,7 +17,7 @@ from rich.table import Table
 
 from harness.commands import command
 from rl_pipeline.run import run_scaffold
-from rl_pipeline.scaffold import parse_overrides
+from rl_pipeline.scaffold import load_scaffold, parse_overrides
 
 console = Console()
 
@@ -61,8 +61,9 @@ HELP = "train (if needed) and evaluate one scaffold in the sandboxed runner"
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = parse_overrides(args.overrides)  # a typo fails here, before any pretraining
-    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the overrides are checked
+    overrides = parse_overrides(args.overrides)
+    load_scaffold(args.scaffold, overrides, import_code=False)  # a wrong folder or knob fails before any pretraining
+    from rl_pipeline.corpus import ensure_base  # heavy (datasets, torch): after the scaffold and knobs are checked
 
     ensure_base(args.base)
     out = args.out or str(Path("runs/eval") / Path(args.scaffold).resolve().name)
