@@ -39,8 +39,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign_runs import (REPO, ReuseError, check_overrides, group_stats, median, near_median, parse_reuse, reuse_all,  # noqa: E402
-                           run, setup, write_records)
+from campaign_runs import (REPO, ReuseError, check_overrides, group_stats, median, near_median,  # noqa: E402
+                           parse_reuse, reuse_all, run, setup, write_records)
 
 from harness.report import comparison_markdown  # noqa: E402
 
