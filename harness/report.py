@@ -34,7 +34,7 @@ from rl_pipeline.files import write_atomic
 KEPT, REVERTED, FAILED = "keep", "revert", "failed"
 NEAR_BEST = 0.02  # a comparison counts a campaign as there once its incumbent is this close to the best one
 COLORS = {KEPT: "tab:green", REVERTED: "tab:grey", FAILED: "tab:red", "incumbent": "black",
-          "heldout": "tab:blue"}
+          "heldout": "tab:blue", "false_keep": "tab:orange"}
 
 
 # ---------------------------------------------------------------- the progress plot
@@ -81,11 +81,15 @@ def progress_plot(history: list[dict], path: str | Path, title: str = "Campaign 
                transform=ax.get_xaxis_transform(), label=f"failed ({len(failed)})")
 
     heldout = [r for r in rows if r.get("heldout_accuracy") is not None and r["decision"] in (KEPT, "baseline")]
-    ax.scatter([r["round"] for r in heldout], [r["heldout_accuracy"] for r in heldout], marker="D", s=30,
+    confirmed = [r for r in heldout if not r.get("false_keep")]
+    ax.scatter([r["round"] for r in confirmed], [r["heldout_accuracy"] for r in confirmed], marker="D", s=30,
                facecolors="none", edgecolors=COLORS["heldout"], zorder=4, label="held-out")
+    false = [r for r in heldout if r.get("false_keep")]  # a keep whose held-out change is not positive
+    if false:
+        ax.scatter([r["round"] for r in false], [r["heldout_accuracy"] for r in false], marker="D", s=36,
+                   color=COLORS["false_keep"], zorder=5, label=f"held-out, false keep ({len(false)})")
 
     return _save(fig, ax, path, ylabel="accuracy", title=title)
-
 
 
 # ---------------------------------------------------------------- the markdown summary

@@ -29,6 +29,20 @@ def test_progress_plot_writes_a_png(tmp_path):
     assert len(data) > 20_000  # axes, points, legend: far more than an empty canvas
 
 
+def orange_pixels(path) -> int:
+    """Pixels of the false-keep colour (tab:orange, #ff7f0e), within antialiasing's reach."""
+    from matplotlib.image import imread
+    rgb = imread(str(path))[..., :3]
+    return int(((abs(rgb[..., 0] - 1.0) < 0.05) & (abs(rgb[..., 1] - 0.498) < 0.05)
+                & (abs(rgb[..., 2] - 0.055) < 0.05)).sum())
+
+
+def test_progress_plot_marks_a_false_keep_apart_from_the_confirmed_held_out_points(tmp_path):
+    marked = orange_pixels(progress_plot(HISTORY, tmp_path / "false.png"))
+    confirmed = [{**row, "false_keep": False} for row in HISTORY]
+    assert marked > 100 and orange_pixels(progress_plot(confirmed, tmp_path / "none.png")) == 0
+
+
 def test_progress_plot_handles_a_baseline_only_history(tmp_path):
     assert progress_plot(HISTORY[:1], tmp_path / "p.png").read_bytes()[:8] == PNG_SIGNATURE
 
