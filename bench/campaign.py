@@ -63,6 +63,15 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
         runs = Path(tmp) / "runs"
+        runner = [f"runner={args.runner}"] + ([f"runner.cpus={args.cpus}"] if args.runner == "ray" else [])
+        runner += [f"runner.workers={args.workers}"] if args.runner == "ray" and args.workers else []
+        try:  # before the base and data are set up: a typo costs nothing
+            config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}",
+                                     f"scaffold={args.scaffold}", f"researcher={args.researcher}", "live=false",
+                                     "tracking.enabled=true", f"candidates_per_round={args.candidates}", *runner,
+                                     *args.overrides])
+        except ConfigError as err:
+            parser.error(str(err))
         (runs / "models").mkdir(parents=True)
         if (Path(args.base) / "config.json").is_file():
             os.symlink(Path(args.base).resolve(), runs / "models" / "base")
@@ -73,15 +82,6 @@ def main() -> int:
             print(f"no base policy at {args.base}: using a tiny random one")
         if (REPO / "runs" / "data").is_dir():
             shutil.copytree(REPO / "runs" / "data", runs / "data")
-        runner = [f"runner={args.runner}"] + ([f"runner.cpus={args.cpus}"] if args.runner == "ray" else [])
-        runner += [f"runner.workers={args.workers}"] if args.runner == "ray" and args.workers else []
-        try:
-            config = compose_config([f"runs_dir={runs}", "name=bench", f"rounds={args.rounds}",
-                                     f"scaffold={args.scaffold}", f"researcher={args.researcher}", "live=false",
-                                     "tracking.enabled=true", f"candidates_per_round={args.candidates}", *runner,
-                                     *args.overrides])
-        except ConfigError as err:
-            parser.error(str(err))
         start = time.perf_counter()
         run_campaign(config, create_campaign(config))
         wall = time.perf_counter() - start
