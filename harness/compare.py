@@ -26,6 +26,7 @@ from rl_pipeline.stats import bootstrap_mean_ci
 
 # The evaluator keeps this many example completions per failure category; a merge keeps the same.
 FAILURE_EXAMPLES = 3
+BY_SEED = "_by_seed"  # a metric given seed by seed: {"0": ..., "1": ...}
 
 
 # ---------------------------------------------------------------- pairing
@@ -59,16 +60,22 @@ def paired_differences(candidate: dict, incumbent: dict) -> tuple[np.ndarray, li
 def metric_deltas(candidate: dict, incumbent: dict) -> dict[str, float]:
     """Candidate minus incumbent for the scalar metrics both results report, on the same seeds.
 
-    Accuracy is the paired change over the common seeds (the verdict's delta). The other metrics
-    are aggregates over each result's own seeds, so they are compared only when both results
-    cover the same seeds: a 3-seed candidate against a 6-seed incumbent gets no rate changes
-    rather than changes that mix seeds.
+    Accuracy is the paired change over the common seeds (the verdict's delta). A rate both results
+    give seed by seed (`format_valid_rate_by_seed`, ...) changes by its mean over the seeds both
+    cover, so a 3-seed candidate against an incumbent re-evaluated on 6 still shows its format and
+    truncation changes. The other metrics are aggregates over each result's own seeds, so they are
+    compared only when both results cover the same seeds, rather than as changes that mix seeds.
     """
     cand, inc = candidate["metrics"], incumbent["metrics"]
     deltas = {}
     if set(candidate["seeds"]) == set(incumbent["seeds"]):
         deltas = {name: float(cand[name] - inc[name]) for name in cand
                   if name in inc and isinstance(cand[name], (int, float)) and isinstance(inc[name], (int, float))}
+    for name, per_seed in cand.items():  # a rate both give seed by seed: its change on the seeds both cover
+        base = name.removesuffix(BY_SEED)
+        common = sorted(set(per_seed) & set(inc.get(name) or {})) if name.endswith(BY_SEED) else []
+        if base != "accuracy" and common:
+            deltas[base] = float(np.mean([per_seed[s] - inc[name][s] for s in common]))
     if "per_example" in candidate and "per_example" in incumbent:
         deltas["accuracy"] = float(paired_differences(candidate, incumbent)[0].mean())
     return deltas
@@ -262,8 +269,9 @@ def _merge_split(a: dict, b: dict, a_seeds: int, b_seeds: int) -> dict:
                if isinstance(value, (int, float)) and isinstance(b["metrics"].get(name), (int, float))}
     metrics["accuracy"] = sum(example_means) / len(example_means)
     metrics["accuracy_ci95"] = list(bootstrap_mean_ci(example_means))
-    if "accuracy_by_seed" in a["metrics"] and "accuracy_by_seed" in b["metrics"]:
-        metrics["accuracy_by_seed"] = a["metrics"]["accuracy_by_seed"] | b["metrics"]["accuracy_by_seed"]
+    for name in a["metrics"]:  # accuracy and the failure rates, seed by seed
+        if name.endswith(BY_SEED) and isinstance(b["metrics"].get(name), dict):
+            metrics[name] = a["metrics"][name] | b["metrics"][name]
     return {"metrics": metrics, "per_example": per_example}
 
 

@@ -22,6 +22,7 @@ from rl_pipeline.tasks import get_task
 
 ANSWER_STOP = "\n"
 EXAMPLES_PER_CATEGORY = 3
+RATE_FIELDS = {"format_valid_rate": "format_ok", "truncation_rate": "truncated", "repetition_rate": "repetitive"}
 
 
 def sampling_params(scaffold, seed: int) -> SamplingParams:
@@ -100,16 +101,23 @@ def summarize(records: list[dict], examples: list[dict], seeds: list[int], split
         per_example[r["id"]][seed_pos[r["seed"]]] = int(r["correct"])
     example_means = [sum(v) / len(v) for v in per_example.values()]
     low, high = bootstrap_mean_ci(example_means)
-    by_seed = {str(s): sum(r["correct"] for r in records if r["seed"] == s) / len(examples) for s in seeds}
+
+    def by_seed(field: str) -> dict[str, float]:
+        return {str(s): sum(r[field] for r in records if r["seed"] == s) / len(examples) for s in seeds}
+
     metrics = {
         "accuracy": sum(r["correct"] for r in records) / n,
         "accuracy_ci95": [low, high],
-        "accuracy_by_seed": by_seed,
+        "accuracy_by_seed": by_seed("correct"),
         "format_valid_rate": sum(r["format_ok"] for r in records) / n,
         "mean_completion_tokens": sum(r["tokens"] for r in records) / n,
         "truncation_rate": sum(r["truncated"] for r in records) / n,
         "repetition_rate": sum(r["repetitive"] for r in records) / n,
     }
+    # The failure rates seed by seed too, so that a candidate's can be compared with an incumbent's
+    # on the seeds both cover (an incumbent re-evaluated on more seeds than the candidate).
+    for rate, field in RATE_FIELDS.items():
+        metrics[f"{rate}_by_seed"] = by_seed(field)
     by_id = {ex["id"]: ex for ex in examples}
     failures: dict[str, dict] = {}
     for r in records:

@@ -9,6 +9,7 @@ import pytest
 
 from harness.compare import (Verdict, decide, deterministic, heldout_change, merge_results, noise_floor,
                              on_more_examples, with_calibration)
+from rl_pipeline.evaluate import summarize
 from rl_pipeline.stats import bootstrap_mean_ci
 
 N = 200
@@ -127,6 +128,29 @@ def test_merge_results_concatenates_seeds_and_recomputes_accuracy():
     assert merged["failures"]["wrong_answer"]["count"] == int((both == 0).sum())
     assert merged["timings"]["eval_s"] == 2.0
     assert a["seeds"] == [0, 1, 2]  # the inputs are left as they were
+
+
+def evaluated(seeds, format_ok) -> dict:
+    """A result summarized by the evaluator from per-answer records: 4 examples, all wrong,
+    `format_ok(example, seed)` saying which answers were well-formed."""
+    examples = [{"id": f"ex{i}", "question": "1 + 1", "answer": "2"} for i in range(4)]
+    records = [{"id": ex["id"], "seed": seed, "correct": False, "format_ok": format_ok(i, seed),
+                "category": "bad_format", "completion": "", "tokens": 3, "truncated": False, "repetitive": False}
+               for seed in seeds for i, ex in enumerate(examples)]
+    return {"status": "ok", "seeds": list(seeds), "scaffold": {}} | summarize(records, examples, seeds, "eval")
+
+
+def test_rate_changes_are_paired_on_the_seeds_both_results_cover():
+    # an incumbent re-evaluated on six seeds (its last three well-formed throughout), a candidate on
+    # three: the format change is the one on seeds 0-2, not a mix of the incumbent's six
+    incumbent = merge_results(evaluated([0, 1, 2], lambda i, seed: i < 1), evaluated([3, 4, 5], lambda i, seed: True))
+    assert incumbent["metrics"]["format_valid_rate_by_seed"] == {"0": 0.25, "1": 0.25, "2": 0.25,
+                                                                 "3": 1.0, "4": 1.0, "5": 1.0}
+    candidate = evaluated([0, 1, 2], lambda i, seed: i < 2 + (seed == 2))
+    deltas = decide(candidate, incumbent, margin=0.0, reeval_band=0.05, can_reeval=True).metric_deltas
+    assert deltas["format_valid_rate"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
+    assert deltas["truncation_rate"] == 0.0 and deltas["accuracy"] == 0.0
+    assert "mean_completion_tokens" not in deltas  # no seed-by-seed values: left out as before
 
 
 def test_merge_results_refuses_shared_seeds_and_failed_runs():
