@@ -578,6 +578,32 @@ def test_local_stacks_edits_onto_a_near_miss_one_knob_at_a_time(tmp_path, scaffo
         researcher.learn(proposal, {"decision": "revert", "delta": -0.01, "ci95": [-0.02, 0.0]})
 
 
+def test_local_stacks_onto_a_loss_that_cut_a_failure_rate_only_with_the_evidence(tmp_path, scaffold, base_model):
+    """A proposal that lost accuracy but cut the well-formed answers' failures well beyond the noise is
+    a near miss where the evidence is on: later proposals add edits to it, saying what it cut; with
+    the evidence blanked the same verdicts leave every proposal one edit."""
+    def stacks(name, **config):
+        researcher = local(tmp_path / name, base_model, **config)
+        first = researcher.propose(evidence(1), MEMORY, scaffold)
+        researcher.learn(first, {"decision": "revert", "delta": -0.0125, "ci95": [-0.024, -0.001],
+                                 "metric_deltas": {"accuracy": -0.0125, "format_valid_rate": 0.2,
+                                                   "mean_completion_tokens": -0.4}})
+        assert researcher.state["observations"][0]["rates"] == {"format_valid_rate": 0.2}
+        found = []
+        for n in range(2, 8):
+            proposal = researcher.propose(evidence(n), MEMORY, scaffold)
+            researcher.learn(proposal, {"decision": "revert", "delta": -0.02, "ci95": [-0.03, -0.01]})
+            found += [proposal] if len(proposal.edits) > 1 else []
+        return first, found
+
+    first, found = stacks("seeing")
+    assert len(found) >= 3  # of 6 rounds: the chance is 0.02 / (0.02 + 0.01)
+    assert all(p.edits[0] == first.edits[0] for p in found)
+    assert found[0].hypothesis.startswith(f"stack onto the near miss {edit_text(first.edits[0])} (-0.013 in round 1, "
+                                          "format failure cut by 0.200, not kept): ")
+    assert stacks("blind", evidence=False)[1] == []
+
+
 def test_local_refines_a_stack_that_gained_on_one_of_its_knobs(tmp_path, scaffold, base_model):
     """A stack that gained more than its near miss may have one of its knobs set to another value:
     the proposal keeps the other edit, says what it refines, and is recorded as built on the stack."""

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from harness.researchers.stacking import (EDIT_KEYS, REFINE_SHARE, TARGET_PULL, measured_on, near_misses, pick_stack,
-                                         stack_chance, target_pull)
+from harness.researchers.stacking import (CUT_WORTH, EDIT_KEYS, REFINE_SHARE, TARGET_PULL, measured_on, near_misses,
+                                         pick_stack, stack_chance, target_pull)
 
 LR = '{"knob": "grpo.learning_rate", "value": 4.64e-05}'
 FORMAT = '{"knob": "reward.format", "value": 0.5}'
@@ -159,3 +159,30 @@ def test_a_refinement_draws_its_value_uniformly_whatever_the_scores():
     rng = np.random.default_rng(0)
     drawn = [candidates[pick_stack(rng, [miss], candidates, probs, [LR_FORMAT_OBS]).index][0] for _ in range(3000)]
     assert LR not in drawn and all(abs(drawn.count(r) / 3000 - 1 / 3) < 0.04 for r in rates)
+
+
+def test_a_proposal_that_cut_a_failure_rate_is_a_near_miss_with_the_evidence_on():
+    # the round that lost 1.3 points but took the well-formed answers from 38% to 48%
+    lost = obs("grpo.learning_rate", 1e-6, 4.64e-05, LR, -0.0125, 2) | {"rates": {"format_valid_rate": 0.095}}
+    noise = obs("sampling.top_p", 1.0, 0.525, TOP_P, -0.002, 3) | {"rates": {"format_valid_rate": 0.03,
+                                                                            "truncation_rate": -0.01}}
+    offered = {LR, TOP_P, FORMAT}
+    assert near_misses([lost, noise], CURRENT, offered) == []  # accuracy alone: neither gained
+    (miss,) = near_misses([lost, noise], CURRENT, offered, by_cut=True)
+    assert miss.texts == (LR,) and miss.cut == ("format_failure", 0.095)
+    assert miss.gain == CUT_WORTH * 0.095
+    assert miss.describe() == f"{LR} (-0.013 in round 2, format failure cut by 0.095, not kept)"
+    # it takes rounds like a gain of a tenth of the cut would, and its stacks draw onto it
+    assert stack_chance([miss]) == stack_chance(near_misses([obs("x", 0, 1, LR, 0.0095, 2)], {"x": 0}, {LR}))
+    longer = obs("sampling.top_p", 1.0, 0.525, TOP_P, -0.02, 4) | {"rates": {"truncation_rate": -0.2}}
+    (cut,) = near_misses([longer], CURRENT, offered, by_cut=True)
+    assert cut.cut == ("truncation", 0.2)
+    # a stack onto it is a near miss where it gained accuracy, or cut the same failure by CUT_MIN more
+    base = [{k: lost[k] for k in EDIT_KEYS}]
+    deeper = obs("reward.format", 0.0, 0.5, FORMAT, -0.01, 5, stacked=base) | {"rates": {"format_valid_rate": 0.2}}
+    level = obs("reward.format", 0.0, 0.5, FORMAT, -0.01, 5, stacked=base) | {"rates": {"format_valid_rate": 0.12}}
+    won = obs("reward.format", 0.0, 0.5, FORMAT, 0.03, 5, stacked=base) | {"rates": {"format_valid_rate": 0.1}}
+    assert [m.texts for m in near_misses([lost, deeper], CURRENT, offered, by_cut=True)] == [(LR,), (LR, FORMAT)]
+    assert [m.texts for m in near_misses([lost, level], CURRENT, offered, by_cut=True)] == [(LR,)]
+    (_, stack) = near_misses([lost, won], CURRENT, offered, by_cut=True)
+    assert stack.cut is None and stack.gain == 0.03  # near by accuracy; its cut added nothing over its base's

@@ -45,10 +45,11 @@ moved the weights, scales such an edit's effect in the credit model, so its zero
 write it off for later, when a kept rate moves the policy.
 
 Stacking (`stacking.py`). Some changes win only together. A proposal may add its edit to a near
-miss, an earlier proposal that gained against the current incumbent without a keep, on a knob not
-yet paired with it (a move that targets the incumbent's common failures drawn more often), or set
-one of the near miss's knobs to another value (`researcher.stack`, 0 for one edit a round); the
-drawn edit is then the one learned from.
+miss, an earlier proposal that gained against the current incumbent without a keep (or, with the
+evidence on, cut one of its failure rates well beyond the noise), on a knob not yet paired with it
+(a move that targets the incumbent's common failures drawn more often), or set one of the near
+miss's knobs to another value (`researcher.stack`, 0 for one edit a round); the drawn edit is then
+the one learned from.
 
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
@@ -93,8 +94,8 @@ from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_c
                                       move_space, round_seed, same_value, scaffold_knob_space, short_float)
 from harness.researchers.context import blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
-                                         stack_chance, target_pull)
+from harness.researchers.stacking import (JOIN, RATES, StackPick, edit_record, measured_on, near_misses,
+                                         pick_stack, stack_chance, target_pull)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold
@@ -403,7 +404,7 @@ class LocalResearcher(Researcher):
         place, its knob drawn with the evidence's `pull`), else None. A stack the scaffold rejects,
         or one tried already against this incumbent, leaves the choice alone."""
         observations = measured_on(self.state.get("observations", []), state_key)
-        misses = near_misses(observations, current, set(offered)) if self.stack > 0 else []
+        misses = near_misses(observations, current, set(offered), by_cut=self.evidence) if self.stack > 0 else []
         if not misses:
             return [None] * len(choices)
         keyed = [(text, credit_edit(edit)[0]) for text, edit in candidates]
@@ -514,10 +515,12 @@ class LocalResearcher(Researcher):
         observations = list(self.state.get("observations", []))
         if "old_value" in pick:  # a proposal pending from before the credit model has none
             knob, value = credit_edit(proposal.edits[-1])
+            changes = verdict.get("metric_deltas") or {}
+            rates = {rate: changes[rate] for rate in RATES if rate in changes}
             observations.append(edit_record(knob, pick["old_value"], value, pick.get("last_text", text)) | {
                 "delta": verdict.get("delta"), "ci95": verdict.get("ci95"), "context": pending.get("context"),
                 "round": pending["round"], "decision": verdict.get("decision"), "state": key}
-                | {key: pick[key] for key in ("stacked", "onto") if pick.get(key)})
+                | ({"rates": rates} if rates else {}) | {key: pick[key] for key in ("stacked", "onto") if pick.get(key)})
         same_round = pending["round"] == self.state["last_learned_round"]
         self.state = {"baseline": (self.state["baseline"] * n + reward) / (n + 1), "rounds_learned": n + 1,
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations,
