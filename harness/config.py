@@ -115,9 +115,11 @@ class LocalOptions(Section):
     credit_weight: Number(ge=0) = Field(100.0, description=(
         "nats of preference per unit of accuracy gain the credit model predicts; 0 leaves the choice to the model"))
     evidence: bool = Field(True, description=(
-        "false blanks the evidence: no summary in the prompt and a zero context for the credit model (an ablation)"))
+        "false blanks the evidence: no summary in the prompt, a zero context for the credit model and no near "
+        "miss by a cut failure rate (an ablation)"))
     stack: Number(ge=0, le=1) = Field(1.0, description=(
-        "how readily a proposal adds its edit to an earlier near miss (a gain not kept); 0: one edit a round"))
+        "how readily a proposal adds its edit to an earlier near miss (a gain not kept, or a cut failure "
+        "rate); 0: one edit a round"))
     companions: bool = Field(True, description=(
         "a change to training comes with a companion per decoder the scaffold declares (surface `decoders`): "
         "the same edits under that decoder, the policy trained once; false: one candidate a round"))
