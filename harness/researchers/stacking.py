@@ -48,7 +48,8 @@ stacking, chains of seven edits grew that way, each addition inert).
 Observations (the local researcher's state) record a stacked proposal as its last edit plus
 `stacked`, the near miss's edits that it kept: `{"knob", "from", "to", "text"}` each, and `onto`,
 the texts of the near miss it was built on; every observation keeps its incumbent's state key,
-`state`, and its failure rates' changes, `rates` (`{"format_valid_rate": 0.095, ...}`). The credit model reads a stacked delta as the sum of its edits' effects.
+`state`, and its failure rates' changes, `rates` (`{"format_valid_rate": 0.095, ...}`). The credit
+model reads a stacked delta as the sum of its edits' effects.
 
     observations = measured_on(all_observations, state)  # against the incumbent keyed `state`
     misses = near_misses(observations, current, offered={text for text, _ in candidates}, by_cut=True)
