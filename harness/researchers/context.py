@@ -40,6 +40,12 @@ CATEGORY_FEATURES = {"format_failure": ("bad_format", "no_answer", "invalid_expr
                      "wrong_answer": ("wrong_answer", "wrong_numbers"),
                      "near_miss": ("off_by_small", "sign_error")}
 
+# The features that are rates of all answers: per feature, the result's metric it is read from and
+# the sign of a cut in that metric (fewer format failures is a higher format_valid_rate).
+FAILURE_RATES = {"format_failure": ("format_valid_rate", 1), "truncation": ("truncation_rate", -1),
+                 "repetition": ("repetition_rate", -1)}
+RATES = tuple(rate for rate, _ in FAILURE_RATES.values())
+
 DRIFT = "policy_drift"
 DRIFT_NONE = 2e-4   # relative weight change: 768 completions at lr 1e-6 move the make run base by 1.8e-4
 DRIFT_FULL = 1e-2   # ... at 3.42e-5 by 5.8e-3, and its greedy answers go from none well-formed to most

@@ -92,10 +92,10 @@ from harness.config import LocalOptions, parse_config
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
 from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_companions, move_hypothesis,
                                       move_space, round_seed, same_value, scaffold_knob_space, short_float)
-from harness.researchers.context import blank_context, evidence_context, target_features
+from harness.researchers.context import RATES, blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
-from harness.researchers.stacking import (JOIN, RATES, StackPick, edit_record, measured_on, near_misses,
-                                         pick_stack, stack_chance, target_pull)
+from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
+                                         stack_chance, target_pull)
 from model import load_policy, load_tokenizer, save_policy
 from rl_pipeline.files import recover_dir, replacing_dir, write_atomic
 from rl_pipeline.scaffold import load_scaffold

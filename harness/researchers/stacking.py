@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from harness.researchers.base import same_value
+from harness.researchers.context import FAILURE_RATES
 
 JOIN = " + "  # between the texts of a stacked proposal's edits, in its tried key
 TARGET_PULL = 6.0  # an add that targets failures of half the answers weighs 4 times an untargeted one
@@ -73,10 +74,6 @@ REFINE_SHARE = 0.5  # of the stacks onto a near miss that could both refine and 
 EDIT_KEYS = ("knob", "from", "to", "text")  # an edit as observations record it
 CUT_MIN = 0.05  # a failure rate cut by this much (of all answers) is a near miss: beyond the noise of 800 x 3
 CUT_WORTH = 0.1  # a near miss by a cut weighs as an accuracy gain of a tenth of the cut
-# per failure feature of the context, the rate that measures it and the sign of a cut in that rate
-FAILURE_RATES = {"format_failure": ("format_valid_rate", 1), "truncation": ("truncation_rate", -1),
-                 "repetition": ("repetition_rate", -1)}
-RATES = tuple(rate for rate, _ in FAILURE_RATES.values())  # the rate changes an observation keeps
 
 
 @dataclass(frozen=True)
