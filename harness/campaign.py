@@ -28,6 +28,7 @@ from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
+from harness.spares import drop_stale, retrain_spares
 from harness.tracking import make_tracker
 from harness.training_noise import (calibration_dir, changes_training, retrain_dir, reusable,
                                     training_seed_verdict, worth_retraining)
@@ -80,10 +81,10 @@ class Campaign:
                                   calibration=calibration)[0]
 
     def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False,
-                      train_seed: int = 0, calibration: bool = False) -> list[dict]:
+                      train_seed: int = 0, calibration: bool = False, spares: list = ()) -> list[dict]:
         """The runner's result for every (scaffold folder, out folder) on the same seeds (see `_run_jobs`)."""
         return self._run_jobs([self._job(scaffold, out, seeds, heldout=heldout, train_seed=train_seed,
-                                         calibration=calibration) for scaffold, out in targets])
+                                         calibration=calibration) for scaffold, out in targets], spares)
 
     @staticmethod
     def _job(scaffold: Path, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
@@ -91,14 +92,14 @@ class Campaign:
         return {"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed,
                 "calibration": calibration}
 
-    def _run_jobs(self, jobs: list[dict]) -> list[dict]:
+    def _run_jobs(self, jobs: list[dict], spares: list = ()) -> list[dict]:
         """The runner's result for every job: one after another on this machine, or at once on Ray
-        (`runner=ray`). A result is failed when it does not name the commit that was evaluated or the
+        (`runner=ray`), where workers that would idle take `spares` (harness.spares). A result is failed when it does not name the commit that was evaluated or the
         baseline's data (every split's hash), so that no round is ever compared on other data or
         another scaffold than the one it claims."""
         commits = [scaffold_commit(job["scaffold"]) for job in jobs]
         if self.pool is not None:
-            results = self.pool.run(jobs)
+            results = self.pool.run(jobs, spares)
         else:
             results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
                                     train_seed=job["train_seed"], calibration=job["calibration"],
@@ -130,6 +131,7 @@ class Campaign:
         self.workspace = Workspace.open(self.dir)
         for lock in self.workspace.clear_stale_locks():  # run under the campaign lock: nobody else uses git here
             log.warning("removed %s, left by a git process killed mid-write (a kill of this campaign)", lock)
+        drop_stale(self)
         self.researcher = make_researcher(dict(self.config["researcher"]), campaign_dir=self.dir,
                                           seed=self.config["seed"], base_model=self.config["base_model"])
         self.researcher.load(self.dir / "researcher")
@@ -273,9 +275,10 @@ class Campaign:
         return {"commit": commit}
 
     def _evaluate_candidate(self, n: int, out: Path) -> dict:
+        spares = retrain_spares(self, n, [(None, out, self.journal.step_output(n, "propose")["proposal"])])
         self.workspace.checkout(n)
         try:
-            result = self._evaluate(out, self.config["eval_seeds"])
+            result = self._evaluate_all([(self.workspace.path, out)], self.config["eval_seeds"], spares=spares)[0]
         finally:
             self.workspace.checkout_main()
         return {"status": result["status"]}

@@ -45,6 +45,7 @@ from harness.campaign import SNAPSHOTS, Campaign, _write_json
 from harness.compare import decide, merge_results, on_more_examples
 from harness.proposal import ProposalError, parse_proposal
 from harness.selection import choose, confirm, promising
+from harness.spares import retrain_spares
 from harness.training_noise import calibration_dir
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
@@ -129,18 +130,21 @@ class CandidatesCampaign(Campaign):
         return {"candidates": applied, "error": "; ".join(a["error"] for a in applied)}
 
     def _evaluate_snapshots(self, n: int, targets: list[tuple[int, Path]], seeds: list[int], *,
-                            calibration: bool = False) -> list[dict]:
+                            calibration: bool = False, spares: list = ()) -> list[dict]:
         """Candidates k evaluated at once, each from a snapshot of its commit into its folder."""
         with contextlib.ExitStack() as stack:
             scaffolds = [stack.enter_context(self.workspace.snapshot(n, k, self.dir / SNAPSHOTS / f"{n:03d}-{k}"))
                          for k, _ in targets]
             return self._evaluate_all([(s, out) for s, (_, out) in zip(scaffolds, targets)], seeds,
-                                      calibration=calibration)
+                                      calibration=calibration, spares=spares)
 
     def _evaluate_candidates(self, n: int, out: Path) -> dict:
         applied = self._outputs(n, "apply", "candidates")
         ks = [k for k, a in enumerate(applied, 1) if "commit" in a]
-        results = self._evaluate_snapshots(n, [(k, candidate_dir(out, k)) for k in ks], self.config["eval_seeds"])
+        proposals = self._outputs(n, "propose", "candidates")
+        spares = retrain_spares(self, n, [(k, candidate_dir(out, k), proposals[k - 1]) for k in ks])
+        results = self._evaluate_snapshots(n, [(k, candidate_dir(out, k)) for k in ks], self.config["eval_seeds"],
+                                           spares=spares)
         status = {k: r["status"] for k, r in zip(ks, results)}
         return {"candidates": [{"status": status[k]} if k in status else None for k in range(1, len(applied) + 1)]}
 

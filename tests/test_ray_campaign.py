@@ -113,8 +113,9 @@ def test_two_candidates_a_round_on_ray_and_a_killed_worker_is_one_failed_candida
 
 def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
     """A change to training that would be kept is re-trained with a fresh training seed, and so is
-    the incumbent: two GRPO runs of one step, given to the two workers together (a margin of -0.5
-    makes the random-weight policy's ties keeps)."""
+    the incumbent: two GRPO runs of one step on the two workers (a margin of -0.5 makes the
+    random-weight policy's ties keeps). The candidate's began as a spare (harness.spares) on the
+    worker its own evaluation left idle, and the retrain step took its result rather than run it again."""
     root, scaffold, _ = setup
     script = root / "retrain.jsonl"
     script.write_text(json.dumps({"hypothesis": "learn faster",
@@ -132,7 +133,8 @@ def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
     spans = [(os.stat(run / "job.json").st_mtime, os.stat(run / "result.json").st_mtime) for run in runs]
     (began_1, ended_1), (began_2, ended_2) = spans
     assert began_1 < ended_2 and began_2 < ended_1, "the two re-trainings ran one after the other"
-    assert not (camp / "snapshots" / "001-0-retrain").exists()
+    assert began_1 < os.stat(camp / "rounds" / "001" / "result.json").st_mtime, "no spare beside the evaluation"
+    assert not [p.name for p in (camp / "snapshots").iterdir()]
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ nothing), nothing of ours left running after a close or a kill -9 of the process
 A random-weight micro base and a scaffold cut to one GRPO step keep each evaluation to seconds.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 from fast_scaffold import campaign_root
 
 from harness.ray_runner import RayPool
+from harness.spares import Spare
 
 # Not importorskip: ray must not be imported before the pool starts its local Ray (see RayPool).
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
@@ -147,3 +149,37 @@ def test_a_kill_9_of_the_driver_leaves_no_process_of_its_ray(root):
         driver.kill()  # SIGKILL: no handler, no atexit, no `finally` runs in it
         driver.wait()
     assert_all_gone(running)
+
+
+def spare(job: dict) -> Spare:
+    return Spare(lambda at: job, lambda at: contextlib.nullcontext(at), job["out"] / "checkout")
+
+
+def test_a_worker_that_would_idle_takes_a_spare_and_a_later_job_takes_its_result(root):
+    """Spares (harness.spares) run only on a worker that would idle: two jobs that train keep both
+    workers until the first is done; a spare still running when the jobs are done goes on, and a
+    later job for its folder waits for it and takes its result rather than running again."""
+    root, scaffold = root
+    pool = RayPool(options(root), address=None, cpus=1, gpus=0, workers=2)
+    try:
+        assert pool.workers == 2, "this test needs two CPUs"
+        busy = jobs(root, scaffold, "busy", 2, train_seed=21)
+        busy[1]["train_seed"] = 22
+        taken, dropped = jobs(root, scaffold, "spare", 1, train_seed=23)[0], jobs(root, scaffold, "dropped", 1)[0]
+        results = pool.run(busy, [spare(taken), spare(dropped)])
+        assert [(r["status"], r["training"]["cached"]) for r in results] == [("ok", False), ("ok", False)]
+        began = (taken["out"] / "job.json").stat().st_mtime
+        assert began >= min((job["out"] / "result.json").stat().st_mtime for job in busy), "a spare took a busy worker"
+        assert not (dropped["out"] / "job.json").exists()  # no second idle worker: never sent
+        assert len(pool.spares) == 1, "the spare was waited for: it trains longer than the gap it filled"
+        (result,) = pool.run([dict(taken)])
+        assert result["status"] == "ok" and not result["training"]["cached"]  # the spare's own training
+        assert (taken["out"] / "job.json").stat().st_mtime == began  # not run a second time
+        assert not pool.spares and len(pool.idle) == 2
+        # A spare whose job differs from the later one (other seeds) is waited for, then the job runs.
+        other = jobs(root, scaffold, "other", 1, train_seed=24)[0]
+        pool.run(jobs(root, scaffold, "busy2", 1, train_seed=25), [spare(other)])
+        (result,) = pool.run([dict(other, seeds=[0, 1])])
+        assert result["seeds"] == [0, 1] and result["training"]["cached"]  # trained by the spare, scored again
+    finally:
+        pool.close()
