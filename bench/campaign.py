@@ -127,14 +127,18 @@ def report(journal: Journal, campaign: Path, rounds: int, label: str, *, wall_s:
     print(f"{'step':16s}{'seconds/round':>15s}{'share':>8s}")
     for step in STEPS:
         print(f"{step:16s}{per_step[step] / rounds:15.2f}{per_step[step] / rounds_s:8.1%}")
-    print("each round's evaluations (work seconds; T: trained, c: training cached), against its evaluate step:")
+    print("each round's evaluations (work seconds; T: trained, c: training cached), against its evaluate step "
+          "and the other steps that run jobs:")
     for n in range(1, rounds + 1):
         round_dir = campaign / "rounds" / f"{n:03d}"
         folders = [round_dir] if (round_dir / "job.json").is_file() else sorted(round_dir.glob("cand-*"))
         results = [(folder.name, read_result(folder)) for folder in folders if (folder / "result.json").is_file()]
         parts = [f"{name} {work(result):.1f}{'c' if result['training']['cached'] else 'T'}"
                  for name, result in results if result["status"] == "ok"]
-        print(f"  round {n}: {', '.join(parts) or 'none'}; evaluate {journal.step_seconds(n, 'evaluate') or 0:.1f}s")
+        steps = "".join(f", {step} {journal.step_seconds(n, step):.1f}s" for step in ("reeval", "retrain", "heldout")
+                        if journal.step_seconds(n, step))
+        print(f"  round {n}: {', '.join(parts) or 'none'}; evaluate {journal.step_seconds(n, 'evaluate') or 0:.1f}s"
+              f"{steps}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
-from harness.spares import drop_stale, retrain_spares
+from harness.spares import drop_stale, evaluate_spares, heldout_spares
 from harness.tracking import make_tracker
 from harness.training_noise import (calibration_dir, changes_training, retrain_dir, reusable,
                                     training_seed_verdict, worth_retraining)
@@ -104,16 +104,18 @@ class Campaign:
             results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
                                     train_seed=job["train_seed"], calibration=job["calibration"],
                                     **self._runner_options()) for job in jobs]
+        return [self.checked(result, commit, job["out"]) for result, commit, job in zip(results, commits, jobs)]
+
+    def checked(self, result: dict, commit: str | None, out: Path) -> dict:
+        """`result`, or a failed one (written to `out`) when it does not name `commit` or the
+        baseline's data."""
         baseline = self.journal.get("baseline")
-        checked = []
-        for result, commit, job in zip(results, commits, jobs):
-            reference = read_result(self.dir / baseline["result"]) if baseline else result
-            problem = integrity_problem(result, reference, commit=commit)
-            if problem:
-                result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
-                write_result(job["out"], result)
-            checked.append(result)
-        return checked
+        reference = read_result(self.dir / baseline["result"]) if baseline else result
+        problem = integrity_problem(result, reference, commit=commit)
+        if problem:
+            result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
+            write_result(out, result)
+        return result
 
     def _start_runner(self) -> None:
         """The Ray pool when `runner=ray` (ray is imported only then); the local runner needs nothing."""
@@ -275,7 +277,7 @@ class Campaign:
         return {"commit": commit}
 
     def _evaluate_candidate(self, n: int, out: Path) -> dict:
-        spares = retrain_spares(self, n, [(None, out, self.journal.step_output(n, "propose")["proposal"])])
+        spares = evaluate_spares(self, n, [(None, out, self.journal.step_output(n, "propose")["proposal"])])
         self.workspace.checkout(n)
         try:
             result = self._evaluate_all([(self.workspace.path, out)], self.config["eval_seeds"], spares=spares)[0]
@@ -309,14 +311,17 @@ class Campaign:
         if pooled:
             verdict = decide(*pooled, can_reeval=False, **self._verdict_args())
             return {"verdict": on_more_examples(verdict).to_dict(), "seeds": candidate["seeds"]}
-        # A replay after a kill may find the merged result already written: skip its seeds.
+        # A replay after a kill may find the merged result already written: skip its seeds; a spare
+        # (harness.spares) may have run them.
         missing = [s for s in extra if s not in candidate["seeds"]]
         if missing:
-            self.workspace.checkout(n)
-            try:
-                more = self._evaluate(out / "reeval", missing)
-            finally:
-                self.workspace.checkout_main()
+            more = reusable(out / "reeval", commit=commit, seeds=missing, train_seed=0)
+            if more is None:
+                self.workspace.checkout(n)
+                try:
+                    more = self._evaluate(out / "reeval", missing)
+                finally:
+                    self.workspace.checkout_main()
             if more["status"] == "ok":
                 candidate = merge_results(candidate, more)
                 _write_json(out / "result.json", candidate)
@@ -476,11 +481,16 @@ class Campaign:
         false keep when not positive): reported, never shown to the researcher, never decides. A
         change to training kept on its gain over training seeds has its change averaged over them."""
         self.workspace.checkout_main()
-        held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
+        before = self._heldout_before(n)
+        spares = []  # the runs with further training seeds, for a worker this one leaves idle
+        if before is not None:
+            likely_greedy = deterministic(read_result(out)) and deterministic(heldout_part(read_result(before)))
+            spares = heldout_spares(self, n, *self._heldout_runs(n, out, before, likely_greedy))
+        held = self._evaluate_all([(self.workspace.path, out / "heldout")], self.config["eval_seeds"], heldout=True,
+                                  spares=spares)[0]
         if held["status"] != "ok":
             return {"heldout_accuracy": None}
         accuracy = {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"]}
-        before = self._heldout_before(n)
         if before is None:
             return accuracy
         replaced = read_result(before)
@@ -502,19 +512,12 @@ class Campaign:
         replaced one's taken from its own keep where it was scored there; a seed that either fails
         on is left out. The policies are in the training cache from the re-training: only the
         scoring runs, on one seed under deterministic decoding."""
-        per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
-        train_seeds = [p["train_seed"] for p in per_seed if p["train_seed"] != 0]
-        if not train_seeds:
-            return {}
-        seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
-        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
+        runs, seeds = self._heldout_runs(n, out, before, greedy)
+        old = self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
 
         def done(folder: Path, commit: str, t: int) -> dict | None:
             return reusable(folder, commit=commit, seeds=seeds, train_seed=t)
 
-        runs = {t: ((out / "heldout" / f"train-seed-{t}", new),
-                    (before / f"train-seed-{t}" if done(before / f"train-seed-{t}", old, t)
-                     else out / "heldout" / "before" / f"train-seed-{t}", old)) for t in train_seeds}
         todo = [(folder, t, side) for t, pair in runs.items() for side, (folder, commit) in enumerate(pair)
                 if not done(folder, commit, t)]
         if todo:
@@ -523,6 +526,20 @@ class Campaign:
                                           train_seed=t) for folder, t, side in todo])
         pairs = {t: tuple(done(folder, commit, t) for folder, commit in pair) for t, pair in runs.items()}
         return {t: pair for t, pair in pairs.items() if all(pair)}
+
+    def _heldout_runs(self, n: int, out: Path, before: Path, greedy: bool) -> tuple[dict, list[int]]:
+        """`_heldout_retrained`'s runs, training seed -> ((folder, commit) of the new incumbent,
+        (folder, commit) of the replaced one), and the eval seeds they are scored on."""
+        per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
+        seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
+        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
+        runs = {}
+        for t in [p["train_seed"] for p in per_seed if p["train_seed"] != 0]:
+            kept = before / f"train-seed-{t}"
+            runs[t] = ((out / "heldout" / f"train-seed-{t}", new),
+                       (kept if reusable(kept, commit=old, seeds=seeds, train_seed=t)
+                        else out / "heldout" / "before" / f"train-seed-{t}", old))
+        return runs, seeds
 
     def _verdicts(self, n: int) -> tuple[dict, dict]:
         """The round's last verdict (for a round that never reached a comparison, its decision and

@@ -45,8 +45,8 @@ from harness.campaign import SNAPSHOTS, Campaign, _write_json
 from harness.compare import decide, merge_results, on_more_examples
 from harness.proposal import ProposalError, parse_proposal
 from harness.selection import choose, confirm, promising
-from harness.spares import retrain_spares
-from harness.training_noise import calibration_dir
+from harness.spares import evaluate_spares
+from harness.training_noise import calibration_dir, reusable
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
 
@@ -142,7 +142,7 @@ class CandidatesCampaign(Campaign):
         applied = self._outputs(n, "apply", "candidates")
         ks = [k for k, a in enumerate(applied, 1) if "commit" in a]
         proposals = self._outputs(n, "propose", "candidates")
-        spares = retrain_spares(self, n, [(k, candidate_dir(out, k), proposals[k - 1]) for k in ks])
+        spares = evaluate_spares(self, n, [(k, candidate_dir(out, k), proposals[k - 1]) for k in ks])
         results = self._evaluate_snapshots(n, [(k, candidate_dir(out, k)) for k in ks], self.config["eval_seeds"],
                                            spares=spares)
         status = {k: r["status"] for k, r in zip(ks, results)}
@@ -177,7 +177,9 @@ class CandidatesCampaign(Campaign):
             verdict = confirm(*pooled, count=evaluated, margin=self.config["margin"])
             return {"verdict": on_more_examples(verdict).to_dict(), "seeds": candidate["seeds"]}
         if any(s not in candidate["seeds"] for s in fresh_seeds):  # a replay may find them merged already
-            fresh = self._evaluate_snapshots(n, [(k, folder / "retest")], fresh_seeds)[0]
+            fresh = (reusable(folder / "retest", commit=self.workspace.candidate_commit(n, k), seeds=fresh_seeds,
+                              train_seed=0)  # a spare's (harness.spares)
+                     or self._evaluate_snapshots(n, [(k, folder / "retest")], fresh_seeds)[0])
             if fresh["status"] == "ok":
                 candidate = merge_results(candidate, fresh)
                 _write_json(folder / "result.json", candidate)

@@ -179,8 +179,8 @@ class RayPool:
         proposal) waits for that policy and reads it from the cache (see `_next`).
 
         A worker that would idle while these jobs run takes the next of `spares` (harness.spares:
-        runs a later step may ask for; `prepare()` gives the job or None, `close()` cleans up after
-        it). A spare still running when the jobs are done goes on, holding its worker; a later job
+        runs a later step may ask for; `prepare()` gives the job or None, `finish(result)` checks
+        its result, `close()` drops one never sent). A spare still running when the jobs are done goes on, holding its worker; a later job
         for its folder waits for it and takes its result when the spare ran that very job."""
         ray = self.ray
         results: list[dict | None] = [None] * len(jobs)
@@ -265,21 +265,19 @@ class RayPool:
         self.spares[spare.actor.evaluate.remote(job)] = spare
 
     def _finish_spare(self, ref, spare) -> dict | None:
-        """A finished spare's result (None when its worker died), its checkout removed."""
+        """A finished spare's result (None when its worker died), as `spare.finish` checks it."""
         try:
             result = self._collect(ref, spare.job, spare.actor, retry=False)
         except (SandboxUnavailable, OSError):  # the job itself, when a step sends it, says so
             result = None
-        spare.close()
-        return result
+        return spare.finish(result)
 
     def _reap_late_spares(self) -> None:
         for ref, spare in list(self.spares.items()):
             if time.monotonic() - spare.started > self.deadline_s:
                 self.spares.pop(ref)
                 self.ray.kill(spare.actor)
-                failed(spare.job, f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
-                spare.close()
+                spare.finish(failed(spare.job, f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed"))
 
     @staticmethod
     def _next(queue: list[int], plans: list[RunPlan], training: set, sent: set) -> int | None:

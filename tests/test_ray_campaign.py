@@ -134,6 +134,10 @@ def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
     (began_1, ended_1), (began_2, ended_2) = spans
     assert began_1 < ended_2 and began_2 < ended_1, "the two re-trainings ran one after the other"
     assert began_1 < os.stat(camp / "rounds" / "001" / "result.json").st_mtime, "no spare beside the evaluation"
+    # The keep's held-out score with training seed 1 began beside its score with seed 0, as a spare.
+    held = camp / "rounds" / "001" / "heldout"
+    assert os.stat(held / "train-seed-1" / "job.json").st_mtime < os.stat(held / "result.json").st_mtime
+    assert set(journal.step_output(1, "heldout")["heldout_by_train_seed"]) == {"0", "1"}
     assert not [p.name for p in (camp / "snapshots").iterdir()]
 
 
