@@ -31,6 +31,7 @@ import os
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,8 @@ from rl_pipeline.sandbox import SandboxUnavailable
 PROJECT = Path(__file__).resolve().parents[1]
 RAY_START_S = 180.0  # `ray start` on a loaded machine
 STOP_GRACE_S = 10.0
+SPARE_OVERRUN = 0.25  # a spare may start when it is expected to outlast the running jobs by this share of it
+PACE_JOBS = 20  # the pace of the last jobs, not the first (a warm runner is faster than one starting)
 # Ray picks the node's address from its route to the outside unless it is told that this is a
 # single-machine cluster; then every Ray server listens on 127.0.0.1 only.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -105,6 +108,7 @@ class RayPool:
     def __init__(self, options: dict, *, address: str | None, cpus: int, gpus: float, workers: int | None):
         self.head: subprocess.Popen | None = None
         self.spares: dict = {}  # object ref -> a spare running on a worker that would idle (see `run`)
+        self.pace: list[float] = []  # each finished job's seconds over its plan's (`_left_s`)
         self.log = tempfile.NamedTemporaryFile(prefix="ray-head-", suffix=".log", delete=False)
         if address is None:
             # Ray reads these when it is imported (below), so this process is a local-only driver too.
@@ -204,7 +208,7 @@ class RayPool:
                     Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
                     running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
                 while spares and running and len(running) + len(self.spares) < self.workers:
-                    self._start_spare(spares.pop(0), self._training(running, plans))
+                    self._start_spare(spares.pop(0), self._training(running, plans), self._left_s(running, plans))
                 waiting = list(running) + list(self.spares)
                 done = ray.wait(waiting, num_returns=1, timeout=1.0)[0] if waiting else []
                 for ref in done:
@@ -217,8 +221,10 @@ class RayPool:
                                 queue.remove(index)
                         self._replan(queue, jobs, plans, spare.plan.training_key)
                         continue
-                    index, actor, _ = running.pop(ref)
+                    index, actor, started = running.pop(ref)
                     results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
+                    if results[index] is not None and results[index]["status"] == "ok" and plans[index].seconds:
+                        self.pace.append((time.monotonic() - started) / plans[index].seconds)
                     if results[index] is None:  # its actor had died before the job began (while idle): a new one
                         retried.add(index)
                         queue.insert(0, index)
@@ -252,12 +258,25 @@ class RayPool:
 
     # ------------------------------------------------------------------ spares
 
-    def _start_spare(self, spare, training: set) -> None:
-        """Send `spare` to an idle worker, unless it has nothing to do or would train a policy that a
-        running job is training."""
+    def _left_s(self, running: dict, plans: list[RunPlan]) -> float | None:
+        """The seconds the running jobs are expected to go on (the longest of them), from their plans
+        at the pace the jobs so far kept to (None before one is done: nothing to tell it from)."""
+        if not self.pace:
+            return None
+        pace = statistics.median(self.pace[-PACE_JOBS:])
+        now = time.monotonic()
+        return max(plans[index].seconds * pace - (now - started) for index, _, started in running.values())
+
+    def _start_spare(self, spare, training: set, left_s: float | None) -> None:
+        """Send `spare` to an idle worker, unless it has nothing to do, would train a policy that a
+        running job is training, or is expected to outlast the running jobs by more than
+        SPARE_OVERRUN of its own time (`left_s`: their time left): a spare nobody asks for then holds
+        its worker into the steps after."""
         job = spare.prepare()
         plan = self._plan(job) if job is not None else None
-        if job is None or (plan.training_key is not None and plan.training_key in training):
+        if (job is None or (plan.training_key is not None and plan.training_key in training)
+                or (left_s is not None and plan.seconds * statistics.median(self.pace[-PACE_JOBS:])
+                    * (1 - SPARE_OVERRUN) > left_s)):
             spare.close()
             return
         spare.job, spare.plan, spare.actor, spare.started = job, plan, self._actor(), time.monotonic()
