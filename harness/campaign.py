@@ -28,7 +28,6 @@ from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
 from harness.researchers import ResearcherExhausted, ResearcherStopped, make_researcher
-from harness.spares import drop_stale, evaluate_spares, heldout_spares
 from harness.tracking import make_tracker
 from harness.training_noise import (calibration_dir, changes_training, retrain_dir, reusable,
                                     training_seed_verdict, worth_retraining)
@@ -81,10 +80,10 @@ class Campaign:
                                   calibration=calibration)[0]
 
     def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False,
-                      train_seed: int = 0, calibration: bool = False, spares: list = ()) -> list[dict]:
+                      train_seed: int = 0, calibration: bool = False) -> list[dict]:
         """The runner's result for every (scaffold folder, out folder) on the same seeds (see `_run_jobs`)."""
         return self._run_jobs([self._job(scaffold, out, seeds, heldout=heldout, train_seed=train_seed,
-                                         calibration=calibration) for scaffold, out in targets], spares)
+                                         calibration=calibration) for scaffold, out in targets])
 
     @staticmethod
     def _job(scaffold: Path, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
@@ -92,30 +91,28 @@ class Campaign:
         return {"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed,
                 "calibration": calibration}
 
-    def _run_jobs(self, jobs: list[dict], spares: list = ()) -> list[dict]:
+    def _run_jobs(self, jobs: list[dict]) -> list[dict]:
         """The runner's result for every job: one after another on this machine, or at once on Ray
-        (`runner=ray`), where workers that would idle take `spares` (harness.spares). A result is failed when it does not name the commit that was evaluated or the
+        (`runner=ray`). A result is failed when it does not name the commit that was evaluated or the
         baseline's data (every split's hash), so that no round is ever compared on other data or
         another scaffold than the one it claims."""
         commits = [scaffold_commit(job["scaffold"]) for job in jobs]
         if self.pool is not None:
-            results = self.pool.run(jobs, spares)
+            results = self.pool.run(jobs)
         else:
             results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
                                     train_seed=job["train_seed"], calibration=job["calibration"],
                                     **self._runner_options()) for job in jobs]
-        return [self.checked(result, commit, job["out"]) for result, commit, job in zip(results, commits, jobs)]
-
-    def checked(self, result: dict, commit: str | None, out: Path) -> dict:
-        """`result`, or a failed one (written to `out`) when it does not name `commit` or the
-        baseline's data."""
         baseline = self.journal.get("baseline")
-        reference = read_result(self.dir / baseline["result"]) if baseline else result
-        problem = integrity_problem(result, reference, commit=commit)
-        if problem:
-            result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
-            write_result(out, result)
-        return result
+        checked = []
+        for result, commit, job in zip(results, commits, jobs):
+            reference = read_result(self.dir / baseline["result"]) if baseline else result
+            problem = integrity_problem(result, reference, commit=commit)
+            if problem:
+                result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
+                write_result(job["out"], result)
+            checked.append(result)
+        return checked
 
     def _start_runner(self) -> None:
         """The Ray pool when `runner=ray` (ray is imported only then); the local runner needs nothing."""
@@ -133,7 +130,6 @@ class Campaign:
         self.workspace = Workspace.open(self.dir)
         for lock in self.workspace.clear_stale_locks():  # run under the campaign lock: nobody else uses git here
             log.warning("removed %s, left by a git process killed mid-write (a kill of this campaign)", lock)
-        drop_stale(self)
         self.researcher = make_researcher(dict(self.config["researcher"]), campaign_dir=self.dir,
                                           seed=self.config["seed"], base_model=self.config["base_model"])
         self.researcher.load(self.dir / "researcher")
@@ -277,10 +273,9 @@ class Campaign:
         return {"commit": commit}
 
     def _evaluate_candidate(self, n: int, out: Path) -> dict:
-        spares = evaluate_spares(self, n, [(None, out, self.journal.step_output(n, "propose")["proposal"])])
         self.workspace.checkout(n)
         try:
-            result = self._evaluate_all([(self.workspace.path, out)], self.config["eval_seeds"], spares=spares)[0]
+            result = self._evaluate(out, self.config["eval_seeds"])
         finally:
             self.workspace.checkout_main()
         return {"status": result["status"]}
@@ -311,17 +306,14 @@ class Campaign:
         if pooled:
             verdict = decide(*pooled, can_reeval=False, **self._verdict_args())
             return {"verdict": on_more_examples(verdict).to_dict(), "seeds": candidate["seeds"]}
-        # A replay after a kill may find the merged result already written: skip its seeds; a spare
-        # (harness.spares) may have run them.
+        # A replay after a kill may find the merged result already written: skip its seeds.
         missing = [s for s in extra if s not in candidate["seeds"]]
         if missing:
-            more = reusable(out / "reeval", commit=commit, seeds=missing, train_seed=0)
-            if more is None:
-                self.workspace.checkout(n)
-                try:
-                    more = self._evaluate(out / "reeval", missing)
-                finally:
-                    self.workspace.checkout_main()
+            self.workspace.checkout(n)
+            try:
+                more = self._evaluate(out / "reeval", missing)
+            finally:
+                self.workspace.checkout_main()
             if more["status"] == "ok":
                 candidate = merge_results(candidate, more)
                 _write_json(out / "result.json", candidate)
@@ -481,16 +473,11 @@ class Campaign:
         false keep when not positive): reported, never shown to the researcher, never decides. A
         change to training kept on its gain over training seeds has its change averaged over them."""
         self.workspace.checkout_main()
-        before = self._heldout_before(n)
-        spares = []  # the runs with further training seeds, for a worker this one leaves idle
-        if before is not None:
-            likely_greedy = deterministic(read_result(out)) and deterministic(heldout_part(read_result(before)))
-            spares = heldout_spares(self, n, *self._heldout_runs(n, out, before, likely_greedy))
-        held = self._evaluate_all([(self.workspace.path, out / "heldout")], self.config["eval_seeds"], heldout=True,
-                                  spares=spares)[0]
+        held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
         if held["status"] != "ok":
             return {"heldout_accuracy": None}
         accuracy = {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"]}
+        before = self._heldout_before(n)
         if before is None:
             return accuracy
         replaced = read_result(before)
@@ -512,12 +499,19 @@ class Campaign:
         replaced one's taken from its own keep where it was scored there; a seed that either fails
         on is left out. The policies are in the training cache from the re-training: only the
         scoring runs, on one seed under deterministic decoding."""
-        runs, seeds = self._heldout_runs(n, out, before, greedy)
-        old = self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
+        per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
+        train_seeds = [p["train_seed"] for p in per_seed if p["train_seed"] != 0]
+        if not train_seeds:
+            return {}
+        seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
+        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
 
         def done(folder: Path, commit: str, t: int) -> dict | None:
             return reusable(folder, commit=commit, seeds=seeds, train_seed=t)
 
+        runs = {t: ((out / "heldout" / f"train-seed-{t}", new),
+                    (before / f"train-seed-{t}" if done(before / f"train-seed-{t}", old, t)
+                     else out / "heldout" / "before" / f"train-seed-{t}", old)) for t in train_seeds}
         todo = [(folder, t, side) for t, pair in runs.items() for side, (folder, commit) in enumerate(pair)
                 if not done(folder, commit, t)]
         if todo:
@@ -526,20 +520,6 @@ class Campaign:
                                           train_seed=t) for folder, t, side in todo])
         pairs = {t: tuple(done(folder, commit, t) for folder, commit in pair) for t, pair in runs.items()}
         return {t: pair for t, pair in pairs.items() if all(pair)}
-
-    def _heldout_runs(self, n: int, out: Path, before: Path, greedy: bool) -> tuple[dict, list[int]]:
-        """`_heldout_retrained`'s runs, training seed -> ((folder, commit) of the new incumbent,
-        (folder, commit) of the replaced one), and the eval seeds they are scored on."""
-        per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
-        seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
-        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
-        runs = {}
-        for t in [p["train_seed"] for p in per_seed if p["train_seed"] != 0]:
-            kept = before / f"train-seed-{t}"
-            runs[t] = ((out / "heldout" / f"train-seed-{t}", new),
-                       (kept if reusable(kept, commit=old, seeds=seeds, train_seed=t)
-                        else out / "heldout" / "before" / f"train-seed-{t}", old))
-        return runs, seeds
 
     def _verdicts(self, n: int) -> tuple[dict, dict]:
         """The round's last verdict (for a round that never reached a comparison, its decision and

@@ -45,8 +45,7 @@ from harness.campaign import SNAPSHOTS, Campaign, _write_json
 from harness.compare import decide, merge_results, on_more_examples
 from harness.proposal import ProposalError, parse_proposal
 from harness.selection import choose, confirm, promising
-from harness.spares import evaluate_spares
-from harness.training_noise import calibration_dir, reusable
+from harness.training_noise import calibration_dir
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import read_result
 
@@ -130,21 +129,18 @@ class CandidatesCampaign(Campaign):
         return {"candidates": applied, "error": "; ".join(a["error"] for a in applied)}
 
     def _evaluate_snapshots(self, n: int, targets: list[tuple[int, Path]], seeds: list[int], *,
-                            calibration: bool = False, spares: list = ()) -> list[dict]:
+                            calibration: bool = False) -> list[dict]:
         """Candidates k evaluated at once, each from a snapshot of its commit into its folder."""
         with contextlib.ExitStack() as stack:
             scaffolds = [stack.enter_context(self.workspace.snapshot(n, k, self.dir / SNAPSHOTS / f"{n:03d}-{k}"))
                          for k, _ in targets]
             return self._evaluate_all([(s, out) for s, (_, out) in zip(scaffolds, targets)], seeds,
-                                      calibration=calibration, spares=spares)
+                                      calibration=calibration)
 
     def _evaluate_candidates(self, n: int, out: Path) -> dict:
         applied = self._outputs(n, "apply", "candidates")
         ks = [k for k, a in enumerate(applied, 1) if "commit" in a]
-        proposals = self._outputs(n, "propose", "candidates")
-        spares = evaluate_spares(self, n, [(k, candidate_dir(out, k), proposals[k - 1]) for k in ks])
-        results = self._evaluate_snapshots(n, [(k, candidate_dir(out, k)) for k in ks], self.config["eval_seeds"],
-                                           spares=spares)
+        results = self._evaluate_snapshots(n, [(k, candidate_dir(out, k)) for k in ks], self.config["eval_seeds"])
         status = {k: r["status"] for k, r in zip(ks, results)}
         return {"candidates": [{"status": status[k]} if k in status else None for k in range(1, len(applied) + 1)]}
 
@@ -177,9 +173,7 @@ class CandidatesCampaign(Campaign):
             verdict = confirm(*pooled, count=evaluated, margin=self.config["margin"])
             return {"verdict": on_more_examples(verdict).to_dict(), "seeds": candidate["seeds"]}
         if any(s not in candidate["seeds"] for s in fresh_seeds):  # a replay may find them merged already
-            fresh = (reusable(folder / "retest", commit=self.workspace.candidate_commit(n, k), seeds=fresh_seeds,
-                              train_seed=0)  # a spare's (harness.spares)
-                     or self._evaluate_snapshots(n, [(k, folder / "retest")], fresh_seeds)[0])
+            fresh = self._evaluate_snapshots(n, [(k, folder / "retest")], fresh_seeds)[0]
             if fresh["status"] == "ok":
                 candidate = merge_results(candidate, fresh)
                 _write_json(folder / "result.json", candidate)

@@ -31,12 +31,10 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from rl_pipeline.env import scrubbed_env
@@ -47,8 +45,6 @@ from rl_pipeline.sandbox import SandboxUnavailable
 PROJECT = Path(__file__).resolve().parents[1]
 RAY_START_S = 180.0  # `ray start` on a loaded machine
 STOP_GRACE_S = 10.0
-SPARE_OVERRUN = 0.25  # a spare may start when it is expected to outlast the running jobs by this share of it
-PACE_JOBS = 20  # the pace of the last jobs, not the first (a warm runner is faster than one starting)
 # Ray picks the node's address from its route to the outside unless it is told that this is a
 # single-machine cluster; then every Ray server listens on 127.0.0.1 only.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -87,13 +83,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def same_job(result: dict, job: dict) -> bool:
-    """Whether `result` is a successful run of `job` (its commit, seeds, training seed and parts)."""
-    return (result.get("status") == "ok" and result["scaffold"].get("commit") == scaffold_commit(job["scaffold"])
-            and result["seeds"] == list(job["seeds"]) and result["training"]["train_seed"] == job.get("train_seed", 0)
-            and ("calibration" in result) == bool(job.get("calibration")) and bool(result.get("heldout")) == job["heldout"])
-
-
 def failed(job: dict, reason: str) -> dict:
     """The failed result of a job the runner could not finish, written where the job's would be."""
     result = failed_result({"scaffold": str(Path(job["scaffold"]).resolve()), "commit": scaffold_commit(job["scaffold"]),
@@ -107,8 +96,6 @@ class RayPool:
 
     def __init__(self, options: dict, *, address: str | None, cpus: int, gpus: float, workers: int | None):
         self.head: subprocess.Popen | None = None
-        self.spares: dict = {}  # object ref -> a spare running on a worker that would idle (see `run`)
-        self.pace: list[float] = []  # each finished job's seconds over its plan's (`_left_s`)
         self.log = tempfile.NamedTemporaryFile(prefix="ray-head-", suffix=".log", delete=False)
         if address is None:
             # Ray reads these when it is imported (below), so this process is a local-only driver too.
@@ -175,128 +162,49 @@ class RayPool:
     def _actor(self):
         return self.idle.pop() if self.idle else self.actor_class.remote(self.actor_options)
 
-    def run(self, jobs: list[dict], spares: Sequence = ()) -> list[dict]:
+    def run(self, jobs: list[dict]) -> list[dict]:
         """Every job's result ({scaffold, out, seeds, heldout}: what `run_scaffold` is called with, less
         the pool's options), in job order; at most `workers` run at once, the longest first (a run
         that trains before one whose training is cached), so that the short ones fill the gaps. A job
         that would train the policy a running job is training (a decoder companion beside its
-        proposal) waits for that policy and reads it from the cache (see `_next`).
-
-        A worker that would idle while these jobs run takes the next of `spares` (harness.spares:
-        runs a later step may ask for; `prepare()` gives the job or None, `finish(result)` checks
-        its result, `close()` drops one never sent). A spare still running when the jobs are done goes on, holding its worker; a later job
-        for its folder waits for it and takes its result when the spare ran that very job."""
+        proposal) waits for that policy and reads it from the cache (see `_next`)."""
         ray = self.ray
         results: list[dict | None] = [None] * len(jobs)
         plans = [self._plan(job) for job in jobs]
         queue = sorted(range(len(jobs)), key=lambda index: -plans[index].seconds)
         running: dict = {}  # object ref -> (index, actor, started)
         retried: set[int] = set()
-        spares = list(spares)
-        try:
-            while queue or running:
-                sent: set[str] = set()  # the training keys of the jobs sent in this pass
-                while queue and len(running) + len(self.spares) < self.workers:
-                    held = {Path(spare.job["out"]) for spare in self.spares.values()}
-                    index = self._next([i for i in queue if Path(jobs[i]["out"]) not in held], plans,
-                                       self._training(running, plans), sent)
-                    if index is None:
-                        break
-                    queue.remove(index)
-                    sent.add(plans[index].training_key)
-                    job, actor = jobs[index], self._actor()
-                    Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
-                    running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
-                while spares and running and len(running) + len(self.spares) < self.workers:
-                    self._start_spare(spares.pop(0), self._training(running, plans), self._left_s(running, plans))
-                waiting = list(running) + list(self.spares)
-                done = ray.wait(waiting, num_returns=1, timeout=1.0)[0] if waiting else []
-                for ref in done:
-                    if ref in self.spares:
-                        spare = self.spares.pop(ref)
-                        result = self._finish_spare(ref, spare)
-                        for index in [i for i in queue if Path(jobs[i]["out"]) == Path(spare.job["out"])]:
-                            if result is not None and same_job(result, jobs[index]):
-                                results[index] = result
-                                queue.remove(index)
-                        self._replan(queue, jobs, plans, spare.plan.training_key)
-                        continue
-                    index, actor, started = running.pop(ref)
-                    results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
-                    if results[index] is not None and results[index]["status"] == "ok" and plans[index].seconds:
-                        self.pace.append((time.monotonic() - started) / plans[index].seconds)
-                    if results[index] is None:  # its actor had died before the job began (while idle): a new one
-                        retried.add(index)
-                        queue.insert(0, index)
-                    else:
-                        self._replan(queue, jobs, plans, plans[index].training_key)
-                for ref, (index, actor, started) in list(running.items()):
-                    if time.monotonic() - started > self.deadline_s:
-                        running.pop(ref)
-                        ray.kill(actor)
-                        results[index] = failed(jobs[index], f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
-                self._reap_late_spares()
-        finally:
-            for spare in spares:  # not taken: no worker was idle
-                spare.close()
+        while queue or running:
+            sent: set[str] = set()  # the training keys of the jobs sent in this pass
+            while queue and len(running) < self.workers:
+                index = self._next(queue, plans, {plans[i].training_key for i, _, _ in running.values()}, sent)
+                if index is None:
+                    break
+                queue.remove(index)
+                sent.add(plans[index].training_key)
+                job, actor = jobs[index], self._actor()
+                Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
+                running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in done:
+                index, actor, _ = running.pop(ref)
+                results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
+                if results[index] is None:  # its actor had died before the job began (while idle): a new one
+                    retried.add(index)
+                    queue.insert(0, index)
+                elif (key := plans[index].training_key) is not None:
+                    # The runs that waited for that policy: it is cached now (they are short, and
+                    # longer runs go first), or it failed to train (one of them trains it).
+                    for waiting in queue:
+                        if plans[waiting].training_key == key:
+                            plans[waiting] = self._plan(jobs[waiting])
+                    queue.sort(key=lambda index: -plans[index].seconds)
+            for ref, (index, actor, started) in list(running.items()):
+                if time.monotonic() - started > self.deadline_s:
+                    running.pop(ref)
+                    ray.kill(actor)
+                    results[index] = failed(jobs[index], f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
         return results
-
-    def _replan(self, queue: list[int], jobs: list[dict], plans: list[RunPlan], key: str | None) -> None:
-        """The runs that waited for the policy of `key`: it is cached now (they are short, and longer
-        runs go first), or it failed to train (one of them trains it)."""
-        if key is None:
-            return
-        for waiting in queue:
-            if plans[waiting].training_key == key:
-                plans[waiting] = self._plan(jobs[waiting])
-        queue.sort(key=lambda index: -plans[index].seconds)
-
-    def _training(self, running: dict, plans: list[RunPlan]) -> set:
-        """The training keys of the running jobs and spares."""
-        return ({plans[index].training_key for index, _, _ in running.values()}
-                | {spare.plan.training_key for spare in self.spares.values()})
-
-    # ------------------------------------------------------------------ spares
-
-    def _left_s(self, running: dict, plans: list[RunPlan]) -> float | None:
-        """The seconds the running jobs are expected to go on (the longest of them), from their plans
-        at the pace the jobs so far kept to (None before one is done: nothing to tell it from)."""
-        if not self.pace:
-            return None
-        pace = statistics.median(self.pace[-PACE_JOBS:])
-        now = time.monotonic()
-        return max(plans[index].seconds * pace - (now - started) for index, _, started in running.values())
-
-    def _start_spare(self, spare, training: set, left_s: float | None) -> None:
-        """Send `spare` to an idle worker, unless it has nothing to do, would train a policy that a
-        running job is training, or is expected to outlast the running jobs by more than
-        SPARE_OVERRUN of its own time (`left_s`: their time left): a spare nobody asks for then holds
-        its worker into the steps after."""
-        job = spare.prepare()
-        plan = self._plan(job) if job is not None else None
-        if (job is None or (plan.training_key is not None and plan.training_key in training)
-                or (left_s is not None and plan.seconds * statistics.median(self.pace[-PACE_JOBS:])
-                    * (1 - SPARE_OVERRUN) > left_s)):
-            spare.close()
-            return
-        spare.job, spare.plan, spare.actor, spare.started = job, plan, self._actor(), time.monotonic()
-        Path(job["out"], "job.json").unlink(missing_ok=True)
-        self.spares[spare.actor.evaluate.remote(job)] = spare
-
-    def _finish_spare(self, ref, spare) -> dict | None:
-        """A finished spare's result (None when its worker died), as `spare.finish` checks it."""
-        try:
-            result = self._collect(ref, spare.job, spare.actor, retry=False)
-        except (SandboxUnavailable, OSError):  # the job itself, when a step sends it, says so
-            result = None
-        return spare.finish(result)
-
-    def _reap_late_spares(self) -> None:
-        for ref, spare in list(self.spares.items()):
-            if time.monotonic() - spare.started > self.deadline_s:
-                self.spares.pop(ref)
-                self.ray.kill(spare.actor)
-                spare.finish(failed(spare.job, f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed"))
 
     @staticmethod
     def _next(queue: list[int], plans: list[RunPlan], training: set, sent: set) -> int | None:
@@ -342,8 +250,6 @@ class RayPool:
         """Stop the actors (their runners first, gracefully), leave Ray, and stop a Ray started here."""
         ray = getattr(self, "ray", None)
         if ray is not None and ray.is_initialized():
-            for spare in self.spares.values():  # work nobody waits for
-                ray.kill(spare.actor)
             try:
                 ray.get([actor.close.remote() for actor in self.idle], timeout=STOP_GRACE_S)
             except ray.exceptions.RayError:
@@ -359,9 +265,6 @@ class RayPool:
             except subprocess.TimeoutExpired:
                 os.killpg(self.head.pid, signal.SIGKILL)
                 self.head.wait()
-        for spare in self.spares.values():
-            spare.close()
-        self.spares = {}
         self.head = None
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)

@@ -254,16 +254,15 @@ class Workspace:
         """`commit` checked out at `path` (a detached worktree) for the `with` block; one left by a
         killed campaign is replaced."""
         path = Path(path).resolve()
-        self.drop_worktree(path)
+        self._drop_worktree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.repo.git.worktree("add", "--detach", str(path), commit)
         try:
             yield path
         finally:
-            self.drop_worktree(path)
+            self._drop_worktree(path)
 
-    def drop_worktree(self, path: Path) -> None:
-        """Remove the worktree at `path` (one a killed campaign left, say), if there is one."""
+    def _drop_worktree(self, path: Path) -> None:
         if path.exists():
             try:
                 self.repo.git.worktree("remove", "--force", str(path))

@@ -113,9 +113,8 @@ def test_two_candidates_a_round_on_ray_and_a_killed_worker_is_one_failed_candida
 
 def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
     """A change to training that would be kept is re-trained with a fresh training seed, and so is
-    the incumbent: two GRPO runs of one step on the two workers (a margin of -0.5 makes the
-    random-weight policy's ties keeps). The candidate's began as a spare (harness.spares) on the
-    worker its own evaluation left idle, and the retrain step took its result rather than run it again."""
+    the incumbent: two GRPO runs of one step, given to the two workers together (a margin of -0.5
+    makes the random-weight policy's ties keeps)."""
     root, scaffold, _ = setup
     script = root / "retrain.jsonl"
     script.write_text(json.dumps({"hypothesis": "learn faster",
@@ -133,12 +132,7 @@ def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
     spans = [(os.stat(run / "job.json").st_mtime, os.stat(run / "result.json").st_mtime) for run in runs]
     (began_1, ended_1), (began_2, ended_2) = spans
     assert began_1 < ended_2 and began_2 < ended_1, "the two re-trainings ran one after the other"
-    assert began_1 < os.stat(camp / "rounds" / "001" / "result.json").st_mtime, "no spare beside the evaluation"
-    # The keep's held-out score with training seed 1 began beside its score with seed 0, as a spare.
-    held = camp / "rounds" / "001" / "heldout"
-    assert os.stat(held / "train-seed-1" / "job.json").st_mtime < os.stat(held / "result.json").st_mtime
-    assert set(journal.step_output(1, "heldout")["heldout_by_train_seed"]) == {"0", "1"}
-    assert not [p.name for p in (camp / "snapshots").iterdir()]
+    assert not (camp / "snapshots" / "001-0-retrain").exists()
 
 
 @pytest.mark.slow

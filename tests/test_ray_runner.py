@@ -9,7 +9,6 @@ A random-weight micro base and a scaffold cut to one GRPO step keep each evaluat
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 
 import psutil
 import pytest
-from fast_scaffold import COMPLETIONS, campaign_root, with_budget
+from fast_scaffold import campaign_root
 
 from harness.ray_runner import RayPool
 
@@ -150,59 +149,3 @@ def test_a_kill_9_of_the_driver_leaves_no_process_of_its_ray(root):
         driver.kill()  # SIGKILL: no handler, no atexit, no `finally` runs in it
         driver.wait()
     assert_all_gone(running)
-
-
-class JobSpare:
-    """A spare of one given job (harness.spares.Spare checks a campaign's commit out for its job)."""
-
-    def __init__(self, job: dict):
-        self._job, self.job, self.plan, self.actor, self.started = job, None, None, None, 0.0
-
-    def prepare(self) -> dict:
-        return self._job
-
-    def finish(self, result: dict | None) -> dict | None:
-        return result
-
-    def close(self) -> None:
-        pass
-
-
-
-def test_a_worker_that_would_idle_takes_a_spare_and_a_later_job_takes_its_result(root):
-    """Spares (harness.spares) run only on a worker that would idle (one, beside one job); a spare
-    still running when the jobs are done goes on, and a later job for its folder waits for it and
-    takes its result rather than running again. Once the pool has timed jobs, a spare that would
-    outlast the running ones by far is not sent."""
-    root, scaffold = root
-    pool = RayPool(options(root), address=None, cpus=1, gpus=0, workers=2)
-    try:
-        assert pool.workers == 2, "this test needs two CPUs"
-        busy = jobs(root, scaffold, "busy", 1, train_seed=21)
-        slow = with_budget(shutil.copytree(scaffold, root / "slow"), 8 * COMPLETIONS)  # outlasts a busy job
-        taken, dropped = jobs(root, slow, "spare", 1, train_seed=23)[0], jobs(root, scaffold, "dropped", 1)[0]
-        results = pool.run(busy, [JobSpare(taken), JobSpare(dropped)])
-        assert [(r["status"], r["training"]["cached"]) for r in results] == [("ok", False)]
-        began = (taken["out"] / "job.json").stat().st_mtime
-        assert began < (busy[0]["out"] / "result.json").stat().st_mtime  # beside the job, on the other worker
-        assert not (dropped["out"] / "job.json").exists()  # no second idle worker: never sent
-        assert len(pool.spares) == 1, "the spare was waited for: it trains longer than the job it ran beside"
-        (result,) = pool.run([dict(taken)])
-        assert result["status"] == "ok" and not result["training"]["cached"]  # the spare's own training
-        assert (taken["out"] / "job.json").stat().st_mtime == began  # not run a second time
-        assert not pool.spares and len(pool.idle) == 2
-        # Now that the pool knows its pace, a spare expected to outlast the running jobs by more than
-        # a quarter of itself is not sent: nobody may ask for it, and it would hold its worker.
-        assert pool.pace
-        other = jobs(root, slow, "other", 1, train_seed=24)[0]
-        pool.run(jobs(root, scaffold, "busy2", 1, train_seed=25), [JobSpare(other)])
-        assert not (other["out"] / "job.json").exists() and not pool.spares
-        # A spare whose job differs from the later one (other seeds) is waited for, then the job runs
-        # (in a pool that has timed no job yet, which sends a spare however long).
-        pool.pace.clear()
-        pool.run(jobs(root, scaffold, "busy3", 1, train_seed=26), [JobSpare(other)])
-        assert pool.spares
-        (result,) = pool.run([dict(other, seeds=[0, 1])])
-        assert result["seeds"] == [0, 1] and result["training"]["cached"]  # trained by the spare, scored again
-    finally:
-        pool.close()
