@@ -19,11 +19,11 @@ from pathlib import Path
 
 from harness.analyze import Evidence, analyze
 from harness.approvals import ApprovalPolicy, keep_question, make_gate, proposal_question
-from harness.compare import (decide, deterministic, heldout_change, heldout_part, merge_results, noise_floor,
-                             on_more_examples, with_calibration)
+from harness.compare import decide, deterministic, merge_results, noise_floor, on_more_examples, with_calibration
 from harness.config import data_dir
 from harness.critique import check_critique, critique
-from harness.journal import Journal, heldout_dir, incumbent_dir, run_step
+from harness.heldout import HeldoutScoring, heldout_fields
+from harness.journal import SNAPSHOTS, Journal, incumbent_dir, run_step
 from harness.live import LiveView
 from harness.proposal import ProposalError, parse_proposal
 from harness.report import progress_plot, write_report
@@ -38,7 +38,6 @@ from rl_pipeline.result import integrity_problem, read_result, scaffold_commit, 
 from rl_pipeline.run import run_scaffold
 
 log = logging.getLogger(__name__)
-SNAPSHOTS = "snapshots"  # campaign_dir/snapshots/NNN-k: candidate k's commit while it is evaluated
 
 
 def _write_json(path: Path, data) -> None:
@@ -46,7 +45,7 @@ def _write_json(path: Path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-class Campaign:
+class Campaign(HeldoutScoring):
     """One campaign folder and the loop over its rounds."""
 
     def __init__(self, config: dict, campaign_dir: Path, *, interactive: bool = False):
@@ -63,6 +62,7 @@ class Campaign:
         self.workspace: Workspace | None = None
         self.researcher = None
         self.pool = None  # the Ray actors of `runner=ray`, from setup to the end of run
+        self._beside = []
 
     # ----------------------------------------------------------------------------- setup
     def _runner_options(self) -> dict:
@@ -96,6 +96,10 @@ class Campaign:
         (`runner=ray`). A result is failed when it does not name the commit that was evaluated or the
         baseline's data (every split's hash), so that no round is ever compared on other data or
         another scaffold than the one it claims."""
+        with self._beside_checked_out() as beside:  # a keep's held-out runs, beside a round's first evaluations
+            return self._run_checked(jobs + beside)[:len(jobs)]
+
+    def _run_checked(self, jobs: list[dict]) -> list[dict]:
         commits = [scaffold_commit(job["scaffold"]) for job in jobs]
         if self.pool is not None:
             results = self.pool.run(jobs)
@@ -190,13 +194,19 @@ class Campaign:
         j.begin_round(n)
         self.live.round(n, j.get("history"))
 
-        evidence = step(n, "analyze", lambda: self._analyze(n))["evidence"]
-        proposal, out = self._propose_and_judge(n, evidence, out)
+        pending = self._pending_heldout(n)
+        self._beside = self._heldout_jobs(pending) if pending else []
+        try:
+            evidence = step(n, "analyze", lambda: self._analyze(n))["evidence"]
+            proposal, out = self._propose_and_judge(n, evidence, out)
+        finally:
+            self._beside = []
+        self._score_pending_heldout(n)
         decided = step(n, "decide", lambda: self._decide(n),
                        updates=lambda o: ({"incumbent": {"round": n, "result": self._stored(out),
                                                          "commit": self.workspace.incumbent_commit()}}
                                           if o["decision"] == "keep" else {}))
-        if decided["decision"] == "keep":
+        if decided["decision"] == "keep" and not self._heldout_beside(n):
             step(n, "heldout", lambda: self._heldout(n, out))
         if proposal is not None:
             step(n, "learn", lambda: self._learn(n, proposal))
@@ -468,59 +478,6 @@ class Campaign:
             ws.revert(n, reason)
         return {"decision": decision, "reason": reason, "commits": commits}
 
-    def _heldout(self, n: int, out: Path) -> dict:
-        """Held-out accuracy of the new incumbent and its change from the incumbent it replaced (a
-        false keep when not positive): reported, never shown to the researcher, never decides. A
-        change to training kept on its gain over training seeds has its change averaged over them."""
-        self.workspace.checkout_main()
-        held = self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True)
-        if held["status"] != "ok":
-            return {"heldout_accuracy": None}
-        accuracy = {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"]}
-        before = self._heldout_before(n)
-        if before is None:
-            return accuracy
-        replaced = read_result(before)
-        greedy = deterministic(heldout_part(held)) and deterministic(heldout_part(replaced))
-        return accuracy | heldout_change(held, replaced, self._heldout_retrained(n, out, before, greedy))
-
-    def _heldout_before(self, n: int) -> Path | None:
-        """The held-out result's folder of the incumbent that round `n`'s keep replaced (the baseline
-        or the last keep before it); None when that one has no held-out score."""
-        previous = max((h for h in self.journal.get("history")
-                        if h["round"] < n and h["decision"] in ("keep", "baseline")), key=lambda h: h["round"])
-        if previous.get("heldout_accuracy") is None:
-            return None
-        return heldout_dir(self.dir, self.journal, previous["round"])
-
-    def _heldout_retrained(self, n: int, out: Path, before: Path, greedy: bool) -> dict[int, tuple[dict, dict]]:
-        """For each training seed but 0 that round `n`'s keep was decided on (none unless it
-        re-trained), the (new incumbent, replaced incumbent) held-out results trained with it, the
-        replaced one's taken from its own keep where it was scored there; a seed that either fails
-        on is left out. The policies are in the training cache from the re-training: only the
-        scoring runs, on one seed under deterministic decoding."""
-        per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
-        train_seeds = [p["train_seed"] for p in per_seed if p["train_seed"] != 0]
-        if not train_seeds:
-            return {}
-        seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
-        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
-
-        def done(folder: Path, commit: str, t: int) -> dict | None:
-            return reusable(folder, commit=commit, seeds=seeds, train_seed=t)
-
-        runs = {t: ((out / "heldout" / f"train-seed-{t}", new),
-                    (before / f"train-seed-{t}" if done(before / f"train-seed-{t}", old, t)
-                     else out / "heldout" / "before" / f"train-seed-{t}", old)) for t in train_seeds}
-        todo = [(folder, t, side) for t, pair in runs.items() for side, (folder, commit) in enumerate(pair)
-                if not done(folder, commit, t)]
-        if todo:
-            with self.workspace.worktree(old, self.dir / SNAPSHOTS / f"{n:03d}-heldout-before") as at:
-                self._run_jobs([self._job(at if side else self.workspace.path, folder, seeds, heldout=True,
-                                          train_seed=t) for folder, t, side in todo])
-        pairs = {t: tuple(done(folder, commit, t) for folder, commit in pair) for t, pair in runs.items()}
-        return {t: pair for t, pair in pairs.items() if all(pair)}
-
     def _verdicts(self, n: int) -> tuple[dict, dict]:
         """The round's last verdict (for a round that never reached a comparison, its decision and
         reason alone), and the same with the decision and reason the round ended with."""
@@ -574,9 +531,7 @@ class Campaign:
         entry = {"round": n, "decision": "failed" if failed and decision != "keep" else decision,
                  "accuracy": None if failed else result["metrics"]["accuracy"],
                  "incumbent_accuracy": incumbent["metrics"]["accuracy"],
-                 "heldout_accuracy": heldout, "heldout_delta": held.get("heldout_delta"),
-                 "false_keep": held.get("false_keep"), "heldout_by_train_seed": held.get("heldout_by_train_seed"),
-                 "hypothesis": proposal_dict["hypothesis"], "delta": verdict.get("delta")}
+                 **heldout_fields(held), "hypothesis": proposal_dict["hypothesis"], "delta": verdict.get("delta")}
         last_round = {"round": n, "hypothesis": proposal_dict["hypothesis"], "decision": decision,
                       "delta": verdict.get("delta"), "ci95": verdict.get("ci95"),
                       "metric_deltas": verdict.get("metric_deltas"), "reason": decided["reason"]}
@@ -620,8 +575,10 @@ class Campaign:
                         break
                     self.live.eta(start, n, self.config["rounds"])
                     self.run_round(n)
+                self._score_pending_heldout()
             except ResearcherExhausted as done:
                 self.live.note(f"researcher has no more proposals: {done}")
+                self._score_pending_heldout()
             except ResearcherStopped as stop:  # the round in progress is redone on resume
                 status = stop.status
                 self.journal.set("stop_reason", str(stop))

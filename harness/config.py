@@ -292,6 +292,9 @@ class Campaign(Section):
     approvals: Approvals = Approvals(name="none")
     candidates_per_round: PositiveInt = Field(1, description=(
         "edits proposed and evaluated a round; above 1, the best of them is re-tested on fresh seeds before a keep"))
+    heldout_beside: bool | None = Field(None, description=(
+        "score a keep on held-out beside the next round's evaluations, not before its record (held-out decides "
+        "nothing); null: when the runner evaluates several at once (runner=ray with more than one worker)"))
 
     @field_validator("retrain_seeds")
     @classmethod

@@ -49,6 +49,7 @@ STEPS = ("analyze", "propose", "gate_proposal", "apply", "evaluate", "compare", 
 # A round is finished when its last step is; steps before it may be skipped (a rejected proposal
 # has nothing to evaluate), so "finished" cannot mean "every step done".
 FINAL_STEP = STEPS[-1]
+SNAPSHOTS = "snapshots"  # campaign_dir/snapshots/NNN-k: candidate k's commit while it is evaluated
 STATUSES = ("running", "paused", "pending_approval", "budget_exhausted", "finished", "failed")
 
 

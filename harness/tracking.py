@@ -153,6 +153,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _heldout_metrics(heldout: dict) -> dict[str, float]:
+    """A keep's held-out score and change as round metrics (`heldout/accuracy`, `heldout/delta`)."""
+    return numeric_metrics({"accuracy": heldout.get("heldout_accuracy"), "delta": heldout.get("heldout_delta")},
+                           "heldout/")
+
+
+def _heldout_tags(heldout: dict) -> dict[str, str]:
+    return {"false_keep": str(heldout["false_keep"]).lower()} if heldout.get("false_keep") is not None else {}
+
+
 def _guarded(method):
     """Run a tracking call; on failure warn and return None, because tracking must never end a campaign."""
     @functools.wraps(method)
@@ -298,17 +308,24 @@ class MlflowTracker:
         every round writes each step once.
         """
         run_id = self._require_campaign()
-        # Every row has an incumbent score, so its steps say which rounds are already logged.
-        done = {m.step for m in self._mlflow.get_metric_history(run_id, "incumbent_accuracy")}
+        # Every row has an incumbent score, so its steps say which rounds are already logged; a keep
+        # scored on held-out after its round was (beside the next round) has its held-out columns late.
+        done, held = ({m.step for m in self._mlflow.get_metric_history(run_id, name)}
+                      for name in ("incumbent_accuracy", "heldout_accuracy"))
         columns = {"incumbent_accuracy": "incumbent_accuracy", "candidate_accuracy": "accuracy",
                    "heldout_accuracy": "heldout_accuracy", "heldout_delta": "heldout_delta"}
+        late = ("heldout_accuracy", "heldout_delta")
         metrics, false_keeps = [], 0
         for row in sorted(history, key=lambda r: r["round"]):
             false_keeps += bool(row.get("false_keep"))
             if row["round"] not in done:
-                metrics += [(name, row[key], row["round"]) for name, key in columns.items()
-                            if _is_number(row.get(key))]
-                metrics.append(("false_keeps", false_keeps, row["round"]))
+                names = columns
+            elif row["round"] not in held and _is_number(row.get("heldout_accuracy")):
+                names = {name: columns[name] for name in late}
+            else:
+                continue
+            metrics += [(name, row[key], row["round"]) for name, key in names.items() if _is_number(row.get(key))]
+            metrics.append(("false_keeps", false_keeps, row["round"]))
         self._log_batch(run_id, metrics)
         if plot_path is not None and Path(plot_path).exists():
             self._mlflow.log_artifact(run_id, str(plot_path))
@@ -345,8 +362,7 @@ class MlflowTracker:
         metrics |= numeric_metrics(verdict.get("metric_deltas"), "delta/")
         metrics |= numeric_metrics(result.get("timings"), "time/")
         heldout = heldout or {}
-        metrics |= numeric_metrics({"accuracy": heldout.get("heldout_accuracy"),
-                                    "delta": heldout.get("heldout_delta")}, "heldout/")
+        metrics |= _heldout_metrics(heldout)
         metrics |= numeric_metrics(extra_metrics)
 
         tags = {"decision": verdict.get("decision", "failed" if result.get("status") != "ok" else "none"),
@@ -356,8 +372,7 @@ class MlflowTracker:
         moves = [e["move"] for e in proposal.get("edits", []) if "move" in e]
         if moves:  # the code moves the round applied; the diff artifact shows their patches
             tags["moves"] = ", ".join(moves)
-        if heldout.get("false_keep") is not None:
-            tags["false_keep"] = str(heldout["false_keep"]).lower()
+        tags |= _heldout_tags(heldout)
         if verdict.get("reason"):
             tags["reason"] = verdict["reason"]
         if result.get("reason"):
@@ -376,6 +391,20 @@ class MlflowTracker:
                 self._mlflow.log_text(run_id, text, artifact)
         self._mlflow.set_terminated(run_id, status="FINISHED")
         return run_id
+
+    @_guarded
+    def log_heldout(self, round_no: int, heldout: dict, candidate: int | None = None) -> str | None:
+        """A keep's held-out record scored after its round was logged (beside the next round), on the
+        round's child run (its chosen candidate's): the metrics and the `false_keep` tag `log_round`
+        gives a keep scored in place, per training seed too."""
+        which = f" AND tags.candidate = '{candidate}'" if candidate is not None else ""
+        run = self._find(f"tags.`{PARENT_TAG}` = '{self._require_campaign()}' AND tags.round = '{round_no}'{which}")
+        if run is None:
+            return None
+        metrics = _heldout_metrics(heldout) | {f"heldout/delta_by_train_seed/{t}": d
+                                               for t, d in (heldout.get("heldout_by_train_seed") or {}).items()}
+        self._log_batch(run.info.run_id, [(k, v, round_no) for k, v in metrics.items()], tags=_heldout_tags(heldout))
+        return run.info.run_id
 
     def _round_run(self, parent: str, round_no: int, params: dict[str, str], candidate: int | None = None) -> str:
         """The child run of a round (or of one candidate): the existing one when its params agree,
@@ -410,6 +439,9 @@ class NullTracker:
         return None
 
     def end_campaign(self, status: str = "FINISHED") -> None:
+        return None
+
+    def log_heldout(self, round_no: int, heldout: dict, candidate: int | None = None) -> str | None:
         return None
 
     def log_round(self, round_no: int, *, proposal: dict, result: dict | None, verdict: dict | None,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 import git
 import optuna
@@ -133,6 +134,38 @@ def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):
     (began_1, ended_1), (began_2, ended_2) = spans
     assert began_1 < ended_2 and began_2 < ended_1, "the two re-trainings ran one after the other"
     assert not (camp / "snapshots" / "001-0-retrain").exists()
+
+
+def test_a_keep_is_scored_on_heldout_beside_the_next_round_on_ray(setup):
+    """With two workers a keep's held-out runs (the new incumbent, and with the fresh training seed
+    it was decided on, the new and the replaced one) go with the next round's evaluation, and its
+    history entry and MLflow run get the score then (a margin of -0.5 makes ties keeps)."""
+    root, scaffold, _ = setup
+    script = root / "beside.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in (
+        {"hypothesis": "learn faster", "edits": [{"knob": "grpo.learning_rate", "value": 1e-5}]}, PROPOSALS[3])))
+    args = overrides(root, scaffold, name="beside2", candidates_per_round=1, margin=-0.5, retrain_seeds="[1]",
+                     researcher="scripted", **{"researcher.file": str(script)})
+    assert main(["start", *args]) == 0
+    camp = root / "runs" / "beside2"
+    journal = Journal(camp)
+    assert [h["decision"] for h in journal.get("history")] == ["baseline", "keep", "keep"]
+    began = os.stat(camp / "rounds" / "002" / "proposal.json").st_mtime
+    evaluate = json.loads((camp / "journal.json").read_text())["rounds"]["2"]["steps"]["evaluate"]
+    evaluated = datetime.fromisoformat(evaluate["done_at"]).timestamp()  # to the second
+    held = [camp / "rounds" / "001" / "heldout" / where for where in ("", "train-seed-1", "before/train-seed-1")]
+    for folder in held:
+        assert began <= os.stat(folder / "job.json").st_mtime <= os.stat(folder / "result.json").st_mtime < evaluated + 1
+    entry = journal.get("history")[1]
+    assert entry["heldout_accuracy"] == journal.step_output(1, "heldout")["heldout_accuracy"] is not None
+    assert entry["heldout_by_train_seed"].keys() == {"0", "1"}
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    run = client.search_runs(client.get_experiment_by_name("agentic-researcher").experiment_id,
+                             "tags.campaign = 'beside2' AND tags.round = '1'")[0]
+    assert run.data.metrics["heldout/accuracy"] == pytest.approx(entry["heldout_accuracy"])
+    assert run.data.tags["false_keep"] == str(entry["false_keep"]).lower()
+    assert journal.step_output(2, "heldout")["heldout_accuracy"] is not None  # the last round's, in place
+    assert not (camp / "snapshots").exists() or not list((camp / "snapshots").iterdir())
 
 
 @pytest.mark.slow

@@ -229,7 +229,7 @@ def public_methods(cls) -> dict[str, inspect.Signature]:
 def test_null_tracker_has_the_same_methods():
     assert public_methods(NullTracker) == public_methods(MlflowTracker)
     assert set(public_methods(NullTracker)) == {"start_campaign", "log_round", "log_campaign_progress",
-                                                 "end_campaign"}
+                                                 "end_campaign", "log_heldout"}
     null = make_tracker(False)
     assert isinstance(null, NullTracker) and null.start_campaign("demo", CONFIG) is None
 
