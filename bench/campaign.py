@@ -13,6 +13,7 @@ what the runner and the loop add when evaluations run one at a time.
                                                                        # options (here: every tie a keep)
     .venv/bin/python bench/campaign.py --from-campaign runs/default    # the same numbers, read from
                                                                        # a campaign that already ran
+    .venv/bin/python bench/campaign.py --keep /tmp/tp ...              # the campaign stays in /tmp/tp/runs
 
 Without a base policy at --base, a tiny random one is built (the loop and the runner are under
 test, not the policy's skill).
@@ -21,6 +22,7 @@ test, not the policy's skill).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -53,6 +55,8 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=1, help="ray: CPUs (and torch threads) per candidate")
     parser.add_argument("--candidates", type=int, default=1, help="candidates_per_round")
     parser.add_argument("--from-campaign", default=None, help="read the timings of this campaign folder instead")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="run in DIR/runs (a new folder) and leave the campaign there, to look into later")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more campaign config (hydra overrides)")
     args = parser.parse_args()
     if args.from_campaign:
@@ -61,7 +65,10 @@ def main() -> int:
         report(journal, Path(args.from_campaign), rounds, Path(args.from_campaign).name)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
+    if args.keep and Path(args.keep, "runs").exists():
+        parser.error(f"--keep {args.keep}: {Path(args.keep, 'runs')} exists; name a new folder")
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="bench-campaign-")
+          ) as tmp:
         runs = Path(tmp) / "runs"
         runner = [f"runner={args.runner}"] + ([f"runner.cpus={args.cpus}"] if args.runner == "ray" else [])
         runner += [f"runner.workers={args.workers}"] if args.runner == "ray" and args.workers else []

@@ -583,6 +583,7 @@ class Campaign(HeldoutScoring):
                 status = stop.status
                 self.journal.set("stop_reason", str(stop))
                 self.live.note(f"campaign stopped ({status}): {stop}")
+                self._score_pending_heldout()
             except BaseException:
                 status = "paused"
                 raise

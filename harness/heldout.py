@@ -7,8 +7,8 @@ first evaluations (a round of a GRPO candidate beside a sampling-only one leaves
 most of it), and the kept round's `heldout` step is journaled during the next round, before its
 decision (the incumbent is still the kept one then), which brings the kept round's history entry,
 memory, plot and MLflow run up to date. A campaign's last round scores its keep in place; a campaign
-that ends otherwise (the researcher runs out, or a resume asks for fewer rounds) scores a keep still
-pending before it stops, and a kill anywhere leaves it pending for the resumed campaign.
+that ends or stops otherwise (the researcher runs out or stops it, a resume asks for fewer rounds)
+scores a keep still pending before it returns, and a kill anywhere leaves it pending for the resume.
 
     class Campaign(HeldoutScoring): ...   # the steps below use its journal, workspace and runner
 """

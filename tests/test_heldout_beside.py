@@ -23,6 +23,8 @@ from harness.candidates import CandidatesCampaign
 from harness.campaigns import create_campaign
 from harness.config import compose_config
 from harness.journal import Journal
+from harness.researchers import ResearcherStopped
+from harness.researchers.scripted import ScriptedResearcher
 from harness.tracking import MlflowTracker
 from rl_pipeline.result import SCHEMA_VERSION, scaffold_commit
 
@@ -175,6 +177,29 @@ def test_a_keep_pending_when_the_researcher_runs_out_is_scored_before_the_campai
     journal = Journal(path)
     assert journal.step_output(1, "heldout")["heldout_accuracy"] == journal.get("history")[1]["heldout_accuracy"]
     assert journal.get("history")[1]["false_keep"] is False
+
+
+def test_a_keep_pending_when_the_researcher_stops_is_scored_and_the_resume_ends_the_same(tmp_path, batches,
+                                                                                        monkeypatch):
+    config, path = new_campaign(tmp_path, "whole", ROUNDS, "heldout_beside=true", "tracking.enabled=false")
+    Campaign(config, path).run()
+    whole = ending(path)
+    config, path = new_campaign(tmp_path, "stopped", ROUNDS, "heldout_beside=true", "tracking.enabled=false")
+    propose_many = ScriptedResearcher.propose_many
+
+    def spent(self, evidence, *args):
+        if evidence.round == 2:
+            raise ResearcherStopped("budget_exhausted", "the token budget is spent")
+        return propose_many(self, evidence, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ScriptedResearcher, "propose_many", spent)
+        assert Campaign(config, path).run()["status"] == "budget_exhausted"
+    journal = Journal(path)
+    assert journal.get("history")[1]["heldout_accuracy"] == whole["history"][1]["heldout_accuracy"] is not None
+    assert journal.current_round() == 2
+    assert Campaign(config, path).run()["status"] == "finished"
+    assert ending(path) == whole
 
 
 def test_several_candidates_a_round_score_the_chosen_keep_beside_the_next_round(tmp_path, batches):
