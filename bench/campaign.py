@@ -145,7 +145,19 @@ def report(journal: Journal, campaign: Path, rounds: int, label: str, *, wall_s:
         steps = "".join(f", {step} {journal.step_seconds(n, step):.1f}s" for step in ("reeval", "retrain", "heldout")
                         if journal.step_seconds(n, step))
         print(f"  round {n}: {', '.join(parts) or 'none'}; evaluate {journal.step_seconds(n, 'evaluate') or 0:.1f}s"
-              f"{steps}")
+              f"{steps}{beside(journal, campaign, n)}")
+
+
+def beside(journal: Journal, campaign: Path, n: int) -> str:
+    """The held-out runs of round n-1's keep when they went beside round n's evaluations
+    (`heldout_beside`): their round's heldout step is journaled during round n."""
+    done_at = journal.step_done_at(n - 1, "heldout") if n > 1 else None
+    if done_at is None or done_at < journal.started_at(n):
+        return ""
+    runs = [read_result(job.parent) for job in (campaign / "rounds" / f"{n - 1:03d}").rglob("heldout/**/job.json")
+            if (job.parent / "result.json").is_file()]
+    return (f"; beside them round {n - 1}'s {len(runs)} held-out run{'s' * (len(runs) != 1)}, "
+            f"{sum(work(r) for r in runs):.1f}s of work")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,16 @@ class Journal:
             return None
         return copy.deepcopy(self._data["rounds"][str(n)]["steps"][step]["output"])
 
+    def started_at(self, n: int) -> str | None:
+        """When round n began (ISO 8601, UTC, to the second), None if it has not."""
+        return self._data["rounds"].get(str(n), {}).get("started_at")
+
+    def step_done_at(self, n: int, step: str) -> str | None:
+        """When a finished step was journaled (ISO 8601, UTC, to the second), None if it has not been."""
+        if not self.is_done(n, step):
+            return None
+        return self._data["rounds"][str(n)]["steps"][step]["done_at"]
+
     def step_seconds(self, n: int, step: str) -> float | None:
         """How long a finished step took (None if unknown or unfinished): the benchmark's time split."""
         if not self.is_done(n, step):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_round_trip(tmp_path):
     assert again.is_done(1, "analyze") and not again.is_done(1, "propose")
     assert again.step_output(1, "propose") is None
     assert again.current_round() == 1 and again.last_finished_round() == 0
+    began, done = again.started_at(1), again.step_done_at(1, "analyze")
+    assert datetime.fromisoformat(began) <= datetime.fromisoformat(done) <= datetime.now(timezone.utc)
+    assert again.step_done_at(1, "propose") is None and again.started_at(2) is None
 
 
 def test_writes_leave_no_temp_files(tmp_path):
