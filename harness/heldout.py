@@ -4,10 +4,9 @@ Held-out decides nothing: the researcher never sees it and no decision waits on 
 runner evaluates several jobs at once (`runner=ray` with more than one worker, or `heldout_beside:
 true`), a keep's held-out runs stay off the campaign's path: they are sent with the next round's
 first evaluations (a round of a GRPO candidate beside a sampling-only one leaves a worker idle for
-most of it; on Ray they take only the workers those leave, and may run on through the round's
-re-test and re-training), and the kept round's `heldout` step is journaled during the next round,
-before its decision (the incumbent is still the kept one then), which brings the kept round's
-history entry, memory, plot and MLflow run up to date. A campaign's last round scores its keep in place; a campaign
+most of it), and the kept round's `heldout` step is journaled during the next round, before its
+decision (the incumbent is still the kept one then), which brings the kept round's history entry,
+memory, plot and MLflow run up to date. A campaign's last round scores its keep in place; a campaign
 that ends or stops otherwise (the researcher runs out or stops it, a resume asks for fewer rounds)
 scores a keep still pending before it returns, and a kill anywhere leaves it pending for the resume.
 
