@@ -62,7 +62,7 @@ class Campaign(HeldoutScoring):
         self.workspace: Workspace | None = None
         self.researcher = None
         self.pool = None  # the Ray actors of `runner=ray`, from setup to the end of run
-        self._beside, self._beside_trees = [], None
+        self._beside = []
 
     # ----------------------------------------------------------------------------- setup
     def _runner_options(self) -> dict:
@@ -96,30 +96,27 @@ class Campaign(HeldoutScoring):
         (`runner=ray`). A result is failed when it does not name the commit that was evaluated or the
         baseline's data (every split's hash), so that no round is ever compared on other data or
         another scaffold than the one it claims."""
-        beside = self._send_beside()  # a keep's held-out runs, beside a round's first evaluations
-        if self.pool is not None:  # on Ray they take the workers these jobs leave, and may outlast them
-            return self._run_checked(jobs, background=beside)
-        return self._run_checked(jobs + beside)[:len(jobs)]
+        with self._beside_checked_out() as beside:  # a keep's held-out runs, beside a round's first evaluations
+            return self._run_checked(jobs + beside)[:len(jobs)]
 
-    def _run_checked(self, jobs: list[dict], background: list[dict] = ()) -> list[dict]:
+    def _run_checked(self, jobs: list[dict]) -> list[dict]:
         commits = [scaffold_commit(job["scaffold"]) for job in jobs]
         if self.pool is not None:
-            results = self.pool.run(jobs, background)
+            results = self.pool.run(jobs)
         else:
             results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
                                     train_seed=job["train_seed"], calibration=job["calibration"],
                                     **self._runner_options()) for job in jobs]
-        return [self._checked(result, commit, job) for result, commit, job in zip(results, commits, jobs)]
-
-    def _checked(self, result: dict, commit: str, job: dict) -> dict:
-        """`result`, or a failed one (also written) when it fails the integrity check (see `_run_jobs`)."""
         baseline = self.journal.get("baseline")
-        reference = read_result(self.dir / baseline["result"]) if baseline else result
-        problem = integrity_problem(result, reference, commit=commit)
-        if problem:
-            result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
-            write_result(job["out"], result)
-        return result
+        checked = []
+        for result, commit, job in zip(results, commits, jobs):
+            reference = read_result(self.dir / baseline["result"]) if baseline else result
+            problem = integrity_problem(result, reference, commit=commit)
+            if problem:
+                result = {**result, "status": "failed", "reason": f"integrity check: {problem}"}
+                write_result(job["out"], result)
+            checked.append(result)
+        return checked
 
     def _start_runner(self) -> None:
         """The Ray pool when `runner=ray` (ray is imported only then); the local runner needs nothing."""
@@ -563,9 +560,6 @@ class Campaign(HeldoutScoring):
             if self.pool is not None:  # however the campaign ends, no Ray process of ours is left
                 self.pool.close()
                 self.pool = None
-            if self._beside_trees is not None:  # held-out runs a kill or crash left unscored: the resume's
-                self._beside_trees.close()
-                self._beside_trees = None
 
     def _run(self) -> dict:
         self.journal.set("status", "running")

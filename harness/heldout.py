@@ -16,13 +16,14 @@ scores a keep still pending before it returns, and a kill anywhere leaves it pen
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.compare import deterministic, heldout_change, heldout_part
 from harness.journal import SNAPSHOTS, heldout_dir
 from harness.report import progress_plot
 from harness.training_noise import reusable
-from rl_pipeline.result import read_result, scaffold_commit
+from rl_pipeline.result import read_result
 
 
 def heldout_fields(held: dict) -> dict:
@@ -35,7 +36,6 @@ class HeldoutScoring:
     """The held-out step of `harness.campaign.Campaign`, in place or beside the next round."""
 
     _beside: list[tuple[str, dict]]  # (commit, job): held-out runs to send with the round's first evaluations
-    _beside_trees: contextlib.ExitStack | None  # the worktrees of those sent, until they are drained
 
     def _heldout_beside(self, n: int) -> bool:
         """Whether round n's keep is scored beside the next round rather than in its own."""
@@ -133,31 +133,19 @@ class HeldoutScoring:
                      if not reusable(folder, commit=commit, seeds=run_seeds, train_seed=t)]
         return jobs
 
-    def _send_beside(self) -> list[dict]:
+    @contextlib.contextmanager
+    def _beside_checked_out(self) -> Iterator[list[dict]]:
         """The held-out runs waiting to go beside this round's first evaluations (taken: they go
-        once), each with its commit checked out in a worktree that stays until `_drain_beside`."""
+        once), each with its commit checked out in a worktree for the `with` block."""
         beside, self._beside = self._beside, []
-        if beside and self._beside_trees is None:
-            self._beside_trees = contextlib.ExitStack()
-        trees = {commit: self._beside_trees.enter_context(
-                     self.workspace.worktree(commit, self.dir / SNAPSHOTS / f"heldout-{commit[:12]}"))
-                 for commit in dict.fromkeys(commit for commit, _ in beside)}
-        return [{**job, "scaffold": trees[commit]} for commit, job in beside]
-
-    def _drain_beside(self) -> None:
-        """Wait for the held-out runs sent beside a round (on Ray they may outlast the call that sent
-        them), check their results as any run's, and remove their worktrees."""
-        if self.pool is not None:
-            for job, result in self.pool.drain():
-                self._checked(result, scaffold_commit(job["scaffold"]), job)
-        if self._beside_trees is not None:
-            self._beside_trees.close()
-            self._beside_trees = None
+        with contextlib.ExitStack() as stack:
+            trees = {commit: stack.enter_context(self.workspace.worktree(commit, self.dir / SNAPSHOTS / f"heldout-{commit[:12]}"))
+                     for commit in dict.fromkeys(commit for commit, _ in beside)}
+            yield [{**job, "scaffold": trees[commit]} for commit, job in beside]
 
     def _score_pending_heldout(self, n: int | None = None) -> None:
         """The `heldout` step of the keep before round `n` (any, when None) that went beside a later
         round: journaled now, with its round's history entry, memory, plot and MLflow run updated."""
-        self._drain_beside()
         m = self._pending_heldout(n)
         if m is None:
             return

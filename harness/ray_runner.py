@@ -96,10 +96,6 @@ class RayPool:
 
     def __init__(self, options: dict, *, address: str | None, cpus: int, gpus: float, workers: int | None):
         self.head: subprocess.Popen | None = None
-        self.behind: list[dict] = []  # background jobs not sent yet (see `run`)
-        self.behind_running: dict = {}  # object ref -> (job, actor, started)
-        self.behind_done: list[tuple[dict, dict]] = []  # (job, result) since the last `drain`
-        self.behind_retried: set[str] = set()  # out folders of background jobs sent again after a dead actor
         self.log = tempfile.NamedTemporaryFile(prefix="ray-head-", suffix=".log", delete=False)
         if address is None:
             # Ray reads these when it is imported (below), so this process is a local-only driver too.
@@ -166,18 +162,13 @@ class RayPool:
     def _actor(self):
         return self.idle.pop() if self.idle else self.actor_class.remote(self.actor_options)
 
-    def run(self, jobs: list[dict], background: list[dict] = ()) -> list[dict]:
+    def run(self, jobs: list[dict]) -> list[dict]:
         """Every job's result ({scaffold, out, seeds, heldout}: what `run_scaffold` is called with, less
         the pool's options), in job order; at most `workers` run at once, the longest first (a run
         that trains before one whose training is cached), so that the short ones fill the gaps. A job
         that would train the policy a running job is training (a decoder companion beside its
-        proposal) waits for that policy and reads it from the cache (see `_next`).
-
-        `background` jobs (a keep's held-out runs, which nothing waits for) take a worker only when
-        no job of this call is left to send, and go on after it returns, through later calls;
-        `drain` waits for them and gives their results."""
+        proposal) waits for that policy and reads it from the cache (see `_next`)."""
         ray = self.ray
-        self.behind.extend(background)
         results: list[dict | None] = [None] * len(jobs)
         plans = [self._plan(job) for job in jobs]
         queue = sorted(range(len(jobs)), key=lambda index: -plans[index].seconds)
@@ -185,7 +176,7 @@ class RayPool:
         retried: set[int] = set()
         while queue or running:
             sent: set[str] = set()  # the training keys of the jobs sent in this pass
-            while queue and len(running) + len(self.behind_running) < self.workers:
+            while queue and len(running) < self.workers:
                 index = self._next(queue, plans, {plans[i].training_key for i, _, _ in running.values()}, sent)
                 if index is None:
                     break
@@ -194,13 +185,8 @@ class RayPool:
                 job, actor = jobs[index], self._actor()
                 Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
                 running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
-            if not queue:
-                self._send_behind(busy=len(running))
-            done, _ = ray.wait(list(running) + list(self.behind_running), num_returns=1, timeout=1.0)
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
-                if ref in self.behind_running:
-                    self._collect_behind(ref)
-                    continue
                 index, actor, _ = running.pop(ref)
                 results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
                 if results[index] is None:  # its actor had died before the job began (while idle): a new one
@@ -218,44 +204,7 @@ class RayPool:
                     running.pop(ref)
                     ray.kill(actor)
                     results[index] = failed(jobs[index], f"the Ray actor ran past {self.deadline_s:.0f}s; it was killed")
-            self._behind_deadlines()
         return results
-
-    def drain(self) -> list[tuple[dict, dict]]:
-        """Wait for every background job (see `run`); each one's (job, result) since the last drain."""
-        while self.behind or self.behind_running:
-            self._send_behind()
-            for ref in self.ray.wait(list(self.behind_running), num_returns=1, timeout=1.0)[0]:
-                self._collect_behind(ref)
-            self._behind_deadlines()
-        done, self.behind_done = self.behind_done, []
-        return done
-
-    def _send_behind(self, busy: int = 0) -> None:
-        """Background jobs, in the order they came, to the workers that neither the `busy` jobs of a
-        call nor other background jobs hold."""
-        while self.behind and busy + len(self.behind_running) < self.workers:
-            job, actor = self.behind.pop(0), self._actor()
-            Path(job["out"], "job.json").unlink(missing_ok=True)
-            self.behind_running[actor.evaluate.remote(job)] = (job, actor, time.monotonic())
-
-    def _collect_behind(self, ref) -> None:
-        job, actor, _ = self.behind_running.pop(ref)
-        first = str(job["out"]) not in self.behind_retried
-        result = self._collect(ref, job, actor, retry=first)
-        if result is None:  # its actor was dead before the job began: once, a new one takes it
-            self.behind_retried.add(str(job["out"]))
-            self.behind.insert(0, job)
-        else:
-            self.behind_done.append((job, result))
-
-    def _behind_deadlines(self) -> None:
-        for ref, (job, actor, started) in list(self.behind_running.items()):
-            if time.monotonic() - started > self.deadline_s:
-                self.behind_running.pop(ref)
-                self.ray.kill(actor)
-                self.behind_done.append((job, failed(job, f"the Ray actor ran past {self.deadline_s:.0f}s; "
-                                                          "it was killed")))
 
     @staticmethod
     def _next(queue: list[int], plans: list[RunPlan], training: set, sent: set) -> int | None:
@@ -305,9 +254,9 @@ class RayPool:
                 ray.get([actor.close.remote() for actor in self.idle], timeout=STOP_GRACE_S)
             except ray.exceptions.RayError:
                 pass  # an actor that cannot close is killed with the cluster, or below
-            for actor in self.idle + [actor for _, actor, _ in self.behind_running.values()]:
-                ray.kill(actor)  # a background job still running too: nothing waits for it now
-            self.idle, self.behind_running = [], {}
+            for actor in self.idle:
+                ray.kill(actor)
+            self.idle = []
             ray.shutdown()
         if self.head is not None and self.head.poll() is None:
             self.head.send_signal(signal.SIGTERM)  # the guard stops the whole tree, then exits

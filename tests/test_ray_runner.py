@@ -120,19 +120,6 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         # Sent first; two actors that get jobs a loop apart may write job.json in either order (a
         # fraction of a millisecond apart), while a waiting run scores in a tenth of a second or more.
         assert spans[4][0] < min(spans[1][0], spans[3][0]) + 0.05, spans
-        # Background jobs (a keep's held-out runs) take a worker only when no job of the call is left
-        # to send, go on after the call returns, and `drain` gives their results.
-        own, behind = jobs(root, scaffold, "own", 2), [*jobs(root, scaffold, "behind-a", 1, train_seed=8),
-                                                       *jobs(root, scaffold, "behind-b", 1, train_seed=9)]
-        assert [r["status"] for r in pool.run(own, background=behind)] == ["ok", "ok"]
-        assert not (behind[1]["out"] / "result.json").exists()  # each trains: still running or waiting
-        began = min((job["out"] / "result.json").stat().st_mtime for job in own)
-        assert (behind[0]["out"] / "job.json").stat().st_mtime >= began
-        drained = pool.drain()
-        assert sorted((str(job["out"]), result["status"]) for job, result in drained) == [
-            (str(job["out"]), "ok") for job in behind]
-        assert all((job["out"] / "result.json").exists() for job in behind)
-        assert pool.drain() == [] and len(pool.idle) == pool.workers
         running = ours(os.getpid(), before)
     finally:
         pool.close()
