@@ -27,7 +27,7 @@ from rl_pipeline.result import read_result
 
 
 def heldout_fields(held: dict) -> dict:
-    """A history entry's held-out columns from a `heldout` step's output ({} when not scored yet)."""
+    """A history entry's held-out columns from a `heldout` step's output (each None before it is scored)."""
     return {"heldout_accuracy": held.get("heldout_accuracy"), "heldout_delta": held.get("heldout_delta"),
             "false_keep": held.get("false_keep"), "heldout_by_train_seed": held.get("heldout_by_train_seed")}
 
@@ -90,7 +90,8 @@ class HeldoutScoring:
         scored there; and the seeds they are scored on (one under deterministic decoding)."""
         per_seed = (self.journal.step_output(n, "retrain") or {}).get("per_seed", [])
         seeds = self.config["eval_seeds"][:1] if greedy else self.config["eval_seeds"]
-        new, old = self.workspace.incumbent_commit(), self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
+        new = self.workspace.incumbent_commit()
+        old = self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
         runs = {}
         for t in (p["train_seed"] for p in per_seed if p["train_seed"] != 0):
             earlier = before / f"train-seed-{t}"
@@ -139,7 +140,8 @@ class HeldoutScoring:
         once), each with its commit checked out in a worktree for the `with` block."""
         beside, self._beside = self._beside, []
         with contextlib.ExitStack() as stack:
-            trees = {commit: stack.enter_context(self.workspace.worktree(commit, self.dir / SNAPSHOTS / f"heldout-{commit[:12]}"))
+            trees = {commit: stack.enter_context(self.workspace.worktree(
+                         commit, self.dir / SNAPSHOTS / f"heldout-{commit[:12]}"))
                      for commit in dict.fromkeys(commit for commit, _ in beside)}
             yield [{**job, "scaffold": trees[commit]} for commit, job in beside]
 

@@ -57,7 +57,8 @@ def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, train_seed, **
     temperature = config["sampling"]["temperature"]
     result = {"schema_version": SCHEMA_VERSION, "status": "ok", "seeds": list(seeds),
               "scaffold": {"path": str(scaffold_dir), "commit": scaffold_commit(scaffold_dir)},
-              "data_hashes": DATA_HASHES, "training": {"key": f"{config['grpo']}{train_seed}", "train_seed": train_seed},
+              "data_hashes": DATA_HASHES,
+              "training": {"key": f"{config['grpo']}{train_seed}", "train_seed": train_seed},
               "knobs": {"sampling.temperature": temperature}, "failures": {}} | split(temperature, seeds, train_seed, 0)
     if heldout:
         result["heldout"] = split(temperature, seeds, train_seed, 4) | {"seeds": list(seeds)}
