@@ -545,9 +545,7 @@ class Campaign(HeldoutScoring):
                                memory_snapshot=self.memory.snapshot(), approval=approval, heldout=held,
                                candidate=self._chosen(n),
                                extra_metrics={"usage/" + k: v for k, v in usage.items() if isinstance(v, (int, float))}
-                               | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained}
-                               | {f"heldout/delta_by_train_seed/{t}": d
-                                  for t, d in held.get("heldout_by_train_seed", {}).items()})
+                               | {f"delta_by_train_seed/{p['train_seed']}": p["delta"] for p in retrained})
         self.tracker.log_campaign_progress(history, plot)
         return {"decision": decision, "history": entry, "last_round": last_round, "researcher_usage": usage}
 

@@ -100,14 +100,19 @@ class HeldoutScoring:
                        (out / "heldout" / "before" / f"train-seed-{t}" if mine else earlier, old))
         return runs, seeds
 
+    @staticmethod
+    def _not_run(runs: dict, seeds: list[int]) -> list[tuple[Path, int, str]]:
+        """The (folder, training seed, commit) of each of `_heldout_runs`' runs with no result yet."""
+        return [(folder, t, commit) for t, pair in runs.items() for folder, commit in pair
+                if not reusable(folder, commit=commit, seeds=seeds, train_seed=t)]
+
     def _heldout_retrained(self, n: int, out: Path, before: Path, greedy: bool) -> dict[int, tuple[dict, dict]]:
         """The (new incumbent, replaced incumbent) held-out results of `_heldout_runs`; a seed that
         either fails on is left out. The policies are in the training cache from the re-training:
         only the scoring runs."""
         runs, seeds = self._heldout_runs(n, out, before, greedy)
         old = self.journal.step_output(n, "decide")["commits"]["incumbent_before"]
-        todo = [(folder, t, commit) for t, pair in runs.items() for folder, commit in pair
-                if not reusable(folder, commit=commit, seeds=seeds, train_seed=t)]
+        todo = self._not_run(runs, seeds)
         if todo:
             with self.workspace.worktree(old, self.dir / SNAPSHOTS / f"{n:03d}-heldout-before") as at:
                 self._run_jobs([self._job(at if commit == old else self.workspace.path, folder, seeds, heldout=True,
@@ -130,8 +135,7 @@ class HeldoutScoring:
             greedy = deterministic(read_result(out)) and deterministic(heldout_part(read_result(before)))
             runs, run_seeds = self._heldout_runs(m, out, before, greedy)
             jobs += [(commit, self._job(None, folder, run_seeds, heldout=True, train_seed=t))
-                     for t, pair in runs.items() for folder, commit in pair
-                     if not reusable(folder, commit=commit, seeds=run_seeds, train_seed=t)]
+                     for folder, t, commit in self._not_run(runs, run_seeds)]
         return jobs
 
     @contextlib.contextmanager

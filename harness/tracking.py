@@ -154,9 +154,10 @@ def _is_number(value) -> bool:
 
 
 def _heldout_metrics(heldout: dict) -> dict[str, float]:
-    """A keep's held-out score and change as round metrics (`heldout/accuracy`, `heldout/delta`)."""
-    return numeric_metrics({"accuracy": heldout.get("heldout_accuracy"), "delta": heldout.get("heldout_delta")},
-                           "heldout/")
+    """A keep's held-out score and change as round metrics (`heldout/accuracy`, `heldout/delta`, and
+    `heldout/delta_by_train_seed/T` for each training seed it was averaged over)."""
+    return numeric_metrics({"accuracy": heldout.get("heldout_accuracy"), "delta": heldout.get("heldout_delta"),
+                            "delta_by_train_seed": heldout.get("heldout_by_train_seed") or {}}, "heldout/")
 
 
 def _heldout_tags(heldout: dict) -> dict[str, str]:
@@ -397,14 +398,17 @@ class MlflowTracker:
         """A keep's held-out record scored after its round was logged (beside the next round), on the
         round's child run (its chosen candidate's): the metrics and the `false_keep` tag `log_round`
         gives a keep scored in place, per training seed too."""
-        which = f" AND tags.candidate = '{candidate}'" if candidate is not None else ""
-        run = self._find(f"tags.`{PARENT_TAG}` = '{self._require_campaign()}' AND tags.round = '{round_no}'{which}")
+        run = self._find_round(self._require_campaign(), round_no, candidate)
         if run is None:
             return None
-        metrics = _heldout_metrics(heldout) | {f"heldout/delta_by_train_seed/{t}": d
-                                               for t, d in (heldout.get("heldout_by_train_seed") or {}).items()}
-        self._log_batch(run.info.run_id, [(k, v, round_no) for k, v in metrics.items()], tags=_heldout_tags(heldout))
+        self._log_batch(run.info.run_id, [(k, v, round_no) for k, v in _heldout_metrics(heldout).items()],
+                        tags=_heldout_tags(heldout))
         return run.info.run_id
+
+    def _find_round(self, parent: str, round_no: int, candidate: int | None = None):
+        """The child run of a round (or of one of its candidates), None when there is none."""
+        which = f" AND tags.candidate = '{candidate}'" if candidate is not None else ""
+        return self._find(f"tags.`{PARENT_TAG}` = '{parent}' AND tags.round = '{round_no}'{which}")
 
     def _round_run(self, parent: str, round_no: int, params: dict[str, str], candidate: int | None = None) -> str:
         """The child run of a round (or of one candidate): the existing one when its params agree,
@@ -414,8 +418,7 @@ class MlflowTracker:
         cannot be overwritten in MLflow, so a round that came back with other knobs replaces its
         old run (deleted, not duplicated).
         """
-        which = f" AND tags.candidate = '{candidate}'" if candidate is not None else ""
-        run = self._find(f"tags.`{PARENT_TAG}` = '{parent}' AND tags.round = '{round_no}'{which}")
+        run = self._find_round(parent, round_no, candidate)
         if run is not None:
             logged = run.data.params
             if all(logged.get(k, v) == v for k, v in params.items()):
