@@ -8,7 +8,9 @@ wrong on the Ray side becomes a failed result too: an actor that dies (killed, o
 node lost) fails the candidate it held, and is replaced for the next one; an actor that outlives the
 runner's own limits is killed. A job whose actor had died before the job began (while it was idle)
 is given once to a new one. Only a sandbox that cannot be built stops the campaign, as it does with
-the local runner.
+the local runner. A run that would keep one worker busy while the others idle (a lone GRPO
+candidate, a re-test, the baseline) has its seeds scored in parts on several workers and merged
+into the result the whole run gives (`harness.seed_split`).
 
 Without an address the pool starts its own Ray on this machine, bound to 127.0.0.1 and sized by
 Ray's detection of its CPUs and GPUs. `ray start` runs under `harness.process_tree`'s guard, a
@@ -37,14 +39,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.seed_split import merge_parts, part_job, splits
 from rl_pipeline.env import scrubbed_env
 from rl_pipeline.result import failed_result, scaffold_commit, write_result
-from rl_pipeline.run import WORKER_GRACE_S, WORKER_START_S, RunPlan, run_plan
+from rl_pipeline.run import DEFAULTS, WORKER_GRACE_S, WORKER_START_S, RunPlan, run_plan
 from rl_pipeline.sandbox import SandboxUnavailable
 
 PROJECT = Path(__file__).resolve().parents[1]
 RAY_START_S = 180.0  # `ray start` on a loaded machine
 STOP_GRACE_S = 10.0
+WAIT_POLL_S = 0.25  # how often a run waiting for a policy in training looks for it in the cache
 # Ray picks the node's address from its route to the outside unless it is told that this is a
 # single-machine cluster; then every Ray server listens on 127.0.0.1 only.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -118,6 +122,7 @@ class RayPool:
         self.deadline_s = WORKER_START_S + options["timeout_s"] + WORKER_GRACE_S  # the runner's limits, then a margin
         self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)(Evaluator)
         self.actor_options = options | {"threads": cpus}
+        self.cache_dir = Path((DEFAULTS | options)["cache_dir"]).resolve()
         resources = ray.cluster_resources()
         fits = int(resources.get("CPU", 0) // cpus)
         if gpus:
@@ -165,40 +170,54 @@ class RayPool:
     def run(self, jobs: list[dict]) -> list[dict]:
         """Every job's result ({scaffold, out, seeds, heldout}: what `run_scaffold` is called with, less
         the pool's options), in job order; at most `workers` run at once, the longest first (a run
-        that trains before one whose training is cached), so that the short ones fill the gaps. A job
-        that would train the policy a running job is training (a decoder companion beside its
-        proposal) waits for that policy and reads it from the cache (see `_next`)."""
+        that trains before one whose training is cached), so that the short ones fill the gaps. A
+        job longer than the batch's share per worker has its seeds scored in parts on several
+        workers and merged (`harness.seed_split`). A job that would train the policy a running job
+        is training (a decoder companion beside its proposal, a part of a split run) waits for that
+        policy and reads it from the cache as soon as it is there (see `_next`)."""
+        plans = [self._plan(job) for job in jobs]
+        chunks = splits(jobs, [plan.seconds for plan in plans], self.workers)
+        parts = {i: [part_job(jobs[i], seeds) for seeds in chunks[i]] for i in chunks}
+        for i in parts:
+            Path(jobs[i]["out"], "result.json").unlink(missing_ok=True)  # the merged one replaces it
+        flat = [part for i, job in enumerate(jobs) for part in parts.get(i, [job])]
+        results = iter(self._run_all(flat, plans if not parts else [self._plan(job) for job in flat]))
+        return [merge_parts(job, parts[i], [next(results) for _ in parts[i]]) if i in parts else next(results)
+                for i, job in enumerate(jobs)]
+
+    def _run_all(self, jobs: list[dict], plans: list[RunPlan]) -> list[dict]:
         ray = self.ray
         results: list[dict | None] = [None] * len(jobs)
-        plans = [self._plan(job) for job in jobs]
         queue = sorted(range(len(jobs)), key=lambda index: -plans[index].seconds)
         running: dict = {}  # object ref -> (index, actor, started)
         retried: set[int] = set()
         while queue or running:
-            sent: set[str] = set()  # the training keys of the jobs sent in this pass
             while queue and len(running) < self.workers:
-                index = self._next(queue, plans, {plans[i].training_key for i, _, _ in running.values()}, sent)
+                index = self._next(queue, plans, {plans[i].training_key for i, _, _ in running.values()})
                 if index is None:
                     break
                 queue.remove(index)
-                sent.add(plans[index].training_key)
                 job, actor = jobs[index], self._actor()
                 Path(job["out"], "job.json").unlink(missing_ok=True)  # run_scaffold writes it as the job begins
                 running[actor.evaluate.remote(job)] = (index, actor, time.monotonic())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            training = {plans[i].training_key for i, _, _ in running.values()} - {None}
+            waiting = {plans[i].training_key for i in queue} & training
+            done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_POLL_S if waiting else 1.0)
             for ref in done:
                 index, actor, _ = running.pop(ref)
                 results[index] = self._collect(ref, jobs[index], actor, retry=index not in retried)
                 if results[index] is None:  # its actor had died before the job began (while idle): a new one
                     retried.add(index)
                     queue.insert(0, index)
-                elif (key := plans[index].training_key) is not None:
-                    # The runs that waited for that policy: it is cached now (they are short, and
-                    # longer runs go first), or it failed to train (one of them trains it).
-                    for waiting in queue:
-                        if plans[waiting].training_key == key:
-                            plans[waiting] = self._plan(jobs[waiting])
-                    queue.sort(key=lambda index: -plans[index].seconds)
+            # The runs that waited for a policy: it is cached now (they are short, and longer runs go
+            # first), or its run ended without it (one of them trains it).
+            still = {plans[i].training_key for i, _, _ in running.values()}
+            ready = {key for key in waiting if key not in still or (self.cache_dir / key).is_dir()}
+            if ready:
+                for index in queue:
+                    if plans[index].training_key in ready:
+                        plans[index] = self._plan(jobs[index])
+                queue.sort(key=lambda index: -plans[index].seconds)
             for ref, (index, actor, started) in list(running.items()):
                 if time.monotonic() - started > self.deadline_s:
                     running.pop(ref)
@@ -207,17 +226,12 @@ class RayPool:
         return results
 
     @staticmethod
-    def _next(queue: list[int], plans: list[RunPlan], training: set, sent: set) -> int | None:
+    def _next(queue: list[int], plans: list[RunPlan], training: set) -> int | None:
         """The first queued job that would not train a policy a running job is training (`training`:
-        the running jobs' training keys). Failing that, one whose policy began to train in this
-        pass (`sent`): training it again on a worker that would idle ends sooner than waiting (a
-        proposal and its decoder companion sent together). Otherwise None: the worker waits, and
-        the job reads the policy from the cache once it is trained."""
-        for index in queue:
-            key = plans[index].training_key
-            if key is None or key not in training:
-                return index
-        return next((index for index in queue if plans[index].training_key in sent), None)
+        the running jobs' training keys), or None: the worker waits, and the job reads the policy
+        from the cache once it is trained (as soon as that, not when the job training it ends)."""
+        return next((index for index in queue
+                     if plans[index].training_key is None or plans[index].training_key not in training), None)
 
     def _plan(self, job: dict) -> RunPlan:
         return run_plan(job["scaffold"], seeds=job["seeds"], heldout=job["heldout"],

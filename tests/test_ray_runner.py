@@ -20,6 +20,7 @@ import pytest
 from fast_scaffold import campaign_root
 
 from harness.ray_runner import RayPool
+from rl_pipeline.run import run_scaffold
 
 # Not importorskip: ray must not be imported before the pool starts its local Ray (see RayPool).
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
@@ -82,7 +83,8 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
         # A worker killed in the middle of a job: that job fails, the others and the pool go on.
         victim = pool.ray.get(pool.idle[0].pid.remote())
         results: list = []
-        second = jobs(root, scaffold, "second", 2, train_seed=1)  # each trains: seconds, not a fraction of one
+        # Each trains (its own policy): seconds, not a fraction of one.
+        second = jobs(root, scaffold, "second", 1, train_seed=1) + jobs(root, scaffold, "second-b", 1, train_seed=5)
         thread = threading.Thread(target=lambda: results.extend(pool.run(second)))
         thread.start()
         deadline = time.monotonic() + 600
@@ -124,6 +126,43 @@ def test_jobs_run_at_once_a_killed_worker_fails_one_job_and_close_leaves_nothing
     finally:
         pool.close()
     assert_all_gone(running)
+
+
+def test_a_lone_run_is_scored_in_parts_on_both_workers_with_the_scores_of_one_run(root):
+    """A run that would leave the second worker idle (one job, six seeds, a policy to train) is
+    split: one part trains, the other waits for the policy in the cache and scores its seeds beside
+    it; merged, they are the run as the local runner scores it in one piece, score for score."""
+    root, scaffold = root
+    pool = RayPool(options(root), address=None, cpus=1, gpus=0, workers=2)
+    try:
+        if pool.workers < 2:
+            pytest.skip("this machine has one CPU: nothing to split over")
+        job = {"scaffold": scaffold, "out": root / "split", "seeds": [0, 1, 2, 3, 4, 5], "heldout": True,
+               "train_seed": 8}
+        (result,) = pool.run([job])
+    finally:
+        pool.close()
+    out = root / "split"
+    parts = {name: json.loads((out / name / "result.json").read_text()) for name in ("seeds-0-1-2", "seeds-3-4-5")}
+    trained = [name for name, part in parts.items() if not part["training"]["cached"]]
+    assert len(trained) == 1, parts  # trained once
+    waited = next(name for name in parts if name not in trained)
+    began = (out / waited / "job.json").stat().st_mtime
+    assert began < (out / trained[0] / "result.json").stat().st_mtime  # beside the part that trained, not after
+    assert result == json.loads((out / "result.json").read_text())
+    assert result["status"] == "ok" and result["seeds"] == [0, 1, 2, 3, 4, 5] and not result["training"]["cached"]
+    assert not any((out / name / "samples.jsonl").exists() for name in parts)  # merged into the run's
+
+    whole = run_scaffold(scaffold, root / "whole", seeds=[0, 1, 2, 3, 4, 5], heldout=True, train_seed=8,
+                         **options(root), threads=1)  # the policy is cached now: scored as one run
+    assert whole["training"]["cached"] and whole["training"]["key"] == result["training"]["key"]
+    assert result["per_example"] == whole["per_example"]
+    assert result["heldout"]["per_example"] == whole["heldout"]["per_example"]
+    assert result["heldout"]["seeds"] == [0, 1, 2, 3, 4, 5]
+    for name, value in whole["metrics"].items():
+        assert result["metrics"][name] == (value if isinstance(value, dict) else pytest.approx(value)), name
+    assert {c: f["count"] for c, f in result["failures"].items()} == {c: f["count"] for c, f in whole["failures"].items()}
+    assert (out / "samples.jsonl").read_text() == (root / "whole" / "samples.jsonl").read_text()
 
 
 DRIVER = """
