@@ -74,22 +74,23 @@ class Campaign(HeldoutScoring):
                 "cache_gb": runner.get("cache_gb")}  # a config frozen before the limit has none
 
     def _evaluate(self, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
-                  calibration: bool = False) -> dict:
+                  calibration: bool = False, score_eval: bool = True) -> dict:
         """The runner's result for the scaffold as checked out now (see `_evaluate_all`)."""
         return self._evaluate_all([(self.workspace.path, out)], seeds, heldout=heldout, train_seed=train_seed,
-                                  calibration=calibration)[0]
+                                  calibration=calibration, score_eval=score_eval)[0]
 
     def _evaluate_all(self, targets: list[tuple[Path, Path]], seeds: list[int], *, heldout: bool = False,
-                      train_seed: int = 0, calibration: bool = False) -> list[dict]:
+                      train_seed: int = 0, calibration: bool = False, score_eval: bool = True) -> list[dict]:
         """The runner's result for every (scaffold folder, out folder) on the same seeds (see `_run_jobs`)."""
         return self._run_jobs([self._job(scaffold, out, seeds, heldout=heldout, train_seed=train_seed,
-                                         calibration=calibration) for scaffold, out in targets])
+                                         calibration=calibration, score_eval=score_eval) for scaffold, out in targets])
 
     @staticmethod
     def _job(scaffold: Path, out: Path, seeds: list[int], *, heldout: bool = False, train_seed: int = 0,
-             calibration: bool = False) -> dict:
+             calibration: bool = False, score_eval: bool = True) -> dict:
+        """A run for the runner; without `score_eval` it scores held-out (or calibration) only."""
         return {"scaffold": scaffold, "out": out, "seeds": seeds, "heldout": heldout, "train_seed": train_seed,
-                "calibration": calibration}
+                "calibration": calibration, "score_eval": score_eval}
 
     def _run_jobs(self, jobs: list[dict]) -> list[dict]:
         """The runner's result for every job: one after another on this machine, or at once on Ray
@@ -106,6 +107,7 @@ class Campaign(HeldoutScoring):
         else:
             results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
                                     train_seed=job["train_seed"], calibration=job["calibration"],
+                                    score_eval=job["score_eval"],
                                     **self._runner_options()) for job in jobs]
         baseline = self.journal.get("baseline")
         checked = []

@@ -280,7 +280,7 @@ def merge_results(a: dict, b: dict) -> dict:
 
     Seeds and per-example scores are concatenated (a's first); accuracy and its interval are
     recomputed from the merged scores, the other metrics are seed-weighted means, failure counts
-    add up. A held-out part is merged when both have one, or kept as it is when only one has it;
+    add up (two runs that scored held-out only have no eval scores to merge). A held-out part is merged when both have one, or kept as it is when only one has it;
     either way it carries its own `seeds`, so its per-example lists say what they cover.
     """
     if a.get("status") != "ok" or b.get("status") != "ok":
@@ -292,17 +292,20 @@ def merge_results(a: dict, b: dict) -> dict:
     if shared:
         raise ValueError(f"cannot merge evaluations that share seeds {sorted(shared)}: scores would count twice")
 
-    merged = dict(a)
-    merged |= _merge_split(a, b, len(a["seeds"]), len(b["seeds"]))
-    merged["seeds"] = list(a["seeds"]) + list(b["seeds"])
+    if ("per_example" in a) != ("per_example" in b):
+        raise ValueError("cannot merge a run that scored eval with one that scored held-out only")
 
-    failures: dict[str, dict] = {}
-    for source in (a, b):
-        for category, group in source.get("failures", {}).items():
-            into = failures.setdefault(category, {"count": 0, "examples": []})
-            into["count"] += group["count"]
-            into["examples"] = (into["examples"] + group["examples"])[:FAILURE_EXAMPLES]
-    merged["failures"] = dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"]))
+    merged = dict(a)
+    merged["seeds"] = list(a["seeds"]) + list(b["seeds"])
+    if "per_example" in a:  # not in runs that scored held-out only
+        merged |= _merge_split(a, b, len(a["seeds"]), len(b["seeds"]))
+        failures: dict[str, dict] = {}
+        for source in (a, b):
+            for category, group in source.get("failures", {}).items():
+                into = failures.setdefault(category, {"count": 0, "examples": []})
+                into["count"] += group["count"]
+                into["examples"] = (into["examples"] + group["examples"])[:FAILURE_EXAMPLES]
+        merged["failures"] = dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"]))
 
     timings_a, timings_b = a.get("timings", {}), b.get("timings", {})
     merged["timings"] = {k: timings_a.get(k, 0) + timings_b.get(k, 0) for k in timings_a | timings_b}

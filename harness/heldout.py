@@ -9,6 +9,8 @@ decision (the incumbent is still the kept one then), which brings the kept round
 memory, plot and MLflow run up to date. A campaign's last round scores its keep in place; a campaign
 that ends or stops otherwise (the researcher runs out or stops it, a resume asks for fewer rounds)
 scores a keep still pending before it returns, and a kill anywhere leaves it pending for the resume.
+A held-out run scores the held-out split alone (`score_eval=False`): its eval scores are on disk
+already, in the kept candidate's result or in the re-training's.
 
     class Campaign(HeldoutScoring): ...   # the steps below use its journal, workspace and runner
 """
@@ -63,7 +65,7 @@ class HeldoutScoring:
         self.workspace.checkout_main()
         held = (reusable(out / "heldout", commit=self.workspace.incumbent_commit(), seeds=self.config["eval_seeds"],
                          train_seed=0)
-                or self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True))
+                or self._evaluate(out / "heldout", self.config["eval_seeds"], heldout=True, score_eval=False))
         if held["status"] != "ok":
             return {"heldout_accuracy": None}
         accuracy = {"heldout_accuracy": held["heldout"]["metrics"]["accuracy"]}
@@ -116,7 +118,7 @@ class HeldoutScoring:
         if todo:
             with self.workspace.worktree(old, self.dir / SNAPSHOTS / f"{n:03d}-heldout-before") as at:
                 self._run_jobs([self._job(at if commit == old else self.workspace.path, folder, seeds, heldout=True,
-                                          train_seed=t) for folder, t, commit in todo])
+                                          train_seed=t, score_eval=False) for folder, t, commit in todo])
         pairs = {t: tuple(reusable(folder, commit=commit, seeds=seeds, train_seed=t) for folder, commit in pair)
                  for t, pair in runs.items()}
         return {t: pair for t, pair in pairs.items() if all(pair)}
@@ -129,12 +131,12 @@ class HeldoutScoring:
         kept result's eval scores here; the step reads it off the held-out scores and runs any other."""
         out, new, seeds = self._incumbent_dir(), self.workspace.incumbent_commit(), self.config["eval_seeds"]
         jobs = [] if reusable(out / "heldout", commit=new, seeds=seeds, train_seed=0) else [
-            (new, self._job(None, out / "heldout", seeds, heldout=True))]
+            (new, self._job(None, out / "heldout", seeds, heldout=True, score_eval=False))]
         before = self._heldout_before(m)
         if before is not None:
             greedy = deterministic(read_result(out)) and deterministic(heldout_part(read_result(before)))
             runs, run_seeds = self._heldout_runs(m, out, before, greedy)
-            jobs += [(commit, self._job(None, folder, run_seeds, heldout=True, train_seed=t))
+            jobs += [(commit, self._job(None, folder, run_seeds, heldout=True, train_seed=t, score_eval=False))
                      for folder, t, commit in self._not_run(runs, run_seeds)]
         return jobs
 

@@ -68,6 +68,7 @@ class Evaluator:
 
         return run_scaffold(job["scaffold"], job["out"], seeds=job["seeds"], heldout=job["heldout"],
                             calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
+                            score_eval=job.get("score_eval", True),
                             **self.options)
 
     def warm(self) -> None:
@@ -236,6 +237,7 @@ class RayPool:
     def _plan(self, job: dict) -> RunPlan:
         return run_plan(job["scaffold"], seeds=job["seeds"], heldout=job["heldout"],
                         calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
+                        score_eval=job.get("score_eval", True),
                         **self.actor_options)
 
     def _collect(self, ref, job: dict, actor, *, retry: bool) -> dict | None:

@@ -68,9 +68,10 @@ def merge_parts(job: dict, parts: list[dict], results: list[dict]) -> dict:
     merged = functools.reduce(merge_results, results)
     trained = [r["training"] for r in results if not r["training"].get("cached", True)]
     merged["training"] = trained[0] if trained else results[0]["training"]
-    samples = [Path(part["out"]) / "samples.jsonl" for part in parts]
-    write_atomic(out / "samples.jsonl", "".join(s.read_text() for s in samples if s.is_file()))
-    for s in samples:
-        s.unlink(missing_ok=True)  # the run's samples.jsonl has them, in seed order
+    samples = [path for part in parts if (path := Path(part["out"]) / "samples.jsonl").is_file()]
+    if samples:  # eval's records (a run that scored held-out only has none)
+        write_atomic(out / "samples.jsonl", "".join(path.read_text() for path in samples))
+    for path in samples:
+        path.unlink()  # the run's samples.jsonl has them, in seed order
     write_result(out, merged)
     return merged

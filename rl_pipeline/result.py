@@ -2,7 +2,9 @@
 
 Versioned (`schema_version`), so a later harness can read an older campaign. Two statuses:
 `ok` (metrics, per-example scores for every seed, failure categories, timings) and `failed`
-(a precise reason and the traceback). The headline is `metrics.accuracy` with its 95% interval.
+(a precise reason and the traceback). A run that scored held-out or calibration only (their eval
+scores being another run's already) has their parts and no top-level eval part (`metrics`,
+`per_example`, `failures`, `num_examples`). The headline is `metrics.accuracy` with its 95% interval.
 The per-completion records are written next to the result (`samples.jsonl`), not inside it.
 """
 
@@ -41,23 +43,19 @@ def _base(job: dict, status: str) -> dict:
 
 
 def ok_result(job, scaffold, training, evaluation, heldout, data_hashes, timings, calibration=None) -> dict:
-    """A successful run's result: eval's scores, and a part of its own for held-out and for the
-    calibration split (`calibration`: its evaluation and its data hash) when they were scored."""
+    """A successful run's result: eval's scores (none when `evaluation` is None), and a part of its
+    own for held-out and for the calibration split (`calibration`: its evaluation and its data
+    hash) when they were scored."""
     result = _base(job, "ok")
     result["scaffold"]["content_hash"] = scaffold.content_hash
-    result |= {
-        "task": scaffold.task,
-        "knobs": scaffold.knobs(),
-        "training": training,
-        "metrics": evaluation["metrics"],
-        "per_example": evaluation["per_example"],
-        "failures": evaluation["failures"],
-        "num_examples": evaluation["num_examples"],
-        "data_hashes": data_hashes,
-        "timings": {k: round(v, 3) for k, v in timings.items()} | {"eval_" + k: v for k, v in
-                                                                   evaluation["timings"].items()},
-        "records": evaluation["records"],
-    }
+    result |= {"task": scaffold.task, "knobs": scaffold.knobs(), "training": training}
+    if evaluation is not None:
+        result |= {"metrics": evaluation["metrics"], "per_example": evaluation["per_example"],
+                   "failures": evaluation["failures"], "num_examples": evaluation["num_examples"]}
+    result |= {"data_hashes": data_hashes, "timings": {k: round(v, 3) for k, v in timings.items()}}
+    if evaluation is not None:
+        result["timings"] |= {"eval_" + k: v for k, v in evaluation["timings"].items()}
+        result["records"] = evaluation["records"]
     if heldout is not None:
         result["heldout"] = {"metrics": heldout["metrics"], "per_example": heldout["per_example"]}
     if calibration is not None:

@@ -69,20 +69,21 @@ WORKER_START_S = 900.0  # two processes importing torch and friends on a loaded 
 log = logging.getLogger(__name__)
 
 
-def _scoring_s(seeds: int, *, heldout: bool, calibration: bool, split_size: int) -> float:
+def _scoring_s(seeds: int, *, heldout: bool, calibration: bool, split_size: int, score_eval: bool = True) -> float:
     """Seconds allowed for scoring, per seed: eval and held-out (`split_size` problems each) and
     calibration (its default size), in proportion to their problems."""
-    problems = split_size * (1 + (1 if heldout else 0)) + (DEFAULT_SIZES["calibration"] if calibration else 0)
+    problems = split_size * (int(score_eval) + int(heldout)) + (DEFAULT_SIZES["calibration"] if calibration else 0)
     return EVAL_S_PER_SEED * seeds * problems / DEFAULT_SIZES["eval"]
 
 
 def time_limits(completions: int, *, seeds: int, heldout: bool, cap: float, calibration: bool = False,
-                split_size: int = DEFAULT_SIZES["eval"]) -> dict[str, float]:
+                split_size: int = DEFAULT_SIZES["eval"], score_eval: bool = True) -> dict[str, float]:
     """Seconds allowed to the sandboxed job (with and without training on `completions`) and to the
     whole run. The held-out split is the size of eval (`split_size`); the calibration split keeps its
     default size."""
     train_s = PROMPTS_S + TRAIN_S_PER_COMPLETION * completions + TRAIN_MARGIN_S
-    total = train_s + EVAL_S + _scoring_s(seeds, heldout=heldout, calibration=calibration, split_size=split_size)
+    total = train_s + EVAL_S + _scoring_s(seeds, heldout=heldout, calibration=calibration, split_size=split_size,
+                                          score_eval=score_eval)
     return {"prompts_s": min(PROMPTS_S, cap), "train_s": min(train_s, cap), "total_s": min(total, cap)}
 
 
@@ -96,16 +97,16 @@ class RunPlan(NamedTuple):
 
 
 def expected_work_s(scaffold: str | Path, *, seeds: list[int], overrides: dict | None = None, heldout: bool = False,
-                    calibration: bool = False, train_seed: int = 0, **options) -> float:
+                    calibration: bool = False, train_seed: int = 0, score_eval: bool = True, **options) -> float:
     """A rough estimate of a run's seconds, to order runs (longest first) where several share
     workers: training on the scaffold's budget unless its training is cached, then the scoring.
     A scaffold that does not load fails at once: 0."""
     return run_plan(scaffold, seeds=seeds, overrides=overrides, heldout=heldout, calibration=calibration,
-                    train_seed=train_seed, **options).seconds
+                    train_seed=train_seed, score_eval=score_eval, **options).seconds
 
 
 def run_plan(scaffold: str | Path, *, seeds: list[int], overrides: dict | None = None, heldout: bool = False,
-             calibration: bool = False, train_seed: int = 0, **options) -> RunPlan:
+             calibration: bool = False, train_seed: int = 0, score_eval: bool = True, **options) -> RunPlan:
     """`expected_work_s` with its parts. Two runs of one training key train the same policy: where
     they share workers, the second may wait for the first's and read it from the cache (a decoder
     companion and its proposal)."""
@@ -114,7 +115,8 @@ def run_plan(scaffold: str | Path, *, seeds: list[int], overrides: dict | None =
     from rl_pipeline.worker import pending_training
 
     opts = DEFAULTS | options
-    scoring_s = _scoring_s(len(seeds), heldout=heldout, calibration=calibration, split_size=opts["split_size"])
+    scoring_s = _scoring_s(len(seeds), heldout=heldout, calibration=calibration, split_size=opts["split_size"],
+                           score_eval=score_eval)
     try:
         config = load_scaffold(scaffold, overrides, import_code=False)
     except (ScaffoldError, OSError):
@@ -243,22 +245,25 @@ def shutdown() -> None:
 
 
 def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | None = None,
-                 heldout: bool = False, calibration: bool = False, **options) -> dict:
+                 heldout: bool = False, calibration: bool = False, score_eval: bool = True, **options) -> dict:
     """Evaluate `scaffold` (prompt.py and reward.py in the sandbox, scoring outside it); return the
     result (also written to `out`). `heldout` and `calibration` score those splits too, each in a
-    part of its own. Raises SandboxUnavailable when the sandbox cannot be built, and OSError(ENOSPC)
+    part of its own; without `score_eval` they alone are scored (a run for their part only, its
+    eval scores being another run's already: the result then has no top-level eval part). Raises SandboxUnavailable when the sandbox cannot be built, and OSError(ENOSPC)
     when the run failed for a full disk (`raise_if_disk_full`)."""
     return raise_if_disk_full(_run_scaffold(scaffold, out, overrides=overrides, heldout=heldout,
-                                            calibration=calibration, **options), out)
+                                            calibration=calibration, score_eval=score_eval, **options), out)
 
 
 def _run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | None = None,
-                  heldout: bool = False, calibration: bool = False, **options) -> dict:
+                  heldout: bool = False, calibration: bool = False, score_eval: bool = True, **options) -> dict:
     from rl_pipeline.scaffold import ScaffoldError, load_scaffold
 
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown runner options: {', '.join(sorted(unknown))}")
+    if not (score_eval or heldout or calibration):
+        raise ValueError("a run must score at least one split: eval, held-out or calibration")
     opts = DEFAULTS | options
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -270,6 +275,7 @@ def _run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | No
         "overrides": overrides or {},
         "heldout": heldout,
         "calibration": calibration,
+        "score_eval": score_eval,
         "base": str(Path(opts["base"]).resolve()),
         "data_dir": str(Path(opts["data_dir"]).resolve()),
         "split_size": opts["split_size"],
@@ -298,7 +304,8 @@ def _run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | No
     except ScaffoldError as err:
         return failed(f"{type(err).__name__}: {err}")
     job["limits"] = time_limits(config.train_completions, seeds=len(job["seeds"]), heldout=heldout,
-                                calibration=calibration, cap=opts["timeout_s"], split_size=opts["split_size"])
+                                calibration=calibration, cap=opts["timeout_s"], split_size=opts["split_size"],
+                                score_eval=score_eval)
     (out / "job.json").write_text(json.dumps(job, indent=2))
 
     start = time.perf_counter()

@@ -371,7 +371,8 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
             mark_used(cache_dir)
         except FileNotFoundError:  # deleted under a cache limit since: trained again
             train = True
-    questions = {"eval": list(splits["eval"]["question"])}
+    score_eval = job.get("score_eval", True)
+    questions = {"eval": list(splits["eval"]["question"])} if score_eval else {}
     if job["heldout"]:
         questions["heldout"] = list(splits["heldout"]["question"])
     if job.get("calibration"):
@@ -434,9 +435,11 @@ def run_job(job: dict, sandbox: Sandbox) -> dict:
 
     start = time.perf_counter()
     policy, tokenizer = load_policy(cache_dir, device=default_device()), load_tokenizer(cache_dir)
-    evaluation = evaluate(policy, tokenizer, scaffold, splits["eval"], prompts["eval"], seeds=job["seeds"],
-                          split="eval")
-    timings["eval_s"] = time.perf_counter() - start
+    evaluation = None
+    if score_eval:
+        evaluation = evaluate(policy, tokenizer, scaffold, splits["eval"], prompts["eval"], seeds=job["seeds"],
+                              split="eval")
+        timings["eval_s"] = time.perf_counter() - start
     heldout = None
     if job["heldout"]:
         start = time.perf_counter()

@@ -256,6 +256,8 @@ def test_a_change_to_training_is_retrained_on_a_fresh_seed_before_it_is_kept(set
         assert old["scaffold"]["commit"] == commits[n]["incumbent_before"] and "heldout" in old
         assert new["training"]["train_seed"] == old["training"]["train_seed"] == 1
         assert new["training"]["cached"] and old["training"]["cached"]  # trained by the re-training, scored only
+        incumbent = read_result(rounds / f"{n:03d}" / "heldout")
+        assert not any("per_example" in r for r in (new, old, incumbent))  # held-out alone: eval's are on disk
     # Round 4 replaced round 3, a keep scored with seed 1 already: taken from there, not scored again.
     assert not (rounds / "004" / "heldout" / "before").exists()
     history = {h["round"]: h for h in journal.get("history")}

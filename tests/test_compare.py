@@ -161,6 +161,23 @@ def test_merge_results_refuses_shared_seeds_and_failed_runs():
         merge_results(a, {"status": "failed", "reason": "x", "seeds": [9]})
 
 
+def test_runs_that_scored_heldout_only_merge_their_heldout_parts_alone():
+    def heldout_only(scores, seeds) -> dict:
+        held = make_result(scores, seeds)
+        return {"status": "ok", "seeds": list(seeds), "scaffold": {"content_hash": "abc"}, "timings": {"heldout_s": 1.0},
+                "heldout": {"metrics": held["metrics"], "per_example": held["per_example"]}}
+
+    scores = base_scores(120, n_seeds=3)
+    merged = merge_results(heldout_only(scores[:, :1], [0]), heldout_only(scores[:, 1:], [1, 2]))
+    whole = heldout_only(scores, [0, 1, 2])["heldout"]
+    assert merged["seeds"] == merged["heldout"]["seeds"] == [0, 1, 2]
+    assert merged["heldout"]["per_example"] == whole["per_example"]
+    assert merged["heldout"]["metrics"]["accuracy"] == pytest.approx(whole["metrics"]["accuracy"])
+    assert not {"metrics", "per_example", "failures"} & set(merged) and merged["timings"] == {"heldout_s": 2.0}
+    with pytest.raises(ValueError, match="held-out only"):
+        merge_results(make_result(base_scores(100)), heldout_only(scores[:, :1], [7]))
+
+
 def test_reevaluation_with_more_seeds_can_settle_a_decision():
     rng = np.random.default_rng(2)
     p = rng.uniform(0.2, 0.8, N)

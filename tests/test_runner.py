@@ -171,3 +171,26 @@ def test_calibration_scores_the_calibration_split_in_a_part_of_its_own(tmp_path,
     assert all(len(scores) == 2 for scores in part["per_example"].values())
     assert {i: s[0] for i, s in both["per_example"].items()} == {i: s[0] for i, s in plain["per_example"].items()}
     assert both["data_hashes"] == plain["data_hashes"]  # the result still pairs with results made without it
+
+
+def test_a_heldout_only_run_scores_heldout_alone_with_the_scores_of_a_whole_run(tmp_path, env):
+    """A held-out run for the record needs no eval scores (another run has them): without
+    `score_eval` it scores held-out only, the same held-out scores as a run that scores both,
+    in the time the held-out split takes; a run asked to score nothing is refused."""
+    scaffold = scaffold_with(tmp_path)
+    both = run_scaffold(scaffold, tmp_path / "both", overrides=FAST, heldout=True, **env | {"seeds": [0, 1]})
+    alone = run_scaffold(scaffold, tmp_path / "alone", overrides=FAST, heldout=True, score_eval=False,
+                         **env | {"seeds": [0, 1]})
+    assert alone["status"] == "ok", alone.get("reason")
+    assert alone["training"]["cached"] and alone["training"]["key"] == both["training"]["key"]
+    assert alone["heldout"] == both["heldout"]
+    assert not {"metrics", "per_example", "failures", "num_examples"} & set(alone)
+    assert "eval_s" not in alone["timings"] and "heldout_s" in alone["timings"]
+    assert not (tmp_path / "alone" / "samples.jsonl").exists()  # eval's records: none were made
+    assert alone["data_hashes"] == both["data_hashes"]  # it pairs with the baseline's data as any run
+    assert json.loads((tmp_path / "alone" / "job.json").read_text())["limits"]["total_s"] \
+        < json.loads((tmp_path / "both" / "job.json").read_text())["limits"]["total_s"]
+    assert expected_work_s(scaffold, overrides=FAST, heldout=True, score_eval=False, **env) \
+        < expected_work_s(scaffold, overrides=FAST, heldout=True, **env)
+    with pytest.raises(ValueError, match="at least one split"):
+        run_scaffold(scaffold, tmp_path / "none", overrides=FAST, score_eval=False, **env)
