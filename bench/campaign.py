@@ -138,7 +138,7 @@ def report(journal: Journal, campaign: Path, rounds: int, label: str, *, wall_s:
           "and the other steps that run jobs:")
     for n in range(1, rounds + 1):
         round_dir = campaign / "rounds" / f"{n:03d}"
-        folders = [round_dir] if (round_dir / "job.json").is_file() else sorted(round_dir.glob("cand-*"))
+        folders = [round_dir] if (round_dir / "result.json").is_file() else sorted(round_dir.glob("cand-*"))
         results = [(folder.name, read_result(folder)) for folder in folders if (folder / "result.json").is_file()]
         parts = [f"{name} {work(result):.1f}{'c' if result['training']['cached'] else 'T'}"
                  for name, result in results if result["status"] == "ok"]
