@@ -153,8 +153,10 @@ def test_a_lone_run_is_scored_in_parts_on_both_workers_with_the_scores_of_one_ru
     assert result["status"] == "ok" and result["seeds"] == [0, 1, 2, 3, 4, 5] and not result["training"]["cached"]
     assert not any((out / name / "samples.jsonl").exists() for name in parts)  # merged into the run's
 
+    # The policy is cached now: scored as one run, by a runner started for it alone (a warm one
+    # would outlive the test, and test_sandbox counts the sandboxes under pytest).
     whole = run_scaffold(scaffold, root / "whole", seeds=[0, 1, 2, 3, 4, 5], heldout=True, train_seed=8,
-                         **options(root), threads=1)  # the policy is cached now: scored as one run
+                         **options(root), threads=1, warm=False)
     assert whole["training"]["cached"] and whole["training"]["key"] == result["training"]["key"]
     assert result["per_example"] == whole["per_example"]
     assert result["heldout"]["per_example"] == whole["heldout"]["per_example"]
