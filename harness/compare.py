@@ -280,8 +280,9 @@ def merge_results(a: dict, b: dict) -> dict:
 
     Seeds and per-example scores are concatenated (a's first); accuracy and its interval are
     recomputed from the merged scores, the other metrics are seed-weighted means, failure counts
-    add up (two runs that scored held-out only have no eval scores to merge). A held-out part is merged when both have one, or kept as it is when only one has it;
-    either way it carries its own `seeds`, so its per-example lists say what they cover.
+    add up (two runs that scored held-out only have no eval scores to merge). A held-out part is
+    merged when both have one, or kept as it is when only one has it; either way it carries its
+    own `seeds`, so its per-example lists say what they cover.
     """
     if a.get("status") != "ok" or b.get("status") != "ok":
         raise ValueError("only successful evaluations can be merged")

@@ -46,7 +46,8 @@ def splits(jobs: list[dict], seconds: list[float], workers: int) -> dict[int, li
     if workers < 2:
         return {}
     share = sum(seconds) / workers
-    return {i: chunked(job["seeds"], min(len(job["seeds"]), workers)) for i, (job, s) in enumerate(zip(jobs, seconds))
+    return {i: chunked(job["seeds"], min(len(job["seeds"]), workers))
+            for i, (job, s) in enumerate(zip(jobs, seconds))
             if len(job["seeds"]) > 1 and not job.get("calibration") and s > share}
 
 
@@ -61,8 +62,8 @@ def merge_parts(job: dict, parts: list[dict], results: list[dict]) -> dict:
     out = Path(job["out"])
     failed = next((r for r in results if r.get("status") != "ok"), None)
     if failed is not None:
-        result = failed | {"seeds": list(job["seeds"]),
-                           "reason": f"{failed.get('reason')} (the part of the run that scored seeds {failed['seeds']})"}
+        part = f"the part of the run that scored seeds {failed['seeds']}"
+        result = failed | {"seeds": list(job["seeds"]), "reason": f"{failed.get('reason')} ({part})"}
         write_result(out, result)
         return result
     merged = functools.reduce(merge_results, results)

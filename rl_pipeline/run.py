@@ -249,8 +249,9 @@ def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | Non
     """Evaluate `scaffold` (prompt.py and reward.py in the sandbox, scoring outside it); return the
     result (also written to `out`). `heldout` and `calibration` score those splits too, each in a
     part of its own; without `score_eval` they alone are scored (a run for their part only, its
-    eval scores being another run's already: the result then has no top-level eval part). Raises SandboxUnavailable when the sandbox cannot be built, and OSError(ENOSPC)
-    when the run failed for a full disk (`raise_if_disk_full`)."""
+    eval scores being another run's already: the result then has no top-level eval part). Raises
+    SandboxUnavailable when the sandbox cannot be built, and OSError(ENOSPC) when the run failed
+    for a full disk (`raise_if_disk_full`)."""
     return raise_if_disk_full(_run_scaffold(scaffold, out, overrides=overrides, heldout=heldout,
                                             calibration=calibration, score_eval=score_eval, **options), out)
 

@@ -164,8 +164,8 @@ def test_merge_results_refuses_shared_seeds_and_failed_runs():
 def test_runs_that_scored_heldout_only_merge_their_heldout_parts_alone():
     def heldout_only(scores, seeds) -> dict:
         held = make_result(scores, seeds)
-        return {"status": "ok", "seeds": list(seeds), "scaffold": {"content_hash": "abc"}, "timings": {"heldout_s": 1.0},
-                "heldout": {"metrics": held["metrics"], "per_example": held["per_example"]}}
+        return {"status": "ok", "seeds": list(seeds), "scaffold": {"content_hash": "abc"},
+                "timings": {"heldout_s": 1.0}, "heldout": {"metrics": held["metrics"], "per_example": held["per_example"]}}
 
     scores = base_scores(120, n_seeds=3)
     merged = merge_results(heldout_only(scores[:, :1], [0]), heldout_only(scores[:, 1:], [1, 2]))
