@@ -35,7 +35,7 @@ from harness.workspace import Workspace
 from memory import Memory, RoundRecord
 from rl_pipeline.files import write_atomic
 from rl_pipeline.result import integrity_problem, read_result, scaffold_commit, write_result
-from rl_pipeline.run import run_scaffold
+from rl_pipeline.run import job_options, run_scaffold
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,8 @@ class Campaign(HeldoutScoring):
         if self.pool is not None:
             results = self.pool.run(jobs)
         else:
-            results = [run_scaffold(job["scaffold"], job["out"], heldout=job["heldout"], seeds=job["seeds"],
-                                    train_seed=job["train_seed"], calibration=job["calibration"],
-                                    score_eval=job["score_eval"],
-                                    **self._runner_options()) for job in jobs]
+            results = [run_scaffold(job["scaffold"], job["out"], **job_options(job), **self._runner_options())
+                       for job in jobs]
         baseline = self.journal.get("baseline")
         checked = []
         for result, commit, job in zip(results, commits, jobs):

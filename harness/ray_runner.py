@@ -42,7 +42,7 @@ from pathlib import Path
 from harness.seed_split import merge_parts, part_job, splits
 from rl_pipeline.env import scrubbed_env
 from rl_pipeline.result import failed_result, scaffold_commit, write_result
-from rl_pipeline.run import DEFAULTS, WORKER_GRACE_S, WORKER_START_S, RunPlan, run_plan
+from rl_pipeline.run import DEFAULTS, WORKER_GRACE_S, WORKER_START_S, RunPlan, job_options, run_plan
 from rl_pipeline.sandbox import SandboxUnavailable
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -64,12 +64,9 @@ class Evaluator:
         return os.getpid()
 
     def evaluate(self, job: dict) -> dict:
-        from rl_pipeline.run import run_scaffold
+        from rl_pipeline.run import job_options, run_scaffold
 
-        return run_scaffold(job["scaffold"], job["out"], seeds=job["seeds"], heldout=job["heldout"],
-                            calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
-                            score_eval=job.get("score_eval", True),
-                            **self.options)
+        return run_scaffold(job["scaffold"], job["out"], **job_options(job), **self.options)
 
     def warm(self) -> None:
         from rl_pipeline.run import start_warm
@@ -181,8 +178,11 @@ class RayPool:
         parts = {i: [part_job(jobs[i], seeds) for seeds in chunks[i]] for i in chunks}
         for i in parts:
             Path(jobs[i]["out"], "result.json").unlink(missing_ok=True)  # the merged one replaces it
-        flat = [part for i, job in enumerate(jobs) for part in parts.get(i, [job])]
-        results = iter(self._run_all(flat, plans if not parts else [self._plan(job) for job in flat]))
+        flat, flat_plans = [], []  # the jobs as run, each split one by its parts (planned anew)
+        for i, (job, plan) in enumerate(zip(jobs, plans)):
+            flat += parts.get(i, [job])
+            flat_plans += [self._plan(part) for part in parts[i]] if i in parts else [plan]
+        results = iter(self._run_all(flat, flat_plans))
         return [merge_parts(job, parts[i], [next(results) for _ in parts[i]]) if i in parts else next(results)
                 for i, job in enumerate(jobs)]
 
@@ -235,10 +235,7 @@ class RayPool:
                      if plans[index].training_key is None or plans[index].training_key not in training), None)
 
     def _plan(self, job: dict) -> RunPlan:
-        return run_plan(job["scaffold"], seeds=job["seeds"], heldout=job["heldout"],
-                        calibration=job.get("calibration", False), train_seed=job.get("train_seed", 0),
-                        score_eval=job.get("score_eval", True),
-                        **self.actor_options)
+        return run_plan(job["scaffold"], **job_options(job), **self.actor_options)
 
     def _collect(self, ref, job: dict, actor, *, retry: bool) -> dict | None:
         """The job's result; a failed one when its actor died or raised (the actor is then dropped),

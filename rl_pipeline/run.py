@@ -244,6 +244,13 @@ def shutdown() -> None:
         _WARM.clear()
 
 
+def job_options(job: dict) -> dict:
+    """The keyword arguments of `run_scaffold` and `run_plan` that a job ({scaffold, out, seeds, and
+    any of heldout, calibration, train_seed, score_eval}) names, the others at their defaults."""
+    return {"seeds": job["seeds"], "heldout": job.get("heldout", False), "calibration": job.get("calibration", False),
+            "train_seed": job.get("train_seed", 0), "score_eval": job.get("score_eval", True)}
+
+
 def run_scaffold(scaffold: str | Path, out: str | Path, *, overrides: dict | None = None,
                  heldout: bool = False, calibration: bool = False, score_eval: bool = True, **options) -> dict:
     """Evaluate `scaffold` (prompt.py and reward.py in the sandbox, scoring outside it); return the
