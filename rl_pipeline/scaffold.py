@@ -2,14 +2,16 @@
 
 A scaffold is `scaffold.yaml` (knobs), `surface.yaml` (what may change and every knob's range),
 `prompt.py` (`format_prompt(question) -> str`) and `reward.py` (`rewards(completions, examples,
-scores, weights) -> list[float]`), and optionally `moves.yaml`, its library of code moves: named,
+scores, weights) -> list[float]`); optionally `data.py` (`training_examples(examples, rng) -> list`:
+which training examples GRPO meets, in which order; without it, TRL's shuffle of them all) and
+`moves.yaml`, its library of code moves: named,
 documented search/replace patches of its editable files that any researcher may propose, each
 optionally naming the failure categories it `targets` (a hint for a researcher, never a rule). The
 surface also fixes the training budget (`budget.train_completions`: GRPO trains on that many
 completions, whatever the knobs), and may name `decoders`: sampling settings under which a changed
 training recipe is also scored (a recipe can pay off under another decoder than the incumbent's; a
 researcher pairs such a proposal with a companion per decoder). Loading checks every knob's type
-and range, the budget, the decoders and every move's shape and targets, imports the two Python
+and range, the budget, the decoders and every move's shape and targets, imports the Python
 files from their paths (never from `sys.path`), and hashes the whole content, so a result can name
 exactly what it measured.
 
@@ -36,6 +38,7 @@ from rl_pipeline.tasks import CATEGORIES
 
 REWARD_FILE = "reward.py"  # used by GRPO alone: the evaluator scores with the fixed scorer
 REQUIRED_FILES = ("scaffold.yaml", "surface.yaml", "prompt.py", REWARD_FILE)
+DATA_FILE = "data.py"  # optional: the training examples GRPO meets and their order
 MOVES_FILE = "moves.yaml"
 FAILURE_CATEGORIES = tuple(c for c in CATEGORIES if c != "correct")  # what a move's `targets` may name
 SECTIONS = ("sampling", "grpo", "reward")
@@ -79,6 +82,7 @@ class Scaffold:
     moves: dict[str, Move] = field(default_factory=dict)
     prompt: ModuleType | None = field(default=None, repr=False)
     reward: ModuleType | None = field(default=None, repr=False)
+    data: ModuleType | None = field(default=None, repr=False)
 
     @property
     def task(self) -> str:
@@ -296,7 +300,8 @@ def import_file(path: Path, name: str) -> ModuleType:
 
 def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
                   import_code: bool = True) -> Scaffold:
-    """Read, override and validate a scaffold; with `import_code`, import its prompt and reward."""
+    """Read, override and validate a scaffold; with `import_code`, import its prompt, reward and
+    data selection (where it has one)."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise ScaffoldError(f"scaffold folder {str(path)!r} does not exist")
@@ -321,7 +326,11 @@ def load_scaffold(path: str | Path, overrides: dict[str, Any] | None = None, *,
     if import_code:
         scaffold.prompt = import_file(path / "prompt.py", f"scaffold_prompt_{scaffold.content_hash[:8]}")
         scaffold.reward = import_file(path / "reward.py", f"scaffold_reward_{scaffold.content_hash[:8]}")
-        for module, attr in ((scaffold.prompt, "format_prompt"), (scaffold.reward, "rewards")):
+        checks = [(scaffold.prompt, "format_prompt"), (scaffold.reward, "rewards")]
+        if (path / DATA_FILE).is_file():
+            scaffold.data = import_file(path / DATA_FILE, f"scaffold_data_{scaffold.content_hash[:8]}")
+            checks.append((scaffold.data, "training_examples"))
+        for module, attr in checks:
             if not callable(getattr(module, attr, None)):
                 raise ScaffoldError(f"{Path(module.__file__).name}: no function {attr}()")
     return scaffold

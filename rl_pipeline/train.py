@@ -2,7 +2,8 @@
 
 The scaffold supplies the hyperparameters (rollouts sample at `grpo.temperature`, TRL's other
 rollout defaults unchanged; the `sampling` knobs are for evaluation only, so changing them never
-retrains), the prompt format and the reward shaping; the fixed scorer supplies correctness.
+retrains), the prompt format, the reward shaping and, where it has a `data.py`, which training
+examples GRPO meets in which order (`training_rows`); the fixed scorer supplies correctness.
 Rollouts go through our fast generation (installed as the policy's `generate`, which is what TRL
 calls). Every run gets the same amount of work, whatever the machine or its load: a budget of
 training completions (the scaffold's `budget.train_completions`), from which the number of
@@ -14,7 +15,9 @@ loss or reward stops the run with a precise reason.
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import tempfile
 import time
 
@@ -25,6 +28,9 @@ from transformers import TrainerCallback
 from model import default_device, load_policy, load_tokenizer, save_policy
 from model.generate import use_fast_generate
 from rl_pipeline.tasks import get_task
+
+
+MAX_REPEAT = 10  # data.py may return each example this many times over, on average
 
 
 class TrainingFailed(RuntimeError):
@@ -93,6 +99,38 @@ def make_reward_func(scaffold):
     return scaffold_reward
 
 
+def training_rows(scaffold, rows: list[dict], seed: int) -> tuple[list[dict], bool]:
+    """The training examples in the order GRPO is to meet them, and whether TRL is to shuffle them.
+
+    Without a `data.py`, all of them, shuffled by TRL. With one, its `training_examples(examples,
+    rng)` (a copy of the examples, `random.Random(seed)`) returns a non-empty list of them, repeats
+    allowed, in the order training takes them (the budget reaches only the first ones); each is
+    matched back by its `id` to the example as given, so selection cannot change an answer, and
+    nothing outside the training split can be trained on."""
+    if scaffold.data is None:
+        return rows, True
+    by_id = {row["id"]: row for row in rows}
+    try:
+        chosen = scaffold.data.training_examples(json.loads(json.dumps(rows)), random.Random(seed))
+    except Exception as err:
+        raise TrainingFailed(f"data.py: training_examples() raised {type(err).__name__}: {err}") from err
+    if not isinstance(chosen, (list, tuple)) or not chosen:
+        got = "an empty list" if isinstance(chosen, (list, tuple)) else f"a {type(chosen).__name__}"
+        raise TrainingFailed(f"data.py: training_examples() returned {got}; it must return a non-empty list of "
+                             "the examples it was given")
+    if len(chosen) > MAX_REPEAT * len(rows):
+        raise TrainingFailed(f"data.py: training_examples() returned {len(chosen)} examples for {len(rows)} given "
+                             f"(at most {MAX_REPEAT} times as many)")
+    out = []
+    for i, example in enumerate(chosen):
+        row = by_id.get(example.get("id")) if isinstance(example, dict) else None
+        if row is None:
+            raise TrainingFailed(f"data.py: training_examples() returned, at position {i}, something that is not "
+                                 "one of the training examples it was given (matched by 'id')")
+        out.append(row)
+    return out, False
+
+
 def completions_per_step(config) -> float:
     """Completions TRL generates per optimizer step under `config` (a GRPOConfig, resolved): one
     generation batch serves `steps_per_generation` x `num_iterations` micro-batches, and a step
@@ -101,10 +139,11 @@ def completions_per_step(config) -> float:
     return per_micro_batch * config.gradient_accumulation_steps
 
 
-def grpo_config(scaffold, output_dir: str, seed: int, completions: int, device: str | None = None):
+def grpo_config(scaffold, output_dir: str, seed: int, completions: int, device: str | None = None,
+                shuffle: bool = True):
     """TRL's GRPOConfig from the scaffold's knobs, with as many optimizer steps as `completions`
     (the training budget) pays for; fp32 on `device` (the GPU where there is one, else the CPU),
-    no checkpoints, no reporting."""
+    the examples shuffled or taken in order (`shuffle`), no checkpoints, no reporting."""
     from trl import GRPOConfig
 
     grpo = scaffold.config["grpo"]
@@ -122,6 +161,7 @@ def grpo_config(scaffold, output_dir: str, seed: int, completions: int, device: 
         loss_type=grpo["loss_type"],
         max_completion_length=grpo["max_completion_length"],
         temperature=grpo["temperature"],
+        shuffle_dataset=shuffle,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -150,17 +190,18 @@ def train_grpo(scaffold, *, base_dir: str, train_split, out_dir: str, completion
     use_fast_generate(policy)
     rollouts = _meter_rollouts(policy)
 
+    rows, shuffle = training_rows(scaffold, list(train_split), seed)
     dataset = Dataset.from_list([
         {"prompt": scaffold.prompt.format_prompt(row["question"]), "id": row["id"], "task": row["task"],
          "question": row["question"], "answer": row["answer"], "meta": row["meta"]}
-        for row in train_split
+        for row in rows
     ])
     callback = Divergence()
     with tempfile.TemporaryDirectory(prefix="grpo-") as tmp:
         trainer = GRPOTrainer(
             model=policy,
             reward_funcs=[make_reward_func(scaffold)],
-            args=grpo_config(scaffold, tmp, seed, completions, device),
+            args=grpo_config(scaffold, tmp, seed, completions, device, shuffle),
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[callback],

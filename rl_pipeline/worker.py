@@ -39,6 +39,7 @@ from rl_pipeline.cache import mark_used, prune
 from rl_pipeline.files import replacing_dir, write_atomic
 from rl_pipeline.manifest import MANIFEST, eval_sizes, split_hashes, splits_folder
 from rl_pipeline.sandbox import JOB_MOUNT, sandbox_command, sandbox_uid
+from rl_pipeline.scaffold import DATA_FILE
 
 TRAIN_CODE_VERSION = "3"  # 2: weights trained in the sandbox, checked here; 3: a budget of completions
 ZYGOTE_START_S = 600.0  # importing torch and friends on a loaded machine
@@ -197,6 +198,8 @@ def training_key(scaffold, base_dir: Path, train_hash: str, seed: int) -> str:
         "train_completions": scaffold.train_completions,
         "seed": seed,
     }
+    if (scaffold.path / DATA_FILE).is_file():  # a scaffold without one keeps the keys it had
+        parts[DATA_FILE] = (scaffold.path / DATA_FILE).read_text()
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -56,7 +56,7 @@ def test_a_scaffold_without_moves_yaml_has_no_moves(scaffold):
 @pytest.mark.parametrize("text, message", [
     ("m:\n  doc: d\n  patches:\n    - {file: scaffold.yaml, search: task, replace: x}\n",
      "moves.yaml: move m: patch 0 targets 'scaffold.yaml', which is not an editable file; editable files are: "
-     "reward.py, prompt.py"),
+     "reward.py, prompt.py, data.py"),
     ("m:\n  doc: d\n  patches:\n    - {file: ../rl_pipeline/tasks.py, search: a, replace: b}\n",
      "patch 0 targets '../rl_pipeline/tasks.py', which is not an editable file"),
     ("m:\n  doc: d\n  patches: []\n", "moves.yaml: move m: patches: List should have at least 1 item"),

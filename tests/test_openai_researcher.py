@@ -90,7 +90,7 @@ def test_prompt_has_evidence_surface_files_and_the_newest_memory(scaffold):
     user = messages[1]["content"]
     assert "search text 'zzz' not found in reward.py" in user  # the last failure's exact reason
     assert "sampling.temperature = 1.0; float in [0.0, 2.0]" in user
-    assert "editable files: reward.py, prompt.py" in user
+    assert "editable files: reward.py, prompt.py, data.py" in user
     assert "def format_prompt" in user
     assert "Round 199" in user and "Round 1\n" not in user  # the memory's oldest part goes first
 
