@@ -1,6 +1,8 @@
 """Code moves: declared in a scaffold's moves.yaml, loaded and checked with its surface, proposed as
 `{"move": NAME}`, expanded into file edits and applied under git exactly like one."""
 
+import copy
+import random
 import shutil
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from rl_pipeline.tasks import get_task
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
 ARITH_MOVES = ["reward_partial_credit", "reward_near_miss_credit", "reward_malformed_penalty",
-               "prompt_one_shot", "prompt_instruction"]
+               "prompt_one_shot", "prompt_instruction", "data_worded_forms", "data_bare_form"]
 
 
 @pytest.fixture
@@ -35,9 +37,10 @@ def test_arith_declares_its_moves_with_docs():
     assert list(moves) == ARITH_MOVES
     for m in moves.values():
         assert m.doc.strip() and "\n" not in m.doc
-        assert {p.file for p in m.patches} <= {"reward.py", "prompt.py"}
+        assert {p.file for p in m.patches} <= {"reward.py", "prompt.py", "data.py"}
         assert m.targets and set(m.targets) <= set(FAILURE_CATEGORIES)  # every arith move says what it aims at
     assert moves["reward_near_miss_credit"].targets == ("off_by_small", "sign_error")
+    assert moves["data_worded_forms"].targets == ("wrong_answer",)
     # the reward moves shape training alone (their effect scales with how far training moves the policy)
     assert [m.name for m in moves.values() if m.shapes_reward] == [n for n in ARITH_MOVES if n.startswith("reward_")]
     # ... and with the reward's weights they are the scaffold's reward edits, which the local
@@ -147,8 +150,14 @@ def test_each_arith_move_applies_to_the_initial_scaffold_and_runs(scaffold, name
                 "reward_malformed_penalty": [0, 0, 0, 0, -0.5, -0.5]}
     assert gain == expected.get(name, [0] * 6)
     prompt_old, prompt_new = old.prompt.format_prompt("1 + 1"), new.prompt.format_prompt("1 + 1")
-    assert (prompt_new == prompt_old) == name.startswith("reward_")
+    assert (prompt_new == prompt_old) == (not name.startswith("prompt_"))
     assert prompt_new.endswith("Q: 1 + 1\nA: ")
+    rows = [task.make(random.Random(i)) for i in range(200)]
+    forms = {"data_worded_forms": {1, 3}, "data_bare_form": {0}}.get(name, {0, 1, 2, 3})
+    chosen = new.data.training_examples(copy.deepcopy(rows), random.Random(0))
+    assert chosen == [r for r in old.data.training_examples(copy.deepcopy(rows), random.Random(0))
+                      if r["meta"]["format"] in forms]
+    assert {r["meta"]["format"] for r in chosen} == forms
     assert name not in available_moves(patched)  # applied once, never twice
 
 
@@ -158,9 +167,11 @@ def test_moves_are_available_until_applied_and_the_reward_moves_compose(scaffold
                                                                   {"move": "prompt_one_shot"}]}), scaffold)
     for rel, text in changed.items():
         (scaffold / rel).write_text(text)
-    assert available_moves(scaffold) == ["reward_near_miss_credit", "reward_malformed_penalty"]
+    assert available_moves(scaffold) == ["reward_near_miss_credit", "reward_malformed_penalty", "data_worded_forms",
+                                         "data_bare_form"]
     changed = render(parse_proposal({"hypothesis": "h", "edits": [{"move": "reward_near_miss_credit"},
-                                                                  {"move": "reward_malformed_penalty"}]}), scaffold)
+                                                                  {"move": "reward_malformed_penalty"},
+                                                                  {"move": "data_bare_form"}]}), scaffold)
     for rel, text in changed.items():
         (scaffold / rel).write_text(text)
     assert available_moves(scaffold) == []

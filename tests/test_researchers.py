@@ -101,14 +101,14 @@ def test_random_is_valid_reproducible_and_never_a_no_op(tmp_path, scaffold):
     knobs = [p.edits[0].knob for p in proposals if isinstance(p.edits[0], KnobEdit)]
     drawn_moves = [p.edits[0].move for p in proposals if isinstance(p.edits[0], MoveEdit)]
     assert len(set(knobs)) >= 10  # the knob is drawn over the whole surface
-    assert 3 <= len(drawn_moves) <= 20 and len(set(drawn_moves)) >= 3  # 5 of 24 choices are moves
+    assert 3 <= len(drawn_moves) <= 20 and len(set(drawn_moves)) >= 3  # 7 of 26 choices are moves
     assert [again.propose(evidence(n), "", scaffold) for n in range(50, 0, -1)] == proposals[::-1]
     assert [other.propose(evidence(n), "", scaffold) for n in range(1, 11)] != proposals[:10]
 
 
 def test_random_respects_cross_knob_rules(tmp_path, strict_scaffold):
     researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
-    batch = [p.edits[0].value for p in (researcher.propose(evidence(n), "", strict_scaffold) for n in range(1, 121))
+    batch = [p.edits[0].value for p in (researcher.propose(evidence(n), "", strict_scaffold) for n in range(1, 241))
              if getattr(p.edits[0], "knob", None) == "grpo.per_device_train_batch_size"]
     assert batch and set(batch) == {16}
 
@@ -120,7 +120,7 @@ def test_random_draws_only_the_moves_that_apply_now(tmp_path, scaffold):
     researcher = make_researcher({"name": "random"}, campaign_dir=tmp_path, seed=0, base_model="")
     drawn = {p.edits[0].move for p in (researcher.propose(evidence(n), "", scaffold) for n in range(1, 81))
              if isinstance(p.edits[0], MoveEdit)}
-    assert drawn == {"reward_near_miss_credit", "reward_malformed_penalty"}
+    assert drawn == {"reward_near_miss_credit", "reward_malformed_penalty", "data_worded_forms", "data_bare_form"}
 
 
 def test_random_values_follow_the_knob_scale():
@@ -223,15 +223,15 @@ def steer(campaign_dir, scaffold, base_model, rounds, **config):
 
 def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold, base_model):
     # stack=0: every round one edit, so the two runs differ by the credit model alone
-    guided, edits = steer(tmp_path / "guided", scaffold, base_model, 16, stack=0)
-    _, alone = steer(tmp_path / "alone", scaffold, base_model, 16, credit_weight=0, stack=0)
+    guided, edits = steer(tmp_path / "guided", scaffold, base_model, 24, stack=0)
+    _, alone = steer(tmp_path / "alone", scaffold, base_model, 24, credit_weight=0, stack=0)
     knobs = [credit_edit(e)[0] for e in edits]
     first = knobs.index("sampling.top_p")
     # Once top_p has shown an effect, most of its other grid values get tried; without credit, a knob
     # out of 19 comes up about one round in 19.
     assert knobs[first + 1:].count("sampling.top_p") >= 3
     assert sum(credit_edit(e)[0] == "sampling.top_p" for e in alone) <= 2
-    assert len(guided.state["observations"]) == 16
+    assert len(guided.state["observations"]) == 24
     (incumbent,) = guided.state["tried"]  # nothing was kept: every observation is against one incumbent
     assert guided.state["observations"][first] == {"knob": "sampling.top_p", "from": 1.0, "to": edits[first].value,
                                                    "delta": pytest.approx(0.3 * (1 - edits[first].value)),
@@ -240,7 +240,7 @@ def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold,
                                                    "context": evidence_context(evidence(first + 1)),
                                                    "text": edit_text(edits[first]), "round": first + 1,
                                                    "decision": "revert", "state": incumbent}
-    proposal = guided.propose(evidence(17), MEMORY, scaffold)
+    proposal = guided.propose(evidence(25), MEMORY, scaffold)
     seen = sum(o["knob"] == credit_edit(proposal.edits[0])[0] for o in guided.state["observations"])
     assert (f"the credit model, from {seen} earlier round" in proposal.hypothesis) == (seen > 0)
 
@@ -413,7 +413,7 @@ def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_mode
 
 def one_knob_and_the_moves(scaffold: Path) -> Path:
     """arith with one searchable knob (grpo.loss_type: three values besides the current one) and its
-    five moves: eight candidates, each tried once against an incumbent before any repeats."""
+    seven moves: ten candidates, each tried once against an incumbent before any repeats."""
     surface = scaffold / "surface.yaml"
     lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
              for line in surface.read_text().splitlines()]
@@ -434,7 +434,7 @@ def incumbent_evidence(round_no: int, malformed: bool) -> Evidence:
 def test_the_evidence_steers_the_local_researcher_and_blanking_it_does_not(tmp_path, scaffold, base_model):
     """The near-miss move pays +0.08 where answers are malformed and costs 0.04 where they are not
     (outcomes against its declared target, so only they can teach it). Each incumbent gets every
-    candidate once: eight rounds on a malformed incumbent, a keep, eight on a tidy one. Then, over
+    candidate once: ten rounds on a malformed incumbent, a keep, ten on a tidy one. Then, over
     the same rounds and seeds, the researcher that sees the evidence proposes the move on a malformed
     incumbent and avoids it on a tidy one; blanked, it cannot tell them apart."""
     scaffold = one_knob_and_the_moves(scaffold)
@@ -445,10 +445,10 @@ def test_the_evidence_steers_the_local_researcher_and_blanking_it_does_not(tmp_p
     def trained(name, **options):
         config.write_text(original)
         researcher = local(tmp_path / name, base_model, **options)
-        for n in range(1, 17):
-            if n == 9:  # a keep: another incumbent, whose failures are well-formed
+        for n in range(1, 21):
+            if n == 11:  # a keep: another incumbent, whose failures are well-formed
                 config.write_text(original.replace("loss_type: dapo", "loss_type: grpo"))
-            malformed = n <= 8
+            malformed = n <= 10
             proposal = researcher.propose(incumbent_evidence(n, malformed), MEMORY, scaffold)
             delta = (0.08 if malformed else -0.04) if proposal.edits[0] == move else 0.0
             researcher.learn(proposal, {"decision": "revert", "delta": delta, "ci95": [delta - 0.01, delta + 0.01]})
@@ -456,18 +456,18 @@ def test_the_evidence_steers_the_local_researcher_and_blanking_it_does_not(tmp_p
 
     def proposed(researcher, malformed):
         return [researcher.propose(incumbent_evidence(n, malformed), MEMORY, scaffold).edits[0]
-                for n in range(17, 37)]
+                for n in range(21, 41)]
 
     seeing, blind = trained("seeing", stack=0), trained("blind", evidence=False, stack=0)  # one edit a round
     assert [o["context"]["format_failure"] for o in seeing.state["observations"]] == [
-        pytest.approx(0.7)] * 8 + [pytest.approx(0.02)] * 8
+        pytest.approx(0.7)] * 10 + [pytest.approx(0.02)] * 10
     assert all(set(o["context"].values()) == {0.0} for o in blind.state["observations"])
     on_malformed, on_tidy = proposed(seeing, True), proposed(seeing, False)
     blind_malformed, blind_tidy = proposed(blind, True), proposed(blind, False)
     assert blind_malformed == blind_tidy  # without the evidence the two incumbents look the same
     assert on_malformed.count(move) >= 12 and on_tidy.count(move) <= 2  # of 20 rounds each (13 and 0 here)
     assert on_tidy.count(move) <= blind_tidy.count(move) < on_malformed.count(move)
-    hypothesis = blind.propose(incumbent_evidence(37, True), MEMORY, scaffold).hypothesis
+    hypothesis = blind.propose(incumbent_evidence(41, True), MEMORY, scaffold).hypothesis
     assert "without the evidence" in hypothesis and "bad_format" not in hypothesis
 
 
@@ -502,22 +502,22 @@ def test_reward_moves_tried_where_training_moved_nothing_are_tried_again_once_it
 
 
 def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold, base_model):
-    """One searchable knob (three values) and the five arith moves: eight candidates, each tried once
-    before any repeats, so every move is proposed within eight rounds; a kept move leaves the grammar."""
+    """One searchable knob (three values) and the seven arith moves: ten candidates, each tried once
+    before any repeats, so every move is proposed within ten rounds; a kept move leaves the grammar."""
     surface = scaffold / "surface.yaml"
     lines = [re.sub(r"\{type: (\w+),.*\}", r"{type: \1}", line) if "loss_type" not in line else line
              for line in surface.read_text().splitlines()]
     surface.write_text("\n".join(lines) + "\n")
     researcher = local(tmp_path / "campaign", base_model, stack=0)  # one edit a round: each candidate once
     proposals = []
-    for n in range(1, 9):
+    for n in range(1, 11):
         proposal = researcher.propose(evidence(n), MEMORY, scaffold)
         validate(proposal, scaffold)
         delta = 0.04 if proposal.edits[0] == MoveEdit("reward_near_miss_credit") else 0.0
         researcher.learn(proposal, {"decision": "revert", "delta": delta, "ci95": [delta - 0.01, delta + 0.01]})
         proposals.append(proposal)
     moves = [p.edits[0].move for p in proposals if isinstance(p.edits[0], MoveEdit)]
-    assert sorted(moves) == sorted(available_moves(scaffold)) and len(moves) == 5
+    assert sorted(moves) == sorted(available_moves(scaffold)) and len(moves) == 7
     near = next(p for p in proposals if p.edits[0] == MoveEdit("reward_near_miss_credit"))
     assert near.hypothesis.startswith("apply move reward_near_miss_credit: an answer off by a little")
     assert {"knob": "move:reward_near_miss_credit", "from": False, "to": True, "delta": 0.04,
@@ -526,17 +526,17 @@ def test_local_proposes_every_move_and_credits_it_as_a_choice(tmp_path, scaffold
             "round": proposals.index(near) + 1, "decision": "revert",
             "state": next(iter(researcher.state["tried"]))} in researcher.state["observations"]
     # the credit model now expects the near-miss move to help, and says so when it proposes it again
-    again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(9, 40))
+    again = [p for p in (researcher.propose(evidence(n), MEMORY, scaffold) for n in range(11, 42))
              if p.edits[0] == MoveEdit("reward_near_miss_credit")]
     assert again and "(the credit model, from 1 earlier round on this move, expects +0.0" in again[0].hypothesis
 
     # keep it: its text is in reward.py now, so the move is no longer a candidate
     for rel, text in render(Proposal("keep", (MoveEdit("reward_near_miss_credit"),)), scaffold).items():
         (scaffold / rel).write_text(text)
-    researcher.propose(evidence(40), MEMORY, scaffold)
+    researcher.propose(evidence(42), MEMORY, scaffold)
     candidates = json.loads(researcher.pending_file.read_text())["candidates"]
     assert '{"move": "reward_near_miss_credit"}' not in candidates and '{"move": "reward_partial_credit"}' in candidates
-    assert len(candidates) == 7  # and nothing was tried against this incumbent yet
+    assert len(candidates) == 9  # and nothing was tried against this incumbent yet
 
 
 def test_local_stacks_edits_onto_a_near_miss_one_knob_at_a_time(tmp_path, scaffold, base_model):
