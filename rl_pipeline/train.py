@@ -123,7 +123,8 @@ def training_rows(scaffold, rows: list[dict], seed: int) -> tuple[list[dict], bo
                              f"(at most {MAX_REPEAT} times as many)")
     out = []
     for i, example in enumerate(chosen):
-        row = by_id.get(example.get("id")) if isinstance(example, dict) else None
+        key = example.get("id") if isinstance(example, dict) else None
+        row = by_id.get(key) if isinstance(key, str) else None
         if row is None:
             raise TrainingFailed(f"data.py: training_examples() returned, at position {i}, something that is not "
                                  "one of the training examples it was given (matched by 'id')")

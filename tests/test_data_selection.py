@@ -69,6 +69,7 @@ def test_selection_keeps_the_examples_as_given(scaffold):
     ("    return examples + [{'id': 'made-up', 'question': '1 + 1', 'answer': '2'}]",
      "returned, at position 40, something that is not one of the training examples it was given"),
     ("    return examples[:1] + ['1 + 1']", "returned, at position 1, something that is not one of the training examples"),
+    ("    return [{'id': ['a list']}]", "returned, at position 0, something that is not one of the training examples"),
     (f"    return examples * {MAX_REPEAT + 1}", f"returned {40 * (MAX_REPEAT + 1)} examples for 40 given"),
 ])
 def test_a_selection_that_breaks_the_rules_fails_training(scaffold, body, message):
