@@ -146,14 +146,17 @@ def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_
     config, path = new_campaign(tmp_path, "companions", "researcher=local", "researcher.context_tokens=256",
                                 f"base_model={base}", "rounds=3", "candidates_per_round=1", "retrain_seeds=[1]")
     assert CandidatesCampaign(config, path).run()["status"] == "finished"
-    journal = Journal(path)
+    journal, repo = Journal(path), git.Repo(path / "scaffold")
     companion_rounds = 0
     for n in (1, 2, 3):
         proposed = journal.step_output(n, "propose")
         proposals = proposed.get("candidates") or [proposed["proposal"]]
         edits = proposals[0]["edits"]
         training = any("move" in e or not e["knob"].startswith("sampling.") for e in edits)
-        if not training or any(e.get("knob", "").startswith("sampling.") for e in edits):
+        before = journal.step_output(n, "decide")["commits"]["incumbent_before"]
+        greedy_already = "temperature: 0.0" in repo.commit(before).tree[
+            "scaffold.yaml"].data_stream.read().decode()  # an earlier round kept the companion
+        if not training or greedy_already or any(e.get("knob", "").startswith("sampling.") for e in edits):
             assert len(proposals) == 1 and (path / "rounds" / f"{n:03d}" / "result.json").is_file()
             continue
         companion_rounds += 1
@@ -166,7 +169,7 @@ def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_
         assert journal.step_output(n, "decide")["decision"] == "keep"
         assert f"rounds/{n:03d}/cand-2/retrain/seed-1" in done["evaluated"]
         assert "the level 2 candidates call for" in journal.step_output(n, "retrain")["verdict"]["reason"]
-        committed = git.Repo(path / "scaffold").commit(f"cand/{n:03d}").tree["scaffold.yaml"].data_stream.read()
+        committed = repo.commit(f"cand/{n:03d}").tree["scaffold.yaml"].data_stream.read()
         assert "temperature: 0.0" in committed.decode()
     assert companion_rounds >= 1  # seed 0's three rounds draw at least one change to training
     observations = json.loads((path / "researcher" / "checkpoint" / "state.json").read_text())["observations"]

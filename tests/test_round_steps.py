@@ -63,7 +63,8 @@ RETRAINED = ["rounds/001/retrain/seed-1", "rounds/000/retrain/seed-1"]
 def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, train_seed, **options) -> dict:
     config = yaml.safe_load((Path(scaffold_dir) / "scaffold.yaml").read_text())
     temperature = config["sampling"]["temperature"]
-    trained = json.dumps([config["grpo"], config["reward"], train_seed], sort_keys=True)  # what the cache key hashes
+    code = [(Path(scaffold_dir) / name).read_text() for name in ("reward.py", "prompt.py", "data.py")]
+    trained = json.dumps([config["grpo"], config["reward"], code, train_seed], sort_keys=True)  # as the cache key
     result = {"schema_version": SCHEMA_VERSION, "status": "ok", "seeds": list(seeds),
               "scaffold": {"path": str(scaffold_dir), "commit": scaffold_commit(scaffold_dir)},
               "data_hashes": DATA_HASHES,  # the runner's fields the campaign's integrity check reads
