@@ -4,16 +4,15 @@ A scaffold is `scaffold.yaml` (knobs), `surface.yaml` (what may change and every
 `prompt.py` (`format_prompt(question) -> str`) and `reward.py` (`rewards(completions, examples,
 scores, weights) -> list[float]`); optionally `data.py` (`training_examples(examples, rng) -> list`:
 which training examples GRPO meets, in which order; without it, TRL's shuffle of them all) and
-`moves.yaml`, its library of code moves: named, documented search/replace patches of its
-editable files that any researcher may propose, each
-optionally naming the failure categories it `targets` (a hint for a researcher, never a rule). The
-surface also fixes the training budget (`budget.train_completions`: GRPO trains on that many
-completions, whatever the knobs), and may name `decoders`: sampling settings under which a changed
-training recipe is also scored (a recipe can pay off under another decoder than the incumbent's; a
-researcher pairs such a proposal with a companion per decoder). Loading checks every knob's type
-and range, the budget, the decoders and every move's shape and targets, imports the Python
-files from their paths (never from `sys.path`), and hashes the whole content, so a result can name
-exactly what it measured.
+`moves.yaml`, its library of code moves: named, documented search/replace patches of its editable
+files that any researcher may propose, each optionally naming the failure categories it `targets` (a
+hint for a researcher, never a rule). The surface also fixes the training budget
+(`budget.train_completions`: GRPO trains on that many completions, whatever the knobs), and may name
+`decoders`: sampling settings under which a changed training recipe is also scored (a recipe can pay
+off under another decoder than the incumbent's; a researcher pairs such a proposal with a companion
+per decoder). Loading checks every knob's type and range, the budget, the decoders and every move's
+shape and targets, imports the Python files from their paths (never from `sys.path`), and hashes the
+whole content, so a result can name exactly what it measured.
 
     scaffold = load_scaffold("scaffolds/arith", overrides={"sampling.temperature": 0.7})
 """
