@@ -308,6 +308,7 @@ def test_local_researcher_campaign(setup):
         proposals = [json.loads((f / "proposal.json").read_text()) for f in folders]
         edits = proposals[0]["edits"]  # one edit, or edits stacked onto a near miss
         assert edits and all(set(e) in ({"knob", "value"}, {"move"}) for e in edits)
+        assert (len(edits) > 1) == proposals[0]["hypothesis"].startswith("stack onto the near miss")
         assert [p["edits"] for p in proposals[1:]] == ([[*edits, {"knob": "sampling.temperature", "value": 0.0}]]
                                                        if len(folders) > 1 else [])
         for f in folders:
