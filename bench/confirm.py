@@ -9,7 +9,7 @@ applied to a copy of the initial scaffold, each trained with every `--train-seed
 on the held-out split with `--seeds`. Printed per change: held-out accuracy per training seed, the
 paired per-example difference from the initial scaffold averaged over the training seeds with its
 95% bootstrap interval, and whether it is confirmed (the difference is positive, the issue's test
-of a false keep). A change that no longer applies to the initial scaffold (a file edit written
+of a false keep; "interval includes 0" where it is positive but could be noise). A change that no longer applies to the initial scaffold (a file edit written
 against a later incumbent) is reported as such.
 
 A kept change that holds code moves beside other edits (a reward move stacked onto a learning
@@ -113,6 +113,11 @@ def trained(name: str, scaffold: Path, out: Path, args, options: dict) -> dict[i
     return results
 
 
+def verdict(delta: float, low: float) -> str:
+    """A change's verdict: positive (the issue's test of a keep) and whether its interval is above 0."""
+    return ("yes" if low > 0 else "yes, interval includes 0") if delta > 0 else "NO"
+
+
 def change(results: dict[int, dict], initial: dict[int, dict]) -> tuple[float, tuple[float, float]]:
     """The held-out change from `initial`: each example's paired difference averaged over the
     training seeds, its mean and 95% bootstrap interval."""
@@ -146,7 +151,7 @@ def moves_part(label: str, name: str, moves: tuple, others: tuple, scaffold_of, 
             return None
     part, (low, high) = change(results, without)
     accs = " ".join(f"{without[s]['heldout']['metrics']['accuracy']:.3f}" for s in args.train_seeds)
-    print(f"    {label}: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  {'yes' if part > 0 else 'NO'}")
+    print(f"    {label}: {accs}; the moves' part {part:+.3f} [{low:+.3f}, {high:+.3f}]  {verdict(part, low)}")
     return part > 0
 
 
@@ -165,7 +170,7 @@ def report(label: str, name: str, proposal: Proposal, initial: dict[int, dict], 
         return None, None
     delta, (low, high) = change(results, initial)
     accs = " ".join(f"{results[s]['heldout']['metrics']['accuracy']:<7.3f}" for s in args.train_seeds)
-    print(f"{label:<46} {accs}  {delta:>+10.3f}  [{low:+.3f}, {high:+.3f}]  {'yes' if delta > 0 else 'NO'}")
+    print(f"{label:<46} {accs}  {delta:>+10.3f}  [{low:+.3f}, {high:+.3f}]  {verdict(delta, low)}")
     for edit in proposal.to_dict()["edits"]:
         print(f"    {edit}")
     others = tuple(edit for edit in proposal.edits if not isinstance(edit, MoveEdit))
