@@ -9,8 +9,9 @@ applied to a copy of the initial scaffold, each trained with every `--train-seed
 on the held-out split with `--seeds`. Printed per change: held-out accuracy per training seed, the
 paired per-example difference from the initial scaffold averaged over the training seeds with its
 95% bootstrap interval, and whether it is confirmed (the difference is positive, the issue's test
-of a false keep; "interval includes 0" where it is positive but could be noise). A change that no longer applies to the initial scaffold (a file edit written
-against a later incumbent) is reported as such.
+of a false keep; "interval includes 0" where it is positive but could be noise). A change that no
+longer applies to the initial scaffold (a file edit written against a later incumbent) is reported
+as such.
 
 A kept change that holds code moves beside other edits (a reward move stacked onto a learning
 rate: on the initial scaffold's rate a reward move alone changes nothing, since the policy does not
