@@ -67,10 +67,9 @@ class Move:
     targets: tuple[str, ...] = ()
 
     @property
-    def shapes_training(self) -> bool:
-        """Whether the move patches only files GRPO alone reads (reward.py, data.py): it changes what
-        training optimizes or which examples it meets, nothing the evaluator runs."""
-        return all(patch.file in (REWARD_FILE, DATA_FILE) for patch in self.patches)
+    def shapes_reward(self) -> bool:
+        """Whether the move patches reward.py alone: it changes what training optimizes, nothing else."""
+        return all(patch.file == REWARD_FILE for patch in self.patches)
 
 
 @dataclass
@@ -88,13 +87,12 @@ class Scaffold:
     def task(self) -> str:
         return self.config["task"]
 
-    def training_edits(self) -> tuple[set[str], set[str]]:
-        """The knobs and the moves that change only what training optimizes or meets: the reward's
-        weights, and moves of reward.py and data.py (such an edit can matter only where training
-        moves the policy)."""
+    def reward_edits(self) -> tuple[set[str], set[str]]:
+        """The knobs and the moves that change the reward alone: what training optimizes, nothing
+        else (a reward edit can matter only where training moves the policy)."""
         knobs = set(self.knobs()) | set(self.surface.get("knobs") or {})
         return ({k for k in knobs if k.startswith("reward.")},
-                {name for name, move in self.moves.items() if move.shapes_training})
+                {name for name, move in self.moves.items() if move.shapes_reward})
 
     def knob(self, name: str) -> Any:
         section, key = name.split(".", 1)

@@ -41,14 +41,12 @@ def test_arith_declares_its_moves_with_docs():
         assert m.targets and set(m.targets) <= set(FAILURE_CATEGORIES)  # every arith move says what it aims at
     assert moves["reward_near_miss_credit"].targets == ("off_by_small", "sign_error")
     assert moves["data_worded_forms"].targets == ("wrong_answer",)
-    # the reward and data moves shape training alone (their effect scales with how far training
-    # moves the policy); the prompt moves change what the evaluator shows too
-    shaping = [n for n in ARITH_MOVES if n.startswith(("reward_", "data_"))]
-    assert [m.name for m in moves.values() if m.shapes_training] == shaping
-    # ... and with the reward's weights they are the scaffold's training edits, which the local
+    # the reward moves shape training alone (their effect scales with how far training moves the policy)
+    assert [m.name for m in moves.values() if m.shapes_reward] == [n for n in ARITH_MOVES if n.startswith("reward_")]
+    # ... and with the reward's weights they are the scaffold's reward edits, which the local
     # researcher's credit scales by how far training moved the policy
-    assert load_scaffold(ARITH, import_code=False).training_edits() == (
-        {"reward.correct", "reward.format", "reward.length"}, set(shaping))
+    assert load_scaffold(ARITH, import_code=False).reward_edits() == (
+        {"reward.correct", "reward.format", "reward.length"}, {n for n in ARITH_MOVES if n.startswith("reward_")})
 
 
 def test_a_scaffold_without_moves_yaml_has_no_moves(scaffold):

@@ -471,34 +471,33 @@ def test_the_evidence_steers_the_local_researcher_and_blanking_it_does_not(tmp_p
     assert "without the evidence" in hypothesis and "bad_format" not in hypothesis
 
 
-def test_training_moves_tried_where_training_moved_nothing_are_tried_again_once_it_moves(tmp_path, scaffold,
-                                                                                         base_model):
+def test_reward_moves_tried_where_training_moved_nothing_are_tried_again_once_it_moves(tmp_path, scaffold,
+                                                                                       base_model):
     """Eight rounds on an incumbent whose training left the policy as it was (weight change 1e-4):
     every candidate once, each scoring 0, as every edit does there. Then a kept change whose
     training moves the policy (6e-3). The researcher that reads the drift has learned nothing of
-    the reward and data moves from those zeros and proposes them as before they were tried; where
-    the results do not say how far training went, the same zeros wrote them off."""
+    the three reward moves from those zeros and proposes them as before they were tried; where the
+    results do not say how far training went, the same zeros wrote them off."""
     scaffold = one_knob_and_the_moves(scaffold)
     config = scaffold / "scaffold.yaml"
     original = config.read_text()
-    training_moves = {MoveEdit(name) for name, move in load_scaffold(scaffold, import_code=False).moves.items()
-                      if move.shapes_training}
-    assert len(training_moves) == 5
+    reward_moves = {MoveEdit(name) for name, move in load_scaffold(scaffold, import_code=False).moves.items()
+                    if move.shapes_reward}
 
     def at(round_no, weight_change):
         return Evidence(**incumbent_evidence(round_no, True).to_dict() | {"weight_change": weight_change})
 
-    def training_moves_after_the_rate(name, measured):
+    def reward_moves_after_the_rate(name, measured):
         config.write_text(original)
         researcher = local(tmp_path / name, base_model, stack=0)
         for n in range(1, 9):
             proposal = researcher.propose(at(n, 1e-4 if measured else None), MEMORY, scaffold)
             researcher.learn(proposal, {"decision": "revert", "delta": 0.0, "ci95": [-0.004, 0.004]})
         config.write_text(original.replace("loss_type: dapo", "loss_type: grpo"))  # the kept rate
-        return [researcher.propose(at(n, 6e-3 if measured else None), MEMORY, scaffold).edits[0] in training_moves
+        return [researcher.propose(at(n, 6e-3 if measured else None), MEMORY, scaffold).edits[0] in reward_moves
                 for n in range(9, 49)].count(True)
 
-    seeing, unmeasured = training_moves_after_the_rate("drift", True), training_moves_after_the_rate("none", False)
+    seeing, unmeasured = reward_moves_after_the_rate("drift", True), reward_moves_after_the_rate("none", False)
     assert seeing >= 20 and seeing >= 2 * unmeasured, (seeing, unmeasured)  # of 40 rounds (37 and 12 here)
 
 

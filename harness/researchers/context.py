@@ -11,10 +11,10 @@ Each feature is read off the incumbent's result (harness.analyze.Evidence) and l
 Beside them a context may carry `policy_drift` (DRIFT): how far training moved the incumbent's policy
 from the base, its relative weight change on a log scale, 0 at DRIFT_NONE and below, 1 at DRIFT_FULL
 and above. It is not a feature but a scale: where training leaves the policy as it was (TRL's lr
-1e-6 on a budget of 768 completions), a reward or data move scores the same as no move, and that
-zero says nothing of what the move does once a rate that moves the policy is kept; the credit model
-scales a training edit's effect by it (`credit.py`). A context without it (a result from before the
-measure, or blanked evidence) leaves training edits unscaled.
+1e-6 on a budget of 768 completions), a reward move scores the same as no move, and that zero says
+nothing of what the move does once a rate that moves the policy is kept; the credit model scales a
+reward edit's effect by it (`credit.py`). A context without it (a result from before the measure,
+or blanked evidence) leaves reward edits unscaled.
 
 The names and their order are fixed: observations saved in a checkpoint carry their context by name,
 so one written by an older version still reads. A name missing from a saved context counts as 0,

@@ -25,14 +25,13 @@ mean of TARGET_GAIN per unit of each such feature on its interaction: before any
 expected to help where those failures are common. It is a mean with the interaction's prior spread,
 not a rule: the outcomes of the rounds the move is tried in overturn it.
 
-Drift. A training edit (a `reward.*` weight, a move that patches only reward.py or data.py)
-changes what training optimizes or which examples it meets, not how far it goes: where training
-leaves the policy as it was, it changes nothing. Its row is scaled by the context's `policy_drift`
-(context.py; 1 where the context does not say), so a zero measured at drift 0 says nothing about
-the edit and neither moves its mean nor shrinks its prior scale (a round counts drift^2 of an
-observation there), and once a rate that moves the policy is kept the edit is expected to do what
-it was never able to show. Knobs of the optimizer itself (the learning rate sets the drift) are not
-scaled.
+Drift. A reward edit (a `reward.*` weight, a move that patches reward.py alone) changes what
+training optimizes, not how far it goes: where training leaves the policy as it was, it changes
+nothing. Its row is scaled by the context's `policy_drift` (context.py; 1 where the context does not
+say), so a zero measured at drift 0 says nothing about the edit and neither moves its mean nor
+shrinks its prior scale (a round counts drift^2 of an observation there), and once a rate that
+moves the policy is kept the edit is expected to do what it was never able to show. Knobs of the
+optimizer itself (the learning rate sets the drift) are not scaled.
 
 `sample` draws one posterior sample of the weights (Thompson sampling) and gives, per candidate
 edit, the gain it predicts over the incumbent's value in a context; `predict` gives the posterior
@@ -77,7 +76,7 @@ def position(spec: dict, value: Any) -> float:
 
 
 def drift_of(context: dict[str, float] | None) -> float:
-    """The scale of a training edit's effect in `context`: its `policy_drift`, 1 where it has none."""
+    """The scale of a reward edit's effect in `context`: its `policy_drift`, 1 where it has none."""
     drift = (context or {}).get(DRIFT)
     return 1.0 if drift is None else float(drift)
 
@@ -97,7 +96,7 @@ class CreditModel:
     def __init__(self, specs: dict[str, dict], targets: dict[str, tuple[str, ...]] | None = None,
                  scaled: set[str] | frozenset[str] = frozenset()):
         self.specs = dict(specs)
-        self.scaled = set(scaled)  # the training edits: their effect scales with the context's policy_drift
+        self.scaled = set(scaled)  # the reward edits: their effect scales with the context's policy_drift
         self.offsets: dict[str, tuple[int, int]] = {}
         start = 0
         for name in sorted(self.specs):
@@ -139,12 +138,12 @@ class CreditModel:
         return phi
 
     def scale(self, knob: str, context: dict[str, float] | None) -> float:
-        """How much of the knob's effect shows in `context`: its drift for a training edit, else all."""
+        """How much of the knob's effect shows in `context`: its drift for a reward edit, else all."""
         return drift_of(context) if knob in self.scaled else 1.0
 
     def design(self, knob: str, old: Any, new: Any, context: dict[str, float] | None) -> np.ndarray:
         """The regression row of an edit in a context: its change of features, then that change
-        times each context feature; a training edit's whole row times the context's drift."""
+        times each context feature; a reward edit's whole row times the context's drift."""
         change = self.scale(knob, context) * (self.features(knob, new) - self.features(knob, old))
         return np.concatenate([change, np.outer(context_vector(context), change).ravel()])
 

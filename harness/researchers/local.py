@@ -39,8 +39,8 @@ were malformed is expected to pay off again where they are). A move's `targets` 
 that a weak start, a prior the outcomes overturn. `evidence: false` blanks it all, for the
 ablation: no summary in the prompt and the zero context, now and in the observations it saves.
 
-Where training leaves the policy as it was (TRL's lr 1e-6), a training edit (a `reward.*` weight, a
-move on reward.py or data.py) cannot show what it does; the incumbent's `policy_drift`, how far its training
+Where training leaves the policy as it was (TRL's lr 1e-6), a reward edit (a `reward.*` weight, a
+move on reward.py) cannot show what it does; the incumbent's `policy_drift`, how far its training
 moved the weights, scales such an edit's effect in the credit model, so its zeros there do not
 write it off for later, when a kept rate moves the policy.
 
@@ -346,10 +346,10 @@ class LocalResearcher(Researcher):
         edits = [credit_edit(edit) for _, edit in candidates]
         moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
         targets = {name: target_features(move.targets) for name, move in moves.items()}
-        training_knobs, training_moves = scaffold.training_edits()
-        training_edits = (training_knobs & set(specs)) | {f"{MOVE_KNOB}{name}" for name in training_moves}
+        reward_knobs, reward_moves = scaffold.reward_edits()
+        reward_edits = (reward_knobs & set(specs)) | {f"{MOVE_KNOB}{name}" for name in reward_moves}
         credit = CreditModel(specs | {name: {"type": "bool", "choices": [False, True]} for name in moves},
-                             targets=targets, scaled=training_edits)
+                             targets=targets, scaled=reward_edits)
         current = current | dict.fromkeys(moves, False)  # a move on offer is not applied
         context = evidence_context(evidence) if self.evidence else blank_context()
         if self.credit_weight > 0:
