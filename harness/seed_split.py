@@ -14,8 +14,9 @@ The parts share one training key: the first one sent trains the policy (when it 
 the others wait for it in the cache (`RayPool`), then score their seeds beside it; where the key
 cannot be told yet (a campaign's baseline, planned before its data is built) each part trains it,
 at once. A run that also scores the calibration split, or with one seed, is never split. Each part
-runs in a folder of its own under the run's (`seeds-1-2/`: its job.json, logs and result); the run's result.json and
-samples.jsonl are the merged ones. A part that fails fails the run, with the part's reason.
+runs in a folder of its own under the run's (`seeds-1-2/`: its job.json, logs and result); the
+run's result.json and samples.jsonl are the merged ones. A part that fails fails the run, with the
+part's reason.
 
     chunks = splits(jobs, [plan.seconds for plan in plans], workers)   # {job index: [[0], [1, 2]]}
     parts = [part_job(jobs[i], seeds) for seeds in chunks[i]]

@@ -14,6 +14,7 @@ from pathlib import Path
 import git
 import optuna
 import pytest
+import yaml
 from fast_scaffold import TEST_PRESET, fast_scaffold
 from test_round_steps import kill_after, reference_run, watch
 
@@ -154,8 +155,8 @@ def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_
         edits = proposals[0]["edits"]
         training = any("move" in e or not e["knob"].startswith("sampling.") for e in edits)
         before = journal.step_output(n, "decide")["commits"]["incumbent_before"]
-        greedy_already = "temperature: 0.0" in repo.commit(before).tree[
-            "scaffold.yaml"].data_stream.read().decode()  # an earlier round kept the companion
+        incumbent = yaml.safe_load(repo.commit(before).tree["scaffold.yaml"].data_stream.read())
+        greedy_already = incumbent["sampling"]["temperature"] == 0.0  # an earlier round kept the companion
         if not training or greedy_already or any(e.get("knob", "").startswith("sampling.") for e in edits):
             assert len(proposals) == 1 and (path / "rounds" / f"{n:03d}" / "result.json").is_file()
             continue

@@ -63,7 +63,8 @@ RETRAINED = ["rounds/001/retrain/seed-1", "rounds/000/retrain/seed-1"]
 def fake_run_scaffold(scaffold_dir, out, *, heldout=False, seeds, train_seed, **options) -> dict:
     config = yaml.safe_load((Path(scaffold_dir) / "scaffold.yaml").read_text())
     temperature = config["sampling"]["temperature"]
-    code = [(Path(scaffold_dir) / name).read_text() for name in ("reward.py", "prompt.py", "data.py")]
+    code = [(Path(scaffold_dir) / name).read_text() for name in ("reward.py", "prompt.py", "data.py")
+            if (Path(scaffold_dir) / name).is_file()]  # data.py is optional
     trained = json.dumps([config["grpo"], config["reward"], code, train_seed], sort_keys=True)  # as the cache key
     result = {"schema_version": SCHEMA_VERSION, "status": "ok", "seeds": list(seeds),
               "scaffold": {"path": str(scaffold_dir), "commit": scaffold_commit(scaffold_dir)},
