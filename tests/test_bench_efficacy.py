@@ -2,22 +2,16 @@
 time with `--first-seed`, its record taken later in its place, and bad seed arguments refused
 before anything runs."""
 
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from bench_script import bench_script
 
 
 def efficacy(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, str(REPO / "bench" / "efficacy.py"), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return bench_script("efficacy.py", *args, timeout=600)
 
 
 @pytest.mark.slow

@@ -3,23 +3,19 @@ with the evidence and one without, its table, its records standing in for the ca
 bad arguments refused before anything runs."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from bench_script import bench_script
 
-REPO = Path(__file__).resolve().parents[1]
 HEADER = "| evidence | final level at round | pair's best at round | final accuracy | held-out | kept | false keeps |"
 
 
 def evidence(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, str(REPO / "bench" / "evidence.py"), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return bench_script("evidence.py", *args, timeout=900)
 
 
 def table_rows(out: str) -> dict[str, list[str]]:

@@ -2,22 +2,16 @@
 prints its rows side by side and a line saying whether its target is met. Timings are not checked
 (this machine is shared); that each bench still runs and reports every ratio is."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from bench_script import bench_script
 
-REPO = Path(__file__).resolve().parents[1]
 RATIO = r"(\d+\.\d+)x"
 
 
 def bench(script: str, *args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = bench_script(script, *args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
