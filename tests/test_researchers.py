@@ -245,15 +245,19 @@ def test_value_level_credit_turns_one_good_outcome_into_more(tmp_path, scaffold,
     assert (f"the credit model, from {seen} earlier round" in proposal.hypothesis) == (seen > 0)
 
 
-def test_learn_raises_the_rewarded_proposal_and_saves(tmp_path, scaffold, base_model):
+def test_learn_raises_the_rewarded_proposal_and_save_writes_it(tmp_path, scaffold, base_model):
     researcher = local(tmp_path / "campaign", base_model, learning_rate=1e-3)
     proposal = researcher.propose(evidence(1), MEMORY, scaffold)
     before = researcher.log_prob(proposal)
     weights = researcher.policy.lm_head.weight.detach().clone()
+    state_file = tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json"
+    on_disk = state_file.read_text()
     researcher.learn(proposal, {"decision": "keep", "delta": 0.05})
     assert not torch.equal(weights, researcher.policy.lm_head.weight)
     assert researcher.log_prob(proposal) > before + 0.01
-    state = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text())
+    assert state_file.read_text() == on_disk  # learning writes nothing: the campaign saves once a round
+    researcher.save(researcher.dir)
+    state = json.loads(state_file.read_text())
     assert state["tried"] == {json.loads((tmp_path / "campaign" / "researcher" / "pending.json").read_text())[
         "state"]: [edit_text(proposal.edits[0])]}
     assert {k: state[k] for k in ("baseline", "rounds_learned", "last_learned_round")} == {
@@ -282,6 +286,7 @@ def test_local_proposes_k_distinct_edits_and_learns_each_once(tmp_path, scaffold
 
     for proposal, delta in zip(proposals, (0.02, -0.01, 0.0)):
         researcher.learn(proposal, {"decision": "revert", "delta": delta, "ci95": [delta - 0.01, delta + 0.01]})
+    researcher.save(researcher.dir)
     state = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text())
     assert state["rounds_learned"] == 3 and state["learned_in_round"] == [0, 1, 2]
     assert [o["delta"] for o in state["observations"]] == [0.02, -0.01, 0.0]
@@ -322,6 +327,7 @@ def test_a_change_to_training_comes_with_a_companion_under_each_decoder(tmp_path
         validate(proposal, scaffold)
 
     researcher.learn(companions[0], {"decision": "keep", "delta": 0.08, "ci95": [0.04, 0.12]})
+    researcher.save(researcher.dir)
     (observation,) = json.loads((tmp_path / "campaign" / "researcher" / "checkpoint" / "state.json").read_text()
                                 )["observations"]
     (edit,) = training[0].edits
@@ -357,6 +363,7 @@ def test_local_never_repeats_a_tried_edit_until_the_grid_is_used_up(tmp_path, sc
     assert choices == [3, 2, 1]  # each tried edit is left out of the next choice
     assert researcher.propose(evidence(4), MEMORY, scaffold).edits[0].value in values
     assert offered() == 3  # all tried: the whole grid is open again
+    researcher.save(researcher.dir)
     reloaded = local(tmp_path / "campaign", base_model)  # the tried edits are part of the checkpoint
     assert len(next(iter(reloaded.state["tried"].values()))) == 3
 
@@ -398,6 +405,7 @@ def test_checkpoint_reloads_to_identical_proposals(tmp_path, scaffold, base_mode
     researcher = local(campaign, base_model, learning_rate=1e-3)
     proposal = researcher.propose(evidence(1), MEMORY, scaffold)
     researcher.learn(proposal, {"decision": "revert", "delta": -0.02})
+    researcher.save(campaign / "researcher")
     expected = [researcher.propose(evidence(n), MEMORY, scaffold) for n in (2, 3, 4)]
 
     reloaded = local(campaign, base_model, learning_rate=1e-3)  # picks up campaign/researcher/checkpoint

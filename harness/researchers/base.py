@@ -58,7 +58,8 @@ class Researcher:
         raise NotImplementedError(f"researcher {self.name} proposes one candidate a round")
 
     def learn(self, proposal: Proposal, verdict: dict) -> None:
-        """Online update from the final verdict of the round that `proposal` was made for."""
+        """Online update from the final verdict of the round that `proposal` was made for; `save`
+        makes it last (a campaign saves once a round, after every candidate's update)."""
 
     def save(self, dir: Path) -> None:
         """Write the researcher's state (a checkpoint) into `dir`."""

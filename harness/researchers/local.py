@@ -64,8 +64,10 @@ Learn. REINFORCE on the tokens of the proposal under the same masked distributio
 keep, -1 for a failed run, otherwise the accuracy delta scaled and clipped to [-1, 1]; minus a
 running-mean baseline; one Adam step. The round's delta and interval are added to the credit
 model's observations (a move as the choice knob `move:<name>`, from off to on), with the context
-the proposal was made in. The checkpoint (weights, tokenizer, optimizer, state with the
-observations) is then saved, so the researcher that runs the loop is the one that learned from it.
+the proposal was made in. The campaign then saves the checkpoint (weights, tokenizer, optimizer,
+state with the observations) once for the round's candidates, so the researcher that runs the loop
+is the one that learned from them; a kill before that save loses the round's steps with it, and
+the resumed round learns them again from the checkpoint before.
 
 Files under `campaign_dir/researcher/` (`save(dir)` and `load(dir)` take such a folder):
 `checkpoint/`, a copy of the base model on first use, then the latest learned one, replaced
@@ -243,7 +245,7 @@ class LocalResearcher(Researcher):
         never leaves a half-written checkpoint."""
         checkpoint = self._checkpoint(dir)
         if self._saved == (checkpoint.resolve(), json.dumps(self.state)):
-            return  # nothing learned since this folder was written (learn saves by itself)
+            return  # nothing learned since this folder was written
         with replacing_dir(checkpoint) as tmp:
             save_policy(self.policy, self.tokenizer, tmp)
             torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
@@ -492,8 +494,9 @@ class LocalResearcher(Researcher):
         return float(np.clip(verdict["delta"] * self.reward_scale, -1.0, 1.0))
 
     def learn(self, proposal: Proposal, verdict: dict) -> None:
-        """One REINFORCE step for one pending proposal of its round, then save. Call it once per
-        candidate with its final verdict; a second call for the same candidate (a resume) does nothing."""
+        """One REINFORCE step for one pending proposal of its round (in memory: `save` writes it).
+        Call it once per candidate with its final verdict; a second call for the same candidate (a
+        resume) does nothing."""
         pending, index, pick = self._pending_pick(proposal)
         learned = self.state.get("learned_in_round", [0])  # a state from before: its one pick
         if pending["round"] < self.state["last_learned_round"] or (
@@ -526,4 +529,3 @@ class LocalResearcher(Researcher):
                       "last_learned_round": pending["round"], "tried": tried, "observations": observations,
                       "learned_in_round": [*(learned if same_round else []), index]}
         self.counts["learn_steps"] += 1
-        self.save(self.dir)
