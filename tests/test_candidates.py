@@ -16,12 +16,13 @@ import optuna
 import pytest
 import yaml
 from fast_scaffold import TEST_PRESET, fast_scaffold
-from test_round_steps import kill_after, reference_run, watch
+from test_round_steps import Killed, kill_after, reference_run, watch
 
 from harness.campaigns import create_campaign
 from harness.candidates import CandidatesCampaign
 from harness.config import ConfigError, compose_config
 from harness.journal import STEPS, Journal
+from harness.researchers.local import LocalResearcher
 from model import build_policy, build_tokenizer, save_policy
 
 ARITH = Path(__file__).resolve().parents[1] / "scaffolds" / "arith"
@@ -131,6 +132,43 @@ def test_local_proposes_k_distinct_candidates_and_learns_from_each(tmp_path, mon
     state = json.loads((path / "researcher" / "checkpoint" / "state.json").read_text())
     assert state["rounds_learned"] == 4 and state["last_learned_round"] == 2 and state["learned_in_round"] == [0, 1]
     assert len(state["observations"]) == 4
+
+
+def test_a_kill_between_two_candidates_learns_resumes_to_the_same_researcher(tmp_path, monkeypatch):
+    """The researcher learns from a round's candidates in memory and the campaign saves it once:
+    a kill after the first candidate's update (nothing saved yet) resumes from the checkpoint before
+    the round and learns both again, ending where a campaign without the kill ends."""
+    watch(monkeypatch)
+    base = tmp_path / "base"
+    tokenizer = build_tokenizer([(ARITH / "surface.yaml").read_text(), (ARITH / "moves.yaml").read_text()])
+    save_policy(build_policy(TEST_PRESET, tokenizer, seed=0), tokenizer, base)
+    options = ("researcher=local", "researcher.context_tokens=256", "researcher.learning_rate=1e-3",
+               f"base_model={base}", "rounds=2", "researcher.companions=false")
+    config, whole = new_campaign(tmp_path, "whole", *options)
+    assert CandidatesCampaign(config, whole).run()["status"] == "finished"
+
+    learn, calls = LocalResearcher.learn, []
+
+    def killed_in_round_2(self, proposal, verdict):
+        learn(self, proposal, verdict)
+        calls.append(json.loads(self.pending_file.read_text())["round"])
+        if calls.count(2) == 1:
+            raise Killed("learn")
+
+    config, path = new_campaign(tmp_path, "killed", *options)
+    with monkeypatch.context() as m:
+        m.setattr(LocalResearcher, "learn", killed_in_round_2)
+        with pytest.raises(Killed):
+            CandidatesCampaign(config, path).run()
+    on_disk = json.loads((path / "researcher" / "checkpoint" / "state.json").read_text())
+    assert on_disk["last_learned_round"] == 1 and on_disk["rounds_learned"] == 2  # round 2's update was lost
+
+    assert CandidatesCampaign(config, path).run()["status"] == "finished"
+    ends = [(p / "researcher" / "checkpoint") for p in (whole, path)]
+    states = [json.loads((c / "state.json").read_text()) for c in ends]
+    assert states[1]["rounds_learned"] == 4 and states[1]["learned_in_round"] == [0, 1]
+    assert states[1] == states[0]
+    assert (ends[1] / "model.safetensors").read_bytes() == (ends[0] / "model.safetensors").read_bytes()
 
 
 def test_a_change_to_training_comes_with_its_decoder_companion_trained_once(tmp_path, monkeypatch):
