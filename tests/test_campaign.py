@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import git
 import pytest
+from bench_script import bench_script
 from fast_scaffold import COMPLETIONS, campaign_root
 from mlflow.tracking import MlflowClient
 
@@ -265,8 +265,7 @@ def test_a_change_to_training_is_retrained_on_a_fresh_seed_before_it_is_kept(set
     assert "| +0.0000 over 2 trainings (false keep) |" in (camp / "summary.md").read_text()
     assert run.data.metrics["heldout/delta_by_train_seed/1"] == 0.0
     # bench/heldout_keeps.py, which scores the keeps of campaigns from before this record, gives the same.
-    bench = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "heldout_keeps.py"), str(camp)],
-                           capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    bench = bench_script("heldout_keeps.py", str(camp))
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert "retrain: 3 re-trained keep(s)" in bench.stdout
     for n in (1, 3, 4):
