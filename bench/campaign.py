@@ -39,6 +39,7 @@ use_offline_env()
 
 from harness.campaigns import create_campaign, run_campaign  # noqa: E402
 from harness.config import ConfigError, compose_config  # noqa: E402
+from harness.fill import FILL_NOTE  # noqa: E402
 from harness.journal import STEPS, Journal  # noqa: E402
 from rl_pipeline.result import read_result  # noqa: E402
 from rounds import work  # noqa: E402  (bench/rounds.py: training and scoring time of a result)
@@ -105,6 +106,12 @@ def evaluated(journal: Journal, n: int) -> int:
     return 0 if output is None else len([c for c in output.get("candidates", [output]) if c])
 
 
+def fills(journal: Journal, n: int) -> int:
+    """Round n's sampling-only fills (`runner.fill`, harness/fill.py) among its candidates."""
+    proposed = journal.step_output(n, "propose") or {}
+    return sum(p["hypothesis"].endswith(FILL_NOTE) for p in proposed.get("candidates") or [])
+
+
 def evaluation_work(round_dir: Path) -> float:
     """Training and scoring seconds of every evaluation in a round's folder (each wrote a job.json);
     a result that a later one was merged into counts only its own part."""
@@ -126,10 +133,12 @@ def report(journal: Journal, campaign: Path, rounds: int, label: str, *, wall_s:
             per_step[step] += journal.step_seconds(n, step) or 0.0
     rounds_s = sum(per_step.values())
     candidates = sum(evaluated(journal, n) for n in range(1, rounds + 1))
+    filled = sum(fills(journal, n) for n in range(1, rounds + 1))
     overhead = rounds_s - sum(evaluation_work(campaign / "rounds" / f"{n:03d}") for n in range(1, rounds + 1))
     setup = f" after a {wall_s - rounds_s:.1f}s setup (base checks, baseline evaluation)" if wall_s else ""
     print(f"{rounds} rounds ({label}) in {rounds_s:.1f}s{setup}: {3600 * rounds / rounds_s:.1f} rounds/hour, "
-          f"{3600 * candidates / rounds_s:.1f} candidates evaluated/hour")
+          f"{3600 * candidates / rounds_s:.1f} candidates evaluated/hour"
+          + (f" ({filled} of the {candidates} candidates were sampling-only fills)" if filled else ""))
     print(f"round overhead (round time less evaluation work): {overhead / rounds:.2f}s/round")
     print(f"{'step':16s}{'seconds/round':>15s}{'share':>8s}")
     for step in STEPS:

@@ -4,7 +4,8 @@ it may be kept (harness.selection).
 
 A round's candidates are what the researcher proposes: K, fewer when it has no more, or more when
 it pairs a change to training with decoder companions (the local researcher, `researcher.companions`;
-then even K = 1 runs here). A round that ends up with one proposal goes the one-candidate way
+then even K = 1 runs here), or when a pool's worker would idle beside the round's training and the
+researcher adds sampling-only fills (`runner.fill`, harness/fill.py). A round that ends up with one proposal goes the one-candidate way
 (`harness.campaign`, its files in rounds/NNN/); the level of the re-test is the number evaluated.
 
 A round goes through the steps of `harness.journal.STEPS`, whose outputs hold every candidate:
@@ -43,6 +44,7 @@ from harness.analyze import Evidence
 from harness.approvals import keep_question, proposal_question
 from harness.campaign import SNAPSHOTS, Campaign, _write_json
 from harness.compare import decide, merge_results, on_more_examples
+from harness.fill import fill_count, recent_seconds
 from harness.proposal import ProposalError, parse_proposal
 from harness.selection import choose, confirm, promising
 from harness.training_noise import calibration_dir
@@ -108,6 +110,7 @@ class CandidatesCampaign(Campaign):
         context = self.memory.render(self.config["memory_budget_tokens"])
         try:
             proposals = self.researcher.propose_many(Evidence(**evidence), context, self.workspace.path, self.count)
+            proposals += self._fills(Evidence(**evidence), context, proposals)
         except ProposalError as err:
             return {"error": f"invalid proposal: {err}", "proposal": None, "candidates": []}
         if len(proposals) == 1:
@@ -116,6 +119,17 @@ class CandidatesCampaign(Campaign):
         for k, proposal in enumerate(proposals, 1):
             _write_json(candidate_dir(out, k) / "proposal.json", proposal.to_dict())
         return {"proposal": None, "candidates": [p.to_dict() for p in proposals]}
+
+    def _fills(self, evidence: Evidence, context: str, proposals: list) -> list:
+        """Sampling-only candidates in the time the round's own leave a pool's worker idle
+        (`runner.fill`, `harness.fill`): at most `candidates_per_round` on each idle worker."""
+        workers = self.pool.workers if self.pool is not None and self.config["runner"].get("fill") else 1
+        seconds = recent_seconds(self.rounds_dir, round_no=evidence.round, seeds=len(self.config["eval_seeds"]))
+        if workers < 2 or seconds is None:
+            return []
+        count = fill_count(proposals, workers=workers, train_s=seconds[0], score_s=seconds[1],
+                           most=self.count * (workers - 1))
+        return self.researcher.propose_fills(evidence, context, self.workspace.path, count, proposals) if count else []
 
     def _apply_all(self, n: int, proposals: list) -> dict:
         applied = []

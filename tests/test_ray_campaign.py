@@ -1,6 +1,7 @@
 """Campaigns of two candidates a round on a real local Ray (no mock), through the `researcher` CLI:
 real runner and sandbox, git, MLflow and Optuna. A Ray worker killed in the middle of a round is
-one failed candidate and the campaign goes on; a kill -9 of the campaign leaves no process of its
+one failed candidate and the campaign goes on; sampling-only fills join a round whose training
+leaves a worker idle, each a candidate like the others; a kill -9 of the campaign leaves no process of its
 Ray, and the resumed campaign has exactly one MLflow child run per candidate and the study's trials
 told once each.
 """
@@ -8,21 +9,24 @@ told once each.
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import git
 import optuna
 import psutil
 import pytest
-from fast_scaffold import campaign_root
+from fast_scaffold import campaign_root, with_budget
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+from harness.fill import FILL_NOTE
 from harness.journal import Journal
 from harness.training_noise import retrain_dir
 
@@ -110,6 +114,34 @@ def test_two_candidates_a_round_on_ray_and_a_killed_worker_is_one_failed_candida
         assert {r.path for r in repo.refs} >= {f"refs/rejected/{n:03d}", f"refs/rejected/{n:03d}-{3 - chosen}"}
     assert child_runs(root, "ray2") == [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2)]
     assert not [p for p in psutil.Process().children(recursive=True) if "ray" in cmdline(p)]
+
+
+def test_sampling_only_fills_join_a_round_whose_training_leaves_a_worker_idle(setup):
+    """The random researcher (seed 2) draws a change to training and a decoder in rounds 1 and 2; at a
+    budget where training takes several scorings, the plan adds one or two sampling-only fills,
+    drawn apart from the round's own (which are those of the same campaign without fills), each
+    evaluated, recorded and given its MLflow child run."""
+    root, scaffold, _ = setup
+    slow = with_budget(Path(shutil.copytree(scaffold, root / "fill_arith")), 512)
+    for name, fill in (("fill2", "true"), ("plain2", "false")):
+        assert main(["start", *overrides(root, slow, name=name, researcher="random", seed=2,
+                                         **{"runner.fill": fill})]) == 0
+    filled, plain = Journal(root / "runs" / "fill2"), Journal(root / "runs" / "plain2")
+    counts = []
+    for n in (1, 2):
+        own, proposed = (j.step_output(n, "propose")["candidates"] for j in (plain, filled))
+        fills = proposed[2:]
+        assert len(own) == 2 and proposed[:2] == own and 1 <= len(fills) <= 2
+        assert [p["edits"][0].get("knob", "").startswith("sampling.") for p in own] == [False, True]
+        assert all(f["hypothesis"].endswith(FILL_NOTE) and len(f["edits"]) == 1
+                   and f["edits"][0]["knob"].startswith("sampling.") for f in fills)
+        assert [c["status"] for c in filled.step_output(n, "evaluate")["candidates"]] == ["ok"] * len(proposed)
+        assert len(filled.step_output(n, "compare")["candidates"]) == len(proposed)
+        summary = json.loads((root / "runs" / "fill2" / "rounds" / f"{n:03d}" / "candidates.json").read_text())
+        assert [c["proposal"] for c in summary] == proposed
+        counts.append(len(proposed))
+    assert child_runs(root, "fill2") == [(0, 0)] + [(n, k) for n, c in zip((1, 2), counts) for k in range(1, c + 1)]
+    assert child_runs(root, "plain2") == [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2)]
 
 
 def test_a_retrain_trains_the_candidate_and_the_incumbent_at_once_on_ray(setup):

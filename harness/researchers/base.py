@@ -57,6 +57,13 @@ class Researcher:
             return [self.propose(evidence, memory_text, scaffold_dir)]
         raise NotImplementedError(f"researcher {self.name} proposes one candidate a round")
 
+    def propose_fills(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int,
+                      taken: list[Proposal]) -> list[Proposal]:
+        """Up to `count` more proposals for the same round that set sampling knobs alone
+        (`harness.fill`: they decode with a policy already trained, in time a worker would idle),
+        distinct from `taken` (the round's), each learned from on its own. The default: none."""
+        return []
+
     def learn(self, proposal: Proposal, verdict: dict) -> None:
         """Online update from the final verdict of the round that `proposal` was made for; `save`
         makes it last (a campaign saves once a round, after every candidate's update)."""
@@ -80,10 +87,15 @@ class Researcher:
 # ---------------------------------------------------------------------------------------------
 # shared by the knob-search backends and the prompts
 
-def round_seed(seed: int, round_no: int) -> int:
+FILL_STREAM = 1  # `round_seed(..., stream=FILL_STREAM)`: a round's fills, drawn apart from its proposals
+
+
+def round_seed(seed: int, round_no: int, stream: int | None = None) -> int:
     """A seed for one round of one campaign: the same (seed, round) always draws the same proposal,
-    and neighbouring rounds get unrelated streams (not seed + round, which would overlap campaigns)."""
-    return int(np.random.SeedSequence([seed, round_no]).generate_state(1)[0])
+    and neighbouring rounds get unrelated streams (not seed + round, which would overlap campaigns);
+    `stream` names another stream of the same round (its fills)."""
+    entropy = [seed, round_no] if stream is None else [seed, round_no, stream]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def searchable(spec: dict) -> bool:

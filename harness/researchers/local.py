@@ -54,6 +54,11 @@ the one learned from.
 Several candidates a round (`propose_many`): K distinct edits drawn without replacement from the
 same scores, each learned from on its own verdict.
 
+Fills (`propose_fills`, harness/fill.py): where a pool's worker would idle beside the round's
+training, more edits of one sampling knob each, drawn without replacement from the same model
+scores restricted to them (the credit model's draw from the round's stream of fills), added to
+the round's pending picks and learned from as its other candidates are.
+
 Decoder companions (`companions`). A proposal that changes training (and sets no sampling knob)
 is followed by a companion per decoder the scaffold declares (surface `decoders`): the same edits
 plus the decoder's, which trains the same policy and decodes it otherwise (a recipe may pay off
@@ -83,6 +88,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +98,10 @@ import torch
 from harness.analyze import Evidence
 from harness.config import LocalOptions, parse_config
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
-from harness.researchers.base import (Researcher, ResearcherExhausted, decoder_companions, move_hypothesis,
-                                      move_space, round_seed, same_value, scaffold_knob_space, short_float)
+from harness.fill import FILL_NOTE, SAMPLING
+from harness.researchers.base import (FILL_STREAM, Researcher, ResearcherExhausted, decoder_companions,
+                                      move_hypothesis, move_space, round_seed, same_value, scaffold_knob_space,
+                                      short_float)
 from harness.researchers.context import RATES, blank_context, evidence_context, target_features
 from harness.researchers.credit import CreditModel
 from harness.researchers.stacking import (JOIN, StackPick, edit_record, measured_on, near_misses, pick_stack,
@@ -264,6 +272,7 @@ class LocalResearcher(Researcher):
             for group in self.optimizer.param_groups:  # the configured rate wins over the saved one
                 group["lr"] = self.lr
         self._saved = (checkpoint.resolve(), json.dumps(self.state))
+        self._scores: tuple[str, np.ndarray] | None = None  # the last prompt and candidates scored, and their scores
 
     def usage(self) -> dict:
         return dict(self.counts) | {"rounds_learned": self.state["rounds_learned"],
@@ -322,9 +331,10 @@ class LocalResearcher(Researcher):
     def propose(self, evidence: Evidence, memory_text: str, scaffold_dir: Path) -> Proposal:
         return self.propose_many(evidence, memory_text, scaffold_dir, 1)[0]
 
-    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
-        """`count` distinct edits drawn without replacement from the same scores (fewer when fewer
-        are on offer); one draw is exactly what `propose` gives."""
+    def _offer(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, rng: np.random.Generator) -> dict:
+        """What a round's draws are made from: the scaffold, the candidate edits on offer and the
+        probability of each (the model's masked scores plus the credit model's draw from `rng`),
+        with the prompt, the sequences and the context the pending file records."""
         scaffold = load_scaffold(scaffold_dir, import_code=False)
         specs, current = scaffold_knob_space(scaffold)
         candidates = self._candidate_edits(Path(scaffold_dir), scaffold, specs, current)
@@ -343,8 +353,10 @@ class LocalResearcher(Researcher):
         room = min(self.context_tokens,
                    self.policy.config.max_position_embeddings - max(len(s) for s in sequences))
         prompt_ids = self._prompt_ids(evidence, memory_text, room)
-        rng = np.random.default_rng(round_seed(self.seed, evidence.round))
-        scores = self._candidate_logprobs(prompt_ids, sequences, build_trie(sequences))
+        scored = hashlib.sha256(json.dumps([prompt_ids, sequences]).encode()).hexdigest()
+        if self._scores is None or self._scores[0] != scored:  # a round's fills score what its proposals did
+            self._scores = (scored, self._candidate_logprobs(prompt_ids, sequences, build_trie(sequences)))
+        scores = self._scores[1]
         edits = [credit_edit(edit) for _, edit in candidates]
         moves = {f"{MOVE_KNOB}{name}": move for name, move in scaffold.moves.items()}
         targets = {name: target_features(move.targets) for name, move in moves.items()}
@@ -358,7 +370,24 @@ class LocalResearcher(Researcher):
             credit.fit(self.state.get("observations", []))
             scores = scores + self.credit_weight * credit.sample(edits, current, rng, context)
         probs = np.exp(scores - scores.max())
-        probs = probs / probs.sum()
+        return {"scaffold": scaffold, "current": current, "candidates": candidates, "offered": offered,
+                "tried": tried, "state_key": state_key, "sequences": sequences, "prompt_ids": prompt_ids,
+                "moves": moves, "targets": targets, "credit": credit, "context": context,
+                "probs": probs / probs.sum()}
+
+    def _change(self, edit: KnobEdit | MoveEdit, offer: dict) -> str:
+        knob, _ = credit_edit(edit)
+        return (move_hypothesis(edit.move, offer["moves"][knob].doc) if isinstance(edit, MoveEdit)
+                else f"set {edit.knob} from {offer['current'][edit.knob]} to {edit.value}")
+
+    def propose_many(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int) -> list[Proposal]:
+        """`count` distinct edits drawn without replacement from the same scores (fewer when fewer
+        are on offer); one draw is exactly what `propose` gives."""
+        rng = np.random.default_rng(round_seed(self.seed, evidence.round))
+        offer = self._offer(evidence, memory_text, scaffold_dir, rng)
+        scaffold, current, candidates, offered = offer["scaffold"], offer["current"], offer["candidates"], offer["offered"]
+        tried, state_key, sequences, prompt_ids = offer["tried"], offer["state_key"], offer["sequences"], offer["prompt_ids"]
+        moves, targets, credit, context, probs = (offer[key] for key in ("moves", "targets", "credit", "context", "probs"))
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
         choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
@@ -370,9 +399,7 @@ class LocalResearcher(Researcher):
                 choice = stack.index
             edit = candidates[choice][1]
             knob, _ = credit_edit(edit)
-            change = (move_hypothesis(edit.move, moves[knob].doc) if isinstance(edit, MoveEdit)
-                      else f"set {edit.knob} from {current[edit.knob]} to {edit.value}")
-            hypothesis = self._hypothesis(evidence, edit, change, current[knob], credit, context)
+            hypothesis = self._hypothesis(evidence, edit, self._change(edit, offer), current[knob], credit, context)
             pick = {"choice": choice, "old_value": current[knob]}
             if stack is None:
                 proposal = Proposal(hypothesis, (edit,))
@@ -397,6 +424,40 @@ class LocalResearcher(Researcher):
             "round": evidence.round, "picks": picks, "state": state_key, "prompt_ids": prompt_ids,
             "candidates": [t for t, _ in candidates], "sequences": sequences, "context": context}))
         return proposals
+
+    def propose_fills(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int,
+                      taken: list[Proposal]) -> list[Proposal]:
+        """Up to `count` more edits of one sampling knob each, drawn without replacement from the same
+        scores restricted to them (with the round's stream of fills), none of them one of `taken`;
+        added to the round's pending picks, so each is learned from as the round's others are."""
+        if count < 1 or not self.pending_file.is_file():
+            return []
+        pending = json.loads(self.pending_file.read_text())
+        rng = np.random.default_rng(round_seed(self.seed, evidence.round, FILL_STREAM))
+        offer = self._offer(evidence, memory_text, scaffold_dir, rng)
+        candidates, current = offer["candidates"], offer["current"]
+        if pending.get("round") != evidence.round or pending.get("candidates") != [t for t, _ in candidates]:
+            raise ValueError(f"the local researcher's pending proposals are not round {evidence.round}'s: "
+                             "fills are drawn after the round's proposals, from the same candidates")
+        edits = {json.dumps(p.to_dict()["edits"]) for p in taken}
+        allowed = np.array([isinstance(edit, KnobEdit) and edit.knob.startswith(SAMPLING)
+                            and json.dumps([asdict(edit)]) not in edits for _, edit in candidates])
+        probs = np.where(allowed, offer["probs"], 0.0)
+        size = min(count, int(np.count_nonzero(probs)))
+        if size == 0:
+            return []
+        choices = [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs / probs.sum())]
+        fills = []
+        for choice in choices:
+            edit = candidates[choice][1]
+            hypothesis = self._hypothesis(evidence, edit, self._change(edit, offer), current[edit.knob],
+                                          offer["credit"], offer["context"])
+            fills.append(Proposal(hypothesis + FILL_NOTE, (edit,)))
+            pending["picks"].append({"proposal": fills[-1].to_dict(), "choice": choice, "old_value": current[edit.knob]})
+            self.counts["generated_tokens"] += len(offer["sequences"][choice])
+        self.counts["proposals"] += len(fills)
+        write_atomic(self.pending_file, json.dumps(pending))
+        return fills
 
     def _stacks(self, rng: np.random.Generator, choices: list[int], candidates: list[tuple[str, KnobEdit | MoveEdit]],
                 probs: np.ndarray, current: dict, offered: dict[str, KnobEdit | MoveEdit], tried: set[str],
@@ -502,6 +563,7 @@ class LocalResearcher(Researcher):
         if pending["round"] < self.state["last_learned_round"] or (
                 pending["round"] == self.state["last_learned_round"] and index in learned):
             return
+        self._scores = None  # the weights change
         reward = self.reward(verdict)
         advantage = reward - self.state["baseline"]
         logprob = self._sequence_logprob(pending["prompt_ids"], pending["sequences"][pick["choice"]],

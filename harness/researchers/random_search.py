@@ -7,13 +7,15 @@ uniformly in its range (log-uniform for `log: true`, uniform among choices, inte
 integers), never the current value; a move is proposed as it is declared. The draw is seeded by
 (seed, round), so a campaign is reproducible and a resumed round draws what it drew before. A draw
 that breaks a cross-knob rule of the scaffold (say a batch size that is not a multiple of the
-group size) is drawn again, so every proposal is valid.
+group size) is drawn again, so every proposal is valid. Fills (`propose_fills`, harness/fill.py) are
+sampling knobs alone, drawn the same way from a stream of the round's own, apart from its proposals.
 
     researcher = RandomResearcher({}, campaign_dir=Path("runs/demo"), seed=0, base_model="runs/models/base")
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +25,10 @@ import numpy as np
 
 from harness.analyze import Evidence
 from harness.config import RandomOptions, parse_config
+from harness.fill import FILL_NOTE, SAMPLING
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
-from harness.researchers.base import (Researcher, ResearcherExhausted, knob_space, move_hypothesis, move_space,
-                                      round_seed, same_value, short_float)
+from harness.researchers.base import (FILL_STREAM, Researcher, ResearcherExhausted, knob_space, move_hypothesis,
+                                      move_space, round_seed, same_value, short_float)
 
 # Significant digits of a drawn float: enough to cover a range finely, short enough to read.
 DIGITS = 4
@@ -83,15 +86,36 @@ class RandomResearcher(Researcher):
         self.proposals += len(proposals)
         return list(proposals.values())
 
-    def _draws(self, round_no: int, scaffold_dir: Path, draws: int) -> Iterator[Proposal]:
-        """Valid proposals drawn one after another from the round's seeded stream, in `draws` draws."""
+    def propose_fills(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int,
+                      taken: list[Proposal]) -> list[Proposal]:
+        """Up to `count` distinct draws of sampling knobs alone, from the round's stream of fills."""
+        seen = {json.dumps(p.to_dict()["edits"]) for p in taken}
+        fills: list[Proposal] = []
+        if count < 1:
+            return fills
+        for proposal in self._draws(evidence.round, scaffold_dir, MAX_DRAWS * count, fills=True):
+            key = json.dumps(proposal.to_dict()["edits"])
+            if key not in seen:
+                seen.add(key)
+                fills.append(Proposal(proposal.hypothesis + FILL_NOTE, proposal.edits))
+                if len(fills) == count:
+                    break
+        self.proposals += len(fills)
+        return fills
+
+    def _draws(self, round_no: int, scaffold_dir: Path, draws: int, *, fills: bool = False) -> Iterator[Proposal]:
+        """Valid proposals drawn one after another from the round's seeded stream, in `draws` draws;
+        with `fills`, sampling knobs alone from the round's stream of fills."""
         specs, current = knob_space(scaffold_dir)
-        names = sorted(name for name, spec in specs.items() if has_alternative(spec, current.get(name)))
-        moves = move_space(scaffold_dir)
+        names = sorted(name for name, spec in specs.items() if has_alternative(spec, current.get(name))
+                       and (not fills or name.startswith(SAMPLING)))
+        moves = {} if fills else move_space(scaffold_dir)
         choices = [(name, None) for name in names] + [(None, move) for move in moves]
         if not choices:
+            if fills:
+                return
             raise ResearcherExhausted("no knob of the surface can take another value, and no code move applies")
-        rng = np.random.default_rng(round_seed(self.seed, round_no))
+        rng = np.random.default_rng(round_seed(self.seed, round_no, FILL_STREAM if fills else None))
         for _ in range(draws):
             name, move = choices[rng.integers(len(choices))]
             if move is not None:  # available moves were validated by move_space
