@@ -3,10 +3,11 @@ once on Ray), and the best of them re-tested on fresh seeds, at a level that acc
 it may be kept (harness.selection).
 
 A round's candidates are what the researcher proposes: K, fewer when it has no more, or more when
-it pairs a change to training with decoder companions (the local researcher, `researcher.companions`;
-then even K = 1 runs here), or when a pool's worker would idle beside the round's training and the
-researcher adds sampling-only fills (`runner.fill`, harness/fill.py). A round that ends up with one proposal goes the one-candidate way
-(`harness.campaign`, its files in rounds/NNN/); the level of the re-test is the number evaluated.
+it pairs a change to training with decoder companions (the local researcher,
+`researcher.companions`; then even K = 1 runs here), or when a pool's worker would idle beside the
+round's training and the researcher adds sampling-only fills (`runner.fill`, harness/fill.py). A
+round that ends up with one proposal goes the one-candidate way (`harness.campaign`, its files in
+rounds/NNN/); the level of the re-test is the number evaluated.
 
 A round goes through the steps of `harness.journal.STEPS`, whose outputs hold every candidate:
 

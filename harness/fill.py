@@ -34,15 +34,11 @@ SCORE_MARGIN = 1.15  # a fill is planned a little longer than a scoring took: a 
 FILL_NOTE = " (a fill: it decodes only, beside the round's training)"  # ends a fill's hypothesis
 
 
-def decodes_only(proposal: Proposal) -> bool:
-    """Whether the proposal sets sampling knobs alone: it trains nothing, decoding with the policy of
-    the scaffold it edits (the convention `harness.researchers.base.decoder_companions` follows)."""
-    return all(isinstance(e, KnobEdit) and e.knob.startswith(SAMPLING) for e in proposal.edits)
-
-
 def training_of(proposal: Proposal) -> str | None:
     """What the proposal trains, as a key two proposals share when they train the same policy (a
-    proposal and its decoder companions); None for one that decodes only."""
+    proposal and its decoder companions); None for one that sets sampling knobs alone, which decodes
+    with the policy of the scaffold it edits (the convention of
+    `harness.researchers.base.decoder_companions`)."""
     edits = [asdict(e) for e in proposal.edits if not (isinstance(e, KnobEdit) and e.knob.startswith(SAMPLING))]
     return json.dumps(edits, sort_keys=True) if edits else None
 

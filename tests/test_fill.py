@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.analyze import Evidence
-from harness.fill import FILL_NOTE, decodes_only, fill_count, makespan, recent_seconds, training_of
+from harness.fill import FILL_NOTE, fill_count, makespan, recent_seconds, training_of
 from harness.proposal import KnobEdit, MoveEdit, Proposal, validate
 from harness.researchers import make_researcher
 from fast_scaffold import TEST_PRESET
@@ -23,9 +23,12 @@ COMPANION = Proposal("clip, greedy", (KnobEdit("grpo.epsilon", 0.4), KnobEdit("s
 OTHER = Proposal("partial credit", (MoveEdit("reward_partial_credit"),))
 
 
+def decodes_only(proposal: Proposal) -> bool:
+    return training_of(proposal) is None
+
+
 def test_what_a_proposal_trains():
     assert decodes_only(DECODE) and not decodes_only(TRAIN) and not decodes_only(COMPANION) and not decodes_only(OTHER)
-    assert training_of(DECODE) is None
     assert training_of(TRAIN) == training_of(COMPANION) != training_of(OTHER)  # a companion trains its proposal's
 
 

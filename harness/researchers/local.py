@@ -385,9 +385,10 @@ class LocalResearcher(Researcher):
         are on offer); one draw is exactly what `propose` gives."""
         rng = np.random.default_rng(round_seed(self.seed, evidence.round))
         offer = self._offer(evidence, memory_text, scaffold_dir, rng)
-        scaffold, current, candidates, offered = offer["scaffold"], offer["current"], offer["candidates"], offer["offered"]
-        tried, state_key, sequences, prompt_ids = offer["tried"], offer["state_key"], offer["sequences"], offer["prompt_ids"]
-        moves, targets, credit, context, probs = (offer[key] for key in ("moves", "targets", "credit", "context", "probs"))
+        scaffold, current, candidates, offered, tried, state_key = (
+            offer[key] for key in ("scaffold", "current", "candidates", "offered", "tried", "state_key"))
+        sequences, prompt_ids, targets, credit, context, probs = (
+            offer[key] for key in ("sequences", "prompt_ids", "targets", "credit", "context", "probs"))
         size = min(count, len(candidates), int(np.count_nonzero(probs)))
         choices = ([int(rng.choice(len(candidates), p=probs))] if size == 1
                    else [int(c) for c in rng.choice(len(candidates), size=size, replace=False, p=probs)])
@@ -453,7 +454,8 @@ class LocalResearcher(Researcher):
             hypothesis = self._hypothesis(evidence, edit, self._change(edit, offer), current[edit.knob],
                                           offer["credit"], offer["context"])
             fills.append(Proposal(hypothesis + FILL_NOTE, (edit,)))
-            pending["picks"].append({"proposal": fills[-1].to_dict(), "choice": choice, "old_value": current[edit.knob]})
+            pending["picks"].append({"proposal": fills[-1].to_dict(), "choice": choice,
+                                     "old_value": current[edit.knob]})
             self.counts["generated_tokens"] += len(offer["sequences"][choice])
         self.counts["proposals"] += len(fills)
         write_atomic(self.pending_file, json.dumps(pending))
