@@ -125,8 +125,10 @@ class CandidatesCampaign(Campaign):
         """Sampling-only candidates in the time the round's own leave a pool's worker idle
         (`runner.fill`, `harness.fill`): at most `candidates_per_round` on each idle worker."""
         workers = self.pool.workers if self.pool is not None and self.config["runner"].get("fill") else 1
+        if workers < 2:
+            return []
         seconds = recent_seconds(self.rounds_dir, round_no=evidence.round, seeds=len(self.config["eval_seeds"]))
-        if workers < 2 or seconds is None:
+        if seconds is None:
             return []
         count = fill_count(proposals, workers=workers, train_s=seconds[0], score_s=seconds[1],
                            most=self.count * (workers - 1))

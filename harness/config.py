@@ -244,8 +244,9 @@ class RayRunner(Runner):
     cpus: PositiveInt = Field(1, description="CPUs requested per candidate, also its torch threads")
     gpus: Number(ge=0) = Field(0, description="GPUs requested per candidate")
     fill: bool = Field(False, description=(
-        "with candidates_per_round > 1: sampling-only candidates fill the workers a round's training "
-        "leaves idle (harness/fill.py); conf/runner/ray.yaml turns it on for new campaigns"))
+        "where a round may hold several candidates (candidates_per_round > 1, or the local researcher's "
+        "companions): sampling-only candidates fill the workers a round's training leaves idle "
+        "(harness/fill.py); conf/runner/ray.yaml turns it on for new campaigns"))
 
 
 RUNNERS: dict[str, type[Section]] = {"local": Runner, "ray": RayRunner}
