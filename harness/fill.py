@@ -34,12 +34,17 @@ SCORE_MARGIN = 1.15  # a fill is planned a little longer than a scoring took: a 
 FILL_NOTE = " (a fill: it decodes only, beside the round's training)"  # ends a fill's hypothesis
 
 
+def sets_sampling(edit) -> bool:
+    """Whether an edit sets a sampling knob: it changes how a policy decodes, not how it trains."""
+    return isinstance(edit, KnobEdit) and edit.knob.startswith(SAMPLING)
+
+
 def training_of(proposal: Proposal) -> str | None:
     """What the proposal trains, as a key two proposals share when they train the same policy (a
     proposal and its decoder companions); None for one that sets sampling knobs alone, which decodes
     with the policy of the scaffold it edits (the convention of
     `harness.researchers.base.decoder_companions`)."""
-    edits = [asdict(e) for e in proposal.edits if not (isinstance(e, KnobEdit) and e.knob.startswith(SAMPLING))]
+    edits = [asdict(e) for e in proposal.edits if not sets_sampling(e)]
     return json.dumps(edits, sort_keys=True) if edits else None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness.analyze import Evidence
+from harness.fill import sets_sampling
 from harness.proposal import KnobEdit, Proposal, ProposalError, available_moves, validate
 from rl_pipeline.scaffold import load_scaffold
 
@@ -127,7 +128,7 @@ def decoder_companions(proposal: Proposal, scaffold) -> list[Proposal]:
     scaffold declares (surface `decoders`) that differs from the current one, as long as the
     scaffold accepts it. The companion trains the same policy (its training inputs are the
     proposal's), so it costs one more evaluation, not another training."""
-    if any(isinstance(e, KnobEdit) and e.knob.startswith("sampling.") for e in proposal.edits):
+    if any(sets_sampling(e) for e in proposal.edits):
         return []  # it decodes otherwise already (and a proposal of sampling edits alone trains nothing new)
     current, companions = scaffold.knobs(), []
     for decoder in scaffold.decoders:

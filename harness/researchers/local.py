@@ -98,7 +98,7 @@ import torch
 from harness.analyze import Evidence
 from harness.config import LocalOptions, parse_config
 from harness.proposal import KnobEdit, MoveEdit, Proposal, ProposalError, validate
-from harness.fill import FILL_NOTE, SAMPLING
+from harness.fill import FILL_NOTE, sets_sampling
 from harness.researchers.base import (FILL_STREAM, Researcher, ResearcherExhausted, decoder_companions,
                                       move_hypothesis, move_space, round_seed, same_value, scaffold_knob_space,
                                       short_float)
@@ -441,8 +441,8 @@ class LocalResearcher(Researcher):
             raise ValueError(f"the local researcher's pending proposals are not round {evidence.round}'s: "
                              "fills are drawn after the round's proposals, from the same candidates")
         edits = {json.dumps(p.to_dict()["edits"]) for p in taken}
-        allowed = np.array([isinstance(edit, KnobEdit) and edit.knob.startswith(SAMPLING)
-                            and json.dumps([asdict(edit)]) not in edits for _, edit in candidates])
+        allowed = np.array([sets_sampling(edit) and json.dumps([asdict(edit)]) not in edits
+                            for _, edit in candidates])
         probs = np.where(allowed, offer["probs"], 0.0)
         size = min(count, int(np.count_nonzero(probs)))
         if size == 0:
