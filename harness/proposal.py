@@ -84,6 +84,11 @@ class Proposal:
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
+    @property
+    def edits_key(self) -> str:
+        """The edits alone as one string: two proposals that change the same things, in whatever words."""
+        return json.dumps([asdict(e) for e in self.edits], sort_keys=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # parsing: the shape of the JSON, nothing about the scaffold, by pydantic models

@@ -36,6 +36,13 @@ def test_parse_both_edit_kinds_and_round_trip():
     assert proposal({"knob": "grpo.beta", "value": 0.1}).kind == "knob"
 
 
+def test_the_edits_key_names_what_changes_not_how_it_is_worded():
+    beta = {"knob": "grpo.beta", "value": 0.1}
+    assert proposal(beta, hypothesis="one").edits_key == proposal(beta, hypothesis="two").edits_key
+    assert proposal(beta).edits_key != proposal({"knob": "grpo.beta", "value": 0.2}).edits_key
+    assert proposal(beta, {"move": "m"}).edits_key != proposal({"move": "m"}, beta).edits_key
+
+
 @pytest.mark.parametrize("raw, message", [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "must be a JSON object, got list"),

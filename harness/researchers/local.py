@@ -88,7 +88,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -440,8 +439,8 @@ class LocalResearcher(Researcher):
         if pending.get("round") != evidence.round or pending.get("candidates") != [t for t, _ in candidates]:
             raise ValueError(f"the local researcher's pending proposals are not round {evidence.round}'s: "
                              "fills are drawn after the round's proposals, from the same candidates")
-        edits = {json.dumps(p.to_dict()["edits"]) for p in taken}
-        allowed = np.array([sets_sampling(edit) and json.dumps([asdict(edit)]) not in edits
+        edits = {p.edits_key for p in taken}
+        allowed = np.array([sets_sampling(edit) and Proposal("", (edit,)).edits_key not in edits
                             for _, edit in candidates])
         probs = np.where(allowed, offer["probs"], 0.0)
         size = min(count, int(np.count_nonzero(probs)))

@@ -15,7 +15,6 @@ sampling knobs alone, drawn the same way from a stream of the round's own, apart
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,14 +88,13 @@ class RandomResearcher(Researcher):
     def propose_fills(self, evidence: Evidence, memory_text: str, scaffold_dir: Path, count: int,
                       taken: list[Proposal]) -> list[Proposal]:
         """Up to `count` distinct draws of sampling knobs alone, from the round's stream of fills."""
-        seen = {json.dumps(p.to_dict()["edits"]) for p in taken}
+        seen = {p.edits_key for p in taken}
         fills: list[Proposal] = []
         if count < 1:
             return fills
         for proposal in self._draws(evidence.round, scaffold_dir, MAX_DRAWS * count, fills=True):
-            key = json.dumps(proposal.to_dict()["edits"])
-            if key not in seen:
-                seen.add(key)
+            if proposal.edits_key not in seen:
+                seen.add(proposal.edits_key)
                 fills.append(Proposal(proposal.hypothesis + FILL_NOTE, proposal.edits))
                 if len(fills) == count:
                     break
