@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict
 from pathlib import Path
 
 from harness.proposal import KnobEdit, Proposal
@@ -44,8 +43,8 @@ def training_of(proposal: Proposal) -> str | None:
     proposal and its decoder companions); None for one that sets sampling knobs alone, which decodes
     with the policy of the scaffold it edits (the convention of
     `harness.researchers.base.decoder_companions`)."""
-    edits = [asdict(e) for e in proposal.edits if not sets_sampling(e)]
-    return json.dumps(edits, sort_keys=True) if edits else None
+    trained = tuple(e for e in proposal.edits if not sets_sampling(e))
+    return Proposal(proposal.hypothesis, trained).edits_key if trained else None
 
 
 def makespan(runs: list[tuple[str | None, float]], workers: int, train_s: float) -> float:
