@@ -77,7 +77,7 @@ class RandomResearcher(Researcher):
         """The round's first `count` distinct draws (the first is what `propose` gives)."""
         proposals: dict[str, Proposal] = {}
         for proposal in self._draws(evidence.round, scaffold_dir, MAX_DRAWS * count):
-            proposals.setdefault(proposal.to_json(), proposal)
+            proposals.setdefault(proposal.edits_key, proposal)
             if len(proposals) == count:
                 break
         if not proposals:
